@@ -1,0 +1,41 @@
+"""The `strangler` command line. Commands live beside their area; this module only wires them."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from cdc.exceptions import CDCError
+from facade.exceptions import FacadeError
+from scripts import cdc_cmd, demo, facade_cmd, routes_cmd, shadow_cmd
+from scripts.postgres import PostgresError
+
+KNOWN_ERRORS: tuple[type[Exception], ...] = (FacadeError, CDCError, PostgresError)
+
+app = typer.Typer(
+    name="strangler",
+    help="Strangler-fig migrations: a routing façade, change data capture, shadow traffic and gated cutover.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(facade_cmd.app, name="facade")
+app.add_typer(routes_cmd.app, name="routes")
+app.add_typer(cdc_cmd.app, name="cdc")
+app.add_typer(shadow_cmd.app, name="shadow")
+app.command("verify")(cdc_cmd.verify)
+app.command("demo")(demo.demo)
+
+
+def main() -> None:
+    """Entry point: run the CLI, turning the packages' own errors into `FAILED: ...`, exit 1."""
+    try:
+        app()
+    except KNOWN_ERRORS as exc:
+        typer.secho(f"FAILED: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
