@@ -1,0 +1,30 @@
+"""The demo, end to end, on the session's PostgreSQL: what `make demo` runs, smaller."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from scripts.demo import STEPS, run_demo
+from scripts.postgres import EmbeddedPostgres
+
+
+def test_demo_shifts_reads_step_by_step(pg: EmbeddedPostgres, tmp_path: Path) -> None:
+    console = Console(file=open(tmp_path / "out.txt", "w"), width=120)
+    env = run_demo(
+        database_url=pg.url(), products=300, requests_per_step=120, work_dir=tmp_path / "demo", console=console
+    )
+    assert [r.weight for r in env.results] == list(STEPS)
+    for result in env.results:
+        assert result.errors == 0
+        assert result.total == 120
+        share = result.per_upstream["catalog"] / result.total
+        # Sticky buckets over 30 anonymous clients: the share follows the weight loosely
+        # at 10/50 %, exactly at 0 and 100 %.
+        if result.weight in (0, 100):
+            assert share == result.weight / 100
+        else:
+            assert abs(share - result.weight / 100) < 0.3
+    # Everything it started is stopped.
+    assert env.group.children == []
