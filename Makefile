@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install test-tools bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +19,21 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/strangler demo
 
-test: $(STAMP)
+# Headless Chromium renders the shadow report in its test; installed from Debian's packages
+# when we may (root with apt-get), otherwise that one test says how to get it.
+test-tools:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (Debian package) for the report rendering test"; \
+	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: chromium not found; install it to run the report rendering test"; fi; }
+
+test: $(STAMP) test-tools
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/python bench/proxy.py
+	$(BIN)/python bench/cdc.py
 
 clean:
 	rm -rf $(VENV) .strangler build *.egg-info
