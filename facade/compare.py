@@ -1,0 +1,521 @@
+"""Structural comparison of a primary and a candidate response.
+
+Pure: two `Reply` values and `CompareRules` in, a `Comparison` out. JSON bodies are compared as a
+typed tree and every difference is flattened to a path (`$.results[3].price`) with a kind; other
+content types are compared as text. Equal subtrees are skipped by one C-level equality test plus a
+canonical serialisation (so `true` never equals `1`), which keeps large, mostly equal bodies fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from facade.exceptions import FacadeError
+
+__all__ = [
+    "CompareError",
+    "CompareRules",
+    "Comparison",
+    "DiffKind",
+    "Difference",
+    "Normalizer",
+    "PathPattern",
+    "Reply",
+    "compare",
+    "field_of",
+]
+
+SAMPLE_CHARS = 200
+TEXT_DIFF_MAX_LINES = 2000
+
+
+class CompareError(FacadeError):
+    """A comparison rule cannot be used (for example an invalid regular expression)."""
+
+
+class DiffKind(str, enum.Enum):
+    """What kind of difference was found at a path."""
+
+    VALUE = "value"
+    TYPE = "type"
+    MISSING = "missing"  # present in the primary, absent in the candidate
+    EXTRA = "extra"  # absent in the primary, present in the candidate
+    ARRAY_LENGTH = "array_length"
+    ARRAY_ORDER = "array_order"
+    TEXT = "text"
+
+    def mirrored(self) -> DiffKind:
+        """The kind seen when primary and candidate swap places."""
+        if self is DiffKind.MISSING:
+            return DiffKind.EXTRA
+        if self is DiffKind.EXTRA:
+            return DiffKind.MISSING
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One HTTP response as the comparator sees it. Header names are lower case."""
+
+    status: int
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    truncated: bool = False
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """One difference: a concrete `path`, its `kind`, and short samples of both sides."""
+
+    path: str
+    kind: DiffKind
+    primary: str | None = None
+    candidate: str | None = None
+
+    @property
+    def field(self) -> str:
+        """The path with array positions generalised, so differences aggregate per field."""
+        return field_of(self.path)
+
+    def mirrored(self) -> Difference:
+        return Difference(self.path, self.kind.mirrored(), self.candidate, self.primary)
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """The outcome of comparing two replies."""
+
+    differences: tuple[Difference, ...]
+
+    @property
+    def matches(self) -> bool:
+        return not self.differences
+
+    def fields(self) -> frozenset[str]:
+        return frozenset(d.field for d in self.differences)
+
+
+_SEGMENT = r"(?:\.[^.\[]+|\[[^\]]*\])"
+
+
+class PathPattern:
+    """A JSONPath-like selector: `$.a.b`, `$.results[*].price`, `$..updated_at`, `$.attrs.*`.
+
+    A pattern selects the node it names and everything below it. Paths outside the body are
+    named `status` and `headers.<name>`; they can be selected literally.
+    """
+
+    __slots__ = ("source", "_regex")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self._regex = re.compile(self._translate(source))
+
+    @staticmethod
+    def _translate(source: str) -> str:
+        text = source.strip()
+        if not text.startswith("$"):
+            return "^" + re.escape(text) + r"(?=$|[.\[])"
+        out = ["^\\$"]
+        i = 1
+        while i < len(text):
+            if text.startswith("..", i):
+                out.append(_SEGMENT + "*")
+                i += 1  # the next '.' starts the named segment
+                continue
+            ch = text[i]
+            if ch == ".":
+                j = i + 1
+                while j < len(text) and text[j] not in ".[":
+                    j += 1
+                name = text[i + 1 : j]
+                if not name:
+                    raise CompareError(f"path pattern {source!r} has an empty segment at {i}; write names like $.a.b")
+                out.append(r"\.[^.\[]+" if name == "*" else re.escape("." + name))
+                i = j
+            elif ch == "[":
+                j = text.find("]", i)
+                if j < 0:
+                    raise CompareError(f"path pattern {source!r} has an unclosed '['; write $.items[*] or $.items[0]")
+                inner = text[i + 1 : j]
+                out.append(r"\[[^\]]*\]" if inner in ("*", "") else re.escape("[" + inner + "]"))
+                i = j + 1
+            else:
+                raise CompareError(f"path pattern {source!r} has {ch!r} at {i}; segments start with '.' or '['")
+        out.append(r"(?=$|[.\[])")
+        return "".join(out)
+
+    def matches(self, path: str) -> bool:
+        return self._regex.match(path) is not None
+
+    def __repr__(self) -> str:
+        return f"PathPattern({self.source!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Normalizer:
+    """Replace `pattern` by `replace` in strings (at `path`, or everywhere) before comparing."""
+
+    pattern: str
+    replace: str = ""
+    path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CompareRules:
+    """Per-route comparison rules, compiled once."""
+
+    headers: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    normalize: tuple[Normalizer, ...] = ()
+    tolerance: float = 0.0
+    unordered: tuple[str, ...] = ()
+    array_keys: Mapping[str, str] = field(default_factory=dict)
+    _compiled: _Compiled = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_compiled", _Compiled.build(self))
+
+
+class _Compiled:
+    __slots__ = ("headers", "ignore", "normalize", "tolerance", "unordered", "array_keys")
+
+    def __init__(self) -> None:
+        self.headers: tuple[str, ...] = ()
+        self.ignore: tuple[PathPattern, ...] = ()
+        self.normalize: tuple[tuple[re.Pattern[str], str, PathPattern | None], ...] = ()
+        self.tolerance = 0.0
+        self.unordered: tuple[PathPattern, ...] = ()
+        self.array_keys: tuple[tuple[PathPattern, str], ...] = ()
+
+    @classmethod
+    def build(cls, rules: CompareRules) -> _Compiled:
+        c = cls()
+        c.headers = tuple(h.lower() for h in rules.headers)
+        c.ignore = tuple(PathPattern(p) for p in rules.ignore)
+        compiled = []
+        for n in rules.normalize:
+            try:
+                regex = re.compile(n.pattern)
+            except re.error as exc:
+                raise CompareError(f"normalize pattern {n.pattern!r} is not a valid regular expression: {exc}") from exc
+            compiled.append((regex, n.replace, PathPattern(n.path) if n.path else None))
+        c.normalize = tuple(compiled)
+        if rules.tolerance < 0 or math.isnan(rules.tolerance):
+            raise CompareError(f"tolerance {rules.tolerance!r} must be a number >= 0")
+        c.tolerance = float(rules.tolerance)
+        c.unordered = tuple(PathPattern(p) for p in rules.unordered)
+        c.array_keys = tuple((PathPattern(p), k) for p, k in rules.array_keys.items())
+        return c
+
+
+_INDEX = re.compile(r"\[(?:\d+|[^\]=]+=[^\]]*)\]")
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_\-@$]+$")
+
+
+def field_of(path: str) -> str:
+    """`$.results[3].price` → `$.results[*].price`; `$.items[id=7]` → `$.items[*]`."""
+    return _INDEX.sub("[*]", path)
+
+
+def _key_segment(key: str) -> str:
+    return "." + key if _PLAIN_KEY.match(key) else "[" + orjson.dumps(key).decode() + "]"
+
+
+def _sample(value: Any) -> str | None:
+    if value is _ABSENT:
+        return None
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = orjson.dumps(value).decode()
+        except TypeError:
+            text = repr(value)
+    return text if len(text) <= SAMPLE_CHARS else text[: SAMPLE_CHARS - 1] + "…"
+
+
+class _Absent:
+    __slots__ = ()
+
+
+_ABSENT: Any = _Absent()
+_CANON_OPTS = orjson.OPT_SORT_KEYS
+
+
+def _canon(value: Any) -> bytes:
+    return orjson.dumps(value, option=_CANON_OPTS)
+
+
+def _same(a: Any, b: Any) -> bool:
+    # `==` alone says True == 1 and 1 == 1.0; the serialised form separates bool from number
+    # (1 vs 1.0 then differ in form and are settled as equal numbers by the leaf comparison).
+    # Unsorted first: both sides usually list keys in the same order, and it is cheaper.
+    return a == b and (orjson.dumps(a) == orjson.dumps(b) or _canon(a) == _canon(b))
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+class _Differ:
+    __slots__ = ("rules", "out", "limit")
+
+    def __init__(self, rules: _Compiled, limit: int) -> None:
+        self.rules = rules
+        self.out: list[Difference] = []
+        self.limit = limit
+
+    def add(self, path: str, kind: DiffKind, a: Any, b: Any) -> None:
+        if len(self.out) < self.limit:
+            self.out.append(Difference(path, kind, _sample(a), _sample(b)))
+
+    def ignored(self, path: str) -> bool:
+        return any(p.matches(path) for p in self.rules.ignore)
+
+    def normalise(self, path: str, text: str) -> str:
+        for regex, replacement, where in self.rules.normalize:
+            if where is None or where.matches(path):
+                text = regex.sub(replacement, text)
+        return text
+
+    def walk(self, path: str, a: Any, b: Any) -> None:
+        if len(self.out) >= self.limit or self.ignored(path):
+            return
+        ta, tb = _json_type(a), _json_type(b)
+        if ta != tb:
+            if ta == "string" or tb == "string":
+                # A normaliser may map both sides onto the same text (e.g. a number to a mask).
+                sa = a if ta == "string" else orjson.dumps(a).decode()
+                sb = b if tb == "string" else orjson.dumps(b).decode()
+                if self.rules.normalize and self.normalise(path, sa) == self.normalise(path, sb):
+                    return
+            self.add(path, DiffKind.TYPE, a, b)
+        elif ta == "object":
+            self.walk_object(path, a, b)
+        elif ta == "array":
+            self.walk_array(path, a, b)
+        elif ta == "number":
+            if a != b and abs(a - b) > self.rules.tolerance:
+                self.add(path, DiffKind.VALUE, a, b)
+        elif ta == "string":
+            if a != b and (not self.rules.normalize or self.normalise(path, a) != self.normalise(path, b)):
+                self.add(path, DiffKind.VALUE, a, b)
+        elif a != b:
+            self.add(path, DiffKind.VALUE, a, b)
+
+    def walk_object(self, path: str, a: dict[str, Any], b: dict[str, Any]) -> None:
+        for key, va in a.items():
+            vb = b.get(key, _ABSENT)
+            if vb is _ABSENT:
+                sub = path + _key_segment(key)
+                if not self.ignored(sub):
+                    self.add(sub, DiffKind.MISSING, va, _ABSENT)
+            elif not _same(va, vb):
+                self.walk(path + _key_segment(key), va, vb)
+        for key, vb in b.items():
+            if key not in a:
+                sub = path + _key_segment(key)
+                if not self.ignored(sub):
+                    self.add(sub, DiffKind.EXTRA, _ABSENT, vb)
+
+    def walk_array(self, path: str, a: list[Any], b: list[Any]) -> None:
+        for pattern, key in self.rules.array_keys:
+            if pattern.matches(path) and self.walk_keyed(path, key, a, b):
+                return
+        unordered = any(p.matches(path) for p in self.rules.unordered)
+        if len(a) == len(b) and not unordered:
+            ca, cb = [_canon(x) for x in a], [_canon(y) for y in b]
+            pairs = [i for i, (x, y) in enumerate(zip(ca, cb)) if x != y]
+            if not pairs:
+                return
+            if Counter(ca) == Counter(cb):
+                self.add(path, DiffKind.ARRAY_ORDER, a, b)
+                return
+            for i in pairs:
+                self.walk(f"{path}[{i}]", a[i], b[i])
+            return
+        if unordered:
+            ca, cb = [_canon(x) for x in a], [_canon(y) for y in b]
+            common = Counter(ca) & Counter(cb)
+            left_a = _leftovers(a, ca, common)
+            left_b = _leftovers(b, cb, common)
+            if len(a) != len(b):
+                self.add(path, DiffKind.ARRAY_LENGTH, len(a), len(b))
+            # Leftovers have no counterpart by position; `[*]` keeps the path the same both ways.
+            for (_, x), (_, y) in zip(left_a, left_b):
+                self.walk(f"{path}[*]", x, y)
+            return
+        self.add(path, DiffKind.ARRAY_LENGTH, len(a), len(b))
+        for i, (x, y) in enumerate(zip(a, b)):
+            if not _same(x, y):
+                self.walk(f"{path}[{i}]", x, y)
+
+    def walk_keyed(self, path: str, key: str, a: list[Any], b: list[Any]) -> bool:
+        ka = _index_by(a, key)
+        kb = _index_by(b, key)
+        if ka is None or kb is None:
+            return False  # not every element carries the key: fall back to positions
+        for k, x in ka.items():
+            sub = f"{path}[{key}={k}]"
+            y = kb.get(k, _ABSENT)
+            if y is _ABSENT:
+                if not self.ignored(sub):
+                    self.add(sub, DiffKind.MISSING, x, _ABSENT)
+            elif not _same(x, y):
+                self.walk(sub, x, y)
+        for k, y in kb.items():
+            if k not in ka:
+                sub = f"{path}[{key}={k}]"
+                if not self.ignored(sub):
+                    self.add(sub, DiffKind.EXTRA, _ABSENT, y)
+        order_a = [k for k in ka if k in kb]
+        order_b = [k for k in kb if k in ka]
+        if order_a != order_b and not any(p.matches(path) for p in self.rules.unordered):
+            self.add(path, DiffKind.ARRAY_ORDER, order_a, order_b)
+        return True
+
+
+def _leftovers(items: list[Any], canon: list[bytes], common: Counter[bytes]) -> list[tuple[int, Any]]:
+    budget = Counter(common)
+    out = []
+    for i, (item, c) in enumerate(zip(items, canon)):
+        if budget[c] > 0:
+            budget[c] -= 1
+        else:
+            out.append((i, item))
+    return out
+
+
+def _index_by(items: list[Any], key: str) -> dict[str, Any] | None:
+    index: dict[str, Any] = {}
+    for item in items:
+        if not isinstance(item, dict) or key not in item:
+            return None
+        value = item[key]
+        index[value if isinstance(value, str) else orjson.dumps(value).decode()] = item
+    return index
+
+
+def _is_json(reply: Reply) -> bool:
+    ct = reply.content_type
+    return ct == "application/json" or ct.endswith("+json")
+
+
+def _parse(reply: Reply) -> Any:
+    try:
+        return orjson.loads(reply.body)
+    except orjson.JSONDecodeError:
+        return _ABSENT
+
+
+def _text_diff(differ: _Differ, a: bytes, b: bytes) -> None:
+    ta = a.decode("utf-8", "replace")
+    tb = b.decode("utf-8", "replace")
+    if ta == tb or (differ.rules.normalize and differ.normalise("body", ta) == differ.normalise("body", tb)):
+        return
+    la = differ.normalise("body", ta).splitlines()[:TEXT_DIFF_MAX_LINES]
+    lb = differ.normalise("body", tb).splitlines()[:TEXT_DIFF_MAX_LINES]
+    removed = added = 0
+    first: tuple[str, str] | None = None
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, la, lb, autojunk=False).get_opcodes():
+        if tag == "equal":
+            continue
+        removed += i2 - i1
+        added += j2 - j1
+        if first is None:
+            first = ("\n".join(la[i1 : min(i2, i1 + 3)]), "\n".join(lb[j1 : min(j2, j1 + 3)]))
+    summary = f"{removed} line(s) removed, {added} added"
+    if first is None:  # only differences past the line cap, or in line endings
+        first = (ta[:SAMPLE_CHARS], tb[:SAMPLE_CHARS])
+    differ.out.append(Difference("body", DiffKind.TEXT, _sample(f"{summary}: {first[0]}"), _sample(f"{summary}: {first[1]}")))
+
+
+def compare(primary: Reply, candidate: Reply, rules: CompareRules | None = None, *, limit: int = 200) -> Comparison:
+    """Compare `candidate` against `primary` under `rules`; at most `limit` differences are kept."""
+    compiled = (rules or _DEFAULT_RULES)._compiled
+    differ = _Differ(compiled, limit)
+    if primary.status != candidate.status and not differ.ignored("status"):
+        differ.add("status", DiffKind.VALUE, primary.status, candidate.status)
+    for name in compiled.headers:
+        path = "headers." + name
+        if differ.ignored(path):
+            continue
+        ha, hb = primary.headers.get(name), candidate.headers.get(name)
+        if ha is None and hb is not None:
+            differ.add(path, DiffKind.EXTRA, _ABSENT, hb)
+        elif hb is None and ha is not None:
+            differ.add(path, DiffKind.MISSING, ha, _ABSENT)
+        elif ha != hb and ha is not None and hb is not None and differ.normalise(path, ha) != differ.normalise(path, hb):
+            differ.add(path, DiffKind.VALUE, ha, hb)
+    if primary.body == candidate.body or differ.ignored("$"):
+        return Comparison(tuple(differ.out))
+    if primary.truncated or candidate.truncated:
+        _text_diff(differ, primary.body, candidate.body)
+        return Comparison(tuple(differ.out))
+    ja, jb = _is_json(primary), _is_json(candidate)
+    a = _parse(primary) if ja else _ABSENT
+    b = _parse(candidate) if jb else _ABSENT
+    if a is not _ABSENT and b is not _ABSENT:
+        if not _same(a, b):
+            differ.walk("$", a, b)
+    elif ja != jb and (a is not _ABSENT or b is not _ABSENT):
+        differ.add("$", DiffKind.TYPE, primary.content_type or "none", candidate.content_type or "none")
+    else:
+        _text_diff(differ, primary.body, candidate.body)
+    return Comparison(tuple(differ.out))
+
+
+_DEFAULT_RULES = CompareRules()
+
+
+def rules_from(
+    *,
+    headers: Iterable[str] = (),
+    ignore: Iterable[str] = (),
+    normalize: Iterable[Normalizer | Mapping[str, Any] | Sequence[str]] = (),
+    tolerance: float = 0.0,
+    unordered: Iterable[str] = (),
+    array_keys: Mapping[str, str] | None = None,
+) -> CompareRules:
+    """Build `CompareRules` from plain configuration values (mappings or pairs for normalizers)."""
+    norms: list[Normalizer] = []
+    for n in normalize:
+        if isinstance(n, Normalizer):
+            norms.append(n)
+        elif isinstance(n, Mapping):
+            norms.append(Normalizer(str(n["pattern"]), str(n.get("replace", n.get("replacement", ""))), n.get("path")))
+        else:
+            items = list(n)
+            norms.append(Normalizer(str(items[0]), str(items[1]) if len(items) > 1 else ""))
+    return CompareRules(
+        headers=tuple(headers),
+        ignore=tuple(ignore),
+        normalize=tuple(norms),
+        tolerance=float(tolerance),
+        unordered=tuple(unordered),
+        array_keys=dict(array_keys or {}),
+    )
