@@ -1,0 +1,205 @@
+"""Row mapping: a legacy row through a table's spec into a service row. Pure, no I/O.
+
+`RowMapper(table).map(row)` renames columns, applies transforms and filters, and returns the
+service row, or None when the row is filtered out (it does not belong in the service table).
+`cdc.events.UNAVAILABLE` passes through untransformed: the applier leaves that column alone.
+A value that cannot be translated raises `MappingError` (the event is dead-lettered); a mapped
+column missing from a full row raises `SchemaChangedError` (the legacy column was dropped).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable, Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from cdc.events import UNAVAILABLE
+from cdc.exceptions import MappingError, SchemaChangedError
+from cdc.spec import ColumnSpec, FilterSpec, TableSpec
+
+__all__ = ["RowMapper", "to_decimal", "transform_value"]
+
+Transform = Callable[[Any], Any]
+
+
+def to_decimal(value: Any, scale: int | None = None) -> Decimal:
+    """A legacy numeric in any of the encodings it may arrive in, as a Decimal.
+
+    Decimal/int (pgoutput), float (Debezium `double` mode), numeric string (`string` mode), or a
+    base64 unscaled integer (Debezium `precise` mode without a schema) read with `scale`.
+    """
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, bool):
+        raise MappingError(f"{value!r} is a boolean, not a number")
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, str):
+        try:
+            return Decimal(value)
+        except InvalidOperation:
+            if scale is None:
+                raise MappingError(
+                    f"{value!r} is not a number; if it is a Debezium precise-mode decimal sent without a schema, "
+                    "give the column's scale in the spec ({to: ..., transform: cents, scale: 2})"
+                ) from None
+            try:
+                raw = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise MappingError(f"{value!r} is neither a number nor a base64 precise-mode decimal") from None
+            return Decimal(int.from_bytes(raw, "big", signed=True)).scaleb(-scale)
+    raise MappingError(f"{value!r} ({type(value).__name__}) is not a number")
+
+
+def _cents(scale: int | None) -> Transform:
+    def cents(value: Any) -> int:
+        amount = to_decimal(value, scale)
+        if not amount.is_finite():
+            raise MappingError(f"price {value!r} is not finite; cannot express it in cents")
+        scaled = amount * 100
+        if scaled != scaled.to_integral_value():
+            raise MappingError(f"{value!r} has fractions of a cent; cents needs at most 2 decimal places")
+        return int(scaled)
+
+    return cents
+
+
+def _lower(value: Any) -> str:
+    if not isinstance(value, str):
+        raise MappingError(f"lower needs text, got {value!r}")
+    return value.lower()
+
+
+def _strip(value: Any) -> str:
+    if not isinstance(value, str):
+        raise MappingError(f"strip needs text, got {value!r}")
+    return value.strip()
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        return value
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise MappingError(f"{value[:80]!r} is not JSON") from None
+    return value
+
+
+def transform_value(column: ColumnSpec) -> Transform | None:
+    """The function a column's values go through (None: copied as they are)."""
+    if column.function is not None:
+        return column.function
+    if column.transform == "cents":
+        return _cents(column.scale)
+    if column.transform == "lower":
+        return _lower
+    if column.transform == "strip":
+        return _strip
+    if column.transform == "json":
+        return _json
+    if column.scale is not None:
+        scale = column.scale
+        return lambda v: to_decimal(v, scale)
+    return None
+
+
+def _predicate(f: FilterSpec) -> Callable[[Any], bool]:
+    v = f.value
+    if f.op == "eq":
+        return lambda x: x == v
+    if f.op == "ne":
+        return lambda x: x != v
+    if f.op == "in":
+        return lambda x: x in v
+    if f.op == "not_in":
+        return lambda x: x not in v
+    if f.op == "startswith":
+        return lambda x: isinstance(x, str) and x.startswith(v)
+    if f.op == "not_startswith":
+        return lambda x: not (isinstance(x, str) and x.startswith(v))
+    if f.op == "is_null":
+        return (lambda x: x is None) if v else (lambda x: x is not None)
+    if f.op == "gt":
+        return lambda x: x is not None and x > v
+    if f.op == "gte":
+        return lambda x: x is not None and x >= v
+    if f.op == "lt":
+        return lambda x: x is not None and x < v
+    return lambda x: x is not None and x <= v
+
+
+class RowMapper:
+    """Translates rows of one legacy table into rows of its service table."""
+
+    def __init__(self, table: TableSpec) -> None:
+        self.table = table
+        self._plan: list[tuple[str, str, Transform | None]] = [
+            (c.source, c.target, transform_value(c)) for c in table.columns
+        ]
+        self._filters = [(f.column, _predicate(f), f) for f in table.filters]
+        self._key_plan = [(k, t) for k, t in zip(table.key, table.target_key, strict=True)]
+        self._key_fns = {c.source: transform_value(c) for c in table.columns if c.source in table.key}
+
+    def accepts(self, row: Mapping[str, Any]) -> bool:
+        """Whether the legacy row passes the spec's filters."""
+        for column, pred, spec in self._filters:
+            value = row.get(column)
+            if value is UNAVAILABLE:
+                continue  # filters on a TOASTed column cannot be decided from this event
+            try:
+                if not pred(value):
+                    return False
+            except TypeError as exc:
+                raise MappingError(f"filter {spec.op} {spec.value!r} cannot compare {value!r} in '{column}'") from exc
+        return True
+
+    def map(self, row: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The service row for a full legacy row, or None when filtered out."""
+        if self._filters and not self.accepts(row):
+            return None
+        out: dict[str, Any] = {}
+        for src, dst, fn in self._plan:
+            try:
+                value = row[src]
+            except KeyError:
+                raise SchemaChangedError(
+                    f"legacy column {self.table.source}.{src} is mapped to {self.table.target}.{dst} but the change "
+                    f"stream no longer has it (dropped or renamed?); columns now: {', '.join(sorted(row))}. "
+                    "Fix the sync spec, then restart."
+                ) from None
+            if fn is not None and value is not None and value is not UNAVAILABLE:
+                try:
+                    value = fn(value)
+                except MappingError as exc:
+                    raise MappingError(f"{self.table.source}.{src}: {exc}") from exc
+                except Exception as exc:  # noqa: BLE001 - a user transform failing is a poison row
+                    raise MappingError(f"{self.table.source}.{src}: transform failed on {value!r}: {exc}") from exc
+            out[dst] = value
+        if self.table.function is not None:
+            try:
+                result = self.table.function(out)
+            except Exception as exc:  # noqa: BLE001
+                raise MappingError(f"{self.table.source}: row transform {self.table.transform} failed: {exc}") from exc
+            return result
+        return out
+
+    def key(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
+        """The service table's key values for a legacy row (or key-only before image)."""
+        values = []
+        for src, _dst in self._key_plan:
+            try:
+                value = row[src]
+            except KeyError:
+                raise MappingError(f"{self.table.source}: change has no key column '{src}'") from None
+            fn = self._key_fns.get(src)
+            if fn is not None and value is not None:
+                value = fn(value)
+            values.append(value)
+        return tuple(values)

@@ -1,0 +1,123 @@
+"""Fixtures and helpers of the apply-side CDC tests (imported by their modules)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+
+from cdc.events import ChangeEvent, Source
+from cdc.spec import SyncSpec, load_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+SYNC_YAML = ROOT / "extracted" / "catalog" / "sync.yaml"
+
+LEGACY_DDL = """
+CREATE TABLE catalog_category (id serial PRIMARY KEY, name varchar(100) NOT NULL,
+  slug varchar(100) UNIQUE NOT NULL, parent_id int NULL REFERENCES catalog_category);
+CREATE TABLE catalog_product (id serial PRIMARY KEY, sku varchar(32) UNIQUE NOT NULL,
+  name varchar(200) NOT NULL, slug varchar(200) NOT NULL, description text NOT NULL DEFAULT '',
+  price numeric(10,2) NOT NULL, stock int NOT NULL DEFAULT 0, is_active bool NOT NULL DEFAULT true,
+  category_id int NOT NULL REFERENCES catalog_category, attributes jsonb NOT NULL DEFAULT '{}',
+  created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL);
+"""
+
+CATALOG_DDL = """
+CREATE SCHEMA IF NOT EXISTS catalog;
+CREATE TABLE catalog.categories (id int PRIMARY KEY, name text NOT NULL, slug text UNIQUE NOT NULL, parent_id int NULL);
+CREATE TABLE catalog.products (id bigint PRIMARY KEY, sku text UNIQUE NOT NULL, title text NOT NULL,
+  slug text NOT NULL, description text NOT NULL, price_cents bigint NOT NULL, stock int NOT NULL,
+  active bool NOT NULL, category_id int NOT NULL, attributes jsonb NOT NULL,
+  created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL);
+"""
+
+T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
+
+
+def execute(url: str, sql: str, params: Any = None) -> None:
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql, params)
+    finally:
+        conn.close()
+
+
+def query(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql, params)
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
+def create_catalog_store(url: str) -> None:
+    """The catalog service's schema: its Alembic migration when present, else the same DDL."""
+    try:
+        import extracted.catalog.__main__  # noqa: F401
+    except ImportError:
+        execute(url, CATALOG_DDL)
+        return
+    proc = subprocess.run(
+        [sys.executable, "-m", "extracted.catalog", "migrate", "--database-url", url],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"catalog migrate failed: {proc.stderr}")
+
+
+def create_legacy(url: str) -> None:
+    execute(url, LEGACY_DDL)
+
+
+@pytest.fixture
+def legacy_and_target(pg: Any, request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    import re
+    import uuid
+
+    base = re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:30] + "_" + uuid.uuid4().hex[:6]
+    legacy = pg.create_database(base + "_l")
+    target = pg.create_database(base + "_t")
+    create_legacy(legacy)
+    create_catalog_store(target)
+    yield legacy, target
+
+
+def spec_for(legacy: str | None, target: str | None, **env: str) -> SyncSpec:
+    spec = load_spec(SYNC_YAML, env={})
+    return spec.with_urls(source_url=legacy, target_url=target)
+
+
+def source(table: str = "catalog_product", lsn: int = 100, commit_lsn: int | None = None, snapshot: str = "false") -> Source:
+    return Source(
+        name="legacy", db="legacy", schema="public", table=table, lsn=lsn,
+        commit_lsn=commit_lsn if commit_lsn is not None else lsn, tx_id=1, ts_ms=1_700_000_000_000, snapshot=snapshot,
+    )
+
+
+def product(pid: int, **changes: Any) -> dict[str, Any]:
+    row = {
+        "id": pid, "sku": f"SKU-{pid}", "name": f"Product {pid}", "slug": f"product-{pid}",
+        "description": "d" * 10, "price": Decimal("19.99"), "stock": 5, "is_active": True,
+        "category_id": 1, "attributes": {"color": "red"}, "created_at": T0, "updated_at": T0,
+    }
+    row.update(changes)
+    return row
+
+
+def event(op: str, pid: int, lsn: int, *, before: dict[str, Any] | None = None, after: dict[str, Any] | None = None,
+          table: str = "catalog_product") -> ChangeEvent:
+    snapshot = "true" if op == "r" else "false"
+    return ChangeEvent(
+        op=op, source=source(table, lsn=0 if op == "r" else lsn, commit_lsn=lsn, snapshot=snapshot),
+        key={"id": pid} if op != "t" else None, before=before, after=after, ts_ms=1_700_000_000_000,
+    )
