@@ -1,0 +1,663 @@
+"""Idempotent, batched apply of change events into the service's store (psycopg2).
+
+One call to `Applier.apply(events)` is one target transaction holding the rows, the per-row
+position guards, any dead letters and the checkpoint; `apply_batch` acknowledges the transport's
+batch only after that commit. Killed anywhere, the next run resumes from the checkpoint and a
+redelivered or older event is a no-op:
+
+- `strangler.checkpoint(name, commit_lsn, lsn, snapshot jsonb)`: the last applied position and
+  the snapshot's progress;
+- `strangler.row_position(target_table, pk jsonb, commit_lsn, lsn)`: the position of the last
+  streamed change applied to each row (deletes keep theirs, so a late older insert cannot
+  resurrect a row);
+- `strangler.table_position(name, target_table, commit_lsn, lsn)`: the last truncate.
+
+Snapshot rows (`op="r"`) order before every streamed change, so one is applied only when no
+streamed change has touched its row yet. An unchanged TOASTed column (`UNAVAILABLE`) is left as
+it is in the target. The target session carries the replication origin `strangler_<name>` so
+capture on this database skips what the applier writes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+import psycopg2.extras
+
+from cdc import deadletter
+from cdc.events import UNAVAILABLE, ChangeEvent
+from cdc.exceptions import CDCError, MappingError, SchemaChangedError
+from cdc.mapping import RowMapper
+from cdc.spec import SyncSpec, TableSpec
+
+__all__ = ["ApplyError", "ApplyResult", "Applier", "Checkpoint", "DDL", "SchemaGuard", "format_lsn"]
+
+DDL = """
+CREATE SCHEMA IF NOT EXISTS strangler;
+CREATE TABLE IF NOT EXISTS strangler.checkpoint (
+    name text PRIMARY KEY,
+    commit_lsn bigint NOT NULL DEFAULT 0,
+    lsn bigint NOT NULL DEFAULT 0,
+    snapshot jsonb NOT NULL DEFAULT '{}'::jsonb,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    source_ts_ms bigint NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS strangler.row_position (
+    target_table text NOT NULL,
+    pk jsonb NOT NULL,
+    commit_lsn bigint NOT NULL,
+    lsn bigint NOT NULL,
+    PRIMARY KEY (target_table, pk)
+);
+CREATE TABLE IF NOT EXISTS strangler.table_position (
+    name text NOT NULL,
+    target_table text NOT NULL,
+    commit_lsn bigint NOT NULL,
+    lsn bigint NOT NULL,
+    PRIMARY KEY (name, target_table)
+);
+""" + deadletter.DDL
+
+Position = tuple[int, int]
+
+
+class ApplyError(CDCError):
+    """The target refused a batch and the spec says `on_error: stop`, or the target is unusable."""
+
+
+class AckBatch(Protocol):
+    """What `apply_batch` needs of a transport batch."""
+
+    events: list[ChangeEvent]
+    position: tuple[int, int]
+
+    def ack(self) -> None: ...
+
+
+def format_lsn(lsn: int) -> str:
+    """PostgreSQL's textual LSN (`16/B374D848`)."""
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def parse_lsn(text: str) -> int:
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Checkpoint:
+    """Where the applier is: the last applied position and the snapshot's state."""
+
+    position: Position = (0, 0)
+    snapshot: Mapping[str, Any] = field(default_factory=dict)
+    source_ts_ms: int = 0
+
+    @property
+    def snapshot_done(self) -> bool:
+        return bool(self.snapshot.get("done"))
+
+
+@dataclass(slots=True)
+class ApplyResult:
+    """Counts of one apply call."""
+
+    applied: int = 0
+    skipped: int = 0
+    dead_lettered: int = 0
+    position: Position | None = None
+
+
+@dataclass(slots=True)
+class _Op:
+    kind: str  # "upsert" | "delete" | "truncate"
+    table: TableSpec
+    key: tuple[Any, ...]
+    row: dict[str, Any] | None
+    position: Position
+    snapshot: bool
+    event: ChangeEvent
+
+
+class SchemaGuard:
+    """Stops the stream when a mapped legacy column changes type (from the events' column types)."""
+
+    def __init__(self, spec: SyncSpec) -> None:
+        self._mapped = {t.source: set(t.source_columns) for t in spec.tables}
+        self._types: dict[tuple[str, str], str] = {}
+
+    def check(self, event: ChangeEvent) -> None:
+        if event.columns is None:
+            return
+        table = f"{event.source.schema}.{event.source.table}"
+        mapped = self._mapped.get(table)
+        if not mapped:
+            return
+        present = set()
+        for column in event.columns:
+            present.add(column.name)
+            if column.name not in mapped:
+                continue
+            known = self._types.setdefault((table, column.name), column.type_name)
+            if known != column.type_name:
+                raise SchemaChangedError(
+                    f"legacy column {table}.{column.name} changed type from {known} to {column.type_name}; the sync "
+                    "spec's mapping of it may no longer hold. Check the mapping, then restart the applier."
+                )
+        if event.op != "t":
+            missing = mapped - present
+            if missing:
+                raise SchemaChangedError(
+                    f"legacy column(s) {', '.join(sorted(missing))} of {table} are mapped by the sync spec but no "
+                    "longer exist in the source (dropped?). Fix the spec, then restart the applier."
+                )
+
+
+class _RowMissing(Exception):
+    """A change without some columns (unchanged TOAST) for a row the target does not have."""
+
+
+def _adapt(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        return psycopg2.extras.Json(value)
+    return value
+
+
+def _pk_json(key: tuple[Any, ...]) -> str:
+    return json.dumps(list(key), default=str, separators=(",", ":"))
+
+
+def _ident(*parts: str) -> str:
+    return ".".join('"' + p.replace('"', '""') + '"' for p in parts)
+
+
+class Applier:
+    """Applies change events for one sync spec into its target database.
+
+    `connect` opens the target connection (default: psycopg2 on `spec.target_url`). `ordered`
+    says the transport delivers one totally ordered stream (memory transport, a file): events at
+    or before the checkpoint are then skipped as a whole; with Kafka (one partition per table)
+    only the per-row guards decide.
+    """
+
+    def __init__(
+        self,
+        spec: SyncSpec,
+        *,
+        connect: Callable[[], Any] | None = None,
+        ordered: bool = True,
+        use_origin: bool = True,
+    ) -> None:
+        if connect is None and not spec.target_url:
+            raise CDCError(
+                f"{spec.path}: no target database: set target.url in the spec, CATALOG_DATABASE_URL, or --target-url"
+            )
+        self.spec = spec
+        self._connect = connect or (lambda: psycopg2.connect(spec.target_url))
+        self.ordered = ordered
+        self.use_origin = use_origin
+        self.mappers = {t.source: RowMapper(t) for t in spec.tables}
+        self.guard = SchemaGuard(spec)
+        self.conn: Any = None
+        self._checkpoint = Checkpoint()
+        self._streamed_tables: set[str] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def open(self, *, origin_wait: float = 15.0) -> Applier:
+        try:
+            self.conn = self._connect()
+        except psycopg2.Error as exc:
+            raise ApplyError(f"cannot connect to the target database: {str(exc).strip()}") from exc
+        ensure_schema(self.conn)
+        if self.use_origin:
+            self._setup_origin(origin_wait)
+        self._checkpoint = load_checkpoint(self.conn, self.spec.name)
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT DISTINCT target_table FROM strangler.row_position")
+            self._streamed_tables = {r[0] for r in cur.fetchall()}
+        self.conn.commit()
+        return self
+
+    def _setup_origin(self, wait: float) -> None:
+        name = self.spec.origin_name
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                with self.conn.cursor() as cur:
+                    cur.execute("SELECT pg_replication_origin_oid(%s)", (name,))
+                    if cur.fetchone()[0] is None:
+                        cur.execute("SELECT pg_replication_origin_create(%s)", (name,))
+                    cur.execute("SELECT pg_replication_origin_session_setup(%s)", (name,))
+                self.conn.commit()
+                return
+            except (psycopg2.errors.ObjectInUse, psycopg2.errors.UniqueViolation) as exc:
+                self.conn.rollback()
+                # A killed applier's backend may take a moment to notice and release the origin.
+                if time.monotonic() > deadline:
+                    raise ApplyError(
+                        f"replication origin {name!r} is in use by another applier ({str(exc).strip()}); stop it first"
+                    ) from exc
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            finally:
+                self.conn = None
+
+    def __enter__(self) -> Applier:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        return self._checkpoint
+
+    # -- applying ----------------------------------------------------------------------------------
+
+    def apply_batch(self, batch: AckBatch, *, snapshot: Mapping[str, Any] | None = None) -> ApplyResult:
+        """Apply a transport batch in one transaction, then acknowledge it."""
+        result = self.apply(batch.events, position=batch.position, snapshot=snapshot)
+        batch.ack()
+        return result
+
+    def apply(
+        self,
+        events: Sequence[ChangeEvent],
+        *,
+        position: Position | None = None,
+        snapshot: Mapping[str, Any] | None = None,
+    ) -> ApplyResult:
+        """Apply events (in stream order) in one target transaction, with the checkpoint."""
+        if self.conn is None:
+            self.open()
+        result = ApplyResult()
+        ops: list[_Op] = []
+        poison: list[tuple[ChangeEvent, str]] = []
+        last = position
+        cp = self._checkpoint.position
+        for event in events:
+            pos = event.position
+            if last is None or pos > last:
+                last = pos
+            if self.ordered and event.op != "r" and pos <= cp:
+                result.skipped += 1
+                continue
+            table = self.spec.table_for(event.source.schema, event.source.table)
+            if table is None:
+                result.skipped += 1
+                continue
+            self.guard.check(event)
+            try:
+                ops.extend(self._ops(table, event))
+            except MappingError as exc:
+                poison.append((event, str(exc)))
+        self._run(ops, poison, result, last, snapshot)
+        return result
+
+    def _ops(self, table: TableSpec, event: ChangeEvent) -> list[_Op]:
+        mapper = self.mappers[table.source]
+        pos = event.position
+        snap = event.op == "r"
+        if event.op == "t":
+            return [_Op("truncate", table, (), None, pos, False, event)]
+        if event.op == "d":
+            image = event.before or event.key
+            if not image:
+                raise MappingError(f"delete on {table.source} carries no key (before and key are empty)")
+            return [_Op("delete", table, mapper.key(image), None, pos, False, event)]
+        if event.after is None:
+            raise MappingError(f"{event.op!r} event on {table.source} has no 'after' row")
+        key = mapper.key(event.after)
+        out: list[_Op] = []
+        if event.op == "u" and event.before:
+            try:
+                old_key = mapper.key(event.before)
+            except MappingError:
+                old_key = key
+            if old_key != key:
+                out.append(_Op("delete", table, old_key, None, pos, False, event))
+        row = mapper.map(event.after)
+        if row is None:
+            out.append(_Op("delete", table, key, None, pos, snap, event))
+        else:
+            out.append(_Op("upsert", table, key, row, pos, snap, event))
+        return out
+
+    def _run(
+        self,
+        ops: list[_Op],
+        poison: list[tuple[ChangeEvent, str]],
+        result: ApplyResult,
+        last: Position | None,
+        snapshot: Mapping[str, Any] | None,
+    ) -> None:
+        if poison and self.spec.on_error == "stop":
+            event, reason = poison[0]
+            raise ApplyError(f"event at {event.position} on {event.source.schema}.{event.source.table} cannot be "
+                             f"mapped: {reason} (on_error: stop)")
+        conn = self.conn
+        try:
+            with conn.cursor() as cur:
+                try:
+                    result.applied += self._execute(cur, ops)
+                except (psycopg2.Error, _RowMissing) as exc:
+                    if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+                        raise
+                    conn.rollback()
+                    if self.spec.on_error == "stop":
+                        raise ApplyError(f"the target refused a batch: {str(exc).strip()} (on_error: stop)") from exc
+                    result.applied = 0
+                    result.applied += self._execute_one_by_one(cur, ops, poison)
+                for event, reason in poison:
+                    deadletter.insert(cur, self.spec.name, event, reason)
+                    result.dead_lettered += 1
+                new_cp = self._checkpoint
+                if last is not None or snapshot is not None:
+                    new_pos = max(last or (0, 0), self._checkpoint.position)
+                    snap = dict(snapshot) if snapshot is not None else dict(self._checkpoint.snapshot)
+                    ts = max((o.event.source.ts_ms for o in ops), default=self._checkpoint.source_ts_ms)
+                    cur.execute(
+                        "INSERT INTO strangler.checkpoint (name, commit_lsn, lsn, snapshot, updated_at, source_ts_ms) "
+                        "VALUES (%s, %s, %s, %s::jsonb, now(), %s) ON CONFLICT (name) DO UPDATE SET "
+                        "commit_lsn = EXCLUDED.commit_lsn, lsn = EXCLUDED.lsn, snapshot = EXCLUDED.snapshot, "
+                        "updated_at = now(), source_ts_ms = GREATEST(strangler.checkpoint.source_ts_ms, EXCLUDED.source_ts_ms)",
+                        (self.spec.name, new_pos[0], new_pos[1], json.dumps(snap, default=str), ts),
+                    )
+                    new_cp = Checkpoint(position=new_pos, snapshot=snap, source_ts_ms=max(ts, self._checkpoint.source_ts_ms))
+            conn.commit()
+        except psycopg2.Error as exc:
+            try:
+                conn.rollback()
+            except psycopg2.Error:
+                pass
+            raise ApplyError(f"applying to the target failed: {str(exc).strip()}") from exc
+        except BaseException:
+            try:
+                conn.rollback()
+            except psycopg2.Error:
+                pass
+            raise
+        self._checkpoint = new_cp
+        result.position = new_cp.position
+
+    # -- SQL ---------------------------------------------------------------------------------------
+
+    def _execute(self, cur: Any, ops: list[_Op]) -> int:
+        """All ops in bulk; truncates split the list into segments applied in order."""
+        applied = 0
+        segment: list[_Op] = []
+        for op in ops:
+            if op.kind == "truncate":
+                applied += self._segment(cur, segment)
+                segment = []
+                applied += self._truncate(cur, op)
+            else:
+                segment.append(op)
+        applied += self._segment(cur, segment)
+        return applied
+
+    def _execute_one_by_one(self, cur: Any, ops: list[_Op], poison: list[tuple[ChangeEvent, str]]) -> int:
+        """After a bulk failure: each op under its own savepoint; failures become dead letters."""
+        applied = 0
+        failed: set[int] = set()
+        for op in ops:
+            if id(op.event) in failed:
+                continue
+            cur.execute("SAVEPOINT strangler_op")
+            try:
+                applied += self._truncate(cur, op) if op.kind == "truncate" else self._segment(cur, [op])
+                cur.execute("RELEASE SAVEPOINT strangler_op")
+            except (psycopg2.Error, _RowMissing) as exc:
+                if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+                    raise
+                cur.execute("ROLLBACK TO SAVEPOINT strangler_op")
+                failed.add(id(op.event))
+                poison.append((op.event, f"{type(exc).__name__}: {str(exc).strip()}"))
+        return applied
+
+    def _truncate(self, cur: Any, op: _Op) -> int:
+        target = op.table.target
+        cur.execute(
+            "SELECT commit_lsn, lsn FROM strangler.table_position WHERE name = %s AND target_table = %s",
+            (self.spec.name, target),
+        )
+        row = cur.fetchone()
+        if row is not None and (row[0], row[1]) >= op.position:
+            return 0
+        cur.execute(f"TRUNCATE {_ident(op.table.target_schema, op.table.target_table)}")
+        cur.execute("DELETE FROM strangler.row_position WHERE target_table = %s", (target,))
+        cur.execute(
+            "INSERT INTO strangler.table_position (name, target_table, commit_lsn, lsn) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (name, target_table) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, lsn = EXCLUDED.lsn",
+            (self.spec.name, target, op.position[0], op.position[1]),
+        )
+        return 1
+
+    def _segment(self, cur: Any, ops: list[_Op]) -> int:
+        if not ops:
+            return 0
+        by_table: dict[str, dict[tuple[Any, ...], _Op]] = {}
+        for op in ops:
+            # The last change of a row within the batch wins (ops arrive in stream order).
+            by_table.setdefault(op.table.target, {})[op.key] = op
+        applied = 0
+        for target, latest in by_table.items():
+            applied += self._table_ops(cur, target, list(latest.values()))
+        return applied
+
+    def _table_ops(self, cur: Any, target: str, ops: list[_Op]) -> int:
+        table = ops[0].table
+        cur.execute(
+            "SELECT commit_lsn, lsn FROM strangler.table_position WHERE name = %s AND target_table = %s",
+            (self.spec.name, target),
+        )
+        row = cur.fetchone()
+        truncated_at: Position = (row[0], row[1]) if row else (0, 0)
+        stored: dict[str, Position] = {}
+        if target in self._streamed_tables or any(not o.snapshot for o in ops):
+            keys = [_pk_json(o.key) for o in ops]
+            cur.execute(
+                "SELECT pk::text, commit_lsn, lsn FROM strangler.row_position "
+                "WHERE target_table = %s AND pk = ANY(%s::jsonb[])",
+                (target, keys),
+            )
+            stored = {json.dumps(json.loads(r[0]), separators=(",", ":")): (r[1], r[2]) for r in cur.fetchall()}
+        upserts: list[_Op] = []
+        deletes: list[_Op] = []
+        positions: list[tuple[str, str, int, int]] = []
+        for op in ops:
+            pk = _pk_json(op.key)
+            seen = stored.get(pk)
+            if op.snapshot:
+                # Snapshot rows are older than any streamed change: skip if one was applied.
+                if seen is not None:
+                    continue
+            else:
+                if op.position <= truncated_at or (seen is not None and seen >= op.position):
+                    continue
+                positions.append((target, pk, op.position[0], op.position[1]))
+            (upserts if op.kind == "upsert" else deletes).append(op)
+        # Deletes first: a row deleted and another inserted with its unique values in one batch.
+        self._delete(cur, table, deletes)
+        self._upsert(cur, table, upserts)
+        if positions:
+            psycopg2.extras.execute_values(
+                cur,
+                "INSERT INTO strangler.row_position (target_table, pk, commit_lsn, lsn) VALUES %s "
+                "ON CONFLICT (target_table, pk) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, lsn = EXCLUDED.lsn",
+                positions,
+                template="(%s, %s::jsonb, %s, %s)",
+                page_size=1000,
+            )
+            self._streamed_tables.add(target)
+        return len(upserts) + len(deletes)
+
+    def _upsert(self, cur: Any, table: TableSpec, ops: list[_Op]) -> None:
+        if not ops:
+            return
+        name = _ident(table.target_schema, table.target_table)
+        key_cols = table.target_key
+        groups: dict[tuple[str, ...], list[_Op]] = {}
+        partial: list[_Op] = []
+        for op in ops:
+            assert op.row is not None
+            if any(v is UNAVAILABLE for v in op.row.values()):
+                partial.append(op)
+            else:
+                groups.setdefault(tuple(op.row), []).append(op)
+        for cols, group in groups.items():
+            updates = [c for c in cols if c not in key_cols]
+            conflict = ", ".join(_ident(c) for c in key_cols)
+            action = (
+                "DO UPDATE SET " + ", ".join(f"{_ident(c)} = EXCLUDED.{_ident(c)}" for c in updates)
+                if updates else "DO NOTHING"
+            )
+            sql = f"INSERT INTO {name} ({', '.join(_ident(c) for c in cols)}) VALUES %s ON CONFLICT ({conflict}) {action}"
+            rows = [tuple(_adapt(v) for v in op.row.values()) for op in group]  # type: ignore[union-attr]
+            psycopg2.extras.execute_values(cur, sql, rows, page_size=1000)
+        for op in partial:
+            assert op.row is not None
+            present = {c: v for c, v in op.row.items() if v is not UNAVAILABLE and c not in key_cols}
+            missing = sorted(c for c, v in op.row.items() if v is UNAVAILABLE)
+            where = " AND ".join(f"{_ident(c)} = %s" for c in key_cols)
+            if present:
+                sets = ", ".join(f"{_ident(c)} = %s" for c in present)
+                cur.execute(f"UPDATE {name} SET {sets} WHERE {where}", [*(_adapt(v) for v in present.values()), *op.key])
+            else:
+                cur.execute(f"SELECT 1 FROM {name} WHERE {where}", list(op.key))
+            if cur.rowcount == 0:
+                raise _RowMissing(
+                    f"row {op.key} of {table.target} does not exist and the change does not carry "
+                    f"column(s) {', '.join(missing)} (unchanged TOAST values); it cannot be created from this event"
+                )
+
+    def _delete(self, cur: Any, table: TableSpec, ops: list[_Op]) -> None:
+        if not ops:
+            return
+        name = _ident(table.target_schema, table.target_table)
+        cols = ", ".join(_ident(c) for c in table.target_key)
+        psycopg2.extras.execute_values(
+            cur, f"DELETE FROM {name} WHERE ({cols}) IN (VALUES %s)", [op.key for op in ops], page_size=1000
+        )
+
+    # -- snapshot fast path --------------------------------------------------------------------------
+
+    def copy_rows(
+        self,
+        table: TableSpec,
+        rows: Iterable[Mapping[str, Any]],
+        *,
+        snapshot: Mapping[str, Any],
+        position: Position,
+    ) -> int:
+        """Bulk-load mapped snapshot rows with COPY, with the checkpoint, in one transaction.
+
+        Used while the service table has no streamed rows yet (the initial snapshot): rows go
+        straight in with COPY; should a key already exist (a resumed chunk), the chunk is
+        re-loaded through a temporary table and upserted instead.
+        """
+        buf = io.StringIO()
+        cols: tuple[str, ...] | None = None
+        n = 0
+        for row in rows:
+            if cols is None:
+                cols = tuple(row)
+            buf.write("\t".join(_copy_text(row[c]) for c in cols))
+            buf.write("\n")
+            n += 1
+        conn = self.conn
+        name = _ident(table.target_schema, table.target_table)
+        try:
+            with conn.cursor() as cur:
+                if cols:
+                    col_list = ", ".join(_ident(c) for c in cols)
+                    cur.execute("SAVEPOINT strangler_copy")
+                    buf.seek(0)
+                    try:
+                        cur.copy_expert(f"COPY {name} ({col_list}) FROM STDIN", buf)
+                        cur.execute("RELEASE SAVEPOINT strangler_copy")
+                    except psycopg2.errors.UniqueViolation:
+                        cur.execute("ROLLBACK TO SAVEPOINT strangler_copy")
+                        buf.seek(0)
+                        cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS strangler_load (LIKE {name}) ON COMMIT DELETE ROWS")
+                        cur.copy_expert(f"COPY strangler_load ({col_list}) FROM STDIN", buf)
+                        updates = [c for c in cols if c not in table.target_key]
+                        cur.execute(
+                            f"INSERT INTO {name} ({col_list}) SELECT {col_list} FROM strangler_load "
+                            f"ON CONFLICT ({', '.join(_ident(c) for c in table.target_key)}) DO UPDATE SET "
+                            + ", ".join(f"{_ident(c)} = EXCLUDED.{_ident(c)}" for c in updates)
+                        )
+                cur.execute(
+                    "INSERT INTO strangler.checkpoint (name, commit_lsn, lsn, snapshot, updated_at) "
+                    "VALUES (%s, %s, %s, %s::jsonb, now()) ON CONFLICT (name) DO UPDATE SET "
+                    "commit_lsn = EXCLUDED.commit_lsn, lsn = EXCLUDED.lsn, snapshot = EXCLUDED.snapshot, updated_at = now()",
+                    (self.spec.name, position[0], position[1], json.dumps(dict(snapshot), default=str)),
+                )
+            conn.commit()
+        except psycopg2.Error as exc:
+            conn.rollback()
+            raise ApplyError(f"loading snapshot rows into {table.target} failed: {str(exc).strip()}") from exc
+        self._checkpoint = Checkpoint(position=position, snapshot=dict(snapshot), source_ts_ms=self._checkpoint.source_ts_ms)
+        return n
+
+    def save_checkpoint(self, *, position: Position, snapshot: Mapping[str, Any]) -> None:
+        """Record the position and snapshot state (e.g. the snapshot's start) on its own."""
+        self._run([], [], ApplyResult(), position, snapshot)
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(value: Any) -> str:
+    """A value in COPY's text format."""
+    if value is None:
+        return "\\N"
+    if value is True:
+        return "t"
+    if value is False:
+        return "f"
+    if isinstance(value, str):
+        return value.translate(_COPY_ESCAPES)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).translate(_COPY_ESCAPES)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "\\\\x" + bytes(value).hex()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def ensure_schema(conn: Any) -> None:
+    """Create the applier's bookkeeping tables in the target (idempotent)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('strangler.dead_letter') IS NOT NULL AND to_regclass('strangler.table_position') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('strangler.ddl'))")
+            cur.execute(DDL)
+    conn.commit()
+
+
+def load_checkpoint(conn: Any, name: str) -> Checkpoint:
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('strangler.checkpoint') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            conn.rollback()
+            return Checkpoint()
+        cur.execute("SELECT commit_lsn, lsn, snapshot, source_ts_ms FROM strangler.checkpoint WHERE name = %s", (name,))
+        row = cur.fetchone()
+    conn.rollback()
+    if row is None:
+        return Checkpoint()
+    return Checkpoint(position=(int(row[0]), int(row[1])), snapshot=row[2] or {}, source_ts_ms=int(row[3]))

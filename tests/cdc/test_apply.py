@@ -1,0 +1,176 @@
+"""Idempotent apply into a real PostgreSQL target: upserts, deletes, truncates, key changes,
+TOAST placeholders, redelivery, dead letters and schema changes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from decimal import Decimal
+
+import pytest
+
+from cdc.apply import Applier, ApplyError
+from cdc.events import UNAVAILABLE, ChangeEvent, Column
+from cdc.exceptions import SchemaChangedError
+from tests.cdc.apply_fixtures import event, legacy_and_target, product, query, spec_for
+
+__all__ = ["legacy_and_target"]
+
+
+def _applier(target: str, **kw: object) -> Applier:
+    return Applier(spec_for(None, target), **kw).open()  # type: ignore[arg-type]
+
+
+def _products(target: str) -> list[tuple[object, ...]]:
+    return query(target, "SELECT id, title, price_cents, description, active FROM catalog.products ORDER BY id")
+
+
+def test_insert_update_delete_and_checkpoint(legacy_and_target: tuple[str, str]) -> None:
+    _, target = legacy_and_target
+    applier = _applier(target)
+    try:
+        applier.apply([
+            event("c", 1, 100, after=product(1)),
+            event("c", 2, 110, after=product(2)),
+            event("u", 1, 120, before={"id": 1}, after=product(1, name="Renamed", price=Decimal("5.00"))),
+            event("d", 2, 130, before={"id": 2}),
+        ])
+        assert _products(target) == [(1, "Renamed", 500, "dddddddddd", True)]
+        assert query(target, "SELECT commit_lsn, lsn FROM strangler.checkpoint WHERE name = 'catalog'") == [(130, 130)]
+    finally:
+        applier.close()
+
+
+def test_redelivered_and_older_events_are_no_ops(legacy_and_target: tuple[str, str]) -> None:
+    _, target = legacy_and_target
+    batch = [event("c", 1, 100, after=product(1)), event("u", 1, 200, before={"id": 1}, after=product(1, name="new"))]
+    with _applier(target, ordered=False) as applier:
+        applier.apply(batch)
+        result = applier.apply(batch)  # redelivered as a whole
+        assert result.applied == 0
+        applier.apply([event("u", 1, 150, before={"id": 1}, after=product(1, name="older"))])
+        assert _products(target)[0][1] == "new"
+        # A late insert older than the delete does not resurrect the row.
+        applier.apply([event("d", 1, 300, before={"id": 1})])
+        applier.apply([event("c", 1, 250, after=product(1))])
+        assert _products(target) == []
+    with _applier(target) as ordered:  # the checkpoint alone skips what it covers
+        assert ordered.apply([event("c", 9, 300, after=product(9))]).skipped == 1
+
+
+def test_snapshot_rows_never_override_streamed_changes(legacy_and_target: tuple[str, str]) -> None:
+    _, target = legacy_and_target
+    with _applier(target, ordered=False) as applier:
+        applier.apply([event("u", 1, 500, before={"id": 1}, after=product(1, name="streamed"))])
+        applier.apply([event("r", 1, 400, after=product(1, name="snapshot")), event("r", 2, 400, after=product(2))])
+        assert [r[1] for r in _products(target)] == ["streamed", "Product 2"]
+
+
+def test_primary_key_change_moves_the_row(legacy_and_target: tuple[str, str]) -> None:
+    _, target = legacy_and_target
+    with _applier(target) as applier:
+        applier.apply([event("c", 1, 100, after=product(1))])
+        applier.apply([event("u", 7, 200, before={"id": 1}, after=product(7))])
+        assert [r[0] for r in _products(target)] == [7]
+
+
+def test_truncate_and_filtered_rows(legacy_and_target: tuple[str, str]) -> None:
+    _, target = legacy_and_target
+    with _applier(target) as applier:
+        applier.apply([event("c", 1, 100, after=product(1)), event("c", 2, 110, after=product(2))])
+        truncate = replace(event("c", 0, 120), op="t", key=None, after=None)
+        applier.apply([truncate, event("c", 3, 130, after=product(3))])
+        assert [r[0] for r in _products(target)] == [3]
+        # A row updated into the filter's excluded set leaves the service table.
+        applier.apply([event("u", 3, 140, before={"id": 3}, after=product(3, sku="__internal-3"))])
+        assert _products(target) == []
+
+
+def test_unchanged_toast_value_keeps_the_target_value(legacy_and_target: tuple[str, str]) -> None:
+    _, target = legacy_and_target
+    with _applier(target) as applier:
+        applier.apply([event("c", 1, 100, after=product(1, description="long text"))])
+        applier.apply([event("u", 1, 200, before={"id": 1}, after=product(1, description=UNAVAILABLE, stock=9))])
+        assert query(target, "SELECT description, stock FROM catalog.products") == [("long text", 9)]
+        # Without an existing row such an event cannot be applied: dead letter, stream goes on.
+        result = applier.apply([
+            event("u", 2, 300, before={"id": 2}, after=product(2, description=UNAVAILABLE)),
+            event("c", 3, 310, after=product(3)),
+        ])
+        assert result.dead_lettered == 1
+        assert [r[0] for r in _products(target)] == [1, 3]
+        assert "unchanged TOAST" in query(target, "SELECT reason FROM strangler.dead_letter")[0][0]
+
+
+def test_poison_events_are_dead_lettered_and_the_stream_continues(legacy_and_target: tuple[str, str]) -> None:
+    _, target = legacy_and_target
+    with _applier(target) as applier:
+        result = applier.apply([
+            event("c", 1, 100, after=product(1)),
+            event("c", 2, 110, after=product(2, price="not-a-number")),        # unmappable
+            event("c", 3, 120, after=product(3, sku="SKU-1")),                  # unique violation on sku
+            event("c", 4, 130, after=product(4)),
+        ])
+        assert result.dead_lettered == 2
+        assert [r[0] for r in _products(target)] == [1, 4]
+        rows = query(target, "SELECT reason, event->'after'->>'id', position FROM strangler.dead_letter ORDER BY id")
+        assert {r[1] for r in rows} == {"2", "3"}
+        assert any("UniqueViolation" in r[0] for r in rows) and any("is neither a number" in r[0] for r in rows)
+        assert query(target, "SELECT lsn FROM strangler.checkpoint") == [(130,)]
+
+
+def test_on_error_stop_rolls_back_and_raises(legacy_and_target: tuple[str, str]) -> None:
+    _, target = legacy_and_target
+    spec = replace(spec_for(None, target), on_error="stop")
+    with Applier(spec).open() as applier:
+        with pytest.raises(ApplyError, match="on_error: stop"):
+            applier.apply([event("c", 1, 100, after=product(1)), event("c", 2, 110, after=product(2, price="x"))])
+        assert _products(target) == []
+        assert query(target, "SELECT count(*) FROM strangler.checkpoint") == [(0,)]
+
+
+def test_dropped_or_retyped_mapped_column_stops_and_new_columns_are_ignored(legacy_and_target: tuple[str, str]) -> None:
+    _, target = legacy_and_target
+    cols = tuple(Column(n, "numeric" if n == "price" else "text") for n in product(1))
+    with _applier(target) as applier:
+        applier.apply([replace(event("c", 1, 100, after=product(1)), columns=cols)])
+        extra = (*cols, Column("colour", "text"))
+        applier.apply([replace(event("c", 2, 110, after={**product(2), "colour": "red"}), columns=extra)])
+        assert len(_products(target)) == 2
+        retyped = tuple(Column(c.name, "text") for c in cols)
+        with pytest.raises(SchemaChangedError, match="price changed type from numeric to text"):
+            applier.apply([replace(event("c", 3, 120, after=product(3)), columns=retyped)])
+        dropped = tuple(c for c in cols if c.name != "stock")
+        row = product(4)
+        del row["stock"]
+        with pytest.raises(SchemaChangedError, match="stock"):
+            applier.apply([replace(event("c", 4, 130, after=row), columns=dropped)])
+        assert len(_products(target)) == 2
+
+
+def test_applier_writes_carry_the_replication_origin(legacy_and_target: tuple[str, str]) -> None:
+    _, target = legacy_and_target
+    with _applier(target) as applier:
+        applier.apply([event("c", 1, 100, after=product(1))])
+        assert query(target, "SELECT count(*) FROM pg_replication_origin WHERE roname = 'strangler_catalog'") == [(1,)]
+        with pytest.raises(ApplyError, match="in use"):
+            Applier(spec_for(None, target)).open(origin_wait=0.3)
+
+
+def test_snapshot_copy_fast_path_and_resumed_chunk(legacy_and_target: tuple[str, str]) -> None:
+    from cdc.mapping import RowMapper
+
+    _, target = legacy_and_target
+    spec = spec_for(None, target)
+    table = spec.tables[1]
+    mapper = RowMapper(table)
+    with Applier(spec).open() as applier:
+        rows = [mapper.map(product(i, description="tab\there\nnew \\ line")) for i in range(1, 6)]
+        applier.copy_rows(table, rows, snapshot={"done": False}, position=(50, 0))  # type: ignore[arg-type]
+        applier.copy_rows(table, rows[3:], snapshot={"done": True}, position=(50, 0))  # type: ignore[arg-type]
+        assert applier.checkpoint.snapshot_done
+    assert query(target, "SELECT count(*), min(description) FROM catalog.products") == [(5, "tab\there\nnew \\ line")]
+    assert query(target, "SELECT attributes->>'color' FROM catalog.products LIMIT 1") == [("red",)]
+
+
+def test_event_is_change_event() -> None:
+    assert isinstance(event("c", 1, 1, after=product(1)), ChangeEvent)
