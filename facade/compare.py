@@ -184,6 +184,7 @@ class CompareRules:
     tolerance: float = 0.0
     unordered: tuple[str, ...] = ()
     array_keys: Mapping[str, str] = field(default_factory=dict)
+    tolerances: Mapping[str, float] = field(default_factory=dict)  # path → tolerance there
     _compiled: _Compiled = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -191,13 +192,14 @@ class CompareRules:
 
 
 class _Compiled:
-    __slots__ = ("headers", "ignore", "normalize", "tolerance", "unordered", "array_keys")
+    __slots__ = ("headers", "ignore", "normalize", "tolerance", "tolerances", "unordered", "array_keys")
 
     def __init__(self) -> None:
         self.headers: tuple[str, ...] = ()
         self.ignore: tuple[PathPattern, ...] = ()
         self.normalize: tuple[tuple[re.Pattern[str], str, PathPattern | None], ...] = ()
         self.tolerance = 0.0
+        self.tolerances: tuple[tuple[PathPattern, float], ...] = ()
         self.unordered: tuple[PathPattern, ...] = ()
         self.array_keys: tuple[tuple[PathPattern, str], ...] = ()
 
@@ -217,6 +219,10 @@ class _Compiled:
         if rules.tolerance < 0 or math.isnan(rules.tolerance):
             raise CompareError(f"tolerance {rules.tolerance!r} must be a number >= 0")
         c.tolerance = float(rules.tolerance)
+        for where, value in rules.tolerances.items():
+            if value < 0 or math.isnan(value):
+                raise CompareError(f"tolerance {value!r} at {where!r} must be a number >= 0")
+        c.tolerances = tuple((PathPattern(p), float(v)) for p, v in rules.tolerances.items())
         c.unordered = tuple(PathPattern(p) for p in rules.unordered)
         c.array_keys = tuple((PathPattern(p), k) for p, k in rules.array_keys.items())
         return c
@@ -296,6 +302,12 @@ class _Differ:
     def ignored(self, path: str) -> bool:
         return any(p.matches(path) for p in self.rules.ignore)
 
+    def tolerance(self, path: str) -> float:
+        for pattern, value in self.rules.tolerances:
+            if pattern.matches(path):
+                return value
+        return self.rules.tolerance
+
     def normalise(self, path: str, text: str) -> str:
         for regex, replacement, where in self.rules.normalize:
             if where is None or where.matches(path):
@@ -319,7 +331,7 @@ class _Differ:
         elif ta == "array":
             self.walk_array(path, a, b)
         elif ta == "number":
-            if a != b and abs(a - b) > self.rules.tolerance:
+            if a != b and abs(a - b) > self.tolerance(path):
                 self.add(path, DiffKind.VALUE, a, b)
         elif ta == "string":
             if a != b and (not self.rules.normalize or self.normalise(path, a) != self.normalise(path, b)):
@@ -497,7 +509,7 @@ def rules_from(
     headers: Iterable[str] = (),
     ignore: Iterable[str] = (),
     normalize: Iterable[Normalizer | Mapping[str, Any] | Sequence[str]] = (),
-    tolerance: float = 0.0,
+    tolerance: float | Mapping[str, float] = 0.0,
     unordered: Iterable[str] = (),
     array_keys: Mapping[str, str] | None = None,
 ) -> CompareRules:
@@ -507,7 +519,8 @@ def rules_from(
         if isinstance(n, Normalizer):
             norms.append(n)
         elif isinstance(n, Mapping):
-            norms.append(Normalizer(str(n["pattern"]), str(n.get("replace", n.get("replacement", ""))), n.get("path")))
+            pattern = n.get("regex", n.get("pattern"))
+            norms.append(Normalizer(str(pattern), str(n.get("replace", "")), n.get("path")))
         else:
             items = list(n)
             norms.append(Normalizer(str(items[0]), str(items[1]) if len(items) > 1 else ""))
@@ -515,7 +528,8 @@ def rules_from(
         headers=tuple(headers),
         ignore=tuple(ignore),
         normalize=tuple(norms),
-        tolerance=float(tolerance),
+        tolerance=float(tolerance) if isinstance(tolerance, (int, float)) else 0.0,
+        tolerances=dict(tolerance) if isinstance(tolerance, Mapping) else {},
         unordered=tuple(unordered),
         array_keys=dict(array_keys or {}),
     )

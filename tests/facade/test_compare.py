@@ -101,6 +101,11 @@ def test_normalize_regex_and_numeric_tolerance() -> None:
     assert kinds(a, {"at": "soon", "v": 1.5}, rules) == {("$.at", "value"), ("$.v", "value")}
 
 
+def test_tolerance_per_path() -> None:
+    rules = rules_from(tolerance={"$.a": 0.5})
+    assert kinds({"a": 1.0, "b": 1.0}, {"a": 1.4, "b": 1.4}, rules) == {("$.b", "value")}
+
+
 def test_status_and_configured_headers() -> None:
     a = Reply(200, {"content-type": "text/plain", "x-a": "1", "x-b": "b"}, b"ok")
     b = Reply(500, {"content-type": "text/plain", "x-a": "2", "x-c": "c"}, b"ok")
