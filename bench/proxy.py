@@ -1,0 +1,586 @@
+"""Proxy benchmark: wrk against an upstream directly, through nginx, and through the façade.
+
+One run, everything on 127.0.0.1, every run bounded in time:
+
+- upstreams: a cheap one (nginx answering `return 200 '{"ok":true}'`, so the upstream is never
+  the bottleneck) and the sample monolith (`python -m monolith serve` on a small seeded database
+  on an embedded PostgreSQL), both asked `GET /api/products/1`;
+- per upstream: wrk directly, through nginx as a reverse proxy (keepalive pool, buffered access
+  log), through the façade with one worker (routing, metrics, access log on) and, on the cheap
+  upstream, with two workers;
+- each scenario: a high-concurrency run for requests/s and a concurrency-1 run for p50/p99;
+- shadow: the façade mirroring 100% of the route to a second cheap upstream vs not mirroring;
+- `--clients`: a minimal raw ASGI proxy with httpx.AsyncClient vs aiohttp.ClientSession, to pick
+  the façade's HTTP client by numbers.
+
+Prints a table per part, then the ratios against their targets; `--json` prints everything as
+JSON on stdout. Everything started is stopped on exit or Ctrl-C; the temp directory is removed.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from bench._harness import (  # noqa: E402
+    WRK_SUMMARY_LUA,
+    BenchError,
+    Processes,
+    Ratio,
+    WrkResult,
+    check_tools,
+    free_port,
+    install_hint,
+    install_tools,
+    load_average,
+    nginx_proxy_config,
+    nginx_upstream_config,
+    python,
+    ratios_table,
+    results_table,
+    run_wrk,
+    sigterm_as_interrupt,
+    start_nginx,
+)
+
+PATH = "/api/products/1"
+CHEAP = "cheap"
+MONOLITH = "monolith"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one run measures and for how long."""
+
+    duration: float
+    warmup: float
+    connections: int
+    threads: int
+    monolith: bool
+    shadow: bool
+    nginx_access_log: bool
+    products: int
+    keep: bool
+
+
+@dataclass
+class Scenario:
+    upstream: str
+    name: str
+    rate: WrkResult | None = None
+    latency: WrkResult | None = None
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "upstream": self.upstream, "scenario": self.name, "note": self.note,
+            "rate": self.rate.as_dict() if self.rate else None,
+            "latency_c1": self.latency.as_dict() if self.latency else None,
+        }
+
+    def row(self) -> dict[str, Any]:
+        return {"upstream": self.upstream, "scenario": self.name, "rate": self.rate, "latency": self.latency}
+
+
+@dataclass
+class Run:
+    """Everything one invocation started and measured."""
+
+    settings: Settings
+    tmp: Path
+    processes: Processes
+    console: Console
+    script: Path
+    scenarios: list[Scenario] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def say(self, message: str) -> None:
+        self.console.print(f"[dim]{message}[/dim]")
+
+    def measure(self, upstream: str, name: str, url: str, note: str = "") -> Scenario:
+        """Warm up, then one run at `connections` for the rate and one at c=1 for latency."""
+        s = self.settings
+        self.say(f"  {upstream} / {name}: {url}")
+        if s.warmup > 0:
+            run_wrk(url, connections=s.connections, threads=s.threads, duration=s.warmup, script=self.script)
+        rate = run_wrk(url, connections=s.connections, threads=s.threads, duration=s.duration, script=self.script)
+        latency = run_wrk(url, connections=1, threads=1, duration=s.duration, script=self.script)
+        scenario = Scenario(upstream, name, rate, latency, note)
+        self.scenarios.append(scenario)
+        if rate.error_count or latency.error_count:
+            self.notes.append(
+                f"{upstream} / {name}: wrk counted errors {rate.errors or ''} {latency.errors or ''}".strip()
+            )
+        return scenario
+
+    def find(self, upstream: str, name: str) -> Scenario | None:
+        for scenario in self.scenarios:
+            if scenario.upstream == upstream and scenario.name == name:
+                return scenario
+        return None
+
+
+# -- the façade's configuration --------------------------------------------------------------------
+
+
+def routing_yaml(primary: str, candidate: str, *, shadow: bool) -> str:
+    """A routing.yaml with one matched route (weights 100/0) and the default route.
+
+    The bench request `GET /api/products/1` matches route `catalog-read` and goes to `monolith`,
+    the upstream under test; `catalog` is a second cheap upstream, the shadow target.
+    """
+    shadow_block = "    shadow: {to: catalog, sample: 100}\n" if shadow else ""
+    return f"""version: 1
+admin:
+  token_env: STRANGLER_ADMIN_TOKEN
+assignment:
+  cookie: strangler_id
+  override_header: X-Strangler-Upstream
+breaker: {{failures: 5, reset_after: 10s}}
+upstreams:
+  monolith: {{url: "{primary}", connect_timeout: 1s, timeout: 30s, pool: 256}}
+  catalog: {{url: "{candidate}", connect_timeout: 1s, timeout: 10s, pool: 256, sandbox: true}}
+routes:
+  - id: catalog-read
+    match: {{path: /api/products/**, methods: [GET, HEAD]}}
+    to: {{monolith: 100, catalog: 0}}
+    timeout: 5s
+    retries: {{attempts: 2, replay_buffer: 64KB}}
+    fallback: monolith
+{shadow_block}default: {{to: monolith, timeout: 30s}}
+"""
+
+
+def facade_problem(config_text: str, where: Path) -> str | None:
+    """None when `facade.config.load_config` accepts the text, else why not."""
+    path = where / "probe-routing.yaml"
+    path.write_text(config_text)
+    try:
+        from facade.config import load_config
+    except ImportError as exc:
+        return f"facade.config is not importable ({exc})"
+    try:
+        load_config(path)
+    except Exception as exc:  # the façade's ConfigError or anything it raises on this input
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def start_facade(run: Run, name: str, upstream_url: str, candidate_url: str, *, workers: int,
+                 shadow: bool = False) -> tuple[str, Any]:
+    config = run.tmp / f"{name}.routing.yaml"
+    config.write_text(routing_yaml(upstream_url, candidate_url, shadow=shadow))
+    port = free_port()
+    child = run.processes.start(
+        name,
+        [python(), "-m", "scripts", "facade", "serve", "--config", str(config), "--host", "127.0.0.1",
+         "--port", str(port), "--workers", str(workers)],
+        cwd=ROOT,
+    )
+    url = f"http://127.0.0.1:{port}{PATH}"
+    run.processes.wait_http(child, url, timeout=60)
+    return url, child
+
+
+# -- the parts of a run ----------------------------------------------------------------------------
+
+
+def measure_upstream(run: Run, upstream: str, base_url: str, candidate_url: str, *, scaling: bool) -> None:
+    """direct, nginx proxy, façade ×1 (and ×2 when `scaling`) against one upstream."""
+    s = run.settings
+    run.measure(upstream, "direct", base_url + PATH)
+
+    port = free_port()
+    access_log = run.tmp / f"nginx-proxy-{len(run.scenarios)}.access.log" if s.nginx_access_log else None
+    config = nginx_proxy_config(run.tmp, port, base_url.removeprefix("http://"), access_log=access_log,
+                                name=f"nginx-proxy-{len(run.scenarios)}")
+    proxy = start_nginx(run.processes, run.tmp, f"nginx-proxy-{len(run.scenarios)}", config,
+                        f"http://127.0.0.1:{port}{PATH}")
+    try:
+        run.measure(upstream, "nginx proxy", f"http://127.0.0.1:{port}{PATH}",
+                    "keepalive pool, access log " + ("on (buffered)" if access_log else "off"))
+    finally:
+        run.processes.stop(proxy)
+
+    for workers in (1, 2) if scaling else (1,):
+        name = f"façade ×{workers}"
+        url, child = start_facade(run, f"facade-{len(run.scenarios)}", base_url, candidate_url, workers=workers)
+        try:
+            run.measure(upstream, name, url, "routing, metrics, access log on")
+        finally:
+            run.processes.stop(child)
+
+
+def measure_shadow(run: Run, base_url: str, candidate_url: str) -> None:
+    """The façade with shadowing off, then mirroring 100% of the route to a second upstream."""
+    problem = facade_problem(routing_yaml(base_url, candidate_url, shadow=True), run.tmp)
+    if problem is not None:
+        run.notes.append(f"shadow scenarios skipped: routing.yaml with shadow is not accepted yet ({problem})")
+        return
+    for shadow in (False, True):
+        name = "façade ×1 shadow 100%" if shadow else "façade ×1 shadow off"
+        url, child = start_facade(run, f"facade-shadow-{int(shadow)}", base_url, candidate_url,
+                                  workers=1, shadow=shadow)
+        try:
+            run.measure(CHEAP, name, url)
+        finally:
+            run.processes.stop(child)
+
+
+def start_monolith(run: Run) -> tuple[str, Callable[[], None]]:
+    """A seeded monolith on an embedded PostgreSQL; returns its base URL and how to stop the database."""
+    from scripts.postgres import EmbeddedPostgres
+
+    if not (ROOT / "monolith" / "__main__.py").exists():
+        raise BenchError("monolith/__main__.py does not exist yet, so `python -m monolith` cannot run")
+    pg = EmbeddedPostgres(run.tmp / "pg" / "data", ephemeral=True).start()
+    try:
+        url = pg.create_database("bench_monolith")
+        run.processes.run("monolith-migrate", [python(), "-m", "monolith", "migrate", "--database-url", url], cwd=ROOT)
+        run.processes.run(
+            "monolith-seed",
+            [python(), "-m", "monolith", "seed", "--database-url", url, "--products", str(run.settings.products)],
+            cwd=ROOT,
+        )
+        port = free_port()
+        child = run.processes.start(
+            "monolith", [python(), "-m", "monolith", "serve", "--database-url", url, "--port", str(port)], cwd=ROOT
+        )
+        run.processes.wait_http(child, f"http://127.0.0.1:{port}{PATH}", timeout=60)
+    except BaseException:
+        pg.stop()
+        raise
+    return f"http://127.0.0.1:{port}", pg.stop
+
+
+def proxy_ratios(run: Run) -> list[Ratio]:
+    ratios: list[Ratio] = []
+
+    def rate(upstream: str, name: str) -> float | None:
+        found = run.find(upstream, name)
+        return found.rate.rps if found and found.rate else None
+
+    def p50(upstream: str, name: str) -> float | None:
+        found = run.find(upstream, name)
+        return found.latency.p50_ms if found and found.latency else None
+
+    def div(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    def sub(a: float | None, b: float | None) -> float | None:
+        return a - b if a is not None and b is not None else None
+
+    for upstream, targets in ((CHEAP, True), (MONOLITH, False)):
+        if run.find(upstream, "direct") is None:
+            continue
+        label = "cheap" if upstream == CHEAP else "monolith"
+        ratios.append(Ratio(
+            f"{label}: façade ×1 / nginx req/s", div(rate(upstream, "façade ×1"), rate(upstream, "nginx proxy")), "%",
+            0.10 if targets else None, note="" if targets else "monolith-bound; for reference",
+        ))
+        ratios.append(Ratio(
+            f"{label}: added p50 at c=1, façade vs direct",
+            sub(p50(upstream, "façade ×1"), p50(upstream, "direct")), "ms", 0.3 if targets else None, "at_most",
+        ))
+        ratios.append(Ratio(
+            f"{label}: added p50 at c=1, nginx vs direct",
+            sub(p50(upstream, "nginx proxy"), p50(upstream, "direct")), "ms", note="reference",
+        ))
+        if run.find(upstream, "façade ×2"):
+            ratios.append(Ratio(
+                f"{label}: façade ×2 / ×1 req/s", div(rate(upstream, "façade ×2"), rate(upstream, "façade ×1")), "×",
+                note="2 cores shared with wrk and the upstream: the ceiling is below 2",
+            ))
+    off, on = "façade ×1 shadow off", "façade ×1 shadow 100%"
+    if run.find(CHEAP, on):
+        ratios.append(Ratio("shadow 100% / off req/s", div(rate(CHEAP, on), rate(CHEAP, off)), "%", 0.90))
+        ratios.append(Ratio("shadow: added p50 at c=1", sub(p50(CHEAP, on), p50(CHEAP, off)), "ms", 0.2, "at_most"))
+    return ratios
+
+
+# -- the HTTP client micro-benchmark ---------------------------------------------------------------
+
+Asgi = Callable[..., Any]
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade", b"host", b"content-length",
+})
+
+
+def client_proxy_app(kind: str, upstream: str) -> Asgi:
+    """A minimal raw ASGI reverse proxy using `kind` (`httpx`, `aiohttp`), or `none`: answers itself.
+
+    Same work for both clients: copy the method, path, query and end-to-end headers, stream the
+    response back. No routing, metrics or logs: this isolates the client's cost.
+    """
+    state: dict[str, Any] = {}
+
+    async def lifespan(receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if kind == "httpx":
+                    import httpx
+
+                    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+                    state["client"] = httpx.AsyncClient(base_url=upstream, limits=limits, timeout=30.0)
+                elif kind == "aiohttp":
+                    import aiohttp
+
+                    connector = aiohttp.TCPConnector(limit=256, ttl_dns_cache=None)
+                    state["client"] = aiohttp.ClientSession(
+                        upstream, connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",),
+                    )
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                client = state.get("client")
+                if client is not None:
+                    await (client.aclose() if kind == "httpx" else client.close())
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def read_body(receive: Any) -> bytes:
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        body = await read_body(receive)
+        if kind == "none":
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", b"11")]})
+            await send({"type": "http.response.body", "body": b'{"ok":true}'})
+            return
+        headers = [(k, v) for k, v in scope["headers"] if k not in HOP_BY_HOP]
+        target = scope["raw_path"].decode("latin-1")
+        if scope["query_string"]:
+            target += "?" + scope["query_string"].decode("latin-1")
+        client = state["client"]
+        if kind == "httpx":
+            request = client.build_request(scope["method"], target, headers=headers, content=body)
+            response = await client.send(request, stream=True)
+            try:
+                out = [(k, v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP]
+                await send({"type": "http.response.start", "status": response.status_code, "headers": out})
+                async for chunk in response.aiter_raw():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b""})
+            finally:
+                await response.aclose()
+        else:
+            async with client.request(
+                scope["method"], target, headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers],
+                data=body or None, allow_redirects=False,
+            ) as response:
+                out = [(k, v) for k, v in response.raw_headers if k.lower() not in HOP_BY_HOP]
+                await send({"type": "http.response.start", "status": response.status, "headers": out})
+                async for chunk in response.content.iter_any():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+def serve_client_proxy(kind: str, upstream: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(client_proxy_app(kind, upstream), host="127.0.0.1", port=port, log_level="warning",
+                access_log=False, lifespan="on", loop="uvloop", http="httptools")
+
+
+def measure_clients(run: Run, base_url: str) -> list[Ratio]:
+    run.measure(CHEAP, "direct", base_url + PATH)
+    port = free_port()
+    config = nginx_proxy_config(run.tmp, port, base_url.removeprefix("http://"), access_log=None, name="nginx-proxy")
+    proxy = start_nginx(run.processes, run.tmp, "nginx-proxy", config, f"http://127.0.0.1:{port}{PATH}")
+    try:
+        run.measure(CHEAP, "nginx proxy", f"http://127.0.0.1:{port}{PATH}", "access log off")
+    finally:
+        run.processes.stop(proxy)
+    labels = {"none": "raw ASGI, no upstream", "httpx": "raw ASGI + httpx", "aiohttp": "raw ASGI + aiohttp"}
+    for kind, label in labels.items():
+        port = free_port()
+        child = run.processes.start(
+            f"client-{kind}",
+            [python(), str(Path(__file__).resolve()), "--serve-client", kind, "--upstream", base_url, "--port", str(port)],
+            cwd=ROOT,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}{PATH}"
+            run.processes.wait_http(child, url, timeout=30)
+            run.measure(CHEAP, label, url, "one uvicorn worker, uvloop + httptools")
+        finally:
+            run.processes.stop(child)
+
+    def rate(name: str) -> float | None:
+        found = run.find(CHEAP, name)
+        return found.rate.rps if found and found.rate else None
+
+    def p50(name: str) -> float | None:
+        found = run.find(CHEAP, name)
+        return found.latency.p50_ms if found and found.latency else None
+
+    nginx_rate = rate("nginx proxy")
+    ratios = []
+    for kind in ("httpx", "aiohttp"):
+        value = rate(labels[kind])
+        ratios.append(Ratio(f"{labels[kind]} / nginx req/s", value / nginx_rate if value and nginx_rate else None, "%"))
+    a, b = rate(labels["aiohttp"]), rate(labels["httpx"])
+    ratios.append(Ratio("aiohttp / httpx req/s", a / b if a and b else None, "×"))
+    pa, pb, pd = p50(labels["aiohttp"]), p50(labels["httpx"]), p50("direct")
+    if pd is not None:
+        ratios.append(Ratio("aiohttp: added p50 at c=1 vs direct", pa - pd if pa is not None else None, "ms"))
+        ratios.append(Ratio("httpx: added p50 at c=1 vs direct", pb - pd if pb is not None else None, "ms"))
+    return ratios
+
+
+# -- command line ----------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    import os
+
+    return {
+        "cpus": os.cpu_count(), "load_average": [round(x, 2) for x in load_average()],
+        "python": platform.python_version(), "platform": platform.platform(),
+    }
+
+
+def main(
+    duration: float = typer.Option(10.0, help="Seconds of each measured wrk run (rate and c=1 runs each)."),
+    warmup: float = typer.Option(1.0, help="Seconds of unmeasured load before each scenario (fills pools)."),
+    connections: int = typer.Option(64, help="wrk connections for the request-rate runs."),
+    threads: int = typer.Option(2, help="wrk threads for the request-rate runs (c=1 runs use one)."),
+    quick: bool = typer.Option(False, "--quick", help="Short runs (3 s, no warm-up) for a smoke check."),
+    clients: bool = typer.Option(False, "--clients", help="Only the HTTP client micro-benchmark: raw ASGI proxy with httpx vs aiohttp."),
+    monolith: bool = typer.Option(True, "--monolith/--no-monolith", help="Also measure with the sample monolith as upstream."),
+    shadow: bool = typer.Option(True, "--shadow/--no-shadow", help="Also measure the façade shadowing 100% vs not."),
+    nginx_access_log: bool = typer.Option(True, "--nginx-access-log/--no-nginx-access-log", help="nginx proxy writes a buffered access log, as the façade writes its own."),
+    products: int = typer.Option(200, help="Products seeded into the monolith's database."),
+    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout (tables go to stderr)."),
+    install: bool = typer.Option(False, "--install", help="Install missing wrk/nginx with apt-get (needs root)."),
+    keep: bool = typer.Option(False, "--keep", help="Keep the temp directory (configs, logs) and print its path."),
+    serve_client: str = typer.Option("", "--serve-client", hidden=True),
+    upstream: str = typer.Option("", "--upstream", hidden=True),
+    port: int = typer.Option(0, "--port", hidden=True),
+) -> None:
+    """Measure the façade against nginx and direct access with wrk, and print the ratios."""
+    if serve_client:
+        serve_client_proxy(serve_client, upstream, port)
+        return
+    console = Console(stderr=json_output)
+    if not console.is_terminal:
+        console = Console(stderr=json_output, width=150)
+    missing = check_tools(["wrk", "nginx"])
+    if missing and install:
+        try:
+            install_tools(missing)
+        except BenchError as exc:
+            console.print(f"[red]FAILED:[/red] {exc}")
+            raise typer.Exit(1) from exc
+        missing = check_tools(["wrk", "nginx"])
+    if missing:
+        console.print(f"[red]FAILED:[/red] {', '.join(missing)} not found; {install_hint(missing)}")
+        raise typer.Exit(1)
+    if quick:
+        duration, warmup = min(duration, 3.0), 0.0
+    settings = Settings(
+        duration=duration, warmup=warmup, connections=connections, threads=threads, monolith=monolith,
+        shadow=shadow, nginx_access_log=nginx_access_log, products=products, keep=keep,
+    )
+    sigterm_as_interrupt()
+    try:
+        report = execute(settings, console, clients_only=clients)
+    except BenchError as exc:
+        console.print(f"[red]FAILED:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted; everything started was stopped[/yellow]")
+        raise typer.Exit(130) from None
+    if json_output:
+        print(json.dumps(report, indent=2))
+
+
+def execute(settings: Settings, console: Console, *, clients_only: bool) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="strangler-bench-"))
+    tmp.chmod(0o755)  # nginx workers may run as another user and read nothing here, but traverse
+    script = tmp / "summary.lua"
+    script.write_text(WRK_SUMMARY_LUA)
+    before = machine()
+    console.print(
+        f"[bold]bench/proxy.py[/bold]: {settings.duration:g} s per run, {settings.connections} connections "
+        f"/ {settings.threads} threads (rate), 1 connection (latency); {before['cpus']} CPUs, "
+        f"load average {before['load_average']}"
+    )
+    ratios: list[Ratio] = []
+    stop_database: Callable[[], None] | None = None
+    try:
+        with Processes(tmp / "logs") as processes:
+            run = Run(settings, tmp, processes, console, script)
+            ports = [free_port(), free_port()]
+            start_nginx(processes, tmp, "upstream", nginx_upstream_config(tmp, ports), f"http://127.0.0.1:{ports[0]}/")
+            cheap, candidate = (f"http://127.0.0.1:{p}" for p in ports)
+            if clients_only:
+                console.print("[bold]HTTP client micro-benchmark[/bold] (cheap upstream)")
+                ratios = measure_clients(run, cheap)
+                title = "raw ASGI proxy: HTTP clients"
+            else:
+                console.print("[bold]cheap upstream[/bold]")
+                measure_upstream(run, CHEAP, cheap, candidate, scaling=True)
+                if settings.shadow:
+                    console.print("[bold]shadow[/bold]")
+                    measure_shadow(run, cheap, candidate)
+                if settings.monolith:
+                    console.print("[bold]monolith upstream[/bold]")
+                    try:
+                        monolith_url, stop_database = start_monolith(run)
+                    except BenchError as exc:
+                        run.notes.append(f"monolith scenarios skipped: {exc}")
+                    else:
+                        measure_upstream(run, MONOLITH, monolith_url, candidate, scaling=False)
+                ratios = proxy_ratios(run)
+                title = "proxy benchmark"
+            after = machine()
+            console.print(results_table(f"{title}: {settings.duration:g} s per run, c={settings.connections}", [s.row() for s in run.scenarios]))
+            console.print(ratios_table("ratios", ratios))
+            for note in run.notes:
+                console.print(f"note: {note}")
+            console.print(f"load average before {before['load_average']}, after {after['load_average']}")
+            return {
+                "machine": {**before, "load_average_after": after["load_average"]},
+                "settings": settings.__dict__,
+                "scenarios": [s.as_dict() for s in run.scenarios],
+                "ratios": [r.as_dict() for r in ratios],
+                "notes": run.notes,
+            }
+    finally:
+        if stop_database is not None:
+            stop_database()
+        if settings.keep:
+            console.print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    typer.run(main)
