@@ -406,9 +406,49 @@ def _edit_weights(text: str, route: Any, new: Mapping[str, float]) -> str:
         missing = [name for name in new if name not in node]
         if missing:
             edits.append(_insertion(text, starts, node, {name: new[name] for name in missing}))
-    for start, end, replacement in sorted(edits, reverse=True):
-        text = text[:start] + replacement + text[end:]
+    return _apply_edits(text, starts, edits)
+
+
+def _apply_edits(text: str, starts: list[int], edits: list[tuple[int, int, str]]) -> str:
+    """Apply (start, end, replacement) edits; a line whose length changes keeps its aligned comment's column."""
+    by_line: dict[int, list[tuple[int, int, str]]] = {}
+    whole: list[tuple[int, int, str]] = []
+    for edit in edits:
+        if "\n" in edit[2]:
+            whole.append(edit)
+        else:
+            by_line.setdefault(_line_of(starts, edit[0]), []).append(edit)
+    for line, items in by_line.items():
+        begin = starts[line]
+        end = text.find("\n", begin)
+        end = len(text) if end == -1 else end
+        original = new = text[begin:end]
+        for start, stop, replacement in sorted(items, reverse=True):
+            new = new[: start - begin] + replacement + new[stop - begin :]
+        whole.append((begin, end, _keep_comment_column(original, new)))
+    for start, stop, replacement in sorted(whole, reverse=True):
+        text = text[:start] + replacement + text[stop:]
     return text
+
+
+def _keep_comment_column(original: str, new: str) -> str:
+    delta = len(new) - len(original)
+    before = re.search(r"( {2,})(#.*)$", original)
+    after = re.search(r"( {2,})(#.*)$", new)
+    if not delta or before is None or after is None or before.group(2) != after.group(2):
+        return new
+    return new[: after.start(1)] + " " * max(1, len(after.group(1)) - delta) + after.group(2)
+
+
+def _line_of(starts: list[int], offset: int) -> int:
+    low, high = 0, len(starts) - 1
+    while low < high:
+        middle = (low + high + 1) // 2
+        if starts[middle] <= offset:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 def _insertion(text: str, starts: list[int], node: Any, added: Mapping[str, float]) -> tuple[int, int, str]:
