@@ -137,13 +137,14 @@ class Run:
 # -- the façade's configuration --------------------------------------------------------------------
 
 
-def routing_yaml(primary: str, candidate: str, *, shadow: bool) -> str:
+def routing_yaml(primary: str, candidate: str, *, shadow: bool, store: Path | None = None) -> str:
     """A routing.yaml with one matched route (weights 100/0) and the default route.
 
     The bench request `GET /api/products/1` matches route `catalog-read` and goes to `monolith`,
     the upstream under test; `catalog` is a second cheap upstream, the shadow target.
     """
     shadow_block = "    shadow: {to: catalog, sample: 100}\n" if shadow else ""
+    store_block = f'shadow_store: {{url: "sqlite:///{store}"}}\n' if store else ""
     return f"""version: 1
 admin:
   token_env: STRANGLER_ADMIN_TOKEN
@@ -162,7 +163,7 @@ routes:
     retries: {{attempts: 2, replay_buffer: 64KB}}
     fallback: monolith
 {shadow_block}default: {{to: monolith, timeout: 30s}}
-"""
+{store_block}"""
 
 
 def facade_problem(config_text: str, where: Path) -> str | None:
@@ -181,9 +182,9 @@ def facade_problem(config_text: str, where: Path) -> str | None:
 
 
 def start_facade(run: Run, name: str, upstream_url: str, candidate_url: str, *, workers: int,
-                 shadow: bool = False) -> tuple[str, Any]:
+                 shadow: bool = False, store: Path | None = None) -> tuple[str, Any]:
     config = run.tmp / f"{name}.routing.yaml"
-    config.write_text(routing_yaml(upstream_url, candidate_url, shadow=shadow))
+    config.write_text(routing_yaml(upstream_url, candidate_url, shadow=shadow, store=store))
     port = free_port()
     child = run.processes.start(
         name,
@@ -218,7 +219,11 @@ def measure_upstream(run: Run, upstream: str, base_url: str, candidate_url: str,
 
     for workers in (1, 2) if scaling else (1,):
         name = f"façade ×{workers}"
-        url, child = start_facade(run, f"facade-{len(run.scenarios)}", base_url, candidate_url, workers=workers)
+        try:
+            url, child = start_facade(run, f"facade-{len(run.scenarios)}", base_url, candidate_url, workers=workers)
+        except BenchError as exc:
+            run.notes.append(f"{upstream} / {name} skipped: the façade did not start: {exc}")
+            return
         try:
             run.measure(upstream, name, url, "routing, metrics, access log on")
         finally:
@@ -227,14 +232,19 @@ def measure_upstream(run: Run, upstream: str, base_url: str, candidate_url: str,
 
 def measure_shadow(run: Run, base_url: str, candidate_url: str) -> None:
     """The façade with shadowing off, then mirroring 100% of the route to a second upstream."""
-    problem = facade_problem(routing_yaml(base_url, candidate_url, shadow=True), run.tmp)
+    problem = facade_problem(routing_yaml(base_url, candidate_url, shadow=True, store=run.tmp / "shadow.db"), run.tmp)
     if problem is not None:
         run.notes.append(f"shadow scenarios skipped: routing.yaml with shadow is not accepted yet ({problem})")
         return
+    store = run.tmp / "shadow.db"
     for shadow in (False, True):
         name = "façade ×1 shadow 100%" if shadow else "façade ×1 shadow off"
-        url, child = start_facade(run, f"facade-shadow-{int(shadow)}", base_url, candidate_url,
-                                  workers=1, shadow=shadow)
+        try:
+            url, child = start_facade(run, f"facade-shadow-{int(shadow)}", base_url, candidate_url,
+                                      workers=1, shadow=shadow, store=store)
+        except BenchError as exc:
+            run.notes.append(f"{name} skipped: the façade did not start: {exc}")
+            return
         try:
             run.measure(CHEAP, name, url)
         finally:
