@@ -1,0 +1,409 @@
+"""Where shadow comparisons are kept: SQLAlchemy Core, a SQLite file by default, PostgreSQL too.
+
+Per comparison: time, route, endpoint, status pair, latency pair, match flags (raw and with noise
+removed), the differing paths with kinds; a few redacted sample pairs per endpoint and field; drop
+counts. Everything written here has been redacted by the caller (`facade.redact`). Retention by
+age and row count. `StoreWriter` batches writes on a worker thread, off the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from facade.exceptions import FacadeError
+
+__all__ = [
+    "ComparisonRecord",
+    "DiffRecord",
+    "DropRecord",
+    "SampleRecord",
+    "ShadowStore",
+    "ShadowStoreError",
+    "StoreData",
+    "StoreWriter",
+]
+
+log = logging.getLogger("strangler.shadow.store")
+
+metadata = sa.MetaData()
+
+comparisons = sa.Table(
+    "shadow_comparisons",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.Float, nullable=False, index=True),
+    sa.Column("route", sa.String(200), nullable=False),
+    sa.Column("endpoint", sa.String(500), nullable=False),
+    sa.Column("source", sa.String(20), nullable=False),  # live | replay
+    sa.Column("outcome", sa.String(20), nullable=False),  # compared | timeout | failed
+    sa.Column("primary_status", sa.Integer, nullable=False),
+    sa.Column("candidate_status", sa.Integer, nullable=True),
+    sa.Column("primary_ms", sa.Float, nullable=True),
+    sa.Column("candidate_ms", sa.Float, nullable=True),
+    sa.Column("match", sa.Boolean, nullable=False),
+    sa.Column("match_denoised", sa.Boolean, nullable=False),
+    sa.Column("noise_probe", sa.Boolean, nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+)
+
+differences = sa.Table(
+    "shadow_differences",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("comparison_id", sa.Integer, nullable=False, index=True),
+    sa.Column("origin", sa.String(10), nullable=False),  # candidate | noise (primary vs primary)
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("field", sa.Text, nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),
+)
+
+samples = sa.Table(
+    "shadow_samples",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.Float, nullable=False, index=True),
+    sa.Column("route", sa.String(200), nullable=False),
+    sa.Column("endpoint", sa.String(500), nullable=False),
+    sa.Column("field", sa.Text, nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("request", sa.Text, nullable=False),
+    sa.Column("primary_value", sa.Text, nullable=True),
+    sa.Column("candidate_value", sa.Text, nullable=True),
+    sa.Column("primary_body", sa.Text, nullable=True),
+    sa.Column("candidate_body", sa.Text, nullable=True),
+)
+
+drops = sa.Table(
+    "shadow_drops",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.Float, nullable=False, index=True),
+    sa.Column("route", sa.String(200), nullable=False),
+    sa.Column("reason", sa.String(40), nullable=False),
+    sa.Column("count", sa.Integer, nullable=False),
+)
+
+
+class ShadowStoreError(FacadeError):
+    """The shadow store cannot be opened or read."""
+
+
+@dataclass(frozen=True, slots=True)
+class DiffRecord:
+    path: str
+    field: str
+    kind: str
+    origin: str = "candidate"  # or "noise": the primary differed from itself
+
+
+@dataclass(frozen=True, slots=True)
+class SampleRecord:
+    """One redacted example of a difference, kept for a few requests per endpoint and field."""
+
+    field: str
+    kind: str
+    path: str
+    request: str
+    primary_value: str | None
+    candidate_value: str | None
+    primary_body: str | None = None
+    candidate_body: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ComparisonRecord:
+    """One shadowed request: both answers' status and latency, and how they differed."""
+
+    ts: float
+    route: str
+    endpoint: str
+    primary_status: int
+    candidate_status: int | None
+    primary_ms: float | None
+    candidate_ms: float | None
+    match: bool
+    match_denoised: bool
+    noise_probe: bool = False
+    outcome: str = "compared"
+    source: str = "live"
+    error: str | None = None
+    differences: tuple[DiffRecord, ...] = ()
+    samples: tuple[SampleRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DropRecord:
+    ts: float
+    route: str
+    reason: str
+    count: int
+
+
+@dataclass
+class StoreData:
+    """Rows read back for a report (plain dicts, newest last)."""
+
+    comparisons: list[dict[str, Any]] = field(default_factory=list)
+    differences: list[dict[str, Any]] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    drops: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ShadowStore:
+    """Comparison storage behind a SQLAlchemy URL (`sqlite:///path` or `postgresql://...`)."""
+
+    def __init__(
+        self,
+        url: str = "sqlite:///.strangler/shadow.db",
+        *,
+        retention: float = 7 * 86400.0,
+        max_rows: int = 100_000,
+        samples_per_field: int = 3,
+        engine: Engine | None = None,
+    ) -> None:
+        self.url = url
+        self.retention = retention
+        self.max_rows = max_rows
+        self.samples_per_field = samples_per_field
+        self._sample_counts: dict[tuple[str, str], int] = {}
+        self.engine = engine or _engine(url)
+
+    def create(self) -> None:
+        try:
+            metadata.create_all(self.engine)
+        except SQLAlchemyError as exc:
+            raise ShadowStoreError(f"cannot create the shadow tables at {_safe(self.url)}: {exc}") from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def write(self, records: Sequence[ComparisonRecord], drop_records: Sequence[DropRecord] = ()) -> None:
+        """Insert a batch in one transaction."""
+        if not records and not drop_records:
+            return
+        with self.engine.begin() as conn:
+            for record in records:
+                cid = conn.execute(
+                    comparisons.insert().values(
+                        ts=record.ts,
+                        route=record.route,
+                        endpoint=record.endpoint,
+                        source=record.source,
+                        outcome=record.outcome,
+                        primary_status=record.primary_status,
+                        candidate_status=record.candidate_status,
+                        primary_ms=record.primary_ms,
+                        candidate_ms=record.candidate_ms,
+                        match=record.match,
+                        match_denoised=record.match_denoised,
+                        noise_probe=record.noise_probe,
+                        error=record.error,
+                    )
+                ).inserted_primary_key[0]
+                if record.differences:
+                    conn.execute(
+                        differences.insert(),
+                        [{"comparison_id": cid, "origin": d.origin, "path": d.path, "field": d.field, "kind": d.kind} for d in record.differences],
+                    )
+                rows = self._samples_to_keep(conn, record)
+                if rows:
+                    conn.execute(samples.insert(), rows)
+            if drop_records:
+                conn.execute(drops.insert(), [{"ts": d.ts, "route": d.route, "reason": d.reason, "count": d.count} for d in drop_records])
+
+    def _samples_to_keep(self, conn: sa.Connection, record: ComparisonRecord) -> list[dict[str, Any]]:
+        rows = []
+        for s in record.samples:
+            key = (record.endpoint, s.field)
+            if key not in self._sample_counts:
+                self._sample_counts[key] = conn.execute(
+                    sa.select(sa.func.count()).select_from(samples).where(samples.c.endpoint == record.endpoint, samples.c.field == s.field)
+                ).scalar_one()
+            if self._sample_counts[key] >= self.samples_per_field:
+                continue
+            self._sample_counts[key] += 1
+            rows.append(
+                {
+                    "ts": record.ts,
+                    "route": record.route,
+                    "endpoint": record.endpoint,
+                    "field": s.field,
+                    "kind": s.kind,
+                    "path": s.path,
+                    "request": s.request,
+                    "primary_value": s.primary_value,
+                    "candidate_value": s.candidate_value,
+                    "primary_body": s.primary_body,
+                    "candidate_body": s.candidate_body,
+                }
+            )
+        return rows
+
+    def wants_sample(self, endpoint: str, field_name: str) -> bool:
+        """Cheap hint for callers: False once this process knows the field has enough samples."""
+        return self._sample_counts.get((endpoint, field_name), 0) < self.samples_per_field
+
+    def prune(self, now: float | None = None) -> int:
+        """Apply retention by age and by row count; returns the comparisons deleted."""
+        now = time.time() if now is None else now
+        cutoff = now - self.retention
+        deleted = 0
+        with self.engine.begin() as conn:
+            old = sa.select(comparisons.c.id).where(comparisons.c.ts < cutoff)
+            conn.execute(differences.delete().where(differences.c.comparison_id.in_(old)))
+            deleted += conn.execute(comparisons.delete().where(comparisons.c.ts < cutoff)).rowcount or 0
+            conn.execute(samples.delete().where(samples.c.ts < cutoff))
+            conn.execute(drops.delete().where(drops.c.ts < cutoff))
+            edge = conn.execute(
+                sa.select(comparisons.c.id).order_by(comparisons.c.id.desc()).offset(self.max_rows).limit(1)
+            ).scalar_one_or_none()
+            if edge is not None:
+                conn.execute(differences.delete().where(differences.c.comparison_id <= edge))
+                deleted += conn.execute(comparisons.delete().where(comparisons.c.id <= edge)).rowcount or 0
+                oldest = conn.execute(sa.select(sa.func.min(comparisons.c.ts))).scalar_one_or_none()
+                if oldest is not None:
+                    conn.execute(samples.delete().where(samples.c.ts < oldest))
+        self._sample_counts.clear()
+        return deleted
+
+    def load(self, *, since: float | None = None, route: str | None = None) -> StoreData:
+        """Everything recorded since `since` (epoch seconds), optionally for one route."""
+        try:
+            with self.engine.connect() as conn:
+                cond = []
+                if since is not None:
+                    cond.append(comparisons.c.ts >= since)
+                if route is not None:
+                    cond.append(comparisons.c.route == route)
+                comp_q = sa.select(comparisons).where(*cond).order_by(comparisons.c.ts, comparisons.c.id)
+                data = StoreData(comparisons=[dict(r._mapping) for r in conn.execute(comp_q)])
+                ids = sa.select(comparisons.c.id).where(*cond).scalar_subquery()
+                diff_q = sa.select(differences).where(differences.c.comparison_id.in_(ids)) if cond else sa.select(differences)
+                data.differences = [dict(r._mapping) for r in conn.execute(diff_q)]
+                scond = [c for c in ((samples.c.ts >= since) if since is not None else None, (samples.c.route == route) if route else None) if c is not None]
+                data.samples = [dict(r._mapping) for r in conn.execute(sa.select(samples).where(*scond).order_by(samples.c.id))]
+                dcond = [c for c in ((drops.c.ts >= since) if since is not None else None, (drops.c.route == route) if route else None) if c is not None]
+                data.drops = [dict(r._mapping) for r in conn.execute(sa.select(drops).where(*dcond).order_by(drops.c.ts))]
+                return data
+        except SQLAlchemyError as exc:
+            raise ShadowStoreError(
+                f"cannot read the shadow store at {_safe(self.url)}: {exc.__class__.__name__}: {exc.args[0] if exc.args else exc}; "
+                "check --store (a SQLAlchemy URL such as sqlite:///.strangler/shadow.db)"
+            ) from exc
+
+
+def _safe(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - only for an error message
+        return "<invalid url>"
+
+
+def _engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises ArgumentError and friends
+        raise ShadowStoreError(f"shadow store URL {url!r} is not a SQLAlchemy URL; write sqlite:///path/shadow.db or postgresql://user@host/db") from exc
+    if parsed.drivername.startswith("sqlite"):
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        return sa.create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30})
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    try:
+        return sa.create_engine(parsed, pool_pre_ping=True)
+    except Exception as exc:  # noqa: BLE001 - a missing driver, a bad option
+        raise ShadowStoreError(f"cannot open shadow store {_safe(url)}: {exc}") from exc
+
+
+class StoreWriter:
+    """Batches records and writes them on a worker thread; never blocks the caller.
+
+    `submit` appends to a bounded buffer (overflow is counted in `lost`); a task owned by the
+    writer flushes every `interval` seconds or when `batch` records are waiting, and applies
+    retention every `prune_every` seconds. `stop()` flushes what is left.
+    """
+
+    def __init__(self, store: ShadowStore, *, batch: int = 200, interval: float = 0.5, capacity: int = 10_000, prune_every: float = 300.0) -> None:
+        self.store = store
+        self.batch = batch
+        self.interval = interval
+        self.prune_every = prune_every
+        self.lost = 0
+        self.written = 0
+        self.failed = 0
+        self._records: collections.deque[ComparisonRecord] = collections.deque()
+        self._drops: list[DropRecord] = []
+        self._capacity = capacity
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._last_prune = 0.0
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.store.create)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="shadow-store-writer")
+
+    def submit(self, record: ComparisonRecord) -> None:
+        if len(self._records) >= self._capacity:
+            self.lost += 1
+            return
+        self._records.append(record)
+        if len(self._records) >= self.batch:
+            self._wake.set()
+
+    def submit_drops(self, records: Iterable[DropRecord]) -> None:
+        self._drops.extend(records)
+
+    @property
+    def pending(self) -> int:
+        return len(self._records)
+
+    async def flush(self) -> None:
+        while self._records or self._drops:
+            batch = [self._records.popleft() for _ in range(min(self.batch, len(self._records)))]
+            dropped, self._drops = self._drops, []
+            try:
+                await asyncio.to_thread(self.store.write, batch, dropped)
+                self.written += len(batch)
+            except Exception:  # noqa: BLE001 - a store outage must not stop the façade
+                self.failed += len(batch)
+                log.exception("shadow store write failed; %d comparisons lost", len(batch))
+                return
+        now = time.monotonic()
+        if now - self._last_prune >= self.prune_every:
+            self._last_prune = now
+            try:
+                await asyncio.to_thread(self.store.prune)
+            except Exception:  # noqa: BLE001
+                log.exception("shadow store retention failed")
+
+    async def _run(self) -> None:
+        while not self._closing:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self.flush()
+
+    async def stop(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        await self.flush()
+        await asyncio.to_thread(self.store.close)
