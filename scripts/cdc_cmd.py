@@ -1,12 +1,247 @@
-"""Commands of this area; filled in by its issue."""
+"""`strangler cdc run|status|apply|drop` and `strangler verify`: thin wrappers over `cdc/`.
+
+Every command takes the sync spec (`--spec extracted/catalog/sync.yaml`); the databases come
+from `--source-url/--target-url`, else the spec (which may name environment variables).
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
-app = typer.Typer(no_args_is_help=True)
+from cdc.exceptions import CDCError
+from cdc.spec import SyncSpec, load_spec
+
+__all__ = ["app", "apply_file", "drop", "read_events", "verify"]
+
+app = typer.Typer(no_args_is_help=True, help="Change data capture: snapshot + stream legacy tables into a service's store.")
+
+SPEC_OPTION = typer.Option(..., "--spec", help="Sync spec YAML, e.g. extracted/catalog/sync.yaml.")
+SOURCE_OPTION = typer.Option(None, "--source-url", envvar="LEGACY_DATABASE_URL", help="Legacy (source) database URL; overrides the spec.")
+TARGET_OPTION = typer.Option(None, "--target-url", envvar="CATALOG_DATABASE_URL", help="Service (target) database URL; overrides the spec.")
 
 
-def verify() -> None:
-    """Row-by-row diff of legacy and service tables (the CDC issue)."""
-    raise typer.Exit(2)
+def _spec(path: Path, source_url: str | None, target_url: str | None) -> SyncSpec:
+    return load_spec(path).with_urls(source_url=source_url, target_url=target_url)
+
+
+# -- cdc apply --from-file --------------------------------------------------------------------------
+
+
+def read_events(path: Path) -> Iterator[Any]:
+    """Debezium-format events, one JSON document per line (`null` lines are tombstones)."""
+    from cdc.debezium import parse_envelope
+
+    try:
+        handle = path.open()
+    except OSError as exc:
+        raise CDCError(f"cannot read {path}: {exc.strerror}; give a file of Debezium events, one per line") from exc
+    with handle:
+        for number, line in enumerate(handle, 1):
+            text = line.strip()
+            if not text:
+                continue
+            try:
+                obj = json.loads(text)
+            except ValueError as exc:
+                raise CDCError(f"{path}:{number}: not JSON ({exc.msg}); each line must be one Debezium event") from exc
+            if obj is None or (isinstance(obj, dict) and set(obj) == {"schema", "payload"} and obj["payload"] is None):
+                continue  # a tombstone: the delete before it did the work
+            try:
+                yield parse_envelope(obj)
+            except CDCError as exc:
+                raise CDCError(f"{path}:{number}: {exc}") from exc
+
+
+def apply_file(spec: SyncSpec, path: Path) -> dict[str, int]:
+    """Apply a file of Debezium events; returns counts. Idempotent (per-row position guards)."""
+    from cdc.apply import Applier
+
+    totals = {"applied": 0, "skipped": 0, "dead_lettered": 0}
+    with Applier(spec, ordered=False) as applier:
+        chunk: list[Any] = []
+
+        def flush() -> None:
+            result = applier.apply(chunk)
+            totals["applied"] += result.applied
+            totals["skipped"] += result.skipped
+            totals["dead_lettered"] += result.dead_lettered
+            chunk.clear()
+
+        for event in read_events(path):
+            chunk.append(event)
+            if len(chunk) >= spec.batch_size:
+                flush()
+        if chunk:
+            flush()
+    return totals
+
+
+@app.command("apply")
+def apply_command(
+    spec_path: Path = SPEC_OPTION,
+    from_file: Path = typer.Option(..., "--from-file", help="Debezium-format events (JSON, one per line) to apply."),
+    target_url: str = TARGET_OPTION,
+    json_output: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
+) -> None:
+    """Apply Debezium-format change events from a file into the service's store."""
+    totals = apply_file(_spec(spec_path, None, target_url), from_file)
+    if json_output:
+        typer.echo(json.dumps(totals))
+    else:
+        typer.echo(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in totals.items()))
+
+
+# -- cdc run ----------------------------------------------------------------------------------------
+
+
+@app.command("run")
+def run_command(
+    spec_path: Path = SPEC_OPTION,
+    source_url: str = SOURCE_OPTION,
+    target_url: str = TARGET_OPTION,
+    transport: str = typer.Option("memory", "--transport", help="memory (embedded, default) or kafka."),
+    bootstrap_servers: str = typer.Option(
+        None, "--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS", help="Kafka brokers (with --transport kafka)."
+    ),
+    group_id: str = typer.Option(None, "--group-id", help="Kafka consumer group of the appliers (default strangler-<name>)."),
+    capture: bool = typer.Option(
+        True, "--capture/--no-capture",
+        help="With kafka: also run our capture into Kafka (off when Debezium Connect writes the topics).",
+    ),
+    until_caught_up: bool = typer.Option(
+        False, "--until-caught-up", "--once", help="Stop once the target has caught up with the source (snapshot + backlog)."
+    ),
+    idle_timeout: float = typer.Option(2.0, "--idle-timeout", help="With --until-caught-up: seconds without changes that count as caught up."),
+) -> None:
+    """Snapshot the legacy tables if needed, then stream changes into the service's store."""
+    from cdc.pipeline import run
+
+    spec = _spec(spec_path, source_url, target_url)
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as progress:
+        tasks: dict[str, Any] = {}
+
+        def on_progress(table: str, done: int, total: int) -> None:
+            if table not in tasks:
+                tasks[table] = progress.add_task(f"snapshot {table}", total=max(total, done, 1))
+            progress.update(tasks[table], completed=done, total=max(total, done, 1))
+
+        stats = run(
+            spec, transport=transport, bootstrap_servers=bootstrap_servers, group_id=group_id, capture=capture,
+            until_caught_up=until_caught_up, idle_timeout=idle_timeout, on_progress=on_progress,
+        )
+    console.print(f"stopped: {stats.applied} changes applied, {stats.dead_lettered} dead-lettered, position {stats.position}")
+
+
+# -- cdc status -------------------------------------------------------------------------------------
+
+
+@app.command("status")
+def status_command(
+    spec_path: Path = SPEC_OPTION,
+    source_url: str = SOURCE_OPTION,
+    target_url: str = TARGET_OPTION,
+    json_output: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+    retained_warning_mb: int = typer.Option(1024, "--retained-warning-mb", help="Warn when the slot retains more WAL than this."),
+) -> None:
+    """Applied position, lag in seconds and bytes, slot retained WAL and dead letters."""
+    from cdc.status import status
+
+    st = status(_spec(spec_path, source_url, target_url), retained_warning=retained_warning_mb << 20)
+    if json_output:
+        typer.echo(json.dumps(st.to_dict(), default=str))
+        return
+    console = Console()
+    table = Table(title=f"sync {st.spec}", show_header=False)
+    for label, value in [
+        ("applied position", f"{st.applied_lsn} {list(st.applied_position)}"),
+        ("source WAL position", st.source_lsn or "-"),
+        ("lag", f"{st.lag_bytes if st.lag_bytes is not None else '-'} bytes, "
+                f"{f'{st.lag_seconds:.1f}' if st.lag_seconds is not None else '-'} s"),
+        ("slot", f"{st.slot} ({'active' if st.slot_active else 'inactive'})" if st.slot_exists else f"{st.slot} (missing)"),
+        ("slot retained WAL", f"{st.slot_retained_bytes} bytes" if st.slot_retained_bytes is not None else "-"),
+        ("snapshot", "done" if st.snapshot.get("done") else ("in progress" if st.snapshot else "not started")),
+        ("dead letters", str(st.dead_letters)),
+    ]:
+        table.add_row(label, value)
+    console.print(table)
+    for warning in st.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+# -- cdc drop ---------------------------------------------------------------------------------------
+
+
+def drop(spec: SyncSpec, *, terminate: bool = True) -> dict[str, bool]:
+    """Remove the replication slot and publication of a spec from the source."""
+    from cdc.slot import drop_publication, drop_slot
+
+    if not spec.source_url:
+        raise CDCError(f"{spec.path}: no source database; give --source-url or set source.url in the spec")
+    return {
+        "slot_dropped": drop_slot(spec.source_url, spec.slot_name, terminate=terminate),
+        "publication_dropped": drop_publication(spec.source_url, spec.publication_name),
+    }
+
+
+@app.command("drop")
+def drop_command(
+    spec_path: Path = SPEC_OPTION,
+    source_url: str = SOURCE_OPTION,
+    json_output: bool = typer.Option(False, "--json", help="Print what was dropped as JSON."),
+) -> None:
+    """Remove the replication slot and the publication (stops WAL retention for this sync)."""
+    result = drop(_spec(spec_path, source_url, None))
+    if json_output:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(f"slot {'dropped' if result['slot_dropped'] else 'absent'}, "
+                   f"publication {'dropped' if result['publication_dropped'] else 'absent'}")
+
+
+# -- verify -----------------------------------------------------------------------------------------
+
+
+def verify(
+    spec_path: Path = SPEC_OPTION,
+    source_url: str = SOURCE_OPTION,
+    target_url: str = TARGET_OPTION,
+    json_output: bool = typer.Option(False, "--json", help="Print the diff as JSON."),
+    wait: float = typer.Option(30.0, "--wait", help="Seconds to let the applier catch up before reporting differences."),
+    samples: int = typer.Option(5, "--samples", help="Sample rows shown per table."),
+) -> None:
+    """Row-by-row diff of legacy and service tables through the mapping; exit 0 only when identical."""
+    from cdc.verify import verify as run_verify
+
+    console = Console(stderr=True)
+    result = run_verify(_spec(spec_path, source_url, target_url), wait=wait, samples=samples,
+                        on_wait=lambda msg: console.print(f"[dim]{msg}[/dim]"))
+    if json_output:
+        typer.echo(json.dumps(result.to_dict(), default=str))
+    else:
+        out = Console()
+        table = Table(title=f"verify {result.spec}")
+        for col in ("source", "target", "matching", "mismatched", "only in source", "only in target"):
+            table.add_column(col)
+        for t in result.tables:
+            table.add_row(t.source, t.target, str(t.matching), str(t.mismatched), str(t.only_in_source), str(t.only_in_target))
+        out.print(table)
+        for t in result.tables:
+            for sample in t.samples:
+                out.print(f"  {t.target} {sample['kind']} key={sample['key']}: "
+                          f"{json.dumps(sample.get('columns') or sample.get('row'), default=str)[:300]}")
+        if not result.aligned:
+            out.print(f"[yellow]positions not aligned:[/yellow] source at {result.source_lsn}, applied {result.applied_position}")
+        out.print("[green]identical[/green]" if result.identical else "[red]differences found[/red]")
+    if not result.identical:
+        raise typer.Exit(1)
+

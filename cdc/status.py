@@ -1,0 +1,120 @@
+"""Health of a sync: applied position, lag in bytes and seconds, slot retained WAL, dead letters."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg2
+
+from cdc import deadletter
+from cdc.apply import format_lsn, load_checkpoint
+from cdc.exceptions import CDCError
+from cdc.spec import SyncSpec
+
+__all__ = ["DEFAULT_RETAINED_WARNING", "SyncStatus", "status"]
+
+DEFAULT_RETAINED_WARNING = 1 << 30  # 1 GiB of WAL held back by the slot
+
+
+@dataclass(slots=True)
+class SyncStatus:
+    """What `strangler cdc status` reports."""
+
+    spec: str
+    slot: str
+    applied_position: tuple[int, int]
+    applied_lsn: str
+    source_lsn: str | None
+    lag_bytes: int | None
+    lag_seconds: float | None
+    slot_exists: bool
+    slot_active: bool
+    slot_confirmed_flush_lsn: str | None
+    slot_retained_bytes: int | None
+    snapshot: dict[str, Any]
+    dead_letters: int
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["applied_position"] = list(self.applied_position)
+        return data
+
+
+def _lsn(text: str | None) -> int | None:
+    if not text:
+        return None
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def status(
+    spec: SyncSpec,
+    *,
+    retained_warning: int = DEFAULT_RETAINED_WARNING,
+    connect: Callable[[str], Any] = psycopg2.connect,
+    now: Callable[[], float] = time.time,
+) -> SyncStatus:
+    """Read the target's checkpoint and dead letters and the source's slot."""
+    if not spec.target_url:
+        raise CDCError(f"{spec.path}: no target database; give --target-url or set target.url in the spec")
+    try:
+        target = connect(spec.target_url)
+    except psycopg2.Error as exc:
+        raise CDCError(f"cannot connect to the target database: {str(exc).strip()}") from exc
+    try:
+        checkpoint = load_checkpoint(target, spec.name)
+        with target.cursor() as cur:
+            cur.execute("SELECT to_regclass('strangler.dead_letter') IS NOT NULL")
+            dead = deadletter.count(cur, spec.name) if cur.fetchone()[0] else 0
+        target.rollback()
+    finally:
+        target.close()
+    source_lsn = confirmed = restart = None
+    exists = active = False
+    if spec.source_url:
+        try:
+            source = connect(spec.source_url)
+        except psycopg2.Error as exc:
+            raise CDCError(f"cannot connect to the source database: {str(exc).strip()}") from exc
+        try:
+            with source.cursor() as cur:
+                cur.execute("SELECT pg_current_wal_lsn()::text")
+                source_lsn = _lsn(cur.fetchone()[0])
+                cur.execute(
+                    "SELECT active, confirmed_flush_lsn::text, restart_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+                    (spec.slot_name,),
+                )
+                row = cur.fetchone()
+            if row is not None:
+                exists, active = True, bool(row[0])
+                confirmed, restart = _lsn(row[1]), _lsn(row[2])
+        finally:
+            source.close()
+    warnings: list[str] = []
+    applied = checkpoint.position[0]
+    lag_bytes = max(0, source_lsn - applied) if source_lsn is not None else None
+    caught_up = confirmed is not None and source_lsn is not None and confirmed >= source_lsn
+    lag_seconds: float | None = None
+    if checkpoint.source_ts_ms:
+        lag_seconds = 0.0 if caught_up else max(0.0, now() - checkpoint.source_ts_ms / 1000)
+    retained = (source_lsn - restart) if (source_lsn is not None and restart is not None) else None
+    if retained is not None and retained > retained_warning:
+        warnings.append(
+            f"slot {spec.slot_name} retains {retained / (1 << 20):.0f} MiB of WAL (over {retained_warning / (1 << 20):.0f} MiB): "
+            "start the applier, or drop the slot with `strangler cdc drop` if this sync is abandoned"
+        )
+    if spec.source_url and not exists:
+        warnings.append(f"slot {spec.slot_name} does not exist on the source: `strangler cdc run` creates it")
+    if dead:
+        warnings.append(f"{dead} dead-lettered event(s) in strangler.dead_letter")
+    return SyncStatus(
+        spec=spec.name, slot=spec.slot_name, applied_position=checkpoint.position,
+        applied_lsn=format_lsn(applied), source_lsn=format_lsn(source_lsn) if source_lsn is not None else None,
+        lag_bytes=lag_bytes, lag_seconds=lag_seconds, slot_exists=exists, slot_active=active,
+        slot_confirmed_flush_lsn=format_lsn(confirmed) if confirmed is not None else None,
+        slot_retained_bytes=retained, snapshot=dict(checkpoint.snapshot), dead_letters=dead, warnings=warnings,
+    )

@@ -1,0 +1,130 @@
+"""The CDC commands: `cdc apply --from-file` with real-Debezium-format events, `verify`, `status`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner
+
+from scripts.cli import app
+from tests.cdc.apply_fixtures import SYNC_YAML, execute, legacy_and_target, query
+
+__all__ = ["legacy_and_target"]
+
+runner = CliRunner()
+
+SOURCE = {"version": "2.5.0.Final", "connector": "postgresql", "name": "legacy", "ts_ms": 1714564800000,
+          "snapshot": "false", "db": "legacy", "schema": "public", "table": "catalog_product", "txId": 1, "xmin": None}
+
+PRICE_FIELDS = {
+    "precise": {"type": "bytes", "optional": False, "name": "org.apache.kafka.connect.data.Decimal", "version": 1,
+                "parameters": {"scale": "2", "connect.decimal.precision": "10"}, "field": "price"},
+    "string": {"type": "string", "optional": False, "field": "price"},
+    "double": {"type": "double", "optional": False, "field": "price"},
+}
+# 12.30 in each mode: base64 of 1230 (0x04CE) for precise, a string, a double.
+PRICE_VALUES = {"precise": "BM4=", "string": "12.30", "double": 12.3}
+
+
+def _fields(mode: str) -> list[dict[str, Any]]:
+    return [
+        {"type": "int32", "optional": False, "field": "id"},
+        {"type": "string", "optional": False, "field": "sku"},
+        {"type": "string", "optional": False, "field": "name"},
+        {"type": "string", "optional": False, "field": "slug"},
+        {"type": "string", "optional": False, "field": "description"},
+        PRICE_FIELDS[mode],
+        {"type": "int32", "optional": False, "field": "stock"},
+        {"type": "boolean", "optional": False, "field": "is_active"},
+        {"type": "int32", "optional": False, "field": "category_id"},
+        {"type": "string", "optional": False, "name": "io.debezium.data.Json", "version": 1, "field": "attributes"},
+        {"type": "string", "optional": False, "name": "io.debezium.time.ZonedTimestamp", "version": 1, "field": "created_at"},
+        {"type": "string", "optional": False, "name": "io.debezium.time.ZonedTimestamp", "version": 1, "field": "updated_at"},
+    ]
+
+
+def _row(pid: int, mode: str, **changes: Any) -> dict[str, Any]:
+    row = {"id": pid, "sku": f"SKU-{pid}", "name": f"Product {pid}", "slug": f"p-{pid}", "description": "long text " * 50,
+           "price": PRICE_VALUES[mode], "stock": 3, "is_active": True, "category_id": 1,
+           "attributes": "{\"color\":\"red\"}", "created_at": "2024-05-01T12:00:00Z", "updated_at": "2024-05-01T12:00:00Z"}
+    row.update(changes)
+    return row
+
+
+def _envelope(op: str, lsn: int, mode: str, with_schema: bool, before: Any = None, after: Any = None) -> dict[str, Any]:
+    payload = {"before": before, "after": after, "op": op, "ts_ms": 1714564800100, "transaction": None,
+               "source": {**SOURCE, "lsn": lsn, "sequence": json.dumps([str(lsn - 8), str(lsn)]),
+                          "snapshot": "true" if op == "r" else "false"}}
+    if not with_schema:
+        return payload
+    row_schema = {"type": "struct", "optional": True, "name": "legacy.public.catalog_product.Value", "fields": _fields(mode)}
+    return {"schema": {"type": "struct", "optional": False, "name": "legacy.public.catalog_product.Envelope", "fields": [
+        {**row_schema, "field": "before"}, {**row_schema, "field": "after"},
+        {"type": "struct", "fields": [], "optional": False, "field": "source"},
+        {"type": "string", "optional": False, "field": "op"}]}, "payload": payload}
+
+
+def _events(mode: str, with_schema: bool) -> list[Any]:
+    e = lambda *a, **k: _envelope(*a, mode=mode, with_schema=with_schema, **k)  # noqa: E731
+    return [
+        e("r", 1000, after=_row(1, mode)),
+        e("c", 1100, after=_row(2, mode)),
+        e("c", 1200, after=_row(3, mode)),
+        # An update that did not touch the TOASTed description: the placeholder must not be written.
+        e("u", 1300, before=None, after=_row(1, mode, description="__debezium_unavailable_value", stock=9)),
+        e("d", 1400, before={"id": 2}, after=None),
+        None,  # the tombstone Debezium writes after a delete
+        e("u", 1500, before=None, after=_row(3, mode, name="Renamed")),
+    ]
+
+
+def _write(tmp_path: Path, lines: list[Any]) -> Path:
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+def test_apply_debezium_events_every_decimal_mode_with_and_without_schema(
+    legacy_and_target: tuple[str, str], tmp_path: Path
+) -> None:
+    _, target = legacy_and_target
+    for with_schema in (True, False):
+        for mode in ("precise", "string", "double"):
+            lines = _events(mode, with_schema)
+            path = _write(tmp_path, lines)
+            result = runner.invoke(app, ["cdc", "apply", "--spec", str(SYNC_YAML), "--from-file", str(path),
+                                         "--target-url", target, "--json"])
+            assert result.exit_code == 0, result.output
+            assert json.loads(result.stdout)["dead_lettered"] == 0
+            rows = query(target, "SELECT id, title, price_cents, stock, description, attributes->>'color' FROM catalog.products ORDER BY id")
+            assert rows == [(1, "Product 1", 1230, 9, "long text " * 50, "red"), (3, "Renamed", 1230, 3, "long text " * 50, "red")], (mode, with_schema)
+            # Applying the same file again changes nothing (redelivery).
+            again = runner.invoke(app, ["cdc", "apply", "--spec", str(SYNC_YAML), "--from-file", str(path), "--target-url", target, "--json"])
+            assert json.loads(again.stdout)["applied"] == 0
+            execute(target, "TRUNCATE catalog.products, strangler.row_position, strangler.checkpoint")
+
+
+def test_apply_bad_file_names_the_line(legacy_and_target: tuple[str, str], tmp_path: Path) -> None:
+    _, target = legacy_and_target
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"op": "c"}\nnot json\n')
+    result = runner.invoke(app, ["cdc", "apply", "--spec", str(SYNC_YAML), "--from-file", str(path), "--target-url", target])
+    assert result.exit_code != 0
+    assert "bad.jsonl:1:" in str(result.exception)
+
+
+def test_verify_exit_codes_and_status_json(legacy_and_target: tuple[str, str], tmp_path: Path) -> None:
+    legacy, target = legacy_and_target
+    args = ["--spec", str(SYNC_YAML), "--source-url", legacy, "--target-url", target]
+    clean = runner.invoke(app, ["verify", *args, "--json", "--wait", "0"])
+    assert clean.exit_code == 0, clean.output
+    assert json.loads(clean.stdout)["identical"] is True
+    execute(target, "INSERT INTO catalog.categories VALUES (5, 'x', 'x', NULL)")
+    dirty = runner.invoke(app, ["verify", *args, "--wait", "0"])
+    assert dirty.exit_code == 1 and "only_in_target" in dirty.stdout
+    status = runner.invoke(app, ["cdc", "status", *args, "--json"])
+    assert status.exit_code == 0, status.output
+    data = json.loads(status.stdout)
+    assert data["slot_exists"] is False and data["dead_letters"] == 0
