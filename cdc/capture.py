@@ -1,0 +1,453 @@
+"""Streaming capture: pgoutput messages from the slot become change events on a transport.
+
+`EventBuilder` is the pure core (relation cache, transaction state, rows to events);
+`Capture` is the I/O shell: it reads the replication stream, publishes bounded batches,
+emits heartbeats when idle and moves the slot's flush position only past batches the
+applier has acknowledged.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+
+from cdc.events import UNAVAILABLE, ChangeEvent, Column, Source
+from cdc.exceptions import CDCError
+from cdc.pgoutput import (
+    TYPE_NAMES,
+    Begin,
+    Commit,
+    Decoder,
+    Delete,
+    Insert,
+    LogicalMessage,
+    Message,
+    Origin,
+    PgOutputError,
+    Relation,
+    StreamAbort,
+    StreamCommit,
+    StreamStart,
+    StreamStop,
+    Truncate,
+    TupleData,
+    Type,
+    Update,
+    convert_value,
+    converter_for,
+    pg_time_to_unix_ms,
+)
+from cdc.replication import PsycopgReplicationStream, ReplicationStream
+from cdc.transport import Transport, TransportClosedError
+
+__all__ = ["HEARTBEAT_PREFIX", "Capture", "CaptureConfig", "CaptureStats", "EventBuilder", "pgoutput_options"]
+
+HEARTBEAT_PREFIX = "strangler.heartbeat"
+
+KeyLookup = Callable[[str, str], "tuple[str, ...] | None"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CaptureConfig:
+    """Settings of one capture: where to read, how big a batch may get, when to heartbeat."""
+
+    dsn: str
+    slot: str
+    publication: str
+    server_name: str = "legacy"
+    max_batch_events: int = 2000
+    heartbeat_interval: float = 10.0
+    status_interval: float = 10.0
+    read_timeout: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_batch_events < 1:
+            raise CDCError(f"max_batch_events must be at least 1, got {self.max_batch_events}")
+        if self.heartbeat_interval <= 0:
+            raise CDCError(f"heartbeat_interval must be positive, got {self.heartbeat_interval}")
+
+
+def pgoutput_options(publication: str, *, server_version: int = 160000) -> dict[str, str]:
+    """Options of START_REPLICATION: protocol 2, our publication, logical messages (heartbeats),
+    and on PostgreSQL 16+ `origin 'none'` so changes written by an applier are not captured."""
+    options = {"proto_version": "2" if server_version >= 140000 else "1", "publication_names": publication}
+    if server_version >= 140000:
+        options["messages"] = "true"
+    if server_version >= 160000:
+        options["origin"] = "none"
+    return options
+
+
+class _Table:
+    __slots__ = ("columns", "converters", "key_index", "names", "oids", "schema", "name")
+
+    def __init__(self, relation: Relation, key_names: tuple[str, ...] | None) -> None:
+        self.schema = relation.namespace
+        self.name = relation.name
+        self.names = tuple(c.name for c in relation.columns)
+        self.oids = tuple(c.type_oid for c in relation.columns)
+        self.converters = tuple(converter_for(c.type_oid) for c in relation.columns)
+        if not key_names:
+            key_names = tuple(c.name for c in relation.columns if c.is_key)
+        missing = [k for k in key_names if k not in self.names]
+        if not key_names or missing:
+            raise CDCError(
+                f"table {self.schema}.{self.name} has no usable key columns in the stream; add a primary "
+                f"key or set REPLICA IDENTITY FULL on it"
+            )
+        self.key_index = tuple(self.names.index(k) for k in key_names)
+        key_set = set(key_names)
+        self.columns = tuple(
+            Column(c.name, TYPE_NAMES.get(c.type_oid, "text"), optional=c.name not in key_set, key=c.name in key_set)
+            for c in relation.columns
+        )
+
+    def row(self, values: TupleData) -> dict[str, Any]:
+        row: dict[str, Any] = {}
+        try:
+            for name, convert, value in zip(self.names, self.converters, values):
+                if convert is None or value is None or value is UNAVAILABLE or type(value) is bytes:
+                    row[name] = value
+                else:
+                    row[name] = convert(value)  # type: ignore[arg-type]
+        except (ValueError, ArithmeticError):
+            for oid, value in zip(self.oids, values):
+                convert_value(oid, value)  # raises the descriptive PgOutputError
+            raise
+        return row
+
+    def key_of(self, values: TupleData) -> dict[str, Any]:
+        """The key columns of a tuple (an old-key tuple carries only those)."""
+        return {self.names[i]: convert_value(self.oids[i], values[i]) for i in self.key_index}
+
+
+class EventBuilder:
+    """Pure core of the capture: pgoutput messages in, change events out.
+
+    `key_columns(schema, table)` names a table's primary key (None: use the replica-identity
+    columns the Relation message flags). A primary-key change becomes a delete of the old key
+    followed by a create of the new one, as Debezium does.
+    """
+
+    def __init__(
+        self,
+        *,
+        server_name: str,
+        database: str,
+        key_columns: KeyLookup | None = None,
+        clock_ms: Callable[[], int] | None = None,
+    ) -> None:
+        self.server_name = server_name
+        self.database = database
+        self._key_columns = key_columns or (lambda schema, table: None)
+        self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
+        self._tables: dict[int, _Table] = {}
+        self._sources: dict[tuple[int, int], Source] = {}
+        self.xid: int | None = None
+        self.commit_lsn: int | None = None
+        self.commit_ms = 0
+        self.in_transaction = False
+
+    # -- transaction boundaries ----------------------------------------------------------------
+
+    def begin(self, message: Begin) -> None:
+        self.xid = message.xid
+        self.commit_lsn = message.final_lsn
+        self.commit_ms = pg_time_to_unix_ms(message.commit_time)
+        self.in_transaction = True
+
+    def commit(self, message: Commit) -> None:
+        self.in_transaction = False
+
+    def relation(self, message: Relation) -> None:
+        self._tables[message.oid] = _Table(message, self._key_columns(message.namespace, message.name))
+
+    def table(self, oid: int) -> _Table:
+        try:
+            return self._tables[oid]
+        except KeyError:
+            raise PgOutputError(f"change for relation {oid} arrived before its Relation message") from None
+
+    # -- changes -------------------------------------------------------------------------------
+
+    def _source(self, table: _Table, lsn: int) -> Source:
+        return Source(
+            name=self.server_name, db=self.database, schema=table.schema, table=table.name,
+            lsn=lsn, commit_lsn=self.commit_lsn, tx_id=self.xid, ts_ms=self.commit_ms, snapshot="false",
+        )
+
+    def change(self, message: Insert | Update | Delete | Truncate, lsn: int) -> list[ChangeEvent]:
+        """The events of one change message at WAL position `lsn`."""
+        now = self._clock_ms()
+        if isinstance(message, Insert):
+            table = self.table(message.relation_oid)
+            after = table.row(message.new)
+            key = {name: after[name] for name in (table.names[i] for i in table.key_index)}
+            return [ChangeEvent("c", self._source(table, lsn), key, None, after, now, table.columns)]
+        if isinstance(message, Update):
+            table = self.table(message.relation_oid)
+            after = table.row(message.new)
+            key_names = [table.names[i] for i in table.key_index]
+            key = {name: after[name] for name in key_names}
+            source = self._source(table, lsn)
+            if message.old is None:
+                return [ChangeEvent("u", source, key, dict(key), after, now, table.columns)]
+            if message.old_kind == "O":
+                before = table.row(message.old)
+                # With REPLICA IDENTITY FULL the old row carries unchanged TOASTed values too.
+                for name, value in after.items():
+                    if value is UNAVAILABLE:
+                        after[name] = before.get(name, UNAVAILABLE)
+            else:
+                before = table.key_of(message.old)
+            old_key = {name: before[name] for name in key_names}
+            if old_key != key:
+                return [
+                    ChangeEvent("d", source, old_key, before, None, now, table.columns),
+                    ChangeEvent("c", source, key, None, after, now, table.columns),
+                ]
+            return [ChangeEvent("u", source, key, before, after, now, table.columns)]
+        if isinstance(message, Delete):
+            table = self.table(message.relation_oid)
+            before = table.row(message.old) if message.old_kind == "O" else table.key_of(message.old)
+            key = {table.names[i]: before[table.names[i]] for i in table.key_index}
+            return [ChangeEvent("d", self._source(table, lsn), key, before, None, now, table.columns)]
+        events = []
+        for oid in message.relation_oids:
+            table = self.table(oid)
+            events.append(ChangeEvent("t", self._source(table, lsn), None, None, None, now, table.columns))
+        return events
+
+
+@dataclass(slots=True)
+class CaptureStats:
+    """Counters a status command or a test reads (updated by the capture thread only)."""
+
+    messages: int = 0
+    events: int = 0
+    transactions: int = 0
+    batches: int = 0
+    heartbeats_sent: int = 0
+    heartbeats_seen: int = 0
+    flushed_lsn: int = 0
+    last_commit_lsn: int = 0
+    last_event_ms: int = 0
+
+
+class _Pending:
+    __slots__ = ("done", "flush_lsn")
+
+    def __init__(self, flush_lsn: int | None, done: bool = False) -> None:
+        self.flush_lsn = flush_lsn
+        self.done = done
+
+
+class Capture:
+    """Reads the slot and publishes change events in bounded batches.
+
+    Run it with `run(stop_event)` in a thread you own, or `start()` / `stop()` / `join()`.
+    Seams: `stream` (the replication connection), `heartbeat` (emits the heartbeat message on
+    the source), `key_columns` (primary keys by table).
+    """
+
+    def __init__(
+        self,
+        config: CaptureConfig,
+        transport: Transport,
+        *,
+        stream: ReplicationStream | None = None,
+        heartbeat: Callable[[], None] | None = None,
+        key_columns: KeyLookup | None = None,
+        database: str | None = None,
+        server_version: int | None = None,
+    ) -> None:
+        self.config = config
+        self.transport = transport
+        self.stats = CaptureStats()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._stream = stream or PsycopgReplicationStream(
+            config.dsn, status_interval=config.status_interval, wakeup_fd=self._wake_r
+        )
+        self._conn: psycopg2.extensions.connection | None = None
+        if heartbeat is None or key_columns is None or database is None or server_version is None:
+            self._conn = _connect(config.dsn)
+        self._heartbeat = heartbeat or self._emit_heartbeat
+        conn = self._conn
+        self._server_version = server_version or (conn.server_version if conn is not None else 160000)
+        self._builder = EventBuilder(
+            server_name=config.server_name,
+            database=database or (conn.info.dbname if conn is not None else ""),
+            key_columns=key_columns or self._primary_key,
+        )
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+
+    # -- seams' defaults -----------------------------------------------------------------------
+
+    def _emit_heartbeat(self) -> None:
+        assert self._conn is not None
+        with self._conn.cursor() as cur:
+            cur.execute("SELECT pg_logical_emit_message(false, %s, now()::text)", (HEARTBEAT_PREFIX,))
+
+    def _primary_key(self, schema: str, table: str) -> tuple[str, ...] | None:
+        assert self._conn is not None
+        with self._conn.cursor() as cur:
+            cur.execute(
+                "SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_index i "
+                "CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) "
+                "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+                "WHERE i.indrelid = (quote_ident(%s) || '.' || quote_ident(%s))::regclass AND i.indisprimary",
+                (schema, table),
+            )
+            row = cur.fetchone()
+        return tuple(row[0]) if row and row[0] else None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run in a background thread owned by this object (see `stop`, `join`, `error`)."""
+        self._thread = threading.Thread(target=self._run_catching, name=f"capture-{self.config.slot}", daemon=True)
+        self._thread.start()
+
+    def _run_catching(self) -> None:
+        try:
+            self.run(self._stop)
+        except TransportClosedError as exc:
+            if not self._stop.is_set():
+                self.error = exc
+        except BaseException as exc:  # surfaced through .error / join()
+            self.error = exc
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        self._stream.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass  # pipe full (a wakeup is already pending) or closed
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Stream until `stop` is set. Raises CDCError subclasses on stream or decoding failures."""
+        config = self.config
+        self._stream.start(config.slot, pgoutput_options(config.publication, server_version=self._server_version))
+        decoder = Decoder()
+        builder = self._builder
+        stats = self.stats
+        chunk: list[Any] = []
+        last_activity = time.monotonic()
+        try:
+            while not stop.is_set():
+                raw = self._stream.read(config.read_timeout)
+                now = time.monotonic()
+                if raw is None:
+                    if now - last_activity >= config.heartbeat_interval and not builder.in_transaction:
+                        self._heartbeat()
+                        stats.heartbeats_sent += 1
+                        last_activity = now
+                    self._flush_acks()
+                    continue
+                last_activity = now
+                stats.messages += 1
+                message = decoder.feed(raw.payload)
+                if isinstance(message, (Insert, Update, Delete, Truncate)):
+                    events = builder.change(message, raw.data_start)
+                    chunk.extend(events)
+                    if len(chunk) >= config.max_batch_events:
+                        self._publish(chunk, final=False)
+                        chunk = []
+                elif isinstance(message, Begin):
+                    builder.begin(message)
+                elif isinstance(message, Commit):
+                    assert builder.commit_lsn is not None
+                    position = chunk[-1].position if chunk else (builder.commit_lsn, builder.commit_lsn)
+                    self._publish(chunk, final=True, flush_lsn=message.end_lsn, position=position)
+                    chunk = []
+                    builder.commit(message)
+                    stats.transactions += 1
+                    stats.last_commit_lsn = message.commit_lsn
+                elif isinstance(message, Relation):
+                    builder.relation(message)
+                elif isinstance(message, LogicalMessage):
+                    if message.prefix == HEARTBEAT_PREFIX and not message.transactional:
+                        stats.heartbeats_seen += 1
+                        # Acknowledged once every batch before it is: flush just past its record.
+                        self._pending.append(_Pending(message.lsn + 1, done=True))
+                elif isinstance(message, (StreamStart, StreamStop, StreamCommit, StreamAbort)):
+                    raise CDCError(
+                        "the server streams in-progress transactions, which this capture does not "
+                        "request; start replication without the 'streaming' option"
+                    )
+                elif isinstance(message, (Type, Origin)):
+                    pass
+                self._flush_acks()
+        finally:
+            self._stream.close()
+
+    def _publish(
+        self, events: list[Any], *, final: bool, flush_lsn: int | None = None, position: tuple[int, int] | None = None
+    ) -> None:
+        pending = _Pending(flush_lsn)
+        self._pending.append(pending)
+        wake = self._wake
+
+        def on_durable() -> None:
+            pending.done = True
+            wake()
+
+        self.stats.events += len(events)
+        self.stats.batches += 1
+        self.transport.publish(events, position or events[-1].position, on_durable, final=final)
+
+    def _flush_acks(self) -> None:
+        pending = self._pending
+        advance = 0
+        while pending and pending[0].done:
+            flush_lsn = pending.popleft().flush_lsn
+            if flush_lsn is not None:
+                advance = flush_lsn
+        if advance > self.stats.flushed_lsn:
+            self._stream.send_feedback(advance)
+            self.stats.flushed_lsn = advance
+
+
+def _connect(dsn: str) -> psycopg2.extensions.connection:
+    try:
+        conn = psycopg2.connect(dsn)
+    except psycopg2.Error as exc:
+        raise CDCError(f"cannot connect to the source database: {str(exc).strip()}") from exc
+    conn.autocommit = True
+    return conn
+

@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+
+import pytest
+
+from cdc.events import UNAVAILABLE, ChangeEvent
+from cdc.exceptions import CDCError
+from cdc.slot import MissingPrimaryKeyError, UnknownTableError, drop_publication, drop_slot, ensure_publication, slot_state
+from tests.cdc.conftest import Collected, Running, SourceDB, insert_products
+from tests.support import wait_for
+
+
+def ops(events: list[ChangeEvent]) -> list[tuple[str, str, object]]:
+    return [(e.op, e.source.table, None if e.key is None else tuple(e.key.values())) for e in events]
+
+
+def test_inserts_updates_deletes_and_truncates_are_decoded(source: SourceDB, start_capture: Callable[..., Running]) -> None:
+    run = start_capture(["public.catalog_product", "public.widgets", "public.pairs"])
+    insert_products(source, 2)
+    source.execute("UPDATE catalog_product SET price = 5.25, attributes = '{\"a\": [1, 2]}' WHERE id = 1")
+    source.execute("DELETE FROM catalog_product WHERE id = 2")
+    source.execute(
+        "INSERT INTO widgets VALUES (1, -3, 9000000000, 1.5, 2.25, true, '\\x00ff', "
+        "'12345678-1234-5678-1234-567812345678', '2024-02-29', '2024-01-02 03:04:05.678', "
+        "'2024-01-02 03:04:05+02', '[1, \"x\"]', NULL)"
+    )
+    source.execute("INSERT INTO pairs VALUES (1, 'x', 'v1')")
+    source.execute("UPDATE pairs SET b = 'y' WHERE a = 1")  # primary-key change
+    source.execute("TRUNCATE widgets, pairs")
+    collected = run.collected
+    collected.drain(lambda c: sum(e.op == "t" for e in c.events) == 2, what="the truncate")
+
+    assert ops(collected.events) == [
+        ("c", "catalog_product", (1,)), ("c", "catalog_product", (2,)),
+        ("u", "catalog_product", (1,)),
+        ("d", "catalog_product", (2,)),
+        ("c", "widgets", (1,)),
+        ("c", "pairs", (1, "x")),
+        ("d", "pairs", (1, "x")), ("c", "pairs", (1, "y")),
+        ("t", "widgets", None), ("t", "pairs", None),
+    ]
+    created, _, updated, deleted, widget, _, pk_old, pk_new, _, _ = collected.events
+    assert created.after is not None and created.after["sku"] == "SKU-1" and created.after["price"] == Decimal("1.99")
+    assert created.after["created_at"] == dt.datetime(2024, 1, 1, 0, 0, 1, tzinfo=dt.timezone.utc)
+    assert created.after["attributes"] == {"n": 1}
+    assert updated.after is not None and updated.after["price"] == Decimal("5.25")
+    assert updated.after["attributes"] == {"a": [1, 2]}
+    assert updated.before == {"id": 1}
+    assert deleted.before == {"id": 2} and deleted.after is None
+    assert widget.after == {
+        "id": 1, "small": -3, "big": 9_000_000_000, "ratio": 1.5, "precise": 2.25, "flag": True,
+        "blob": b"\x00\xff", "token": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        "born": dt.date(2024, 2, 29), "seen": dt.datetime(2024, 1, 2, 3, 4, 5, 678000),
+        "at": dt.datetime(2024, 1, 2, 1, 4, 5, tzinfo=dt.timezone.utc), "doc": [1, "x"], "note": None,
+    }
+    assert pk_old.before == {"a": 1, "b": "x"} and pk_new.after == {"a": 1, "b": "y", "v": "v1"}
+    assert pk_old.position == pk_new.position
+
+    # positions: commit LSN of the transaction, then the change's own LSN; strictly increasing
+    positions = [e.position for e in collected.events]
+    assert positions == sorted(positions)
+    assert all(p[0] > run.consistent_point for p in positions)
+    assert created.source.db == source.conn.info.dbname and created.source.snapshot == "false"
+    assert created.source.tx_id is not None and created.source.ts_ms > 0
+    assert [b.final for b in collected.batches] == [True] * len(collected.batches)
+
+
+def test_unchanged_toast_value_is_unavailable(source: SourceDB, start_capture: Callable[..., Running]) -> None:
+    run = start_capture(["public.catalog_product"])
+    big = os.urandom(8000).hex()  # stored out of line (STORAGE EXTERNAL), 16 kB
+    insert_products(source, 1)
+    source.execute("UPDATE catalog_product SET description = %s WHERE id = 1", (big,))
+    source.execute("UPDATE catalog_product SET stock = 99 WHERE id = 1")
+    run.collected.drain(lambda c: len(c.events) == 3)
+    _, with_text, without_text = run.collected.events
+    assert with_text.after is not None and with_text.after["description"] == big
+    assert without_text.after is not None
+    assert without_text.after["stock"] == 99
+    assert without_text.after["description"] is UNAVAILABLE
+    assert without_text.to_debezium()["after"]["description"] == "__debezium_unavailable_value"
+
+
+def test_replica_identity_full_fills_unchanged_toast_from_the_old_row(
+    source: SourceDB, start_capture: Callable[..., Running]
+) -> None:
+    source.execute("ALTER TABLE catalog_product REPLICA IDENTITY FULL")
+    run = start_capture(["public.catalog_product"])
+    big = os.urandom(4000).hex()
+    insert_products(source, 1)
+    source.execute("UPDATE catalog_product SET description = %s WHERE id = 1", (big,))
+    source.execute("UPDATE catalog_product SET stock = 7 WHERE id = 1")
+    source.execute("DELETE FROM catalog_product WHERE id = 1")
+    run.collected.drain(lambda c: len(c.events) == 4)
+    _, _, update, delete = run.collected.events
+    assert update.key == {"id": 1}  # the primary key, not every identity column
+    assert update.before is not None and update.before["stock"] == 1
+    assert update.after is not None and update.after["description"] == big and update.after["stock"] == 7
+    assert delete.key == {"id": 1} and delete.before is not None and delete.before["sku"] == "SKU-1"
+
+
+def test_slot_flush_moves_only_after_the_applier_acks(source: SourceDB, start_capture: Callable[..., Running]) -> None:
+    run = start_capture(["public.catalog_product"])
+    run.collected.auto_ack = False
+    insert_products(source, 3)
+    run.collected.drain(lambda c: len(c.events) == 3)
+    [batch] = run.collected.batches
+    state = slot_state(source.url, run.slot)
+    assert state is not None and state.confirmed_flush_lsn is not None
+    assert state.confirmed_flush_lsn <= batch.position[0]
+    batch.ack()
+    wait_for(
+        lambda: (s := slot_state(source.url, run.slot)) and (s.confirmed_flush_lsn or 0) > batch.position[0],
+        what="confirmed_flush_lsn past the acknowledged commit",
+    )
+
+
+def test_idle_slot_advances_through_heartbeats(source: SourceDB, start_capture: Callable[..., Running]) -> None:
+    run = start_capture(["public.catalog_product"], heartbeat_interval=0.2)
+    first = slot_state(source.url, run.slot)
+    assert first is not None and first.confirmed_flush_lsn is not None
+    # WAL grows through writes to a table outside the publication; the slot must follow.
+    source.execute("INSERT INTO logbook SELECT 'line ' || i FROM generate_series(1, 1000) AS i")
+    written = source.scalar("SELECT pg_current_wal_lsn()::text")
+    from cdc.replication import parse_lsn
+
+    wait_for(
+        lambda: (s := slot_state(source.url, run.slot)) and (s.confirmed_flush_lsn or 0) > parse_lsn(written),
+        timeout=15, what="the idle slot to advance past unrelated writes",
+    )
+    assert run.capture.stats.heartbeats_seen >= 1
+    assert run.collected.events == []
+
+
+def test_large_transaction_is_published_in_bounded_chunks(source: SourceDB, start_capture: Callable[..., Running]) -> None:
+    run = start_capture(["public.catalog_product"], max_batch_events=100)
+    insert_products(source, 1000)
+    run.collected.drain(lambda c: bool(c.batches) and c.batches[-1].final, what="the final chunk")
+    batches = run.collected.batches
+    assert [len(b.events) for b in batches] == [100] * 10 + [0]
+    assert [b.final for b in batches] == [False] * 10 + [True]
+    assert len({e.position[0] for e in run.collected.events}) == 1
+
+
+def test_tables_need_a_primary_key_or_full_identity(source: SourceDB) -> None:
+    with pytest.raises(MissingPrimaryKeyError, match=r"public.logbook has no primary key.*REPLICA IDENTITY FULL"):
+        ensure_publication(source.url, "p_nopk", ["public.logbook"])
+    source.execute("ALTER TABLE logbook REPLICA IDENTITY FULL")
+    [info] = ensure_publication(source.url, "p_nopk", ["public.logbook"])
+    assert info.key_columns == ("line",)
+    with pytest.raises(UnknownTableError, match="public.nope"):
+        ensure_publication(source.url, "p_nopk", ["public.nope"])
+
+
+def test_slot_and_publication_are_dropped(source: SourceDB, start_capture: Callable[..., Running]) -> None:
+    run = start_capture(["public.catalog_product"])
+    wait_for(lambda: (s := slot_state(source.url, run.slot)) and s.active, what="the slot in use")
+    with pytest.raises(CDCError, match="in use by process"):
+        drop_slot(source.url, run.slot)
+    run.capture.stop()
+    run.capture.join(timeout=20)
+    wait_for(lambda: (s := slot_state(source.url, run.slot)) and not s.active, what="the slot released")
+    assert drop_slot(source.url, run.slot) is True
+    assert slot_state(source.url, run.slot) is None
+    assert drop_slot(source.url, run.slot) is False
+    assert drop_publication(source.url, run.publication) is True
+    assert source.scalar("SELECT count(*) FROM pg_publication WHERE pubname = %s", (run.publication,)) == 0
+    assert drop_publication(source.url, run.publication) is False
+
+
+def test_collected_helper_times_out(source: SourceDB, start_capture: Callable[..., Running]) -> None:
+    run = start_capture(["public.catalog_product"])
+    with pytest.raises(AssertionError, match="timed out"):
+        Collected(run.transport).drain(lambda c: bool(c.events), timeout=0.3)
