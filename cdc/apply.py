@@ -612,6 +612,27 @@ class Applier:
         self._checkpoint = Checkpoint(position=position, snapshot=dict(snapshot), source_ts_ms=self._checkpoint.source_ts_ms)
         return n
 
+    def reset_targets(self, snapshot: Mapping[str, Any]) -> None:
+        """Before a fresh snapshot: empty the service tables and this spec's row guards."""
+        targets = [t.target for t in self.spec.tables]
+        try:
+            with self.conn.cursor() as cur:
+                names = ", ".join(_ident(t.target_schema, t.target_table) for t in self.spec.tables)
+                cur.execute(f"TRUNCATE {names}")
+                cur.execute("DELETE FROM strangler.row_position WHERE target_table = ANY(%s)", (targets,))
+                cur.execute("DELETE FROM strangler.table_position WHERE name = %s", (self.spec.name,))
+            self._streamed_tables.difference_update(targets)
+        except psycopg2.Error as exc:
+            self.conn.rollback()
+            raise ApplyError(f"cannot empty the service tables for a fresh snapshot: {str(exc).strip()}") from exc
+        self._checkpoint = Checkpoint()
+        self.commit_snapshot_state(snapshot)
+
+    def commit_snapshot_state(self, snapshot: Mapping[str, Any]) -> None:
+        """Commit the open target transaction (rows loaded in it) with the snapshot's progress."""
+        position = (int(snapshot.get("consistent_point", 0)), 0)
+        self._run([], [], ApplyResult(), position, snapshot)
+
     def save_checkpoint(self, *, position: Position, snapshot: Mapping[str, Any]) -> None:
         """Record the position and snapshot state (e.g. the snapshot's start) on its own."""
         self._run([], [], ApplyResult(), position, snapshot)

@@ -203,3 +203,70 @@ class RowMapper:
                 value = fn(value)
             values.append(value)
         return tuple(values)
+
+
+# -- SQL pushdown for the initial snapshot -----------------------------------------------------------
+
+_CENTS_EXACT_TYPES = frozenset({"smallint", "integer", "bigint"})
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def sql_projection(table: TableSpec, column_types: Mapping[str, tuple[str, int | None]]) -> tuple[list[str], list[str], list[Any]] | None:
+    """The mapping as SQL, when every part of it has an exact SQL equivalent; else None.
+
+    `column_types` maps legacy columns to (information_schema data_type, numeric_scale). Returns
+    (select expressions in target column order, WHERE conditions, parameters). Lets the initial
+    snapshot run as `COPY (SELECT ...) TO STDOUT` piped into `COPY ... FROM STDIN`.
+    """
+    if table.function is not None or len(table.key) != 1:
+        return None
+    exprs: list[str] = []
+    for column in table.columns:
+        if column.function is not None or column.source not in column_types:
+            return None
+        data_type, scale = column_types[column.source]
+        src = _q(column.source)
+        if column.transform is None:
+            if column.scale is not None and data_type != "numeric":
+                return None
+            exprs.append(src)
+        elif column.transform == "cents":
+            if data_type in _CENTS_EXACT_TYPES:
+                exprs.append(f"({src}::bigint * 100)")
+            elif data_type == "numeric" and scale is not None and scale <= 2:
+                exprs.append(f"({src} * 100)::bigint")
+            else:
+                return None
+        elif column.transform == "lower" and data_type in ("text", "character varying", "character"):
+            exprs.append(f"lower({src})")
+        elif column.transform == "strip" and data_type in ("text", "character varying", "character"):
+            exprs.append(f"btrim({src}, E' \\t\\n\\r\\f\\v')")
+        elif column.transform == "json" and data_type in ("json", "jsonb", "text"):
+            exprs.append(f"{src}::jsonb")
+        else:
+            return None
+    where: list[str] = []
+    params: list[Any] = []
+    for f in table.filters:
+        col = _q(f.column)
+        if f.op == "eq":
+            where.append(f"{col} IS NOT DISTINCT FROM %s")
+        elif f.op == "ne":
+            where.append(f"{col} IS DISTINCT FROM %s")
+        elif f.op == "in":
+            where.append(f"COALESCE({col} = ANY(%s), false)")
+        elif f.op == "not_in":
+            where.append(f"NOT COALESCE({col} = ANY(%s), false)")
+        elif f.op == "startswith":
+            where.append(f"COALESCE(starts_with({col}::text, %s), false)")
+        elif f.op == "not_startswith":
+            where.append(f"NOT COALESCE(starts_with({col}::text, %s), false)")
+        elif f.op == "is_null":
+            where.append(f"({col} IS NULL) = %s")
+        else:
+            where.append(f"{col} {({'gt': '>', 'gte': '>=', 'lt': '<', 'lte': '<='})[f.op]} %s")
+        params.append(bool(f.value) if f.op == "is_null" else f.value)
+    return exprs, where, params

@@ -1,0 +1,98 @@
+"""Embedded pipeline end to end: snapshot, then streamed changes, into the catalog store."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from cdc.pipeline import RunStats, run
+from cdc.slot import slot_state
+from cdc.spec import SyncSpec
+from cdc.status import status
+from cdc.verify import verify
+from tests.cdc.apply_fixtures import T0, execute, legacy_and_target, query, spec_for
+from tests.support import wait_for
+
+__all__ = ["legacy_and_target"]
+
+
+def seed(legacy: str, n: int, start: int = 1) -> None:
+    execute(legacy, "INSERT INTO catalog_category (id, name, slug) VALUES (1, 'Tools', 'tools') ON CONFLICT DO NOTHING")
+    execute(
+        legacy,
+        "INSERT INTO catalog_product (id, sku, name, slug, description, price, stock, is_active, category_id, attributes,"
+        " created_at, updated_at) SELECT g, 'SKU-' || g, 'Product ' || g, 'product-' || g, repeat('x', 50), (g %% 1000) + 0.99,"
+        " g %% 7, g %% 5 <> 0, 1, jsonb_build_object('n', g), %s, %s FROM generate_series(%s, %s) g",
+        (T0, T0, start, start + n - 1),
+    )
+
+
+@contextmanager
+def running(spec: SyncSpec, **kw: Any) -> Iterator[tuple[threading.Event, list[RunStats]]]:
+    stop = threading.Event()
+    out: list[RunStats] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            out.append(run(spec, stop=stop, heartbeat_interval=0.5, chunk_rows=300, **kw))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    try:
+        yield stop, out
+    finally:
+        stop.set()
+        thread.join(30)
+        assert not thread.is_alive()
+        if errors:
+            raise errors[0]
+
+
+def _count(target: str) -> int:
+    return int(query(target, "SELECT count(*) FROM catalog.products")[0][0])
+
+
+def test_snapshot_then_stream_updates_deletes_truncate_and_key_change(legacy_and_target: tuple[str, str]) -> None:
+    legacy, target = legacy_and_target
+    seed(legacy, 1000)
+    execute(legacy, "INSERT INTO catalog_product (id, sku, name, slug, price, category_id, created_at, updated_at)"
+                    " VALUES (5000, '__internal-x', 'hidden', 'h', 1, 1, now(), now())")
+    spec = spec_for(legacy, target)
+    progress: list[tuple[str, int, int]] = []
+    with running(spec, on_progress=lambda *a: progress.append(a)):
+        wait_for(lambda: _count(target) == 1000 and query(target, "SELECT count(*) FROM catalog.categories")[0][0] == 1,
+                 timeout=30, what="snapshot")
+        assert progress and progress[-1][1] >= 1000 - 300
+        seed(legacy, 200, start=1001)
+        execute(legacy, "UPDATE catalog_product SET price = 1.25, name = 'Changed' WHERE id <= 10")
+        execute(legacy, "DELETE FROM catalog_product WHERE id BETWEEN 20 AND 29")
+        execute(legacy, "UPDATE catalog_product SET id = 9000 WHERE id = 30")
+        wait_for(lambda: query(target, "SELECT count(*) FROM catalog.products WHERE id = 9000")[0][0] == 1, timeout=30,
+                 what="streamed changes")
+        result = verify(spec, wait=20)
+        assert result.identical, result.to_dict()
+        assert query(target, "SELECT title, price_cents FROM catalog.products WHERE id = 3") == [("Changed", 125)]
+        st = status(spec)
+        assert st.slot_exists and st.snapshot["done"] and st.dead_letters == 0
+        execute(legacy, "TRUNCATE catalog_product")
+        wait_for(lambda: _count(target) == 0, timeout=30, what="truncate")
+        # Changes the applier writes carry its replication origin: none of them is captured again.
+    state = slot_state(legacy, spec.slot_name)
+    assert state is not None and not state.active
+
+
+def test_restart_resumes_without_snapshot(legacy_and_target: tuple[str, str]) -> None:
+    legacy, target = legacy_and_target
+    seed(legacy, 300)
+    spec = spec_for(legacy, target)
+    first = run(spec, until_caught_up=True, idle_timeout=0.5, heartbeat_interval=0.3)
+    assert first.snapshot_rows == 301  # 300 products + 1 category
+    execute(legacy, "UPDATE catalog_product SET stock = 99 WHERE id = 1")
+    second = run(spec, until_caught_up=True, idle_timeout=1.0, heartbeat_interval=0.3)
+    assert second.snapshot_rows == 0 and second.applied >= 1
+    assert verify(spec, wait=10).identical
