@@ -845,7 +845,10 @@ def check_text(
         mark = exc.problem_mark or exc.context_mark
         what = " ".join(part for part in (exc.context, exc.problem) if part)
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        return None, [Problem(file, line, column, f"this is not valid YAML ({what}); fix the syntax here.")]
+        fix = "fix the syntax here"
+        if "but got '{'" in what:
+            fix = 'a path template with {name} inside a {...} mapping must be quoted, e.g. {path: "/api/products/{id}"}'
+        return None, [Problem(file, line, column, f"this is not valid YAML ({what}); {fix}.")]
     except YAMLError as exc:
         return None, [Problem(file, 1, 1, f"this is not valid YAML ({exc}); fix the syntax.")]
     if root is None:

@@ -146,7 +146,52 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
+def _summary(key: str, value: Mapping[str, Any]) -> str:
+    """A short description of a whole optional section (shadow, sticky, record) that appears or goes."""
+    if key.endswith("shadow"):
+        return f"to {value.get('to')}, sample {_pct(float(value.get('sample', 0)))}"
+    if key.endswith("sticky"):
+        return next((f"{name} {value[name]}" for name in ("cookie", "header") if value.get(name)), "client")
+    return ", ".join(f"{name} {_show(name, item)}" for name, item in value.items() if not isinstance(item, dict))
+
+
 def _field_changes(old: Any, new: Any, *, skip: Sequence[str] = ()) -> list[str]:
+    sections = _sections(old, new)
+    details = [
+        f"{key} added: {_summary(key, after)}" if before is None else f"{key} removed (was {_summary(key, before)})"
+        for key, (before, after) in sections.items()
+    ]
+    old, new = _without(old, sections), _without(new, sections)
+    return details + _leaf_changes(old, new, skip=skip)
+
+
+def _sections(old: Any, new: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """Optional nested sections present on one side only: {dotted key: (old, new)}."""
+    found: dict[str, tuple[Any, Any]] = {}
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return found
+    for key in dict.fromkeys([*old, *new]):
+        before, after = old.get(key), new.get(key)
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if (before is None) != (after is None) and isinstance(before if before is not None else after, dict):
+            found[dotted] = (before, after)
+        elif isinstance(before, dict) and isinstance(after, dict):
+            found.update(_sections(before, after, dotted))
+    return found
+
+
+def _without(value: Any, sections: Mapping[str, Any], prefix: str = "") -> Any:
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, item in value.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if dotted not in sections:
+            out[key] = _without(item, sections, dotted)
+    return out
+
+
+def _leaf_changes(old: Any, new: Any, *, skip: Sequence[str] = ()) -> list[str]:
     before, after = _flatten(old), _flatten(new)
     details = []
     for key in dict.fromkeys([*before, *after]):
@@ -437,7 +482,9 @@ def _keep_comment_column(original: str, new: str) -> str:
     after = re.search(r"( {2,})(#.*)$", new)
     if not delta or before is None or after is None or before.group(2) != after.group(2):
         return new
-    return new[: after.start(1)] + " " * max(1, len(after.group(1)) - delta) + after.group(2)
+    spaces = len(before.group(1))
+    # Keep the comment's column while at least two spaces remain before it.
+    return new[: after.start(1)] + " " * max(2, spaces - delta) + after.group(2)
 
 
 def _line_of(starts: list[int], offset: int) -> int:
