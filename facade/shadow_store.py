@@ -282,6 +282,11 @@ class ShadowStore:
         """Everything recorded since `since` (epoch seconds), optionally for one route."""
         try:
             with self.engine.connect() as conn:
+                if not sa.inspect(conn).has_table(comparisons.name):
+                    raise ShadowStoreError(
+                        f"the shadow store at {_safe(self.url)} holds no comparisons yet; turn on shadow: for a route "
+                        "in routing.yaml and send traffic, or run `strangler shadow replay`, or pass the right --store"
+                    )
                 cond = []
                 if since is not None:
                     cond.append(comparisons.c.ts >= since)
