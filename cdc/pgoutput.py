@@ -44,6 +44,7 @@ __all__ = [
     "TYPE_NAMES",
     "Update",
     "convert_value",
+    "converter_for",
     "decode",
     "pg_time_to_unix_ms",
 ]
@@ -506,7 +507,8 @@ TYPE_NAMES: dict[int, str] = {
 
 
 def _bool(text: str) -> bool:
-    return text == "t"
+    # 't'/'f' from the output function; 'true'/'false' from a bool::text cast (the snapshot).
+    return text in ("t", "true")
 
 
 def _bytea(text: str) -> bytes:
@@ -591,3 +593,8 @@ def convert_value(type_oid: int, value: Datum) -> Any:
     except (ValueError, ArithmeticError) as exc:
         name = TYPE_NAMES.get(type_oid, f"oid {type_oid}")
         raise PgOutputError(f"cannot read {value[:60]!r} as {name}: {exc}") from exc  # type: ignore[index]
+
+
+def converter_for(type_oid: int) -> Callable[[str], Any] | None:
+    """The text-to-Python function of a type OID (None: the text is kept as `str`)."""
+    return _CONVERTERS.get(type_oid)

@@ -44,9 +44,11 @@ class SourceDB:
     conn: psycopg2.extensions.connection
     slots: list[str] = field(default_factory=list)
 
-    def execute(self, statement: str, params: Sequence[Any] | None = None) -> None:
+    def execute(self, statement: str, params: Sequence[Any] | None = None) -> int:
+        """Run a statement (autocommit); returns the number of rows it affected."""
         with self.conn.cursor() as cur:
             cur.execute(statement, params)
+            return int(cur.rowcount)
 
     def query(self, statement: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         with self.conn.cursor() as cur:
@@ -126,11 +128,15 @@ def start_capture(source: SourceDB) -> Iterator[Callable[..., Running]]:
     """Create publication and slot for `tables`, run a capture into a memory transport."""
     running: list[Running] = []
 
-    def start(tables: Sequence[str], **config: Any) -> Running:
-        slot = source.slot_name()
-        ensure_publication(source.url, slot, tables)
-        with create_slot(source.url, slot) as created:
-            consistent_point = created.consistent_point
+    def start(tables: Sequence[str], *, existing_slot: tuple[str, int] | None = None, **config: Any) -> Running:
+        """`existing_slot`: (name, consistent point) of a slot the test created (and published)."""
+        if existing_slot is None:
+            slot = source.slot_name()
+            ensure_publication(source.url, slot, tables)
+            with create_slot(source.url, slot) as created:
+                consistent_point = created.consistent_point
+        else:
+            slot, consistent_point = existing_slot
         transport = MemoryTransport(max_batches=config.pop("max_batches", 16))
         capture = Capture(CaptureConfig(dsn=source.url, slot=slot, publication=slot, read_timeout=0.2, **config), transport)
         capture.start()
