@@ -62,9 +62,7 @@ def query(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
 
 def create_catalog_store(url: str) -> None:
     """The catalog service's schema: its Alembic migration when present, else the same DDL."""
-    try:
-        import extracted.catalog.__main__  # noqa: F401
-    except ImportError:
+    if not (ROOT / "extracted" / "catalog" / "migrations" / "env.py").exists():
         execute(url, CATALOG_DDL)
         return
     proc = subprocess.run(
@@ -79,17 +77,33 @@ def create_legacy(url: str) -> None:
     execute(url, LEGACY_DDL)
 
 
+_TEMPLATES: dict[str, str] = {}
+
+
+def _from_template(pg: Any, name: str, kind: str) -> str:
+    """A new database copied from a template made once per session (migrating is slow)."""
+    template = f"strangler_tpl_{kind}"
+    if kind not in _TEMPLATES:
+        url = pg.create_database(template)
+        (create_legacy if kind == "legacy" else create_catalog_store)(url)
+        _TEMPLATES[kind] = url
+    conn = psycopg2.connect(pg.url())
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    finally:
+        conn.close()
+    return str(pg.url(name))
+
+
 @pytest.fixture
 def legacy_and_target(pg: Any, request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
     import re
     import uuid
 
     base = re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:30] + "_" + uuid.uuid4().hex[:6]
-    legacy = pg.create_database(base + "_l")
-    target = pg.create_database(base + "_t")
-    create_legacy(legacy)
-    create_catalog_store(target)
-    yield legacy, target
+    yield _from_template(pg, base + "_l", "legacy"), _from_template(pg, base + "_t", "catalog")
 
 
 def spec_for(legacy: str | None, target: str | None, **env: str) -> SyncSpec:
