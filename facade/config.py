@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from pydantic import (
     model_validator,
 )
 from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from facade.exceptions import FacadeError
@@ -802,13 +804,13 @@ class _Locator:
         line, column = 0, 0
         for depth, part in enumerate(loc):
             last = depth == len(loc) - 1
-            if isinstance(node, dict) and part in node:
+            if isinstance(node, CommentedMap) and part in node:
                 try:
                     line, column = node.lc.key(part) if (on_key and last) else node.lc.value(part)
                 except (AttributeError, KeyError, TypeError):
                     break
                 node = node[part]
-            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
                 try:
                     line, column = node.lc.item(part)
                 except (AttributeError, KeyError, TypeError, IndexError):
@@ -994,7 +996,7 @@ def _unwrap(annotation: Any) -> Any:
         origin = typing.get_origin(annotation)
         if origin is Annotated:
             annotation = typing.get_args(annotation)[0]
-        elif origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+        elif origin in (typing.Union, types.UnionType):
             options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
             if len(options) != 1:
                 return annotation

@@ -41,7 +41,6 @@ BUCKETS = 10_000
 
 DEFAULT_ROUTE_ID = "default"
 
-_DIGITS = re.compile(r"^\d+$")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
 _HEX = re.compile(r"^[0-9a-fA-F]{16,}$")
 
@@ -58,12 +57,13 @@ def _compile_condition(value: str) -> _Check:
 
 def canonical_segment(segment: str) -> str:
     """`{id}` for numbers, `{uuid}` for UUIDs, `{hex}` for long hex tokens, else the segment."""
-    if _DIGITS.match(segment):
+    if segment.isascii() and segment.isdigit():
         return "{id}"
-    if _UUID.match(segment):
-        return "{uuid}"
-    if _HEX.match(segment):
-        return "{hex}"
+    if len(segment) >= 16:
+        if len(segment) in (32, 36) and _UUID.match(segment):
+            return "{uuid}"
+        if _HEX.match(segment):
+            return "{hex}"
     return segment
 
 
@@ -94,42 +94,51 @@ def _seed(route_id: str) -> Any:
 class _PathMatcher:
     """One path template compiled to the cheapest test: equality, a prefix, or segment checks."""
 
-    kind: str  # "exact" | "prefix" | "segments"
-    text: str  # exact path, or prefix without trailing slash
-    segments: tuple[str | None, ...]  # literal, or None for a one-segment wildcard
-    rest: bool  # ends with ** (segments kind)
+    kind: int  # EXACT, PREFIX or SEGMENTS
+    text: str  # EXACT: the path; PREFIX: the prefix without trailing slash; SEGMENTS: literal lead
+    segments: tuple[str | None, ...]  # SEGMENTS: literal, or None for a one-segment wildcard
+    rest: bool  # SEGMENTS: ends with **
 
     @classmethod
     def compile(cls, template: str) -> _PathMatcher:
         segments = parse_path_template(template)
         rest = bool(segments) and segments[-1] == "**"
         fixed = segments[:-1] if rest else segments
-        wildcards = any(segment == "*" or segment.startswith("{") for segment in fixed)
-        if not wildcards and not rest:
-            return cls("exact", template, (), False)
-        if not wildcards:
-            return cls("prefix", "/" + "/".join(fixed) if fixed else "", (), True)
-        compiled = tuple(None if (segment == "*" or segment.startswith("{")) else segment for segment in fixed)
-        return cls("segments", "", compiled, rest)
+        wildcard = [segment == "*" or segment.startswith("{") for segment in fixed]
+        if not any(wildcard) and not rest:
+            return cls(EXACT, template, (), False)
+        if not any(wildcard):
+            return cls(PREFIX, "/" + "/".join(fixed) if fixed else "", (), True)
+        lead = fixed[: wildcard.index(True)]
+        compiled = tuple(None if is_wild else segment for segment, is_wild in zip(fixed, wildcard))
+        # Every matching path starts with the literal segments before the first wildcard.
+        return cls(SEGMENTS, "/" + "".join(segment + "/" for segment in lead), compiled, rest)
 
-    def matches(self, path: str, parts: list[str] | None) -> bool:
-        if self.kind == "exact":
+    def matches(self, path: str) -> bool:
+        kind = self.kind
+        if kind == EXACT:
             return path == self.text
-        if self.kind == "prefix":
+        if kind == PREFIX:
             prefix = self.text
-            return path == prefix or path.startswith(prefix + "/") if prefix else path.startswith("/")
-        if parts is None:
-            parts = path.split("/")[1:]
-        wanted = self.segments
-        if len(parts) < len(wanted) or (not self.rest and len(parts) != len(wanted)):
+            return (path == prefix or path.startswith(prefix + "/")) if prefix else path.startswith("/")
+        if not path.startswith(self.text):
             return False
-        for expected, actual in zip(wanted, parts):
+        parts = path.split("/")
+        wanted = self.segments
+        count = len(parts) - 1
+        if count < len(wanted) or (not self.rest and count != len(wanted)):
+            return False
+        for index, expected in enumerate(wanted, 1):
+            actual = parts[index]
             if expected is None:
                 if not actual:
                     return False
             elif expected != actual:
                 return False
         return True
+
+
+EXACT, PREFIX, SEGMENTS = 0, 1, 2
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -152,6 +161,7 @@ class Route:
     _query: tuple[tuple[str, _Check], ...] = field(repr=False)
     _only: str | None = field(repr=False)
     _seed: Any = field(repr=False)
+    _conditional: bool = field(repr=False)
 
     @classmethod
     def compile(cls, config: RouteConfig, index: int) -> Route:
@@ -180,6 +190,7 @@ class Route:
             _query=tuple((name, _compile_condition(value)) for name, value in match.query.items()),
             _only=serving[0] if len(serving) == 1 else None,
             _seed=_seed(config.id),
+            _conditional=bool(match.headers or match.cookies or match.query),
         )
 
     @property
@@ -194,13 +205,14 @@ class Route:
         headers: Mapping[str, str],
         cookies: Mapping[str, str],
         query: Mapping[str, list[str]],
-        parts: list[str] | None = None,
     ) -> bool:
         """Whether this route takes the request (headers keyed by lower-case name)."""
         if self.methods is not None and method not in self.methods:
             return False
-        if not self._path.matches(path, parts):
+        if not self._path.matches(path):
             return False
+        if not self._conditional:
+            return True
         for name, check in self._headers:
             value = headers.get(name)
             if value is None or not check(value):
@@ -269,7 +281,9 @@ class RouteTable:
     default: Route
     upstreams: Mapping[str, UpstreamConfig]
     by_id: Mapping[str, Route]
-    _needs_parts: bool = field(repr=False)
+    _by_two: Mapping[tuple[str, str], tuple[Route, ...]] = field(repr=False)
+    _by_one: Mapping[str, tuple[Route, ...]] = field(repr=False)
+    _by_none: tuple[Route, ...] = field(repr=False)
 
     @classmethod
     def build(cls, config: FacadeConfig, version: str) -> RouteTable:
@@ -286,6 +300,17 @@ class RouteTable:
         default = Route.compile(default_config, len(routes))
         by_id = {route.id: route for route in routes}
         by_id[DEFAULT_ROUTE_ID] = default
+        # Candidates by the path's first two segments, in declared order: only routes whose leading
+        # literal segments agree with them can match, so most routes are never looked at.
+        leads = {route.id: _lead(route) for route in routes}
+        by_two = {
+            key: tuple(route for route in routes if leads[route.id] == key[: len(leads[route.id])])
+            for key in {lead for lead in leads.values() if len(lead) == 2}
+        }
+        by_one = {
+            key[0]: tuple(route for route in routes if leads[route.id] in ((), key))
+            for key in {lead[:1] for lead in leads.values() if lead}
+        }
         return cls(
             config=config,
             version=version,
@@ -293,7 +318,9 @@ class RouteTable:
             default=default,
             upstreams=MappingProxyType(dict(config.upstreams)),
             by_id=MappingProxyType(by_id),
-            _needs_parts=any(route._path.kind == "segments" for route in routes),
+            _by_two=MappingProxyType(by_two),
+            _by_one=MappingProxyType(by_one),
+            _by_none=tuple(route for route in routes if not _lead(route)),
         )
 
     @property
@@ -314,9 +341,14 @@ class RouteTable:
         `method` is upper-case, `headers` are keyed by lower-case name, `query` maps each key to
         all its values.
         """
-        parts = path.split("/")[1:] if self._needs_parts else None
-        for route in self.routes:
-            if route.matches(method, path, headers, cookies, query, parts):
+        parts = path.split("/", 3)
+        candidates = None
+        if len(parts) > 2:
+            candidates = self._by_two.get((parts[1], parts[2]))
+        if candidates is None:
+            candidates = self._by_one.get(parts[1], self._by_none) if len(parts) > 1 else self._by_none
+        for route in candidates:
+            if route.matches(method, path, headers, cookies, query):
                 return route
         return self.default
 
@@ -331,6 +363,16 @@ class RouteTable:
                 for name, upstream in self.upstreams.items()
             },
         }
+
+
+def _lead(route: Route) -> tuple[str, ...]:
+    """Up to two leading literal segments of the template: `("api", "products")` for `/api/products/**`."""
+    lead: list[str] = []
+    for segment in route.segments[:2]:
+        if segment == "**" or segment == "*" or segment.startswith("{"):
+            break
+        lead.append(segment)
+    return tuple(lead)
 
 
 def sticky_key(route: Route, headers: Mapping[str, str], cookies: Mapping[str, str], client_host: str | None) -> str | None:

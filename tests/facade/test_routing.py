@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from facade.config import FacadeConfig
+from facade.config import FacadeConfig, RouteConfig
 from facade.routing import BUCKETS, Route, RouteTable, canonical_path, override, sticky_key
 
 UPSTREAMS = {"monolith": {"url": "http://127.0.0.1:8001"}, "catalog": {"url": "http://127.0.0.1:8002"}}
@@ -340,3 +340,33 @@ def test_as_dict_describes_the_table() -> None:
     assert described["routes"][0]["to"] == {"monolith": 90, "catalog": 10}
     assert described["routes"][0]["sticky"] == {"cookie": "sessionid"}
     assert described["default"]["to"] == {"monolith": 100}
+
+
+TEMPLATES = [
+    "/", "/api", "/api/", "/api/**", "/api/products", "/api/products/", "/api/products/**", "/api/products/{id}",
+    "/api/{kind}/{id}", "/api/*/reviews", "/{x}", "/{x}/**", "/**", "/static/**", "/api/orders/{id}/items",
+]
+segment = st.sampled_from(["api", "products", "orders", "7", "", "reviews", "items", "static", "x"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    picks=st.lists(st.tuples(st.sampled_from(TEMPLATES), st.sampled_from([None, ("GET",), ("POST",)])), max_size=8),
+    segments=st.lists(segment, max_size=5),
+    method=st.sampled_from(["GET", "POST"]),
+)
+def test_the_index_finds_the_same_route_as_a_linear_scan(
+    picks: list[tuple[str, tuple[str, ...] | None]], segments: list[str], method: str
+) -> None:
+    routes = [
+        {"id": f"r{n}", "match": {"path": template, **({"methods": list(methods)} if methods else {})}, "to": "catalog"}
+        for n, (template, methods) in enumerate(picks)
+    ]
+    # model_copy skips the cross checks: shadowed routes are fine here, the index must still agree.
+    config = FacadeConfig.model_validate({"upstreams": UPSTREAMS, "default": {"to": "monolith"}}).model_copy(
+        update={"routes": tuple(RouteConfig.model_validate(route) for route in routes)}
+    )
+    t = RouteTable.build(config, "v")
+    path = "/" + "/".join(segments)
+    expected = next((r for r in t.routes if r.matches(method, path, {}, {}, {})), t.default)
+    assert t.match(method, path, {}, {}, {}) is expected
