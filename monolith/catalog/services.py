@@ -84,7 +84,7 @@ def list_products(db: DbSession, query: ProductQuery) -> tuple[int, list[dict[st
         .offset(query.offset)
         .limit(query.page_size)
     )
-    return count, [product_json(p, c) for p, c in db.execute(stmt).tuples()]
+    return count, [product_json(p, c) for p, c in db.execute(stmt)]
 
 
 def _active_product(db: DbSession, product_id: int, *, lock: bool = False) -> tuple[Product, Category | None]:
