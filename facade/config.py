@@ -51,6 +51,7 @@ __all__ = [
     "MatchConfig",
     "NormalizeRule",
     "Problem",
+    "RESERVED_PREFIX",
     "RecordConfig",
     "RedactConfig",
     "RetryConfig",
@@ -122,6 +123,9 @@ def _weights_from_scalar(value: object) -> object:
 
 
 Weights = Annotated[dict[str, float], BeforeValidator(_weights_from_scalar), WithJsonSchema(_WEIGHTS_SCHEMA)]
+
+RESERVED_PREFIX = "/_strangler/"
+"""Paths under this prefix are the façade's admin API; routes never see them."""
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _ROUTE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -642,6 +646,15 @@ def _cross_problems(data: Mapping[str, Any]) -> list[_Found]:
                 )
             )
         matcher = _plain_matcher(route.get("match", {}))
+        if matcher is not None and matcher[0][:1] == (RESERVED_PREFIX.strip("/"),):
+            found.append(
+                _Found(
+                    ("routes", index, "match", "path"),
+                    False,
+                    f"{label} matches {route['match'].get('path')!r}, but {RESERVED_PREFIX} is reserved for the "
+                    "façade's admin API and never routed; choose another path.",
+                )
+            )
         if matcher is not None:
             found.extend(_shadowed(index, label, matcher, compiled))
             compiled.append((index, f"{label} (#{index + 1})", *matcher))

@@ -549,3 +549,15 @@ def test_formatting_round_trips() -> None:
     for size in (1, 1000, 1024, 65536, 1048576, 3 * 1024**3):
         assert parse_size(format_size(size)) == size
     assert format_size(65536) == "64KB"
+
+
+def test_the_admin_prefix_is_reserved() -> None:
+    assert only("""\
+        routes:
+          - id: admin
+            match: {path: /_strangler/**}
+            to: catalog
+        """) == (
+        "routing.yaml:7:19: route 'admin' matches '/_strangler/**', but /_strangler/ is reserved for the façade's "
+        "admin API and never routed; choose another path."
+    )
