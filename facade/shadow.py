@@ -7,17 +7,42 @@ the noise model, redacts, and returns the `ComparisonRecord` to store.
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
+import hashlib
+import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from facade.compare import CompareRules, Normalizer, Reply, compare
-from facade.config import CompareConfig, RedactConfig
+import aiohttp
+from multidict import CIMultiDict
+
+from facade.compare import CompareRules, Comparison, Normalizer, Reply, compare
+from facade.config import CompareConfig, RedactConfig, ShadowConfig, ShadowStoreConfig
+from facade.exceptions import FacadeError
 from facade.noise import NoiseModel, NoiseThresholds
+from facade.recorder import TrafficRecorder, redacted_exchange
 from facade.redact import Redactor
-from facade.shadow_store import ComparisonRecord, DiffRecord, SampleRecord
+from facade.shadow_store import ComparisonRecord, DiffRecord, DropRecord, SampleRecord, ShadowStore, StoreWriter
 
-__all__ = ["RouteRules", "failure_record", "judge", "route_rules"]
+__all__ = [
+    "AiohttpShadowClient",
+    "RouteRules",
+    "ShadowAddon",
+    "ShadowClient",
+    "ShadowCounters",
+    "compare_pair",
+    "failure_record",
+    "judge",
+    "route_rules",
+    "sample_bucket",
+]
+
+log = logging.getLogger("strangler.shadow")
 
 SAMPLE_BODY_CAP = 16 * 1024
 
@@ -49,6 +74,11 @@ def route_rules(compare_config: CompareConfig | None = None, redact_config: Reda
     )
 
 
+def compare_pair(primary: Reply, candidate: Reply, second: Reply | None, rules: RouteRules) -> tuple[Comparison, Comparison | None]:
+    """Primary vs candidate, and primary vs its second answer (the noise probe) when there is one."""
+    return compare(primary, candidate, rules.compare), (compare(primary, second, rules.compare) if second is not None else None)
+
+
 def _text(redactor: Redactor, reply: Reply) -> str:
     body, cut = redactor.body(reply.body, reply.headers.get("content-type", ""))
     body = body[:SAMPLE_BODY_CAP]
@@ -70,10 +100,13 @@ def judge(
     wants_sample: Callable[[str, str], bool] = lambda endpoint, field: True,
     source: str = "live",
     ts: float | None = None,
+    compared: tuple[Comparison, Comparison | None] | None = None,
 ) -> ComparisonRecord:
-    """Compare one shadowed exchange; `request_line` must already be redacted."""
-    result = compare(primary, candidate, rules.compare)
-    noise = compare(primary, second, rules.compare) if second is not None else None
+    """Compare one shadowed exchange; `request_line` must already be redacted.
+
+    `compared` passes in `compare_pair`'s result when it was computed elsewhere (a thread).
+    """
+    result, noise = compared if compared is not None else compare_pair(primary, candidate, second, rules)
     candidate_fields = result.fields()
     noise_fields = noise.fields() if noise is not None else frozenset()
     model.observe(endpoint, candidate_fields, noise_fields if noise is not None else None)
@@ -127,3 +160,498 @@ def failure_record(
         source=source,
         error=error[:500],
     )
+
+
+# --- the addon ---------------------------------------------------------------------------------
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "content-length", "proxy-authenticate", "proxy-authorization"}
+)
+SHADOW_HEADER = ("x-strangler-shadow", "1")
+INLINE_COMPARE_BYTES = 64 * 1024  # larger bodies are compared on a worker thread
+
+
+class ShadowClient(Protocol):
+    """Sends one mirrored request; the only network boundary of the shadow addon."""
+
+    async def send(self, method: str, url: str, headers: Sequence[tuple[str, str]], body: bytes, *, timeout: float, cap: int) -> Reply:
+        """The answer, its body cut at `cap` bytes (`Reply.truncated`); raises TimeoutError on timeout."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class AiohttpShadowClient:
+    """`ShadowClient` over its own aiohttp session: shadow traffic never shares the primary's pool."""
+
+    def __init__(self, *, limit: int = 200) -> None:
+        self._limit = limit
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._limit),
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
+            )
+        return self._session
+
+    async def send(self, method: str, url: str, headers: Sequence[tuple[str, str]], body: bytes, *, timeout: float, cap: int) -> Reply:
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._get().request(method, url, headers=CIMultiDict(headers), data=body or None, allow_redirects=False) as response:
+                    chunks: list[bytes] = []
+                    size = 0
+                    truncated = False
+                    async for chunk in response.content.iter_chunked(64 * 1024):
+                        if size + len(chunk) > cap:
+                            chunks.append(chunk[: cap - size])
+                            truncated = True
+                            break
+                        chunks.append(chunk)
+                        size += len(chunk)
+                    headers_out = {k.lower(): v for k, v in response.headers.items()}
+                    return Reply(response.status, headers_out, b"".join(chunks), truncated)
+        except aiohttp.ClientError as exc:
+            raise ShadowSendError(f"{method} {url}: {exc.__class__.__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class ShadowSendError(FacadeError):
+    """A mirrored request failed (connection refused, reset, protocol error)."""
+
+
+def decoded(reply: Reply) -> Reply:
+    """The reply with a gzip/deflate body decoded, so both sides compare on content."""
+    encoding = reply.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("gzip", "deflate") or reply.truncated:
+        return reply
+    try:
+        body = zlib.decompress(reply.body, 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+    except zlib.error:
+        return reply
+    headers = {k: v for k, v in reply.headers.items() if k != "content-encoding"}
+    return Reply(reply.status, headers, body, False)
+
+
+def sample_bucket(key: str, salt: str) -> int:
+    """0..9999 from a key; salted differently from routing, so shadow samples are not the canary users."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8, person=b"strangler-shdw", salt=salt.encode()[:16]).digest()
+    return int.from_bytes(digest, "big") % 10_000
+
+
+@dataclass
+class ShadowCounters:
+    """Live numbers per route, as shown at `/_strangler/shadow`."""
+
+    sampled: int = 0
+    sent: int = 0
+    compared: int = 0
+    matched: int = 0
+    mismatched: int = 0
+    noise_probes: int = 0
+    recorded: int = 0
+    dropped_queue_full: int = 0
+    dropped_body_too_large: int = 0
+    skipped_writes: int = 0
+    skipped_primary_failed: int = 0
+    timed_out: int = 0
+    failed: int = 0
+    compare_errors: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "sampled": self.sampled,
+            "sent": self.sent,
+            "compared": self.compared,
+            "matched": self.matched,
+            "mismatched": self.mismatched,
+            "noise_probes": self.noise_probes,
+            "recorded": self.recorded,
+            "dropped": {"queue_full": self.dropped_queue_full, "body_too_large": self.dropped_body_too_large},  # type: ignore[dict-item]
+            "skipped_writes": self.skipped_writes,
+            "skipped_primary_failed": self.skipped_primary_failed,
+            "timed_out": self.timed_out,
+            "failed": self.failed,
+            "compare_errors": self.compare_errors,
+        }
+
+
+@dataclass(slots=True)
+class _Tee:
+    """Per-flow capture, bounded: the request body up to `max_body`, the response up to `cap`."""
+
+    shadow: bool
+    record: bool
+    noise: bool
+    max_body: int
+    cap: int
+    request: list[bytes] = field(default_factory=list)
+    request_size: int = 0
+    too_large: bool = False
+    response: list[bytes] = field(default_factory=list)
+    response_size: int = 0
+    response_truncated: bool = False
+
+
+@dataclass(slots=True)
+class _Job:
+    route: str
+    endpoint: str
+    config: ShadowConfig
+    method: str
+    target: str
+    request_line: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    candidate_url: str
+    primary_url: str
+    primary: Reply
+    primary_ms: float | None
+    noise: bool
+
+
+class _RouteShadow:
+    """One route's bounded queue and its worker tasks (the in-flight cap)."""
+
+    def __init__(self, route_id: str, config: ShadowConfig, rules: RouteRules) -> None:
+        self.route_id = route_id
+        self.config = config
+        self.rules = rules
+        self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=config.queue)
+        self.model = NoiseModel(rules.thresholds)
+        self.counters = ShadowCounters()
+        self.workers: list[asyncio.Task[None]] = []
+
+
+class ShadowAddon:
+    """Mirrors a sample of each `shadow:` route's requests to its candidate, off the request path.
+
+    Hooks only capture (bounded) and enqueue; per-route workers send the mirror with
+    `X-Strangler-Shadow: 1` and the original Host, ask the primary again for the noise sample,
+    compare (large bodies on a thread), and hand records to the store writer. A full queue, a
+    body over the cap, a slow or failing candidate are counted, never felt by the client.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: ShadowStore | None = None,
+        store_config: ShadowStoreConfig | None = None,
+        client: ShadowClient | None = None,
+        response_cap: int = 4 * 1024 * 1024,
+        recorder_factory: Callable[[str], TrafficRecorder] | None = None,
+    ) -> None:
+        self._store_config = store_config or ShadowStoreConfig()
+        self._store = store
+        self._client: ShadowClient = client or AiohttpShadowClient()
+        self.response_cap = response_cap
+        self._recorder_factory = recorder_factory or TrafficRecorder
+        self.writer: StoreWriter | None = None
+        self.routes: dict[str, _RouteShadow] = {}
+        self.recorders: dict[str, TrafficRecorder] = {}
+        self._drops: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._starting: set[asyncio.Task[None]] = set()
+        self._running = False
+
+    # lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        store = self._store or ShadowStore(self._store_config.url, retention=self._store_config.retention, max_rows=self._store_config.max_rows)
+        self._store = store
+        self.writer = StoreWriter(store, drops_source=self._take_drops)
+        await self.writer.start()
+        self._running = True
+
+    async def stop(self) -> None:
+        self._running = False
+        for rs in self.routes.values():
+            for task in rs.workers:
+                task.cancel()
+        for rs in self.routes.values():
+            for task in rs.workers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            rs.workers.clear()
+        for task in list(self._starting):
+            await task
+        for recorder in self.recorders.values():
+            await recorder.stop()
+        if self.writer is not None:
+            await self.writer.stop()
+        await self._client.close()
+
+    def _take_drops(self) -> list[DropRecord]:
+        now = time.time()
+        drops = [DropRecord(now, route, reason, n) for (route, reason), n in self._drops.items()]
+        self._drops.clear()
+        return drops
+
+    def _drop(self, rs: _RouteShadow, reason: str) -> None:
+        self._drops[(rs.route_id, reason)] += 1
+
+    def _route(self, route_id: str, config: ShadowConfig) -> _RouteShadow:
+        rs = self.routes.get(route_id)
+        if rs is None or rs.config is not config:
+            # New route, or a reloaded config: start from the new rules; old workers drain and stop.
+            old = rs
+            rs = _RouteShadow(route_id, config, route_rules(config.compare, config.redact, max_body=self._store_config.max_body))
+            if old is not None:
+                rs.counters = old.counters
+                rs.model = old.model if old.config.compare == config.compare else rs.model
+                for task in old.workers:
+                    task.cancel()
+            loop = asyncio.get_running_loop()
+            rs.workers = [loop.create_task(self._work(rs), name=f"shadow-{route_id}-{i}") for i in range(config.inflight)]
+            self.routes[route_id] = rs
+        return rs
+
+    def snapshot(self) -> dict[str, Any]:
+        """Live numbers for `/_strangler/shadow`."""
+        writer = self.writer
+        return {
+            "routes": {
+                route_id: {"to": rs.config.to, "sample": rs.config.sample, "queued": rs.queue.qsize(), "queue": rs.config.queue, "inflight": rs.config.inflight, **rs.counters.as_dict()}
+                for route_id, rs in self.routes.items()
+            },
+            "store": {"written": writer.written, "pending": writer.pending, "lost": writer.lost, "failed": writer.failed} if writer else None,
+        }
+
+    # hooks -------------------------------------------------------------------------------------
+
+    def request_started(self, flow: Any) -> None:
+        route = flow.route
+        config: ShadowConfig | None = getattr(route.config, "shadow", None)
+        if config is None or not self._running:
+            return
+        key = flow.sticky_key or flow.request_id
+        method = flow.method.upper()
+        shadow = config.sample > 0 and sample_bucket(key, route.id) < config.sample * 100 and flow.upstream != config.to
+        record = config.record is not None and sample_bucket(flow.request_id, "record:" + route.id) < config.record.sample * 100
+        if shadow and method not in config.methods:
+            shadow = False
+        if shadow and method not in SAFE_METHODS:
+            upstream = flow.table.upstreams.get(config.to)
+            if not (config.allow_writes or getattr(upstream, "sandbox", False)):
+                self._route(route.id, config).counters.skipped_writes += 1
+                shadow = False
+        if not shadow and not record:
+            return
+        rs = self._route(route.id, config)
+        if shadow:
+            rs.counters.sampled += 1
+        noise = shadow and method in SAFE_METHODS and sample_bucket(flow.request_id, "noise:" + route.id) < config.noise_sample * 100
+        flow.state["shadow"] = _Tee(shadow=shadow, record=record, noise=noise, max_body=config.max_body, cap=self.response_cap)
+
+    def request_chunk(self, flow: Any, data: bytes) -> None:
+        tee: _Tee | None = flow.state.get("shadow")
+        if tee is None or tee.too_large or not data:
+            return
+        if tee.request_size + len(data) > tee.max_body:
+            tee.too_large = True
+            tee.request.clear()  # never hold more than the cap
+            return
+        tee.request.append(bytes(data))
+        tee.request_size += len(data)
+
+    def response_chunk(self, flow: Any, data: bytes) -> None:
+        tee: _Tee | None = flow.state.get("shadow")
+        if tee is None or tee.response_truncated or not data:
+            return
+        room = tee.cap - tee.response_size
+        if len(data) > room:
+            tee.response.append(bytes(data[:room]))
+            tee.response_size = tee.cap
+            tee.response_truncated = True
+            return
+        tee.response.append(bytes(data))
+        tee.response_size += len(data)
+
+    def request_finished(self, flow: Any) -> None:
+        tee: _Tee | None = flow.state.pop("shadow", None)
+        if tee is None:
+            return
+        config: ShadowConfig = flow.route.config.shadow
+        rs = self._route(flow.route.id, config)
+        if flow.error is not None or flow.status is None:
+            rs.counters.skipped_primary_failed += tee.shadow
+            return
+        method = flow.method.upper()
+        path = _text_of(flow.raw_path)
+        query = _text_of(flow.query_string)
+        endpoint = flow.route.endpoint(method, path.split("?", 1)[0])
+        request_headers = [(_text_of(k), _text_of(v)) for k, v in flow.request_headers]
+        response_headers = [(_text_of(k).lower(), _text_of(v)) for k, v in (flow.response_headers or ())]
+        response_body = b"".join(tee.response)
+        duration_ms = flow.duration * 1000 if flow.duration is not None else None
+        if tee.record:
+            self._record(rs, config, flow, endpoint, method, path, query, request_headers, tee, response_headers, response_body, duration_ms)
+        if not tee.shadow:
+            return
+        if tee.too_large:
+            rs.counters.dropped_body_too_large += 1
+            self._drop(rs, "body_too_large")
+            return
+        upstreams = flow.table.upstreams
+        target = path + ("?" + query if query else "")
+        job = _Job(
+            route=flow.route.id,
+            endpoint=endpoint,
+            config=config,
+            method=method,
+            target=target,
+            request_line=f"{method} {path}" + ("?" + rs.rules.redactor.query(query) if query else ""),
+            headers=[(k, v) for k, v in request_headers if k.lower() not in HOP_BY_HOP and k.lower() != SHADOW_HEADER[0]] + [SHADOW_HEADER],
+            body=b"".join(tee.request),
+            candidate_url=upstreams[config.to].url.rstrip("/") + target,
+            primary_url=upstreams[flow.upstream].url.rstrip("/") + target,
+            primary=Reply(flow.status, _header_map(response_headers), response_body, tee.response_truncated),
+            primary_ms=duration_ms,
+            noise=tee.noise,
+        )
+        try:
+            rs.queue.put_nowait(job)
+        except asyncio.QueueFull:
+            rs.counters.dropped_queue_full += 1
+            self._drop(rs, "queue_full")
+
+    # workers -----------------------------------------------------------------------------------
+
+    def _record(
+        self,
+        rs: _RouteShadow,
+        config: ShadowConfig,
+        flow: Any,
+        endpoint: str,
+        method: str,
+        path: str,
+        query: str,
+        request_headers: list[tuple[str, str]],
+        tee: _Tee,
+        response_headers: list[tuple[str, str]],
+        response_body: bytes,
+        duration_ms: float | None,
+    ) -> None:
+        assert config.record is not None
+        recorder = self.recorders.get(config.record.file)
+        if recorder is None:
+            recorder = self._recorder_factory(config.record.file)
+            self.recorders[config.record.file] = recorder
+            self._owned(recorder.start())
+        recorder.record(
+            redacted_exchange(
+                rs.rules.redactor,
+                ts=time.time(),
+                route=rs.route_id,
+                endpoint=endpoint,
+                method=method,
+                path=path,
+                query=query,
+                headers=request_headers,
+                body=b"".join(tee.request),
+                body_truncated=tee.too_large,
+                status=flow.status,
+                response_headers=response_headers,
+                response_body=response_body,
+                response_truncated=tee.response_truncated,
+                duration_ms=duration_ms,
+            )
+        )
+        rs.counters.recorded += 1
+
+    def _owned(self, coro: Awaitable[None]) -> None:
+        # Recorder start-up is quick (mkdir + task); keep the task so stop() can await it.
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
+
+    async def _work(self, rs: _RouteShadow) -> None:
+        while True:
+            job = await rs.queue.get()
+            try:
+                await self._shadow(rs, job)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a failing comparison never reaches a client
+                rs.counters.compare_errors += 1
+                log.exception("shadow comparison failed on route %s for %s", rs.route_id, job.request_line)
+            finally:
+                rs.queue.task_done()
+
+    async def _shadow(self, rs: _RouteShadow, job: _Job) -> None:
+        timeout = job.config.timeout
+        cap = self.response_cap
+        candidate_call = self._timed(self._client.send(job.method, job.candidate_url, job.headers, job.body, timeout=timeout, cap=cap))
+        rs.counters.sent += 1
+        if job.noise:
+            rs.counters.noise_probes += 1
+            second_call = self._timed(self._client.send(job.method, job.primary_url, job.headers, job.body, timeout=timeout, cap=cap))
+            (candidate, candidate_ms), (second, _) = await asyncio.gather(candidate_call, second_call)
+        else:
+            candidate, candidate_ms = await candidate_call
+            second = None
+        if isinstance(candidate, BaseException):
+            outcome = "timeout" if isinstance(candidate, TimeoutError) else "failed"
+            if outcome == "timeout":
+                rs.counters.timed_out += 1
+            else:
+                rs.counters.failed += 1
+            self._submit(failure_record(route=job.route, endpoint=job.endpoint, primary_status=job.primary.status, primary_ms=job.primary_ms, outcome=outcome, error=repr(candidate)))
+            return
+        second_reply = decoded(second) if isinstance(second, Reply) else None
+        primary = decoded(job.primary)
+        candidate = decoded(candidate)
+        if len(primary.body) + len(candidate.body) > INLINE_COMPARE_BYTES:
+            compared = await asyncio.to_thread(compare_pair, primary, candidate, second_reply, rs.rules)
+        else:
+            compared = compare_pair(primary, candidate, second_reply, rs.rules)
+        store = self._store
+        record = judge(
+            route=job.route,
+            endpoint=job.endpoint,
+            request_line=job.request_line,
+            primary=primary,
+            candidate=candidate,
+            second=second_reply,
+            rules=rs.rules,
+            model=rs.model,
+            primary_ms=job.primary_ms,
+            candidate_ms=candidate_ms,
+            wants_sample=store.wants_sample if store is not None else (lambda e, f: True),
+            compared=compared,
+        )
+        rs.counters.compared += 1
+        if record.match_denoised:
+            rs.counters.matched += 1
+        else:
+            rs.counters.mismatched += 1
+        self._submit(record)
+
+    async def _timed(self, call: Awaitable[Reply]) -> tuple[Reply | BaseException, float | None]:
+        t0 = time.perf_counter()
+        try:
+            reply = await call
+        except (TimeoutError, ShadowSendError, OSError) as exc:
+            return exc, None
+        return reply, (time.perf_counter() - t0) * 1000
+
+    def _submit(self, record: ComparisonRecord) -> None:
+        if self.writer is not None:
+            self.writer.submit(record)
+
+
+def _text_of(value: bytes | str) -> str:
+    return value.decode("latin-1") if isinstance(value, (bytes, bytearray)) else value
+
+
+def _header_map(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in pairs:
+        out[k] = out[k] + ", " + v if k in out else v
+    return out

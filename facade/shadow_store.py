@@ -12,7 +12,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -341,8 +341,18 @@ class StoreWriter:
     retention every `prune_every` seconds. `stop()` flushes what is left.
     """
 
-    def __init__(self, store: ShadowStore, *, batch: int = 200, interval: float = 0.5, capacity: int = 10_000, prune_every: float = 300.0) -> None:
+    def __init__(
+        self,
+        store: ShadowStore,
+        *,
+        batch: int = 200,
+        interval: float = 0.5,
+        capacity: int = 10_000,
+        prune_every: float = 300.0,
+        drops_source: Callable[[], list[DropRecord]] | None = None,
+    ) -> None:
         self.store = store
+        self._drops_source = drops_source
         self.batch = batch
         self.interval = interval
         self.prune_every = prune_every
@@ -377,6 +387,8 @@ class StoreWriter:
         return len(self._records)
 
     async def flush(self) -> None:
+        if self._drops_source is not None:
+            self._drops.extend(self._drops_source())
         while self._records or self._drops:
             batch = [self._records.popleft() for _ in range(min(self.batch, len(self._records)))]
             dropped, self._drops = self._drops, []
