@@ -87,14 +87,18 @@ def pgoutput_options(publication: str, *, server_version: int = 160000) -> dict[
 
 
 class _Table:
-    __slots__ = ("columns", "converters", "key_index", "names", "oids", "schema", "name")
+    __slots__ = ("columns", "converted", "key_index", "names", "oids", "schema", "name")
 
     def __init__(self, relation: Relation, key_names: tuple[str, ...] | None) -> None:
         self.schema = relation.namespace
         self.name = relation.name
         self.names = tuple(c.name for c in relation.columns)
         self.oids = tuple(c.type_oid for c in relation.columns)
-        self.converters = tuple(converter_for(c.type_oid) for c in relation.columns)
+        self.converted = tuple(
+            (index, c.name, convert)
+            for index, c in enumerate(relation.columns)
+            if (convert := converter_for(c.type_oid)) is not None
+        )
         if not key_names:
             key_names = tuple(c.name for c in relation.columns if c.is_key)
         missing = [k for k in key_names if k not in self.names]
@@ -111,13 +115,12 @@ class _Table:
         )
 
     def row(self, values: TupleData) -> dict[str, Any]:
-        row: dict[str, Any] = {}
+        row = dict(zip(self.names, values))
         try:
-            for name, convert, value in zip(self.names, self.converters, values):
-                if convert is None or value is None or value is UNAVAILABLE or type(value) is bytes:
-                    row[name] = value
-                else:
-                    row[name] = convert(value)  # type: ignore[arg-type]
+            for index, name, convert in self.converted:
+                value = values[index]
+                if value.__class__ is str:
+                    row[name] = convert(value)
         except (ValueError, ArithmeticError):
             for oid, value in zip(self.oids, values):
                 convert_value(oid, value)  # raises the descriptive PgOutputError

@@ -223,6 +223,41 @@ _REL_COL_TAIL = Struct("!Ii")
 _LEN = Struct("!i")
 
 
+_unpack_len = _LEN.unpack_from
+
+
+def _read_tuple(data: bytes, pos: int) -> tuple[TupleData, int]:
+    """TupleData at `pos`: the values and the position after them (the decoder's hot loop)."""
+    count = (data[pos] << 8) | data[pos + 1]
+    pos += 2
+    end_of_data = len(data)
+    values: list[Datum] = [None] * count
+    for i in range(count):
+        kind = data[pos]
+        if kind == 0x74:  # 't'
+            (length,) = _unpack_len(data, pos + 1)
+            start = pos + 5
+            pos = start + length
+            if length < 0 or pos > end_of_data:
+                raise PgOutputError("text value runs past the end of the message")
+            values[i] = data[start:pos].decode("utf-8")
+        elif kind == 0x6E:  # 'n'
+            pos += 1
+        elif kind == 0x75:  # 'u'
+            values[i] = UNAVAILABLE
+            pos += 1
+        elif kind == 0x62:  # 'b'
+            (length,) = _unpack_len(data, pos + 1)
+            start = pos + 5
+            pos = start + length
+            if length < 0 or pos > end_of_data:
+                raise PgOutputError("binary value runs past the end of the message")
+            values[i] = data[start:pos]
+        else:
+            raise PgOutputError(f"unknown tuple column kind {chr(kind)!r}")
+    return tuple(values), pos
+
+
 class _Reader:
     """Cursor over one message's bytes; every read is bounds-checked by struct/slicing."""
 
@@ -277,39 +312,8 @@ class _Reader:
         return chunk
 
     def tuple_data(self) -> TupleData:
-        data = self.data
-        pos = self.pos
-        (count,) = _I16.unpack_from(data, pos)
-        pos += 2
-        values: list[Datum] = []
-        append = values.append
-        for _ in range(count):
-            kind = data[pos]
-            pos += 1
-            if kind == 0x74:  # 't'
-                (length,) = _LEN.unpack_from(data, pos)
-                pos += 4
-                end = pos + length
-                if end > len(data):
-                    raise PgOutputError("text value runs past the end of the message")
-                append(data[pos:end].decode("utf-8"))
-                pos = end
-            elif kind == 0x6E:  # 'n'
-                append(None)
-            elif kind == 0x75:  # 'u'
-                append(UNAVAILABLE)
-            elif kind == 0x62:  # 'b'
-                (length,) = _LEN.unpack_from(data, pos)
-                pos += 4
-                end = pos + length
-                if end > len(data):
-                    raise PgOutputError("binary value runs past the end of the message")
-                append(bytes(data[pos:end]))
-                pos = end
-            else:
-                raise PgOutputError(f"unknown tuple column kind {chr(kind)!r}")
-        self.pos = pos
-        return tuple(values)
+        values, self.pos = _read_tuple(self.data, self.pos)
+        return values
 
     def xid(self, in_stream: bool) -> int | None:
         return self.u32() if in_stream else None
@@ -442,6 +446,15 @@ def decode(payload: bytes, *, in_stream: bool = False) -> Message:
     """Decode one pgoutput message. `in_stream`: between Stream Start and Stream Stop."""
     if not payload:
         raise PgOutputError("empty pgoutput message")
+    if payload[0] == 0x49 and not in_stream and len(payload) > 6 and payload[5] == 0x4E:
+        # Inserts dominate bulk streams: decoded without the generic reader.
+        try:
+            values, end = _read_tuple(payload, 6)
+        except (IndexError, struct_error) as exc:
+            raise PgOutputError(f"truncated or corrupt 'I' message: {exc}") from exc
+        if end != len(payload):
+            raise PgOutputError(f"{len(payload) - end} unexpected trailing bytes in 'I' message")
+        return Insert(None, _U32.unpack_from(payload, 1)[0], values)
     decoder = _DECODERS.get(payload[0])
     if decoder is None:
         raise PgOutputError(
@@ -537,12 +550,16 @@ def _timestamp(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text)
 
 
+_UTC = dt.timezone.utc
+
+
 def _timestamptz(text: str) -> dt.datetime:
     if text == "infinity":
         return dt.datetime.max.replace(tzinfo=dt.timezone.utc)
     if text == "-infinity":
         return dt.datetime.min.replace(tzinfo=dt.timezone.utc)
-    return dt.datetime.fromisoformat(text).astimezone(dt.timezone.utc)
+    value = dt.datetime.fromisoformat(text)
+    return value if value.tzinfo is _UTC else value.astimezone(_UTC)
 
 
 def _timetz(text: str) -> dt.time:
