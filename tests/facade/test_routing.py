@@ -349,7 +349,7 @@ TEMPLATES = [
 segment = st.sampled_from(["api", "products", "orders", "7", "", "reviews", "items", "static", "x"])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     picks=st.lists(st.tuples(st.sampled_from(TEMPLATES), st.sampled_from([None, ("GET",), ("POST",)])), max_size=8),
     segments=st.lists(segment, max_size=5),

@@ -155,7 +155,7 @@ def test_shift_rewrites_only_the_numbers_and_keeps_comment_columns(routing: Path
     assert routing.read_bytes() == original.encode()
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(weight=st.integers(min_value=0, max_value=100))
 def test_any_shift_and_back_is_byte_identical(tmp_path_factory: pytest.TempPathFactory, weight: int) -> None:
     path = tmp_path_factory.mktemp("shift") / "routing.yaml"
