@@ -13,7 +13,7 @@ import enum
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ __all__ = [
     "PathPattern",
     "Reply",
     "compare",
+    "compare_all",
     "field_of",
 ]
 
@@ -468,7 +469,23 @@ def _text_diff(differ: _Differ, a: bytes, b: bytes) -> None:
 
 def compare(primary: Reply, candidate: Reply, rules: CompareRules | None = None, *, limit: int = 200) -> Comparison:
     """Compare `candidate` against `primary` under `rules`; at most `limit` differences are kept."""
+    return compare_all(primary, (candidate,), rules, limit=limit)[0]
+
+
+def compare_all(primary: Reply, others: Sequence[Reply], rules: CompareRules | None = None, *, limit: int = 200) -> list[Comparison]:
+    """Compare several replies against one primary, parsing the primary's body at most once."""
     compiled = (rules or _DEFAULT_RULES)._compiled
+    parsed: list[Any] = []
+
+    def primary_doc() -> Any:
+        if not parsed:
+            parsed.append(_parse(primary) if _is_json(primary) else _ABSENT)
+        return parsed[0]
+
+    return [_compare_one(primary, primary_doc, other, compiled, limit) for other in others]
+
+
+def _compare_one(primary: Reply, primary_doc: Callable[[], Any], candidate: Reply, compiled: _Compiled, limit: int) -> Comparison:
     differ = _Differ(compiled, limit)
     if primary.status != candidate.status and not differ.ignored("status"):
         differ.add("status", DiffKind.VALUE, primary.status, candidate.status)
@@ -489,7 +506,7 @@ def compare(primary: Reply, candidate: Reply, rules: CompareRules | None = None,
         _text_diff(differ, primary.body, candidate.body)
         return Comparison(tuple(differ.out))
     ja, jb = _is_json(primary), _is_json(candidate)
-    a = _parse(primary) if ja else _ABSENT
+    a = primary_doc() if ja else _ABSENT
     b = _parse(candidate) if jb else _ABSENT
     if a is not _ABSENT and b is not _ABSENT:
         if not _same(a, b):

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import aiohttp
 from multidict import CIMultiDict
 
-from facade.compare import CompareRules, Comparison, Normalizer, Reply, compare
+from facade.compare import CompareRules, Comparison, Normalizer, Reply, compare, compare_all
 from facade.config import CompareConfig, RedactConfig, ShadowConfig, ShadowStoreConfig
 from facade.exceptions import FacadeError
 from facade.noise import NoiseModel, NoiseThresholds
@@ -76,7 +76,10 @@ def route_rules(compare_config: CompareConfig | None = None, redact_config: Reda
 
 def compare_pair(primary: Reply, candidate: Reply, second: Reply | None, rules: RouteRules) -> tuple[Comparison, Comparison | None]:
     """Primary vs candidate, and primary vs its second answer (the noise probe) when there is one."""
-    return compare(primary, candidate, rules.compare), (compare(primary, second, rules.compare) if second is not None else None)
+    if second is None:
+        return compare(primary, candidate, rules.compare), None
+    result, noise = compare_all(primary, (candidate, second), rules.compare)
+    return result, noise
 
 
 def _text(redactor: Redactor, reply: Reply) -> str:
