@@ -122,6 +122,9 @@ def _weights_from_scalar(value: object) -> object:
     return value
 
 
+Methods = Annotated[tuple[str, ...], BeforeValidator(lambda value: [value] if isinstance(value, str) else value)]
+"""A list of HTTP methods; a single method may be written without brackets."""
+
 Weights = Annotated[dict[str, float], BeforeValidator(_weights_from_scalar), WithJsonSchema(_WEIGHTS_SCHEMA)]
 
 RESERVED_PREFIX = "/_strangler/"
@@ -276,7 +279,7 @@ class MatchConfig(_Model):
     """
 
     path: str = Field(default="/**", description="Path template: literals, {name} or * (one segment), ** (the rest).")
-    methods: tuple[str, ...] | None = Field(default=None, description="Allowed methods; absent means all.")
+    methods: Methods | None = Field(default=None, description="Allowed methods; absent means all.")
     headers: dict[str, ConditionValue] = Field(default_factory=dict)
     cookies: dict[str, ConditionValue] = Field(default_factory=dict)
     query: dict[str, ConditionValue] = Field(default_factory=dict)
@@ -439,7 +442,7 @@ class ShadowConfig(_Model):
 
     to: str = Field(description="Candidate upstream receiving the mirrored requests.")
     sample: Percent = Field(default=100.0, description="Percent of requests mirrored (by sticky key).")
-    methods: tuple[str, ...] = ("GET", "HEAD", "OPTIONS")
+    methods: Methods = ("GET", "HEAD", "OPTIONS")
     allow_writes: bool = Field(default=False, description="Mirror write methods even to a non-sandbox upstream.")
     max_body: Size = Field(default=1024 * 1024, description="Request bodies larger than this are not mirrored.")
     queue: int = Field(default=1000, ge=1)
@@ -797,7 +800,7 @@ def interpolate(text: str, env: Mapping[str, str]) -> str:
             return value
         if default is not None:
             return default
-        raise ValueError(f"{found.group(0)} is not set; set {name} or give a default like ${{{name}:-http://127.0.0.1:8001}}")
+        raise ValueError(f"{found.group(0)} is not set; set {name} or give a default: ${{{name}:-<value>}}")
 
     return _VARIABLE.sub(replace, text)
 
@@ -1056,7 +1059,10 @@ def _from_validation_error(exc: ValidationError, data: Mapping[str, Any]) -> lis
             shown = f"; got {got!r}" if not isinstance(got, dict | list) else ""
             if message.startswith("Input should"):
                 message = message[len("Input ") :]
-            text = f"{where}{field + ' ' if field else ''}{message[0].lower() + message[1:]}{shown}."
+            message = re.sub(r"a valid dictionary( or instance of \w+)?", "a mapping ({key: value, ...})", message)
+            message = message.replace("a valid tuple", "a list ([a, b, ...])").replace("a valid list", "a list ([a, b, ...])")
+            subject = f"{label}: {field}" if label and field else (field or label or "the file")
+            text = f"{subject} {message[0].lower() + message[1:]}{shown}."
             found.append(_Found(loc, on_key, text))
     return found
 

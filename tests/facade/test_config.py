@@ -399,10 +399,30 @@ def test_bad_values_of_several_kinds_are_all_reported() -> None:
 def test_interpolation_failures_point_at_the_url() -> None:
     head = HEAD.replace('"http://127.0.0.1:8002"', '"${CATALOG_URL}"')
     assert problems("", head=head) == [
-        "routing.yaml:4:18: upstream 'catalog' url: ${CATALOG_URL} is not set; set CATALOG_URL or give a default "
-        "like ${CATALOG_URL:-http://127.0.0.1:8001}"
+        "routing.yaml:4:18: upstream 'catalog' url: ${CATALOG_URL} is not set; set CATALOG_URL or give a default: "
+        "${CATALOG_URL:-<value>}"
     ]
     assert problems("", head=head, env={"CATALOG_URL": "http://10.1.1.1:80"}) == []
+
+
+def test_wrong_shapes_are_explained() -> None:
+    assert problems(
+        """\
+        routes:
+          - 5
+          - {id: a, to: 5, match: x, sticky: 5}
+          - {id: b, to: monolith, match: {path: /b, methods: GET}}
+        """,
+        tail="default: monolith\n",
+    ) == [
+        "routing.yaml:6:5: route #1 should be a mapping ({key: value, ...}); got 5.",
+        "routing.yaml:7:17: route 'a': to should be a mapping ({key: value, ...}); got 5.",
+        "routing.yaml:7:27: route 'a': match should be a mapping ({key: value, ...}); got 'x'.",
+        "routing.yaml:7:38: route 'a': sticky should be a mapping ({key: value, ...}); got 5.",
+        "routing.yaml:9:10: the default route should be a mapping ({key: value, ...}); got 'monolith'.",
+    ]
+    config = parse_config(HEAD + "routes:\n  - {id: b, to: monolith, match: {path: /b, methods: get}}\n" + TAIL, env={})
+    assert config.routes[0].match.methods == ("GET",)
 
 
 def test_interpolation_applies_only_to_urls_and_tokens() -> None:
