@@ -1050,7 +1050,7 @@ def _from_validation_error(exc: ValidationError, data: Mapping[str, Any]) -> lis
             found.append(_Found(loc, True, text))
         elif kind in ("value_error", "assertion_error"):
             prefix = f"{field}: " if field and not message.startswith(field.rsplit(".", 1)[-1]) else ""
-            found.append(_Found(loc, False, f"{where}{prefix}{message}"))
+            found.append(_Found(loc, False, f"{where}{prefix}{message}" + ("" if message.endswith(".") else ".")))
         else:
             on_key = loc[-1:] == ("[key]",)
             if on_key:

@@ -313,7 +313,7 @@ def test_bad_path_templates(template: str, message: str) -> None:
           - id: r
             match: {{path: "{template}"}}
             to: monolith
-        """) == f"routing.yaml:7:19: route 'r': {message}"
+        """) == f"routing.yaml:7:19: route 'r': {message}."
     with pytest.raises(ValueError) as raised:
         parse_path_template(template)
     assert str(raised.value) == message
@@ -327,8 +327,8 @@ def test_bad_durations_and_sizes() -> None:
             timeout: 5 secs
             retries: {attempts: 2, replay_buffer: 64 kilo}
         """) == [
-        "routing.yaml:8:14: route 'r': timeout: '5 secs' is not a duration; write e.g. 250ms, 1s, 2m or a number of seconds",
-        "routing.yaml:9:43: route 'r': retries.replay_buffer: '64 kilo' is not a size; write e.g. 64KB, 1MB or a number of bytes",
+        "routing.yaml:8:14: route 'r': timeout: '5 secs' is not a duration; write e.g. 250ms, 1s, 2m or a number of seconds.",
+        "routing.yaml:9:43: route 'r': retries.replay_buffer: '64 kilo' is not a size; write e.g. 64KB, 1MB or a number of bytes.",
     ]
 
 
@@ -382,17 +382,17 @@ def test_bad_values_of_several_kinds_are_all_reported() -> None:
             shadow: {to: catalog, sample: 150, compare: {ignore: [results.id]}}
         """, head=HEAD.replace('"http://127.0.0.1:8002"', "ftp://x"))
     assert found == [
-        "routing.yaml:4:18: upstream 'catalog': url: 'ftp://x' is not an upstream URL; write it like http://127.0.0.1:8001",
-        "routing.yaml:6:9: route 'bad id': id: route id 'bad id' must be letters, digits, '-', '_' or '.', e.g. catalog-read",
+        "routing.yaml:4:18: upstream 'catalog': url: 'ftp://x' is not an upstream URL; write it like http://127.0.0.1:8001.",
+        "routing.yaml:6:9: route 'bad id': id: route id 'bad id' must be letters, digits, '-', '_' or '.', e.g. catalog-read.",
         "routing.yaml:8:13: route 'bad id': sticky needs exactly one key source: {cookie: <name>}, {header: <name>} or client; "
-        "got header, cookie",
+        "got header, cookie.",
         "routing.yaml:9:25: route 'bad id': retries.attempts should be greater than or equal to 1; got 0.",
-        "routing.yaml:10:22: route 'bad id': match.methods: 'N0PE' is not an HTTP method; write e.g. GET, POST",
+        "routing.yaml:10:22: route 'bad id': match.methods: 'N0PE' is not an HTTP method; write e.g. GET, POST.",
         "routing.yaml:10:46: route 'bad id': match.headers: header condition 'x-a': '~(' is not a valid regular expression "
-        "(missing ), unterminated subpattern at position 0)",
+        "(missing ), unterminated subpattern at position 0).",
         "routing.yaml:11:35: route 'bad id': shadow.sample should be less than or equal to 100; got 150.",
         "routing.yaml:11:59: route 'bad id': shadow.compare.ignore[0]: 'results.id' is not a JSON path; write it like "
-        "$.results[*].updated_at",
+        "$.results[*].updated_at.",
     ]
 
 
