@@ -1,0 +1,97 @@
+"""Who is calling: the monolith owns logins, so writes validate the `sessionid` cookie by asking
+its `/accounts/api/whoami`, with a short cache so a burst of writes costs one call."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import httpx
+
+from extracted.catalog.exceptions import SessionCheckUnavailable
+
+SESSION_COOKIE = "sessionid"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Identity:
+    """The user behind a session, as the monolith reports it."""
+
+    id: int
+    username: str
+    is_staff: bool
+
+
+class SessionValidator(Protocol):
+    """Resolves a session key to its user (None: no such session)."""
+
+    async def identity(self, session_key: str) -> Identity | None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class MonolithSessions:
+    """`SessionValidator` asking the monolith, caching answers (also "no session") for `ttl` seconds.
+
+    A logout therefore takes up to `ttl` seconds to reach this service: the price of not calling
+    the monolith on every write.
+    """
+
+    def __init__(
+        self,
+        monolith_url: str,
+        *,
+        ttl: float = 5.0,
+        max_entries: int = 10_000,
+        timeout: float = 2.0,
+        client: httpx.AsyncClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.whoami_url = monolith_url.rstrip("/") + "/accounts/api/whoami"
+        self._ttl = ttl
+        self._max_entries = max_entries
+        self._timeout = timeout
+        self._client = client
+        self._clock = clock
+        self._cache: OrderedDict[str, tuple[float, Identity | None]] = OrderedDict()
+
+    async def identity(self, session_key: str) -> Identity | None:
+        now = self._clock()
+        cached = self._cache.get(session_key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        identity = await self._ask(session_key)
+        self._cache[session_key] = (now + self._ttl, identity)
+        self._cache.move_to_end(session_key)
+        while len(self._cache) > self._max_entries:
+            self._cache.popitem(last=False)
+        return identity
+
+    async def _ask(self, session_key: str) -> Identity | None:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self._timeout)
+        try:
+            response = await self._client.get(self.whoami_url, headers={"Cookie": f"{SESSION_COOKIE}={session_key}"})
+        except httpx.HTTPError as exc:
+            raise SessionCheckUnavailable(
+                f"cannot validate the session: the monolith at {self.whoami_url} did not answer ({exc!r})"
+            ) from exc
+        if response.status_code in (401, 403):
+            return None
+        try:
+            response.raise_for_status()
+            body = response.json()
+            return Identity(id=int(body["id"]), username=str(body["username"]), is_staff=bool(body["is_staff"]))
+        except (httpx.HTTPStatusError, ValueError, KeyError, TypeError) as exc:
+            raise SessionCheckUnavailable(
+                f"cannot validate the session: {self.whoami_url} answered {response.status_code} "
+                f"{response.text[:200]!r}"
+            ) from exc
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None

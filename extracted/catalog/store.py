@@ -1,0 +1,203 @@
+"""Catalog reads and writes on the store, translating at the boundary: the API says name, price
+("19.99") and is_active; the store holds title, price_cents and active."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, func, or_, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session as DbSession
+
+from extracted.catalog.contract import (
+    ProductChanges,
+    ProductQuery,
+    duplicate_sku,
+    like_pattern,
+    slugify,
+    unknown_category,
+)
+from extracted.catalog.models import Category, Product
+from extracted.catalog.exceptions import NotFound
+from extracted.catalog.web import iso, money, to_cents
+
+MAX_ID = 2**63 - 1
+# API field → store column (the anti-corruption layer, in one place).
+_COLUMNS = {
+    "sku": "sku",
+    "name": "title",
+    "slug": "slug",
+    "description": "description",
+    "price": "price_cents",
+    "stock": "stock",
+    "is_active": "active",
+    "attributes": "attributes",
+}
+
+_ORDER_BY = {
+    "id": (Product.id.asc(),),
+    "-id": (Product.id.desc(),),
+    "price": (Product.price_cents.asc(), Product.id.asc()),
+    "-price": (Product.price_cents.desc(), Product.id.desc()),
+    "name": (Product.title.asc(), Product.id.asc()),
+    "-name": (Product.title.desc(), Product.id.desc()),
+}
+
+
+def product_json(product: Product, category: Category | None) -> dict[str, Any]:
+    """A product as the external API shows it."""
+    return {
+        "id": product.id,
+        "sku": product.sku,
+        "name": product.title,
+        "slug": product.slug,
+        "description": product.description,
+        "price": money(product.price_cents),
+        "stock": product.stock,
+        "is_active": product.active,
+        "category": {"id": category.id, "slug": category.slug, "name": category.name} if category else None,
+        "attributes": product.attributes,
+        "created_at": iso(product.created_at),
+        "updated_at": iso(product.updated_at),
+    }
+
+
+def _conditions(query: ProductQuery) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = [Product.active.is_(True)]
+    if query.category is not None:
+        conditions.append(Category.slug == query.category)
+    if query.q is not None:
+        pattern = like_pattern(query.q)
+        conditions.append(or_(Product.title.ilike(pattern, escape="\\"), Product.sku.ilike(pattern, escape="\\")))
+    if query.min_price is not None:
+        # Compared as numeric: a bound like 10.005 must not be rounded into or out of range.
+        conditions.append(Product.price_cents >= query.min_price * 100)
+    if query.max_price is not None:
+        conditions.append(Product.price_cents <= query.max_price * 100)
+    if query.in_stock is True:
+        conditions.append(Product.stock > 0)
+    elif query.in_stock is False:
+        conditions.append(Product.stock == 0)
+    return conditions
+
+
+def list_products(db: DbSession, query: ProductQuery) -> tuple[int, list[dict[str, Any]]]:
+    """The count of matching active products and the requested page of them."""
+    conditions = _conditions(query)
+    count_stmt = select(func.count()).select_from(Product).join(Category, Category.id == Product.category_id)
+    count = db.execute(count_stmt.where(*conditions)).scalar_one()
+    if query.page > 1 and query.offset >= count:
+        raise NotFound("Invalid page.")
+    stmt: Select[tuple[Product, Category]] = (
+        select(Product, Category)
+        .join(Category, Category.id == Product.category_id)
+        .where(*conditions)
+        .order_by(*_ORDER_BY[query.ordering])
+        .offset(query.offset)
+        .limit(query.page_size)
+    )
+    return count, [product_json(p, c) for p, c in db.execute(stmt)]
+
+
+def _active_product(db: DbSession, product_id: int, *, lock: bool = False) -> tuple[Product, Category | None]:
+    if product_id > MAX_ID:
+        raise NotFound()
+    stmt = select(Product).where(Product.id == product_id, Product.active.is_(True))
+    product = db.execute(stmt.with_for_update() if lock else stmt).scalar_one_or_none()
+    if product is None:
+        raise NotFound()
+    return product, db.get(Category, product.category_id)
+
+
+def get_product(db: DbSession, product_id: int) -> dict[str, Any]:
+    product, category = _active_product(db, product_id)
+    return product_json(product, category)
+
+
+def list_categories(db: DbSession) -> list[dict[str, Any]]:
+    rows = db.execute(select(Category).order_by(Category.id)).scalars()
+    return [{"id": c.id, "slug": c.slug, "name": c.name, "parent_id": c.parent_id} for c in rows]
+
+
+def _resolve_category(db: DbSession, ref: int | str) -> Category:
+    if isinstance(ref, int):
+        category = db.get(Category, ref) if ref <= 2**31 - 1 else None
+    else:
+        category = db.execute(select(Category).where(Category.slug == ref)).scalar_one_or_none()
+    if category is None:
+        raise unknown_category(ref)
+    return category
+
+
+def _check_sku_free(db: DbSession, sku: str, product_id: int | None) -> None:
+    stmt = select(Product.id).where(Product.sku == sku)
+    if product_id is not None:
+        stmt = stmt.where(Product.id != product_id)
+    if db.execute(stmt).first() is not None:
+        raise duplicate_sku()
+
+
+def create_product(db: DbSession, changes: ProductChanges) -> dict[str, Any]:
+    """Insert a product from validated (non-partial) changes; return its JSON."""
+    assert changes.sku is not None and changes.name is not None and changes.price is not None
+    assert changes.category is not None
+    category = _resolve_category(db, changes.category)
+    _check_sku_free(db, changes.sku, None)
+    now = datetime.now(UTC)
+    product = Product(
+        id=_next_id(db),
+        sku=changes.sku,
+        title=changes.name,
+        slug=changes.slug or slugify(changes.name),
+        description=changes.description if changes.description is not None else "",
+        price_cents=to_cents(changes.price),
+        stock=changes.stock if changes.stock is not None else 0,
+        active=changes.is_active if changes.is_active is not None else True,
+        category_id=category.id,
+        attributes=changes.attributes if changes.attributes is not None else {},
+        created_at=now,
+        updated_at=now,
+    )
+    db.add(product)
+    _flush(db)
+    return product_json(product, category)
+
+
+def update_product(db: DbSession, product_id: int, changes: ProductChanges) -> dict[str, Any]:
+    """Apply validated changes to an active product (PUT or PATCH); return its JSON."""
+    product, category = _active_product(db, product_id, lock=True)
+    if changes.category is not None:
+        category = _resolve_category(db, changes.category)
+        product.category_id = category.id
+    if changes.sku is not None and changes.sku != product.sku:
+        _check_sku_free(db, changes.sku, product.id)
+    for field, column in _COLUMNS.items():
+        value = getattr(changes, field)
+        if value is not None:
+            setattr(product, column, to_cents(value) if field == "price" else value)
+    product.updated_at = datetime.now(UTC)
+    _flush(db)
+    return product_json(product, category)
+
+
+def delete_product(db: DbSession, product_id: int) -> None:
+    """Soft delete: the product stays for past orders but leaves the catalog (404 from now on)."""
+    product, _ = _active_product(db, product_id, lock=True)
+    product.active = False
+    product.updated_at = datetime.now(UTC)
+
+
+def _next_id(db: DbSession) -> int:
+    """The next product id. Ids come from the legacy database through CDC, so there is no sequence
+    to trust: take max + 1 under a transaction lock that serialises the service's own inserts."""
+    db.execute(text("SELECT pg_advisory_xact_lock(hashtext('catalog.products.id'))"))
+    return int(db.execute(select(func.coalesce(func.max(Product.id), 0) + 1)).scalar_one())
+
+
+def _flush(db: DbSession) -> None:
+    try:
+        db.flush()
+    except IntegrityError as exc:
+        # A concurrent writer took the sku between our check and the insert.
+        raise duplicate_sku() from exc

@@ -1,0 +1,99 @@
+"""The catalog store: Alembic migrations and the one-off copy from the legacy tables."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg2
+import pytest
+from typer.testing import CliRunner
+
+from extracted.catalog.__main__ import cli
+from extracted.catalog.copy import copy_from_legacy
+from extracted.catalog.exceptions import CatalogError
+from extracted.catalog.migrate import head_revision, migrate
+from scripts.postgres import EmbeddedPostgres
+from tests.monolith.conftest import scalar, seeded_database
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _columns(url: str, table: str) -> list[tuple[str, str, str]]:
+    conn = psycopg2.connect(url)
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+            "WHERE table_schema = 'catalog' AND table_name = %s ORDER BY ordinal_position", (table,)
+        )
+        rows = cur.fetchall()
+    conn.close()
+    return rows
+
+
+def test_upgrade_head_creates_the_store(database: str) -> None:
+    assert migrate(database) == head_revision() == "0001"
+    assert migrate(database) == "0001"  # idempotent
+    assert scalar(database, "SELECT version_num FROM catalog.alembic_version") == "0001"
+    assert [c[:2] for c in _columns(database, "products")] == [
+        ("id", "bigint"), ("sku", "text"), ("title", "text"), ("slug", "text"), ("description", "text"),
+        ("price_cents", "bigint"), ("stock", "integer"), ("active", "boolean"), ("category_id", "integer"),
+        ("attributes", "jsonb"), ("created_at", "timestamp with time zone"), ("updated_at", "timestamp with time zone"),
+    ]
+    assert all(nullable == "NO" for _, _, nullable in _columns(database, "products"))
+    assert [c[:2] for c in _columns(database, "categories")] == [
+        ("id", "integer"), ("name", "text"), ("slug", "text"), ("parent_id", "integer"),
+    ]
+    # No foreign key: CDC applies tables independently.
+    assert scalar(database, "SELECT count(*) FROM pg_constraint WHERE contype = 'f' "
+                            "AND connamespace = 'catalog'::regnamespace") == 0
+
+
+def test_migrate_command_works_from_any_directory(database: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "extracted.catalog", "migrate", "--database-url", database],
+        cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "revision 0001" in result.stdout
+    assert scalar(database, "SELECT to_regclass('catalog.products') IS NOT NULL") is True
+
+
+def test_copy_from_legacy_translates_every_row(pg: EmbeddedPostgres, database: str) -> None:
+    legacy = seeded_database(pg.create_database(database.rsplit("/", 1)[1] + "_legacy"))
+    migrate(database)
+    report = copy_from_legacy(legacy, database, chunk_rows=64)
+    assert report.rows == {"categories": 8, "products": 300}
+    legacy_rows = _rows(legacy, "SELECT id, sku, name, slug, description, (price * 100)::bigint, stock, is_active, "
+                                "category_id, attributes::text, created_at FROM catalog_product ORDER BY id")
+    store_rows = _rows(database, "SELECT id, sku, title, slug, description, price_cents, stock, active, category_id, "
+                                 "attributes::text, created_at FROM catalog.products ORDER BY id")
+    assert store_rows == legacy_rows
+    assert _rows(database, "SELECT * FROM catalog.categories ORDER BY id") == _rows(
+        legacy, "SELECT id, name, slug, parent_id FROM catalog_category ORDER BY id")
+    # Re-running replaces instead of duplicating.
+    assert copy_from_legacy(legacy, database).rows == {"categories": 8, "products": 300}
+    assert scalar(database, "SELECT count(*) FROM catalog.products") == 300
+
+
+def test_copy_into_an_unmigrated_store_says_what_to_run(pg: EmbeddedPostgres, database: str) -> None:
+    legacy = seeded_database(pg.create_database(database.rsplit("/", 1)[1] + "_legacy"))
+    with pytest.raises(CatalogError, match="python -m extracted.catalog migrate"):
+        copy_from_legacy(legacy, database)
+
+
+def test_cli_reports_missing_settings() -> None:
+    result = CliRunner().invoke(cli, ["copy-from-legacy", "--database-url", "postgresql://x@127.0.0.1:1/x"],
+                                env={"STRANGLER_MONOLITH_DATABASE_URL": ""})
+    assert result.exit_code == 1
+    assert "FAILED: no --legacy-url" in result.output
+
+
+def _rows(url: str, statement: str) -> list[tuple[object, ...]]:
+    conn = psycopg2.connect(url)
+    with conn.cursor() as cur:
+        cur.execute(statement)
+        rows = cur.fetchall()
+    conn.close()
+    return rows
