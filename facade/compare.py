@@ -274,6 +274,17 @@ def _same(a: Any, b: Any) -> bool:
     return a == b and (orjson.dumps(a) == orjson.dumps(b) or _canon(a) == _canon(b))
 
 
+def _same_documents(a: Any, b: Any, raw_a: bytes, raw_b: bytes) -> bool:
+    """`_same` for whole documents, cheaper: with `a == b`, only a boolean standing where the
+    other side has a number can hide, and that changes how often `true`/`false` occur in the
+    text (strings being equal on both sides). Unequal counts fall back to the exact check."""
+    if a != b:
+        return False
+    if raw_a.count(b"true") == raw_b.count(b"true") and raw_a.count(b"false") == raw_b.count(b"false"):
+        return True
+    return _same(a, b)
+
+
 def _json_type(value: Any) -> str:
     if value is None:
         return "null"
@@ -361,11 +372,16 @@ class _Differ:
                 return
         unordered = any(p.matches(path) for p in self.rules.unordered)
         if len(a) == len(b) and not unordered:
-            ca, cb = [_canon(x) for x in a], [_canon(y) for y in b]
-            pairs = [i for i, (x, y) in enumerate(zip(ca, cb)) if x != y]
+            # Unsorted serialisation first (cheap; keys usually come in the same order), then the
+            # canonical form only where it differs. Equal positions outside `pairs` mean the arrays
+            # are a permutation exactly when the differing positions hold the same multiset.
+            dumps = orjson.dumps
+            pairs = [i for i, (x, y) in enumerate(zip(a, b)) if dumps(x) != dumps(y)]
+            canon = {i: (_canon(a[i]), _canon(b[i])) for i in pairs}
+            pairs = [i for i in pairs if canon[i][0] != canon[i][1]]
             if not pairs:
                 return
-            if Counter(ca) == Counter(cb):
+            if Counter(canon[i][0] for i in pairs) == Counter(canon[i][1] for i in pairs):
                 self.add(path, DiffKind.ARRAY_ORDER, a, b)
                 return
             for i in pairs:
@@ -509,7 +525,7 @@ def _compare_one(primary: Reply, primary_doc: Callable[[], Any], candidate: Repl
     a = primary_doc() if ja else _ABSENT
     b = _parse(candidate) if jb else _ABSENT
     if a is not _ABSENT and b is not _ABSENT:
-        if not _same(a, b):
+        if not _same_documents(a, b, primary.body, candidate.body):
             differ.walk("$", a, b)
     elif ja != jb and (a is not _ABSENT or b is not _ABSENT):
         differ.add("$", DiffKind.TYPE, primary.content_type or "none", candidate.content_type or "none")
