@@ -168,9 +168,12 @@ def _shift_reads(env: DemoEnv, requests_per_step: int, console: Console) -> None
 
     for weight in STEPS:
         before = _route_version(env)
-        shift_weights(env.routing_path, ROUTE_ID, {"catalog": weight, "monolith": 100 - weight})
-        _wait_reloaded(env, before)
-        console.print(f"[cyan]→[/cyan] routes shift {ROUTE_ID} --to catalog={weight}: façade reloaded")
+        shifted = shift_weights(env.routing_path, ROUTE_ID, {"catalog": weight, "monolith": 100 - weight})
+        if shifted.written:
+            _wait_reloaded(env, before)
+            console.print(f"[cyan]→[/cyan] routes shift {ROUTE_ID} --to catalog={weight}: façade reloaded")
+        else:
+            console.print(f"[cyan]→[/cyan] {ROUTE_ID} already sends {weight}% to catalog")
         env.results.append(_send_traffic(env, weight, requests_per_step))
 
 
