@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
+import yarl
 from multidict import CIMultiDict
 
 from facade.compare import CompareRules, Comparison, Normalizer, Reply, compare, compare_all
@@ -204,7 +205,9 @@ class AiohttpShadowClient:
     async def send(self, method: str, url: str, headers: Sequence[tuple[str, str]], body: bytes, *, timeout: float, cap: int) -> Reply:
         try:
             async with asyncio.timeout(timeout):
-                async with self._get().request(method, url, headers=CIMultiDict(headers), data=body or None, allow_redirects=False) as response:
+                async with self._get().request(
+                    method, yarl.URL(url, encoded=True), headers=CIMultiDict(headers), data=body or None, allow_redirects=False
+                ) as response:
                     chunks: list[bytes] = []
                     size = 0
                     truncated = False
