@@ -1,0 +1,250 @@
+"""Kafka transport (confluent-kafka): Debezium-compatible topics between capture and appliers.
+
+Producer side: one topic per table (`<prefix>.<schema>.<table>`), record key = the primary key
+as JSON, value = the Debezium envelope (Connect schema included when `with_schema`); a delete is
+followed by a tombstone. The idempotent producer (acks=all) reports deliveries; a batch counts
+as durable, and the capture may move the slot past it, only once every record of it was
+delivered. Consumer side: a consumer group with auto-commit off; a batch's offsets are
+committed by `Batch.ack()`, after the applier committed the rows.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from cdc.events import ChangeEvent, Position
+from cdc.exceptions import CDCError
+from cdc.transport import Batch, TransportClosedError
+
+__all__ = ["KafkaConfig", "KafkaTransport", "KafkaTransportError", "topic_for"]
+
+RecordParser = Callable[[bytes | None, bytes | None, str], "ChangeEvent | None"]
+
+
+class KafkaTransportError(CDCError):
+    """Kafka refused a record, a delivery failed, or consuming/committing failed."""
+
+
+def topic_for(prefix: str, schema: str, table: str) -> str:
+    return f"{prefix}.{schema}.{table}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KafkaConfig:
+    """Where the topics live and how records are written and read."""
+
+    bootstrap_servers: str
+    topic_prefix: str = "legacy"
+    group_id: str = "strangler-applier"
+    with_schema: bool = False
+    topics: tuple[str, ...] = ()
+    max_poll_records: int = 1000
+    producer: Mapping[str, Any] = field(default_factory=dict)
+    consumer: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _default_parser() -> RecordParser:
+    from cdc.debezium import parse_record
+
+    return parse_record
+
+
+class KafkaTransport:
+    """`Transport` over Kafka. The producer and the consumer are created on first use, so a
+    capture process only produces and an applier process only consumes.
+
+    Seams: pass `producer` / `consumer` objects (confluent-kafka's interface) to inject them;
+    `parse` turns a record into a ChangeEvent (default: `cdc.debezium.parse_record`).
+    """
+
+    def __init__(
+        self,
+        config: KafkaConfig,
+        *,
+        producer: Producer | None = None,
+        consumer: Consumer | None = None,
+        parse: RecordParser | None = None,
+    ) -> None:
+        self.config = config
+        self._producer = producer
+        self._consumer = consumer
+        self._parse = parse
+        self._closed = threading.Event()
+        self._poller: threading.Thread | None = None
+        self._delivery_error: KafkaError | None = None
+        self._lock = threading.Lock()
+        self.delivered = 0
+
+    # -- producer ------------------------------------------------------------------------------
+
+    def _ensure_producer(self) -> Producer:
+        if self._producer is None:
+            settings = {
+                "bootstrap.servers": self.config.bootstrap_servers,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                **self.config.producer,
+            }
+            try:
+                self._producer = Producer(settings)
+            except KafkaException as exc:
+                raise KafkaTransportError(f"cannot create the Kafka producer: {exc}") from exc
+        if self._poller is None:
+            self._poller = threading.Thread(target=self._poll_deliveries, name="kafka-deliveries", daemon=True)
+            self._poller.start()
+        return self._producer
+
+    def _poll_deliveries(self) -> None:
+        producer = self._producer
+        assert producer is not None
+        while not self._closed.is_set():
+            producer.poll(0.1)
+
+    def publish(
+        self,
+        batch_events: Sequence[ChangeEvent],
+        position: Position,
+        on_durable: Callable[[], None],
+        *,
+        final: bool = True,
+    ) -> None:
+        """Produce the batch; `on_durable` runs once the broker acknowledged all of its records."""
+        if self._closed.is_set():
+            raise TransportClosedError("the Kafka transport is closed")
+        if self._delivery_error is not None:
+            raise KafkaTransportError(f"a Kafka delivery failed: {self._delivery_error}; the capture must restart")
+        producer = self._ensure_producer()
+        records: list[tuple[str, bytes | None, bytes | None]] = []
+        with_schema = self.config.with_schema
+        for event in batch_events:
+            topic = topic_for(self.config.topic_prefix, event.source.schema, event.source.table)
+            key_json = event.key_json(with_schema=with_schema)
+            key = None if key_json is None else json.dumps(key_json, separators=(",", ":")).encode()
+            value = json.dumps(event.to_debezium(with_schema=with_schema), separators=(",", ":")).encode()
+            records.append((topic, key, value))
+            if event.op == "d":
+                records.append((topic, key, None))  # tombstone: lets compaction forget the key
+        if not records:
+            on_durable()
+            return
+        remaining = [len(records)]
+        lock = self._lock
+
+        def delivered(error: KafkaError | None, message: Message) -> None:
+            if error is not None:
+                self._delivery_error = error
+                return
+            with lock:
+                remaining[0] -= 1
+                self.delivered += 1
+                done = remaining[0] == 0
+            if done:
+                on_durable()
+
+        for topic, key, value in records:
+            while True:
+                try:
+                    producer.produce(topic, value=value, key=key, on_delivery=delivered)
+                    break
+                except BufferError:
+                    producer.poll(0.05)  # local queue full: let deliveries drain it
+                except KafkaException as exc:
+                    raise KafkaTransportError(f"cannot produce to {topic!r}: {exc}") from exc
+
+    def flush(self, timeout: float = 30.0) -> int:
+        """Wait for outstanding deliveries; returns how many are still in flight."""
+        if self._producer is None:
+            return 0
+        return int(self._producer.flush(timeout))
+
+    # -- consumer ------------------------------------------------------------------------------
+
+    def _ensure_consumer(self) -> Consumer:
+        if self._consumer is None:
+            settings = {
+                "bootstrap.servers": self.config.bootstrap_servers,
+                "group.id": self.config.group_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                **self.config.consumer,
+            }
+            try:
+                self._consumer = Consumer(settings)
+            except KafkaException as exc:
+                raise KafkaTransportError(f"cannot create the Kafka consumer: {exc}") from exc
+            topics = list(self.config.topics) or [f"^{_regex_escape(self.config.topic_prefix)}\\..*"]
+            self._consumer.subscribe(topics)
+        return self._consumer
+
+    def batches(self, timeout: float) -> Iterator[Batch]:
+        """Yield batches of up to `max_poll_records` records; stop after `timeout` s without any.
+
+        A batch's `position` is the greatest event position in it ((0, 0) if it holds only
+        tombstones); `ack()` commits its offsets synchronously.
+        """
+        consumer = self._ensure_consumer()
+        parse = self._parse or _default_parser()
+        while not self._closed.is_set():
+            try:
+                messages = consumer.consume(num_messages=self.config.max_poll_records, timeout=timeout)
+            except KafkaException as exc:
+                raise KafkaTransportError(f"consuming failed: {exc}") from exc
+            if not messages:
+                return
+            events: list[ChangeEvent] = []
+            offsets: dict[tuple[str, int], int] = {}
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise KafkaTransportError(f"consuming failed: {error}")
+                topic = message.topic()
+                assert topic is not None
+                event = parse(message.key(), message.value(), topic)
+                if event is not None:
+                    events.append(event)
+                offsets[(topic, message.partition())] = message.offset()
+            if not offsets:
+                continue
+            position = max((e.position for e in events), default=(0, 0))
+            yield Batch(events, position, self._committer(consumer, offsets), True)
+
+    @staticmethod
+    def _committer(consumer: Consumer, offsets: Mapping[tuple[str, int], int]) -> Callable[[], None]:
+        partitions = [TopicPartition(topic, partition, offset + 1) for (topic, partition), offset in offsets.items()]
+
+        def ack() -> None:
+            try:
+                consumer.commit(offsets=partitions, asynchronous=False)
+            except KafkaException as exc:
+                raise KafkaTransportError(f"cannot commit consumer offsets: {exc}") from exc
+
+        return ack
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Deliver what is in flight, stop the delivery poller, leave the consumer group."""
+        if self._closed.is_set():
+            return
+        if self._producer is not None:
+            self._producer.flush(timeout)
+        self._closed.set()
+        if self._poller is not None:
+            self._poller.join(timeout)
+        if self._consumer is not None:
+            self._consumer.close()
+
+
+def _regex_escape(text: str) -> str:
+    import re
+
+    return re.escape(text)
