@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import psycopg2
@@ -16,9 +14,6 @@ from extracted.catalog.exceptions import CatalogError
 from extracted.catalog.migrate import head_revision, migrate
 from scripts.postgres import EmbeddedPostgres
 from tests.monolith.conftest import scalar, seeded_database
-
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def _columns(url: str, table: str) -> list[tuple[str, str, str]]:
     conn = psycopg2.connect(url)
@@ -50,13 +45,13 @@ def test_upgrade_head_creates_the_store(database: str) -> None:
                             "AND connamespace = 'catalog'::regnamespace") == 0
 
 
-def test_migrate_command_works_from_any_directory(database: str, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "extracted.catalog", "migrate", "--database-url", database],
-        cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-    )
-    assert result.returncode == 0, result.stderr
-    assert "revision 0001" in result.stdout
+def test_migrate_command_works_from_any_directory(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["migrate", "--database-url", database])
+    assert result.exit_code == 0, result.output
+    assert "revision 0001" in result.output
     assert scalar(database, "SELECT to_regclass('catalog.products') IS NOT NULL") is True
 
 

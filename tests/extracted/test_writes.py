@@ -31,11 +31,13 @@ def _write(base: str, session: str | None, method: str, path: str, body: Any) ->
     return response.status_code, (_without_times(response.json()) if response.content else None)
 
 
-def test_staff_writes_through_the_catalog_service(fresh_pair: Pair) -> None:
+def test_staff_writes_through_the_catalog_service(pair: Pair) -> None:
+    fresh_pair = pair  # this module's pair; no other test here reads what this one writes
     with fresh_pair.session("admin", "admin") as session:
-        status, created = _write(fresh_pair.catalog_url, session, "POST", "/api/products", NEW)
+        status, created = _write(fresh_pair.catalog_url, session, "POST", "/api/products", {**NEW, "sku": "NEW-2"})
         assert status == 201, created
-        assert created["id"] == 41 and created["price"] == "39.95" and created["category"]["slug"] == "garden"
+        # Ids continue after the highest one CDC (here: the copy) brought in.
+        assert created["id"] == 241 and created["price"] == "39.95" and created["category"]["slug"] == "garden"
         pid = created["id"]
         assert scalar(fresh_pair.catalog_db, "SELECT price_cents FROM catalog.products WHERE id = %s", (pid,)) == 3995
 
@@ -71,7 +73,8 @@ def test_write_answers_match_the_monolith(fresh_pair: Pair) -> None:
             assert extracted == legacy, (method, path, body)
 
 
-def test_writes_need_a_staff_session(fresh_pair: Pair) -> None:
+def test_writes_need_a_staff_session(pair: Pair) -> None:
+    fresh_pair = pair
     assert _write(fresh_pair.catalog_url, None, "POST", "/api/products", NEW) == (
         403, {"detail": "Authentication credentials were not provided."})
     assert _write(fresh_pair.catalog_url, "0" * 32, "POST", "/api/products", NEW)[0] == 403
@@ -89,7 +92,8 @@ def test_writes_need_a_staff_session(fresh_pair: Pair) -> None:
     assert scalar(fresh_pair.catalog_db, "SELECT count(*) FROM catalog.products WHERE sku = 'NEW-1'") == 0
 
 
-def test_unreachable_monolith_is_503_for_writes_only(fresh_pair: Pair) -> None:
+def test_unreachable_monolith_is_503_for_writes_only(pair: Pair) -> None:
+    fresh_pair = pair
     dead = f"http://127.0.0.1:{free_port()}"
     with serve(create_app(fresh_pair.catalog_db, monolith_url=dead)) as url, httpx.Client(timeout=10) as client:
         response = client.post(f"{url}/api/products", json=NEW, headers={"Cookie": "sessionid=" + "a" * 32})

@@ -75,9 +75,10 @@ def shop(shop_db: str) -> Iterator[Shop]:
         yield Shop(url, shop_db)
 
 
-@pytest.fixture
-def fresh_shop(database: str) -> Iterator[Shop]:
-    """The monolith on a database of its own, for tests that write."""
-    seeded_database(database)
-    with serve(create_app(database)) as url:
-        yield Shop(url, database)
+@pytest.fixture(scope="module")
+def fresh_shop(pg: EmbeddedPostgres) -> Iterator[Shop]:
+    """The monolith on a database of the module's own, for tests that write: each test writes
+    rows (products, users, skus) that no other test of the module reads."""
+    url = seeded_database(pg.create_database(f"shop_rw_{uuid.uuid4().hex[:8]}"))
+    with serve(create_app(url)) as base:
+        yield Shop(base, url)

@@ -35,16 +35,16 @@ def test_placing_an_order_takes_the_stock(fresh_shop: Shop) -> None:
 
 
 def test_insufficient_stock_is_409_and_changes_nothing(fresh_shop: Shop) -> None:
-    _set_stock(fresh_shop.database_url, 1, 10)
-    _set_stock(fresh_shop.database_url, 2, 1)
+    _set_stock(fresh_shop.database_url, 11, 10)
+    _set_stock(fresh_shop.database_url, 12, 1)
     orders_before = scalar(fresh_shop.database_url, "SELECT count(*) FROM orders_order")
     with fresh_shop.login("user1", "password") as client:
-        response = client.post("/api/orders", json={"items": [{"product_id": 1, "quantity": 2},
-                                                               {"product_id": 2, "quantity": 2}]})
+        response = client.post("/api/orders", json={"items": [{"product_id": 11, "quantity": 2},
+                                                               {"product_id": 12, "quantity": 2}]})
     assert response.status_code == 409
-    assert response.json() == {"detail": "Insufficient stock for product 2."}
-    assert scalar(fresh_shop.database_url, "SELECT stock FROM catalog_product WHERE id = 1") == 10
-    assert scalar(fresh_shop.database_url, "SELECT stock FROM catalog_product WHERE id = 2") == 1
+    assert response.json() == {"detail": "Insufficient stock for product 12."}
+    assert scalar(fresh_shop.database_url, "SELECT stock FROM catalog_product WHERE id = 11") == 10
+    assert scalar(fresh_shop.database_url, "SELECT stock FROM catalog_product WHERE id = 12") == 1
     assert scalar(fresh_shop.database_url, "SELECT count(*) FROM orders_order") == orders_before
 
 
@@ -72,7 +72,7 @@ def test_orders_need_a_session_and_valid_items(fresh_shop: Shop) -> None:
     with fresh_shop.client() as anonymous:
         assert anonymous.post("/api/orders", json={"items": [{"product_id": 1, "quantity": 1}]}).status_code == 403
         assert anonymous.get("/api/orders").status_code == 403
-    with fresh_shop.login("user1", "password") as client:
+    with fresh_shop.login("user3", "password") as client:
         before = client.get("/api/orders").json()
         for body in ({}, {"items": []}, {"items": [{"product_id": "1", "quantity": 1}]},
                      {"items": [{"product_id": 1, "quantity": 0}]}, {"items": [{"product_id": 10**6, "quantity": 1}]}):

@@ -28,21 +28,21 @@ def test_product_list_and_detail_pages_render(shop: Shop) -> None:
 def test_order_form_flow(fresh_shop: Shop) -> None:
     conn = psycopg2.connect(fresh_shop.database_url)
     with conn, conn.cursor() as cur:
-        cur.execute("UPDATE catalog_product SET stock = 2, is_active = true WHERE id = 5")
+        cur.execute("UPDATE catalog_product SET stock = 2, is_active = true WHERE id = 25")
     conn.close()
     with fresh_shop.client() as client:
-        anonymous = client.post("/orders/new", data={"product_id": "5", "quantity": "1"})
+        anonymous = client.post("/orders/new", data={"product_id": "25", "quantity": "1"})
         assert anonymous.status_code == 303
-        assert anonymous.headers["location"] == "/accounts/login?next=/products/5"
+        assert anonymous.headers["location"] == "/accounts/login?next=/products/25"
         assert client.get("/orders").status_code == 303
 
-        client.post("/accounts/login", data={"username": "user1", "password": "password"})
-        placed = client.post("/orders/new", data={"product_id": "5", "quantity": "2"})
+        client.post("/accounts/login", data={"username": "user3", "password": "password"})
+        placed = client.post("/orders/new", data={"product_id": "25", "quantity": "2"})
         assert placed.status_code == 303 and placed.headers["location"] == "/orders"
         orders = client.get("/orders")
-        assert orders.status_code == 200 and "product 5" in orders.text and "user1" in orders.text
+        assert orders.status_code == 200 and "product 25" in orders.text and "user3" in orders.text
 
-        refused = client.post("/orders/new", data={"product_id": "5", "quantity": "1"})
+        refused = client.post("/orders/new", data={"product_id": "25", "quantity": "1"})
         assert refused.status_code == 409
-        assert "Insufficient stock for product 5." in refused.text
-    assert scalar(fresh_shop.database_url, "SELECT stock FROM catalog_product WHERE id = 5") == 0
+        assert "Insufficient stock for product 25." in refused.text
+    assert scalar(fresh_shop.database_url, "SELECT stock FROM catalog_product WHERE id = 25") == 0
