@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,13 +23,16 @@ from cdc.events import ChangeEvent, Position
 from cdc.exceptions import CDCError
 from cdc.transport import Batch, TransportClosedError
 
-__all__ = ["KafkaConfig", "KafkaTransport", "KafkaTransportError", "topic_for"]
+__all__ = ["KafkaConfig", "KafkaTransport", "KafkaTransportError", "mock_cluster", "run_applier", "topic_for"]
 
 RecordParser = Callable[[bytes | None, bytes | None, str], "ChangeEvent | None"]
 
 
 class KafkaTransportError(CDCError):
     """Kafka refused a record, a delivery failed, or consuming/committing failed."""
+
+
+_BENIGN = (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART)
 
 
 def topic_for(prefix: str, schema: str, table: str) -> str:
@@ -45,6 +49,7 @@ class KafkaConfig:
     with_schema: bool = False
     topics: tuple[str, ...] = ()
     max_poll_records: int = 1000
+    join_timeout: float = 30.0
     producer: Mapping[str, Any] = field(default_factory=dict)
     consumer: Mapping[str, Any] = field(default_factory=dict)
 
@@ -79,6 +84,7 @@ class KafkaTransport:
         self._poller: threading.Thread | None = None
         self._delivery_error: KafkaError | None = None
         self._lock = threading.Lock()
+        self._assigned = threading.Event()
         self.delivered = 0
 
     # -- producer ------------------------------------------------------------------------------
@@ -180,8 +186,13 @@ class KafkaTransport:
             except KafkaException as exc:
                 raise KafkaTransportError(f"cannot create the Kafka consumer: {exc}") from exc
             topics = list(self.config.topics) or [f"^{_regex_escape(self.config.topic_prefix)}\\..*"]
-            self._consumer.subscribe(topics)
+            self._consumer.subscribe(topics, on_assign=self._on_assign)
+        else:
+            self._assigned.set()  # an injected consumer is the caller's to subscribe
         return self._consumer
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned.set()
 
     def batches(self, timeout: float) -> Iterator[Batch]:
         """Yield batches of up to `max_poll_records` records; stop after `timeout` s without any.
@@ -191,19 +202,25 @@ class KafkaTransport:
         """
         consumer = self._ensure_consumer()
         parse = self._parse or _default_parser()
+        # Joining the group takes a few seconds; until partitions are assigned an empty poll
+        # does not mean "nothing to read".
+        join_deadline = time.monotonic() + self.config.join_timeout
         while not self._closed.is_set():
             try:
                 messages = consumer.consume(num_messages=self.config.max_poll_records, timeout=timeout)
             except KafkaException as exc:
                 raise KafkaTransportError(f"consuming failed: {exc}") from exc
             if not messages:
+                if not self._assigned.is_set() and time.monotonic() < join_deadline:
+                    continue
                 return
             events: list[ChangeEvent] = []
             offsets: dict[tuple[str, int], int] = {}
             for message in messages:
                 error = message.error()
                 if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
+                    # A subscribed topic that no record has created yet is not a failure.
+                    if error.code() in _BENIGN or (error.retriable() and not error.fatal()):
                         continue
                     raise KafkaTransportError(f"consuming failed: {error}")
                 topic = message.topic()
@@ -242,9 +259,101 @@ class KafkaTransport:
             self._poller.join(timeout)
         if self._consumer is not None:
             self._consumer.close()
+        # Drop the clients now, so none outlives a mock cluster torn down right after.
+        self._producer = None
+        self._consumer = None
 
 
 def _regex_escape(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+class _MockCluster:
+    """Owns a librdkafka mock cluster (it lives as long as its creating client)."""
+
+    def __init__(self, brokers: int = 1) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        self._owner = AdminClient({"test.mock.num.brokers": brokers, "log_level": 3})
+        metadata = self._owner.list_topics(timeout=10)
+        self.bootstrap_servers = ",".join(f"{b.host}:{b.port}" for b in metadata.brokers.values())
+
+
+def mock_cluster(brokers: int = 1) -> _MockCluster:
+    """An in-process Kafka-protocol cluster for tests and demos; keep the object alive while used."""
+    return _MockCluster(brokers)
+
+
+def run_applier(
+    spec: Any,
+    applier: Any,
+    *,
+    stop: threading.Event,
+    stream: Callable[..., Any],
+    stats: Any,
+    until_caught_up: bool = False,
+    idle_timeout: float = 2.0,
+    bootstrap_servers: str | None = None,
+    group_id: str | None = None,
+    capture: bool = True,
+    heartbeat_interval: float = 5.0,
+    config: Mapping[str, Any] | None = None,
+) -> Any:
+    """Run the distributed mode in this process: optionally the capture producing into Kafka,
+    and the consumer-group applier (`stream(spec, applier, transport, ...)` applies and acks).
+
+    `config` holds librdkafka settings for both clients; `test.mock.num.brokers` in it starts
+    one mock cluster shared by producer and consumer.
+    """
+    from cdc.capture import Capture, CaptureConfig
+
+    settings = dict(config or {})
+    cluster = None
+    if "test.mock.num.brokers" in settings:
+        cluster = mock_cluster(int(settings.pop("test.mock.num.brokers")))
+        bootstrap_servers = cluster.bootstrap_servers
+    bootstrap_servers = bootstrap_servers or settings.pop("bootstrap.servers", None)
+    settings.pop("bootstrap.servers", None)
+    if not bootstrap_servers:
+        raise KafkaTransportError("the Kafka transport needs bootstrap servers (--bootstrap-servers)")
+    topics = tuple(spec.topics())
+    producer = KafkaTransport(KafkaConfig(
+        bootstrap_servers=bootstrap_servers, topic_prefix=spec.topic_prefix, producer=settings,
+    ))
+    consumer = KafkaTransport(KafkaConfig(
+        bootstrap_servers=bootstrap_servers, topic_prefix=spec.topic_prefix, topics=topics,
+        group_id=group_id or f"strangler-{spec.name}", consumer=settings, max_poll_records=spec.batch_size,
+    ))
+    cap: Capture | None = None
+    if capture:
+        cap = Capture(
+            CaptureConfig(dsn=spec.source_url or "", slot=spec.slot_name, publication=spec.publication_name,
+                          server_name=spec.topic_prefix, max_batch_events=spec.batch_size,
+                          heartbeat_interval=heartbeat_interval, read_timeout=0.2),
+            producer,
+        )
+
+    def health() -> None:
+        if cap is not None and cap.error is not None:
+            raise cap.error
+
+    try:
+        if cap is not None:
+            cap.start()
+        return stream(spec, applier, consumer, stop=stop, until_caught_up=until_caught_up,
+                      idle_timeout=idle_timeout, health=health, stats=stats)
+    finally:
+        try:
+            if cap is not None:
+                cap.stop()
+                try:
+                    cap.join(timeout=10)
+                finally:
+                    cap.close()
+        finally:
+            producer.close()
+            consumer.close()
+            del producer, consumer
+            cluster = None  # the mock cluster (if any) ends after its clients

@@ -14,8 +14,11 @@ from cdc.debezium import parse_record
 from cdc.events import ChangeEvent, Column, Source
 from cdc.kafka import KafkaConfig, KafkaTransport, topic_for
 from cdc.slot import create_slot, ensure_publication, slot_state
+from tests.cdc.apply_fixtures import legacy_and_target
 from tests.cdc.conftest import SourceDB, insert_products
 from tests.support import wait_for
+
+__all__ = ["legacy_and_target"]
 
 COLUMNS = (Column("id", "int4", optional=False, key=True), Column("sku", "varchar"), Column("price", "numeric"),
            Column("updated_at", "timestamptz"))
@@ -174,3 +177,44 @@ def test_capture_acknowledges_the_slot_only_after_kafka_delivery(kafka: str, sou
         capture.join(timeout=20)
         capture.close()
         producer.close()
+
+
+def test_pipeline_runs_over_kafka_from_snapshot_to_stream(legacy_and_target: tuple[str, str]) -> None:
+    """The distributed mode in one process: capture -> Kafka (mock cluster) -> consumer group -> store."""
+    from cdc.pipeline import run
+    from cdc.verify import verify
+    from tests.cdc.apply_fixtures import T0, execute, query, spec_for
+
+    legacy, target = legacy_and_target
+    execute(legacy, "INSERT INTO catalog_category (id, name, slug) VALUES (1, 'Tools', 'tools')")
+    insert = (
+        "INSERT INTO catalog_product (id, sku, name, slug, price, category_id, created_at, updated_at) "
+        "SELECT g, 'SKU-' || g, 'Product ' || g, 'p-' || g, 1.50, 1, %s, %s FROM generate_series(%s, %s) g"
+    )
+    execute(legacy, insert, (T0, T0, 1, 100))
+    spec = spec_for(legacy, target)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def target_thread() -> None:
+        try:
+            run(spec, transport="kafka", stop=stop, heartbeat_interval=0.5, kafka_config={"test.mock.num.brokers": 1, **CONSUMER})
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=target_thread, daemon=True)
+    thread.start()
+    count = lambda: int(query(target, "SELECT count(*) FROM catalog.products")[0][0])  # noqa: E731
+    try:
+        wait_for(lambda: count() == 100 or errors, timeout=60, what="the snapshot")
+        execute(legacy, insert, (T0, T0, 101, 150))
+        execute(legacy, "DELETE FROM catalog_product WHERE id <= 10")
+        execute(legacy, "UPDATE catalog_product SET price = 2.75 WHERE id = 50")
+        wait_for(lambda: count() == 140 or errors, timeout=60, what="changes streamed through Kafka")
+        wait_for(lambda: query(target, "SELECT price_cents FROM catalog.products WHERE id = 50") == [(275,)] or errors,
+                 timeout=30, what="the update")
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not errors, errors
+    assert verify(spec, wait=10).identical
