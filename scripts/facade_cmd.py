@@ -1,7 +1,100 @@
-"""Commands of this area; filled in by its issue."""
+"""`strangler facade serve`: run the routing façade under uvicorn (uvloop + httptools).
+
+`serve_facade` is the plain function behind the command. It validates `routing.yaml` (and the
+admin token rule) before anything listens, so a bad file exits 1 with every `file:line:col`
+problem. With `--workers N` uvicorn starts N processes, each building the app from the factory
+`facade.app:app_from_env` and watching the file itself.
+"""
 
 from __future__ import annotations
 
-import typer
+import os
+from pathlib import Path
+from typing import Any
 
-app = typer.Typer(no_args_is_help=True)
+import typer
+import uvicorn
+
+from facade.accesslog import ACCESS_LOGGER
+from facade.app import CONFIG_ENV, HOST_ENV, create_app
+
+__all__ = ["app", "logging_config", "serve_facade"]
+
+app = typer.Typer(no_args_is_help=True, help="Run the routing façade.")
+
+
+def logging_config(level: str = "info", access_log: bool = True) -> dict[str, Any]:
+    """Logging for uvicorn and the façade: JSON access lines on stdout, the rest on stderr.
+
+    Passed to uvicorn as `log_config` so that every worker process applies it."""
+    level = level.upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+            "line": {"format": "%(message)s"},
+        },
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"},
+            "access": {"class": "logging.StreamHandler", "formatter": "line", "stream": "ext://sys.stdout"},
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["stderr"], "level": level, "propagate": False},
+            "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+            "strangler": {"handlers": ["stderr"], "level": level, "propagate": False},
+            ACCESS_LOGGER: {
+                "handlers": ["access"] if access_log else [],
+                "level": "INFO" if access_log else "WARNING",
+                "propagate": False,
+            },
+        },
+    }
+
+
+def serve_facade(
+    config: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    log_level: str = "info",
+    access_log: bool = True,
+) -> None:
+    """Serve the façade until interrupted. Raises `ConfigError`/`FacadeError` before listening."""
+    # Validates the file and the token rule; with one worker this is the app that serves.
+    facade = create_app(config, host=host)
+    options: dict[str, Any] = dict(
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        server_header=False,
+        date_header=False,
+        access_log=False,
+        # The façade appends the peer to X-Forwarded-For itself; uvicorn must not rewrite the peer.
+        proxy_headers=False,
+        log_config=logging_config(log_level, access_log),
+        timeout_graceful_shutdown=10,
+        backlog=4096,
+    )
+    if workers <= 1:
+        uvicorn.run(facade, **options)
+        return
+    os.environ[CONFIG_ENV] = str(Path(config).resolve())
+    os.environ[HOST_ENV] = host
+    uvicorn.run("facade.app:app_from_env", factory=True, workers=workers, **options)
+
+
+@app.command("serve")
+def serve(
+    config: Path = typer.Option(Path("routing.yaml"), "--config", "-c", help="The routing file (routing.yaml); watched and reloaded live."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Other than loopback, the admin API needs its token set."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (one event loop each); scale with cores."),
+    log_level: str = typer.Option("info", "--log-level", help="Log level of the façade and uvicorn: debug, info, warning, error."),
+    access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="Write one JSON line per request on stdout."),
+) -> None:
+    """Run the routing façade: proxy every request per routing.yaml, admin API under /_strangler/."""
+    serve_facade(config, host=host, port=port, workers=workers, log_level=log_level, access_log=access_log)

@@ -1,0 +1,175 @@
+"""The façade as one ASGI application: the proxy core, the admin API beside it, and a lifespan.
+
+`create_app(config_path)` validates `routing.yaml` (raising `ConfigError` with every problem),
+checks that the admin API is protected when it is reachable from other hosts, and composes the
+parts: proxy core, upstream client, breakers, addons (metrics and access log built in), reloader
+and admin API. `/_strangler/...` goes to the admin API; every other HTTP request to the proxy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from facade.accesslog import AccessLog
+from facade.addons import AddonManager
+from facade.admin import build_admin
+from facade.breaker import Breakers
+from facade.client import AiohttpClient, UpstreamClient
+from facade.config import FacadeConfig
+from facade.errors import AdminTokenMissing
+from facade.metrics import Metrics
+from facade.proxy import Proxy
+from facade.reload import Reloader, load_table
+
+__all__ = ["FacadeApp", "admin_token", "app_from_env", "create_app", "is_loopback"]
+
+log = logging.getLogger("strangler.facade")
+
+CONFIG_ENV = "STRANGLER_FACADE_CONFIG"
+HOST_ENV = "STRANGLER_FACADE_HOST"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding to `host` keeps the façade reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def admin_token(config: FacadeConfig, env: Mapping[str, str]) -> str | None:
+    """The admin bearer token: `admin.token`, else the variable named by `admin.token_env`."""
+    admin = config.admin
+    if admin.token:
+        return admin.token
+    if admin.token_env:
+        return env.get(admin.token_env) or None
+    return None
+
+
+class FacadeApp:
+    """ASGI entry point: dispatches to the admin API or the proxy, runs the lifespan."""
+
+    def __init__(self, *, proxy: Proxy, admin: Any, reloader: Reloader, addons: AddonManager, watch: bool = True) -> None:
+        self.proxy = proxy
+        self.admin = admin
+        self.reloader = reloader
+        self.addons = addons
+        self.watch = watch
+        self.started = False
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path: str = scope["path"]
+            if path.startswith("/_strangler/") or path == "/_strangler":
+                await self.admin(scope, receive, send)
+            else:
+                await self.proxy(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            # WebSockets are not proxied.
+            await send({"type": "websocket.close", "code": 1003})
+
+    async def startup(self) -> None:
+        await self.addons.start()
+        self.reloader.start(watch=self.watch)
+        self.started = True
+
+    async def shutdown(self) -> None:
+        await self.reloader.stop()
+        await self.proxy.aclose()
+        await self.addons.stop()
+        self.started = False
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("the façade failed to start")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                with contextlib.suppress(Exception):
+                    await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(
+    config_path: str | os.PathLike[str],
+    *,
+    addons: Iterable[object] | None = None,
+    client: UpstreamClient | None = None,
+    host: str = "127.0.0.1",
+    env: Mapping[str, str] | None = None,
+    watch: bool = True,
+    watch_interval: float = 0.5,
+) -> FacadeApp:
+    """Build the façade for `config_path`, to be served on `host`.
+
+    `addons` run after the built-in metrics and access log; when None, a shadow addon is added
+    if the file declares shadowing. `client` replaces the aiohttp upstream client. `env` (default
+    `os.environ`) supplies `${VAR}` interpolation and the admin token. Raises `ConfigError` for an
+    invalid file and `AdminTokenMissing` when a non-loopback bind would leave the admin API open.
+    """
+    env = os.environ if env is None else env
+    path = Path(config_path)
+    table, digest, loaded_at = load_table(path, env)
+    config = table.config
+    token = admin_token(config, env)
+    if token is None and not is_loopback(host):
+        variable = config.admin.token_env or "STRANGLER_ADMIN_TOKEN"
+        raise AdminTokenMissing(
+            f"the façade would listen on {host}, reachable from other hosts, but the admin API has no token: "
+            f"set the environment variable {variable} (named by admin.token_env in {path}) or bind to 127.0.0.1"
+        )
+    metrics = Metrics()
+    extra = list(addons) if addons is not None else _default_addons(config)
+    manager = AddonManager([metrics, AccessLog(), *extra])
+    breakers = Breakers(config.breaker)
+    proxy = Proxy(table, client=client or AiohttpClient(), addons=manager, breakers=breakers)
+    reloader = Reloader(
+        path, table, digest, loaded_at, install=proxy.swap, env=env, on_result=[lambda result: metrics.reloaded(result.ok)],
+        interval=watch_interval,
+    )
+    metrics.breaker_states = breakers.states
+    metrics.config_info = lambda: (reloader.version, str(reloader.status()["loaded_at"]))
+    metrics.addon_failures = lambda: manager.failures
+    snapshots = {
+        _addon_name(addon): addon.snapshot for addon in extra if callable(getattr(addon, "snapshot", None))
+    }
+    admin = build_admin(proxy=proxy, reloader=reloader, metrics=metrics, snapshots=snapshots, token=token if not is_loopback(host) else None)
+    return FacadeApp(proxy=proxy, admin=admin, reloader=reloader, addons=manager, watch=watch)
+
+
+def _default_addons(config: FacadeConfig) -> list[object]:
+    if not any(route.shadow is not None for route in config.routes):
+        return []
+    from facade.shadow import ShadowAddon
+
+    return [ShadowAddon(store_config=config.shadow_store)]
+
+
+def _addon_name(addon: object) -> str:
+    name = getattr(addon, "admin_name", None) or type(addon).__name__.lower().removesuffix("addon")
+    return str(name)
+
+
+def app_from_env() -> FacadeApp:
+    """Factory for `uvicorn --factory` workers: the config path and bind host come from the
+    environment the serve command sets (`STRANGLER_FACADE_CONFIG`, `STRANGLER_FACADE_HOST`)."""
+    return create_app(os.environ[CONFIG_ENV], host=os.environ.get(HOST_ENV, "127.0.0.1"))

@@ -1,0 +1,249 @@
+"""Forwarding rules of the proxy core, through real sockets (uvicorn upstreams, the façade)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.facade.proxy_support import echo, facade, header_values, read_body, serve, write_config
+
+
+def raw_exchange(base_url: str, request: bytes) -> bytes:
+    """Send raw bytes, read until the server closes (requests carry `Connection: close`)."""
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        chunks = []
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+
+
+def test_hop_by_hop_headers_are_dropped_both_ways_including_those_named_in_connection(tmp_path: Path) -> None:
+    async def upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await read_body(receive)
+        body = json.dumps([[k.decode(), v.decode()] for k, v in scope["headers"]]).encode()
+        await send({
+            "type": "http.response.start", "status": 200,
+            "headers": [(b"connection", b"x-hop-down"), (b"x-hop-down", b"1"), (b"keep-alive", b"timeout=5"),
+                        (b"proxy-authenticate", b"Basic"), (b"x-kept", b"yes")],
+        })
+        await send({"type": "http.response.body", "body": body})
+
+    with serve(upstream) as up:
+        config = write_config(tmp_path / "routing.yaml", {"monolith": up})
+        with facade(config) as (url, _):
+            response = httpx.get(
+                url + "/hop",
+                headers={
+                    "Connection": "keep-alive, X-Hop-Up", "X-Hop-Up": "secret", "Keep-Alive": "timeout=9",
+                    "TE": "trailers", "Trailer": "X-Checksum", "Proxy-Authorization": "Basic eA==",
+                    "Proxy-Connection": "keep-alive", "X-End-To-End": "kept",
+                },
+            )
+    assert response.status_code == 200
+    seen = {name for name, _ in response.json()}
+    for dropped in ("x-hop-up", "keep-alive", "te", "trailer", "proxy-authorization", "proxy-connection", "transfer-encoding", "upgrade"):
+        assert dropped not in seen
+    assert "x-end-to-end" in seen
+    assert [name for name in seen if name == "connection"] == []
+    assert response.headers["x-kept"] == "yes"
+    for dropped in ("x-hop-down", "keep-alive", "proxy-authenticate"):
+        assert dropped not in response.headers
+
+
+def test_forwarded_headers_are_set_and_host_is_the_upstreams(tmp_path: Path) -> None:
+    with serve(echo("monolith")) as up:
+        config = write_config(tmp_path / "routing.yaml", {"monolith": up})
+        with facade(config) as (url, _):
+            got = httpx.get(url + "/x", headers={"X-Forwarded-For": "203.0.113.7", "Host": "shop.example"}).json()
+            plain = httpx.get(url + "/x").json()
+    assert header_values(got, "x-forwarded-for") == ["203.0.113.7, 127.0.0.1"]
+    assert header_values(got, "x-forwarded-proto") == ["http"]
+    assert header_values(got, "x-forwarded-host") == ["shop.example"]
+    assert header_values(got, "host") == [up.removeprefix("http://")]
+    assert header_values(plain, "x-forwarded-for") == ["127.0.0.1"]
+
+
+def test_raw_path_and_query_pass_byte_for_byte(tmp_path: Path) -> None:
+    target = b"/api/a%2Fb/%7Euser/caf%C3%A9/x%20y/..%2F?x=1&x=2&y=%2F+%20&empty=&flag"
+    with serve(echo("monolith")) as up:
+        config = write_config(tmp_path / "routing.yaml", {"monolith": up})
+        with facade(config) as (url, _):
+            answer = raw_exchange(url, b"GET " + target + b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    if b"transfer-encoding: chunked" in head.lower():
+        body = _dechunk(body)
+    payload = json.loads(body)
+    assert payload["raw_path"].encode("latin-1") + b"?" + payload["query_string"].encode("latin-1") == target
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = b""
+    while True:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return out
+        out += rest[:size]
+        data = rest[size + 2 :]
+
+
+def test_repeated_response_headers_and_every_set_cookie_are_kept(tmp_path: Path) -> None:
+    async def upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await read_body(receive)
+        await send({
+            "type": "http.response.start", "status": 200,
+            "headers": [(b"set-cookie", b"a=1; Path=/"), (b"set-cookie", b"b=2; HttpOnly"), (b"x-multi", b"one"), (b"x-multi", b"two")],
+        })
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    with serve(upstream) as up:
+        config = write_config(tmp_path / "routing.yaml", {"monolith": up})
+        with facade(config) as (url, _):
+            response = httpx.get(url + "/cookies")
+    assert response.headers.get_list("set-cookie") == ["a=1; Path=/", "b=2; HttpOnly"]
+    assert response.headers.get_list("x-multi") == ["one", "two"]
+
+
+def test_head_204_and_304_carry_no_body_on_a_kept_alive_connection(tmp_path: Path) -> None:
+    async def upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await read_body(receive)
+        path = scope["path"]
+        if path == "/204":
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+        elif path == "/304":
+            await send({"type": "http.response.start", "status": 304, "headers": [(b"etag", b'"v1"')]})
+            await send({"type": "http.response.body", "body": b""})
+        else:
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
+            await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else b"hello"})
+
+    with serve(upstream) as up:
+        config = write_config(tmp_path / "routing.yaml", {"monolith": up})
+        with facade(config) as (url, _):
+            host, port = url.removeprefix("http://").split(":")
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            results = []
+            for method, path in (("HEAD", "/len"), ("GET", "/204"), ("GET", "/304"), ("GET", "/len")):
+                conn.request(method, path, headers={"If-None-Match": '"v1"'} if path == "/304" else {})
+                response = conn.getresponse()
+                results.append((response.status, response.getheader("content-length"), response.read()))
+            conn.close()
+            # A stray body byte would have broken the parsing of the responses that follow.
+            raw = raw_exchange(url, b"HEAD /len HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    assert results == [(200, "5", b""), (204, None, b""), (304, None, b""), (200, "5", b"hello")]
+    assert raw.endswith(b"\r\n\r\n") and raw.lower().count(b"content-length: 5") == 1
+
+
+def test_redirects_are_passed_untouched(tmp_path: Path) -> None:
+    async def upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await read_body(receive)
+        await send({"type": "http.response.start", "status": 302, "headers": [(b"location", b"http://other.example/login?next=%2Fa%20b")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    with serve(upstream) as up:
+        config = write_config(tmp_path / "routing.yaml", {"monolith": up})
+        with facade(config) as (url, _):
+            response = httpx.get(url + "/account", follow_redirects=False)
+    assert response.status_code == 302
+    assert response.headers["location"] == "http://other.example/login?next=%2Fa%20b"
+
+
+def test_request_id_and_traceparent_are_passed_or_created(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="strangler.access")
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    with serve(echo("monolith")) as up:
+        config = write_config(tmp_path / "routing.yaml", {"monolith": up})
+        with facade(config) as (url, _):
+            given = httpx.get(url + "/t", headers={"X-Request-ID": "req-123", "traceparent": parent})
+            created = httpx.get(url + "/t")
+            malformed = httpx.get(url + "/t", headers={"traceparent": "00-zz-bad-01"})
+    assert given.headers["x-request-id"] == "req-123"
+    assert header_values(given.json(), "x-request-id") == ["req-123"]
+    assert header_values(given.json(), "traceparent") == [parent]
+    request_id = created.headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id)
+    assert header_values(created.json(), "x-request-id") == [request_id]
+    for response in (created, malformed):
+        (traceparent,) = header_values(response.json(), "traceparent")
+        assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", traceparent)
+    lines = [json.loads(record.getMessage()) for record in caplog.records if record.name == "strangler.access"]
+    assert {line["request_id"] for line in lines} >= {"req-123", request_id}
+    line = next(line for line in lines if line["request_id"] == "req-123")
+    assert line["method"] == "GET" and line["path"] == "/t" and line["route"] == "default" and line["upstream"] == "monolith"
+    assert line["status"] == 200 and line["error"] is None and line["duration_ms"] > 0 and line["bytes_out"] > 0
+    assert set(line) == {"ts", "request_id", "method", "path", "route", "upstream", "status", "duration_ms", "upstream_ms", "bytes_in", "bytes_out", "error"}
+
+
+def test_anonymous_clients_get_a_sticky_assignment_cookie_and_testers_can_override(tmp_path: Path) -> None:
+    routes = """
+    - id: split
+      match: {path: /api/**}
+      to: {monolith: 50, catalog: 50}
+    """
+    with serve(echo("monolith")) as monolith, serve(echo("catalog")) as catalog:
+        config = write_config(tmp_path / "routing.yaml", {"monolith": monolith, "catalog": catalog}, routes=routes)
+        with facade(config) as (url, _):
+            seen: dict[str, set[str]] = {}
+            for _ in range(12):
+                with httpx.Client(base_url=url) as client:
+                    first = client.get("/api/x")
+                    cookie = first.cookies["strangler_id"]
+                    assert "Max-Age=" in first.headers["set-cookie"]
+                    upstreams = {first.json()["upstream"]} | {client.get("/api/x").json()["upstream"] for _ in range(3)}
+                    assert len(upstreams) == 1
+                    seen[cookie] = upstreams
+            assert {next(iter(value)) for value in seen.values()} == {"monolith", "catalog"}
+            forced = {httpx.get(url + "/api/x", headers={"X-Strangler-Upstream": "catalog"}).json()["upstream"] for _ in range(6)}
+            unknown = httpx.get(url + "/api/x", headers={"X-Strangler-Upstream": "elsewhere"})
+            unsplit = httpx.get(url + "/other")
+    assert forced == {"catalog"}
+    assert unknown.status_code == 200 and unknown.json()["upstream"] in ("monolith", "catalog")
+    assert "set-cookie" not in unsplit.headers
+
+
+def test_request_bodies_reach_the_upstream_whole(tmp_path: Path) -> None:
+    with serve(echo("monolith")) as up:
+        config = write_config(tmp_path / "routing.yaml", {"monolith": up})
+        with facade(config) as (url, _):
+            small = httpx.post(url + "/p", content=b"x" * 10)
+            streamed = httpx.put(url + "/p", content=iter([b"a" * 70000] * 5))
+            empty = httpx.post(url + "/p")
+    assert small.json()["body_length"] == 10
+    assert streamed.json()["body_length"] == 350000
+    assert empty.json()["body_length"] == 0 and header_values(empty.json(), "content-length") == ["0"]
+
+
+def test_malformed_requests_get_4xx_and_the_facade_keeps_serving(tmp_path: Path) -> None:
+    with serve(echo("monolith")) as up:
+        config = write_config(tmp_path / "routing.yaml", {"monolith": up})
+        with facade(config) as (url, _):
+            garbage = raw_exchange(url, b"THIS IS NOT HTTP\r\n\r\n")
+            bad_header = raw_exchange(url, b"GET / HTTP/1.1\r\nHost: t\r\nBad Header: x\r\nConnection: close\r\n\r\n")
+            star = raw_exchange(url, b"OPTIONS * HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            after = httpx.get(url + "/still")
+    assert garbage.startswith(b"HTTP/1.1 400")
+    assert bad_header.startswith(b"HTTP/1.1 400")
+    assert re.match(rb"HTTP/1.1 4\d\d", star)
+    assert after.status_code == 200
