@@ -128,6 +128,7 @@ class KafkaTransport:
             raise KafkaTransportError(f"a Kafka delivery failed: {self._delivery_error}; the capture must restart")
         producer = self._ensure_producer()
         records: list[tuple[str, bytes | None, bytes | None]] = []
+        value: bytes | None
         with_schema = self.config.with_schema
         for event in batch_events:
             topic = topic_for(self.config.topic_prefix, event.source.schema, event.source.table)
@@ -228,7 +229,9 @@ class KafkaTransport:
                 event = parse(message.key(), message.value(), topic)
                 if event is not None:
                     events.append(event)
-                offsets[(topic, message.partition())] = message.offset()
+                partition, offset = message.partition(), message.offset()
+                if partition is not None and offset is not None:
+                    offsets[(topic, partition)] = offset
             if not offsets:
                 continue
             position = max((e.position for e in events), default=(0, 0))

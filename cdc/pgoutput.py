@@ -606,10 +606,10 @@ def convert_value(type_oid: int, value: Datum) -> Any:
     if converter is None:
         return value
     try:
-        return converter(value)  # type: ignore[arg-type]
+        return converter(value)
     except (ValueError, ArithmeticError) as exc:
         name = TYPE_NAMES.get(type_oid, f"oid {type_oid}")
-        raise PgOutputError(f"cannot read {value[:60]!r} as {name}: {exc}") from exc  # type: ignore[index]
+        raise PgOutputError(f"cannot read {value[:60]!r} as {name}: {exc}") from exc
 
 
 def converter_for(type_oid: int) -> Callable[[str], Any] | None:

@@ -9,7 +9,7 @@ text values) so an interrupted copy can resume after it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,7 +107,7 @@ class Snapshot:
         self.completed = set(completed)
         self.progress = progress
 
-    def chunks(self) -> Iterator[SnapshotChunk]:
+    def chunks(self) -> Generator[SnapshotChunk, None, None]:
         try:
             conn = psycopg2.connect(self.dsn)
         except psycopg2.Error as exc:

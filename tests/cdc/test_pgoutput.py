@@ -40,12 +40,12 @@ u32 = st.integers(0, 2**32 - 1)
 u64 = st.integers(0, 2**64 - 1)
 i64 = st.integers(-(2**63), 2**63 - 1)
 u8 = st.integers(0, 255)
-names = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=30)
+names = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=30)
 xids = st.one_of(st.none(), u32)
 datum = st.one_of(
     st.none(),
     st.just(UNAVAILABLE),
-    st.text(st.characters(blacklist_categories=("Cs",)), max_size=50),
+    st.text(st.characters(codec="utf-8"), max_size=50),
     st.binary(max_size=50),
 )
 tuples = st.lists(datum, max_size=12).map(tuple)
@@ -135,8 +135,8 @@ VALUES: dict[str, tuple[int, st.SearchStrategy[Any]]] = {
     "int4": (23, st.integers(-(2**31), 2**31 - 1)),
     "int8": (20, st.integers(-(2**63), 2**63 - 1)),
     "numeric": (1700, st.decimals(allow_nan=False, allow_infinity=False, places=4, min_value=-10**12, max_value=10**12)),
-    "text": (25, st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)))),
-    "varchar": (1043, st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=150)),
+    "text": (25, st.text(st.characters(codec="utf-8", exclude_characters="\x00"))),
+    "varchar": (1043, st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=150)),
     "timestamptz": (1184, aware),
     "timestamp": (1114, st.datetimes(min_value=dt.datetime(1, 1, 1), max_value=dt.datetime(9999, 12, 31))),
     "date": (1082, st.dates()),
