@@ -1,0 +1,387 @@
+"""Shadow traffic through the real façade, with real primary and candidate upstreams on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import statistics
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from facade.shadow_store import ShadowStore
+from scripts.postgres import free_port
+from scripts.shadow_cmd import make_report
+from scripts.shadow_report import render
+from tests.support import serve, wait_for
+
+SECRETS = {
+    "authorization": "Bearer tok-0d1e2f-authorization-secret",
+    "cookie": "sessionid=cookie-secret-5a6b7c",
+    "set_cookie": "csrftoken=set-cookie-secret-8d9e0f",
+    "api_token": "api-token-secret-1a2b3c",
+    "x_api_key": "x-api-key-secret-4d5e6f",
+}
+
+
+class Upstream:
+    """A small JSON service that can play the primary or a (deliberately imperfect) candidate."""
+
+    def __init__(self, *, candidate: bool = False, delay: float = 0.0, fail: bool = False, token_differs: bool = False) -> None:
+        self.candidate = candidate
+        self.token_differs = token_differs
+        self.delay = delay
+        self.fail = fail
+        self.seen: list[tuple[str, str, dict[str, str], int]] = []
+
+    def product(self, i: int) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": i,
+            "name": f"Product {i}",
+            "price": "9.99",
+            "stock": 5,
+            "tags": ["a", "b", "c"],
+            # Different on every answer, the primary's own included: noise, with no ignore rule.
+            "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
+            "request_uuid": str(uuid.uuid4()),
+            "owner": {"api_token": SECRETS["api_token"] + ("-c" if self.token_differs else "")},
+        }
+        if self.candidate:
+            if i == 2:
+                body["price"] = "10.99"  # value
+            elif i == 3:
+                del body["name"]  # missing field
+            elif i == 4:
+                body["tags"] = ["c", "a", "b"]  # reordered array
+            elif i == 5:
+                body["stock"] = "5"  # type
+        return body
+
+    def app(self) -> Starlette:
+        async def product(request: Request) -> Response:
+            self.seen.append((request.method, request.url.path, dict(request.headers), len(await request.body())))
+            if self.delay:
+                await asyncio.sleep(self.delay)  # the scenario: a slow candidate
+            if self.fail:
+                return JSONResponse({"detail": "boom"}, status_code=500)
+            if request.method != "GET":
+                return JSONResponse({"ok": True}, status_code=201)
+            response = JSONResponse(self.product(int(request.path_params["id"])))
+            response.set_cookie("csrftoken", SECRETS["set_cookie"].split("=", 1)[1])
+            return response
+
+        async def plain(request: Request) -> Response:
+            return JSONResponse({"plain": True})
+
+        methods = ["GET", "POST", "PUT", "DELETE"]
+        return Starlette(routes=[Route("/api/products/{id:int}", product, methods=methods), Route("/plain/{x}", plain)])
+
+
+def routing(tmp: Path, primary: str, candidate: str, *, shadow: str, sandbox: bool = False) -> Path:
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / "routing.yaml"
+    path.write_text(
+        f"""version: 1
+upstreams:
+  monolith: {{url: "{primary}"}}
+  catalog: {{url: "{candidate}", sandbox: {str(sandbox).lower()}}}
+routes:
+  - id: unshadowed
+    match: {{path: /api/products/**, headers: {{x-no-shadow: "1"}}}}
+    to: {{monolith: 100}}
+  - id: catalog-read
+    match: {{path: /api/products/**}}
+    to: {{monolith: 100}}
+    shadow: {shadow}
+  - id: plain
+    match: {{path: /plain/**}}
+    to: {{monolith: 100}}
+default: {{to: monolith}}
+shadow_store: {{url: "sqlite:///{tmp}/shadow.db"}}
+"""
+    )
+    return path
+
+
+@contextmanager
+def facade(tmp: Path, primary: Upstream, candidate: Upstream | None, *, shadow: str, sandbox: bool = False) -> Iterator[tuple[httpx.Client, str]]:
+    from facade.app import create_app
+
+    with ExitStack() as stack:
+        primary_url = stack.enter_context(serve(primary.app()))
+        candidate_url = stack.enter_context(serve(candidate.app())) if candidate else f"http://127.0.0.1:{free_port()}"
+        config = routing(tmp, primary_url, candidate_url, shadow=shadow, sandbox=sandbox)
+        url = stack.enter_context(serve(create_app(config)))
+        client = stack.enter_context(httpx.Client(base_url=url, timeout=10))
+        yield client, url
+
+
+def counters(client: httpx.Client, route: str = "catalog-read") -> dict[str, Any]:
+    response = client.get("/_strangler/shadow")
+    assert response.status_code == 200, response.text
+    return response.json()["routes"].get(route, {})
+
+
+def stored(tmp: Path, n: int) -> ShadowStore:
+    store = ShadowStore(f"sqlite:///{tmp}/shadow.db")
+    wait_for(lambda: _rows(store) >= n, timeout=15, what=f"{n} comparisons in the store")
+    return store
+
+
+def _rows(store: ShadowStore) -> int:
+    try:
+        return len(store.load().comparisons)
+    except Exception:  # noqa: BLE001 - the tables appear with the first write
+        return 0
+
+
+def test_candidate_differences_are_classified_and_per_request_noise_is_cancelled(tmp_path: Path) -> None:
+    primary, candidate = Upstream(), Upstream(candidate=True)
+    shadow = "{to: catalog, sample: 100, noise_sample: 30, compare: {headers: [content-type]}}"
+    with facade(tmp_path, primary, candidate, shadow=shadow) as (client, url):
+        for round_ in range(10):
+            for i in range(1, 6):
+                r = client.get(f"/api/products/{i}")
+                assert r.status_code == 200 and r.json()["id"] == i
+        wait_for(lambda: counters(client).get("compared", 0) == 50, what="50 comparisons")
+        live = counters(client)
+    assert live["sampled"] == live["sent"] == 50 and live["noise_probes"] > 0
+    store = stored(tmp_path, 50)
+    report = make_report(store)
+    store.close()
+    (ep,) = report.routes[0].endpoints
+    assert ep.endpoint == "GET /api/products/{id}" and ep.compared == 50
+    verdicts = {f.field: (f.real, tuple(f.kinds)) for f in ep.fields}
+    assert verdicts["$.price"] == (True, ("value",))
+    assert verdicts["$.name"] == (True, ("missing",))
+    assert verdicts["$.tags"] == (True, ("array_order",))
+    assert verdicts["$.stock"] == (True, ("type",))
+    assert verdicts["$.generated_at"][0] is False and verdicts["$.request_uuid"][0] is False
+    assert ep.matched == 0 and ep.matched_denoised == 10  # product 1 is the same once noise is removed
+    assert all(s[2].get("x-strangler-shadow") == "1" for s in candidate.seen)
+    # The mirror keeps the Host the client sent (the primary gets it as X-Forwarded-Host).
+    assert {s[2]["host"] for s in candidate.seen} == {url.removeprefix("http://")}
+
+
+def _latencies(client: httpx.Client, n: int, headers: dict[str, str]) -> list[float]:
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        r = client.get("/api/products/1", headers=headers)
+        samples.append(time.perf_counter() - t0)
+        assert r.status_code == 200 and r.json()["id"] == 1 and r.json()["name"] == "Product 1"
+    return samples
+
+
+@pytest.mark.parametrize("kind", ["down", "slow", "error"])
+def test_a_bad_candidate_never_touches_primary_answers_or_latency(tmp_path: Path, kind: str) -> None:
+    primary = Upstream()
+    candidate = None if kind == "down" else Upstream(candidate=True, delay=0.5 if kind == "slow" else 0.0, fail=kind == "error")
+    shadow = "{to: catalog, sample: 100, noise_sample: 0, queue: 4, inflight: 2, timeout: 300ms}"
+    with facade(tmp_path, primary, candidate, shadow=shadow) as (client, _):
+        shadowed: list[float] = []
+        plain: list[float] = []
+        for _ in range(3):  # interleaved batches, so machine load hits both alike
+            shadowed += _latencies(client, 10, {})
+            plain += _latencies(client, 10, {"x-no-shadow": "1"})
+        live = wait_for(lambda: (c := counters(client)) and c["sampled"] == c["sent"] + c["dropped"]["queue_full"] and (c["timed_out"] + c["failed"] + c["compared"]) == c["sent"] and c, what="shadows settled")
+    assert live["sampled"] == 30
+    if kind == "down":
+        assert live["failed"] == live["sent"] > 0
+    elif kind == "slow":
+        assert live["timed_out"] == live["sent"] > 0 and live["dropped"]["queue_full"] > 0
+    else:
+        assert live["compared"] == live["sent"] == 30 and live["mismatched"] == 30
+    # Shadowed requests are about as fast as unshadowed ones of the same endpoint; waiting for the
+    # candidate would add its delay or the 300 ms shadow timeout to each of them.
+    assert statistics.median(shadowed) < 5 * statistics.median(plain)
+
+
+def test_queue_full_drops_are_counted_and_stored(tmp_path: Path) -> None:
+    primary, candidate = Upstream(), Upstream(candidate=True, delay=0.3)
+    shadow = "{to: catalog, sample: 100, noise_sample: 0, queue: 1, inflight: 1, timeout: 2s}"
+    with facade(tmp_path, primary, candidate, shadow=shadow) as (client, _):
+        for _ in range(12):
+            assert client.get("/api/products/1").status_code == 200
+        live = counters(client)
+        assert live["dropped"]["queue_full"] >= 5 and live["sampled"] == 12
+        store = ShadowStore(f"sqlite:///{tmp_path}/shadow.db")
+        wait_for(lambda: _dropped(store) == live["dropped"]["queue_full"], what="drops in the store")
+        store.close()
+
+
+def _dropped(store: ShadowStore) -> int:
+    try:
+        return sum(d["count"] for d in store.load().drops)
+    except Exception:  # noqa: BLE001 - the tables appear with the first write
+        return 0
+
+
+def test_writes_are_mirrored_only_when_allowed(tmp_path: Path) -> None:
+    primary, candidate = Upstream(), Upstream(candidate=True)
+    blocked = "{to: catalog, methods: [GET, POST, PUT, DELETE], noise_sample: 0}"
+    with facade(tmp_path, primary, candidate, shadow=blocked) as (client, _):
+        for method in ("POST", "PUT", "DELETE"):
+            assert client.request(method, "/api/products/1", content=b"{}").status_code == 201
+        assert client.get("/api/products/1").status_code == 200
+        wait_for(lambda: counters(client).get("compared") == 1, what="the GET compared")
+        assert counters(client)["skipped_writes"] == 3
+    assert [s[0] for s in candidate.seen] == ["GET"]
+    assert {s[0] for s in primary.seen} == {"GET", "POST", "PUT", "DELETE"}
+
+    for name, shadow, sandbox in (
+        ("opt-in", "{to: catalog, methods: [POST], allow_writes: true}", False),
+        ("sandbox", "{to: catalog, methods: [POST]}", True),
+    ):
+        candidate = Upstream(candidate=True)
+        with facade(tmp_path / name, Upstream(), candidate, shadow=shadow, sandbox=sandbox) as (client, _):
+            assert client.post("/api/products/1", content=b'{"a": 1}').status_code == 201
+            wait_for(lambda: counters(client).get("compared") == 1, what=f"the POST mirrored ({name})")
+        assert [(s[0], s[3]) for s in candidate.seen] == [("POST", 8)]
+
+
+def test_secrets_never_reach_the_store_the_recording_or_the_report(tmp_path: Path) -> None:
+    primary, candidate = Upstream(), Upstream(candidate=True, token_differs=True)
+    traffic = tmp_path / "traffic.jsonl"
+    shadow = (
+        "{to: catalog, noise_sample: 50, redact: {headers: [x-api-key], body_fields: [api_token]}, "
+        f'record: {{sample: 100, file: "{traffic}"}}, compare: {{headers: [set-cookie, x-api-key]}}}}'
+    )
+    headers = {"authorization": SECRETS["authorization"], "cookie": SECRETS["cookie"], "x-api-key": SECRETS["x_api_key"]}
+    with facade(tmp_path, primary, candidate, shadow=shadow) as (client, _):
+        for i in range(1, 6):
+            assert client.get(f"/api/products/{i}?api_token={SECRETS['api_token']}", headers=headers).status_code == 200
+        wait_for(lambda: counters(client).get("compared") == 5 and counters(client).get("recorded") == 5, what="5 comparisons")
+    store = stored(tmp_path, 5)
+    report = make_report(store)
+    store.close()
+    assert report.compared == 5 and any(f.field == "$.owner.api_token" for f in report.routes[0].endpoints[0].fields)
+    files = {"store": (tmp_path / "shadow.db").read_bytes(), "recording": traffic.read_bytes()}
+    files |= {fmt: render(report, fmt).encode() for fmt in ("html", "md", "json")}
+    assert all(files.values())
+    for where, content in files.items():
+        for name, secret in SECRETS.items():
+            token = secret.split("=", 1)[-1].removeprefix("Bearer ").encode()
+            assert token not in content, f"{name} leaked into the {where}"
+
+
+def test_a_large_request_body_is_skipped_not_buffered(tmp_path: Path) -> None:
+    primary, candidate = Upstream(), Upstream(candidate=True)
+    shadow = "{to: catalog, methods: [POST], allow_writes: true, max_body: 64KB}"
+    with facade(tmp_path, primary, candidate, shadow=shadow) as (client, _):
+
+        def chunks() -> Iterator[bytes]:
+            for _ in range(64):
+                yield b"x" * 32 * 1024  # 2 MB, streamed
+
+        assert client.post("/api/products/1", content=chunks()).status_code == 201
+        assert client.post("/api/products/2", content=b"small").status_code == 201
+        wait_for(lambda: counters(client).get("compared") == 1, what="the small POST mirrored")
+        assert counters(client)["dropped"]["body_too_large"] == 1
+    assert [s[3] for s in primary.seen] == [2 * 1024 * 1024, 5]
+    assert [(s[1], s[3]) for s in candidate.seen] == [("/api/products/2", 5)]
+
+
+# --- the hooks alone, on real flows from a real route table -----------------------------------
+
+
+@functools.cache
+def _table(config_text: str) -> Any:
+    from facade.config import parse_config
+    from facade.routing import RouteTable
+
+    return RouteTable.build(parse_config(config_text), "v1")
+
+
+def _flow_for(config_text: str, path: str = "/api/products/1", method: str = "POST", sticky: str | None = "user-1") -> Any:
+    from facade.addons import Flow
+
+    table = _table(config_text)
+    route = table.match(method, path, {}, {}, {})
+    return Flow(
+        request_id=uuid.uuid4().hex,
+        route=route,
+        table=table,
+        upstream="monolith",
+        method=method,
+        raw_path=path.encode(),
+        query_string=b"",
+        request_headers=[(b"host", b"shop.example")],
+        client=("127.0.0.1", 5000),
+        started=time.monotonic(),
+        sticky_key=sticky,
+    )
+
+
+HOOK_CONFIG = """version: 1
+upstreams:
+  monolith: {url: "http://127.0.0.1:9"}
+  catalog: {url: "http://127.0.0.1:9"}
+routes:
+  - id: unshadowed
+    match: {{path: /api/products/**, headers: {{x-no-shadow: "1"}}}}
+    to: {{monolith: 100}}
+  - id: catalog-read
+    match: {path: /api/products/**}
+    to: {monolith: 100}
+    shadow: {to: catalog, sample: SAMPLE, methods: [GET, POST], allow_writes: true, max_body: 100KB}
+default: {to: monolith}
+"""
+
+
+def test_request_body_over_the_cap_is_dropped_as_it_streams(tmp_path: Path) -> None:
+    from facade.shadow import ShadowAddon
+
+    async def scenario() -> tuple[int, int, int, int]:
+        addon = ShadowAddon(store=ShadowStore(f"sqlite:///{tmp_path}/s.db"))
+        await addon.start()
+        flow = _flow_for(HOOK_CONFIG.replace("SAMPLE", "100"))
+        addon.request_started(flow)
+        tee = flow.state["shadow"]
+        peak = 0
+        for _ in range(20):  # 1.25 MB in 64 KB chunks against a 100 KB cap
+            addon.request_chunk(flow, b"x" * 65536)
+            peak = max(peak, sum(len(c) for c in tee.request))
+        held = sum(len(c) for c in tee.request)
+        flow.status, flow.response_headers, flow.duration = 201, [], 0.001
+        addon.request_finished(flow)
+        counters = addon.routes["catalog-read"].counters
+        await addon.stop()
+        return peak, held, counters.dropped_body_too_large, counters.sent
+
+    peak, held, dropped, sent = asyncio.run(scenario())
+    assert peak <= 100 * 1024 and held == 0 and dropped == 1 and sent == 0
+
+
+def test_sampling_is_deterministic_per_key_and_independent_of_routing(tmp_path: Path) -> None:
+    from facade.shadow import ShadowAddon, sample_bucket
+
+    async def decisions() -> dict[str, bool]:
+        addon = ShadowAddon(store=ShadowStore(f"sqlite:///{tmp_path}/s.db"))
+        await addon.start()
+        out = {}
+        for i in range(400):
+            flow = _flow_for(HOOK_CONFIG.replace("SAMPLE", "30"), method="GET", sticky=f"user-{i}")
+            addon.request_started(flow)
+            out[f"user-{i}"] = "shadow" in flow.state and flow.state["shadow"].shadow
+        await addon.stop()
+        return out
+
+    first, second = asyncio.run(decisions()), asyncio.run(decisions())
+    assert first == second
+    assert 80 < sum(first.values()) < 160  # about 30 % of 400 users
+    route = _flow_for(HOOK_CONFIG.replace("SAMPLE", "30")).route
+    in_canary = {k for k in first if route.bucket(k) < 3000}
+    assert in_canary != {k for k, v in first.items() if v}  # not the same users as a 30 % weight
+    assert sample_bucket("user-1", "catalog-read") == sample_bucket("user-1", "catalog-read")
