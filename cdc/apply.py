@@ -7,7 +7,7 @@ redelivered or older event is a no-op:
 
 - `strangler.checkpoint(name, commit_lsn, lsn, snapshot jsonb)`: the last applied position and
   the snapshot's progress;
-- `strangler.row_position(target_table, pk jsonb, commit_lsn, lsn)`: the position of the last
+- `strangler.row_position(target_table, pk, commit_lsn, lsn)` (pk: the key as JSON text): the position of the last
   streamed change applied to each row (deletes keep theirs, so a late older insert cannot
   resurrect a row);
 - `strangler.table_position(name, target_table, commit_lsn, lsn)`: the last truncate.
@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS strangler.checkpoint (
 );
 CREATE TABLE IF NOT EXISTS strangler.row_position (
     target_table text NOT NULL,
-    pk jsonb NOT NULL,
+    pk text NOT NULL,
     commit_lsn bigint NOT NULL,
     lsn bigint NOT NULL,
     PRIMARY KEY (target_table, pk)
@@ -132,11 +132,15 @@ class SchemaGuard:
     def __init__(self, spec: SyncSpec) -> None:
         self._mapped = {t.source: set(t.source_columns) for t in spec.tables}
         self._types: dict[tuple[str, str], str] = {}
+        self._seen: dict[str, Any] = {}
 
     def check(self, event: ChangeEvent) -> None:
         if event.columns is None:
             return
         table = f"{event.source.schema}.{event.source.table}"
+        if self._seen.get(table) is event.columns and event.op != "t":
+            return  # the capture reuses one tuple per relation: checked already
+        self._seen[table] = event.columns
         mapped = self._mapped.get(table)
         if not mapped:
             return
@@ -160,6 +164,10 @@ class SchemaGuard:
                 )
 
 
+# Groups at least this large are staged with COPY instead of a multi-row VALUES statement.
+_COPY_THRESHOLD = 64
+
+
 class _RowMissing(Exception):
     """A change without some columns (unchanged TOAST) for a row the target does not have."""
 
@@ -171,6 +179,8 @@ def _adapt(value: Any) -> Any:
 
 
 def _pk_json(key: tuple[Any, ...]) -> str:
+    if len(key) == 1 and type(key[0]) is int:
+        return f"[{key[0]}]"
     return json.dumps(list(key), default=str, separators=(",", ":"))
 
 
@@ -469,11 +479,10 @@ class Applier:
         if target in self._streamed_tables or any(not o.snapshot for o in ops):
             keys = [_pk_json(o.key) for o in ops]
             cur.execute(
-                "SELECT pk::text, commit_lsn, lsn FROM strangler.row_position "
-                "WHERE target_table = %s AND pk = ANY(%s::jsonb[])",
+                "SELECT pk, commit_lsn, lsn FROM strangler.row_position WHERE target_table = %s AND pk = ANY(%s)",
                 (target, keys),
             )
-            stored = {json.dumps(json.loads(r[0]), separators=(",", ":")): (r[1], r[2]) for r in cur.fetchall()}
+            stored = {r[0]: (r[1], r[2]) for r in cur.fetchall()}
         upserts: list[_Op] = []
         deletes: list[_Op] = []
         positions: list[tuple[str, str, int, int]] = []
@@ -493,14 +502,22 @@ class Applier:
         self._delete(cur, table, deletes)
         self._upsert(cur, table, upserts)
         if positions:
-            psycopg2.extras.execute_values(
-                cur,
-                "INSERT INTO strangler.row_position (target_table, pk, commit_lsn, lsn) VALUES %s "
-                "ON CONFLICT (target_table, pk) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, lsn = EXCLUDED.lsn",
-                positions,
-                template="(%s, %s::jsonb, %s, %s)",
-                page_size=1000,
+            upsert_positions = (
+                "ON CONFLICT (target_table, pk) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, lsn = EXCLUDED.lsn"
             )
+            if len(positions) >= _COPY_THRESHOLD:
+                self._stage(cur, "strangler_pos_stage", "strangler.row_position", ("target_table", "pk", "commit_lsn", "lsn"), positions)
+                cur.execute(
+                    "INSERT INTO strangler.row_position (target_table, pk, commit_lsn, lsn) "
+                    f"SELECT target_table, pk, commit_lsn, lsn FROM strangler_pos_stage {upsert_positions}"
+                )
+            else:
+                psycopg2.extras.execute_values(
+                    cur,
+                    f"INSERT INTO strangler.row_position (target_table, pk, commit_lsn, lsn) VALUES %s {upsert_positions}",
+                    positions,
+                    page_size=1000,
+                )
             self._streamed_tables.add(target)
         return len(upserts) + len(deletes)
 
@@ -524,9 +541,16 @@ class Applier:
                 "DO UPDATE SET " + ", ".join(f"{_ident(c)} = EXCLUDED.{_ident(c)}" for c in updates)
                 if updates else "DO NOTHING"
             )
-            sql = f"INSERT INTO {name} ({', '.join(_ident(c) for c in cols)}) VALUES %s ON CONFLICT ({conflict}) {action}"
-            rows = [tuple(_adapt(v) for v in op.row.values()) for op in group]  # type: ignore[union-attr]
-            psycopg2.extras.execute_values(cur, sql, rows, page_size=1000)
+            col_list = ", ".join(_ident(c) for c in cols)
+            if len(group) >= _COPY_THRESHOLD:
+                stage = f"strangler_stage_{table.target_schema}_{table.target_table}"
+                self._stage(cur, stage, name, cols, [tuple(op.row.values()) for op in group])  # type: ignore[union-attr]
+                cur.execute(f"INSERT INTO {name} ({col_list}) SELECT {col_list} FROM {_ident(stage)} "
+                            f"ON CONFLICT ({conflict}) {action}")
+            else:
+                sql = f"INSERT INTO {name} ({col_list}) VALUES %s ON CONFLICT ({conflict}) {action}"
+                rows = [tuple(_adapt(v) for v in op.row.values()) for op in group]  # type: ignore[union-attr]
+                psycopg2.extras.execute_values(cur, sql, rows, page_size=1000)
         for op in partial:
             assert op.row is not None
             present = {c: v for c, v in op.row.items() if v is not UNAVAILABLE and c not in key_cols}
@@ -542,6 +566,16 @@ class Applier:
                     f"row {op.key} of {table.target} does not exist and the change does not carry "
                     f"column(s) {', '.join(missing)} (unchanged TOAST values); it cannot be created from this event"
                 )
+
+    def _stage(self, cur: Any, stage: str, like: str, cols: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+        """COPY rows into a session temp table shaped like `like` (emptied at each commit)."""
+        # One round trip; survives rollbacks (which would drop a table created in the same transaction).
+        cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_ident(stage)} (LIKE {like}) ON COMMIT DELETE ROWS; "
+                    f"DELETE FROM {_ident(stage)}")
+        buf = io.StringIO()
+        buf.writelines("\t".join(map(_copy_text, row)) + "\n" for row in rows)
+        buf.seek(0)
+        cur.copy_expert(f"COPY {_ident(stage)} ({', '.join(_ident(c) for c in cols)}) FROM STDIN", buf)
 
     def _delete(self, cur: Any, table: TableSpec, ops: list[_Op]) -> None:
         if not ops:
@@ -641,22 +675,35 @@ class Applier:
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
+def _copy_str(value: str) -> str:
+    return value.translate(_COPY_ESCAPES) if ("\\" in value or "\t" in value or "\n" in value or "\r" in value) else value
+
+
+def _copy_json(value: Any) -> str:
+    return _copy_str(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+
+
+_COPY_BY_TYPE: dict[type, Callable[[Any], str]] = {
+    str: _copy_str,
+    int: int.__repr__,
+    bool: lambda v: "t" if v else "f",
+    type(None): lambda v: "\\N",
+    dict: _copy_json,
+    list: _copy_json,
+}
+
+
 def _copy_text(value: Any) -> str:
     """A value in COPY's text format."""
-    if value is None:
-        return "\\N"
-    if value is True:
-        return "t"
-    if value is False:
-        return "f"
-    if isinstance(value, str):
-        return value.translate(_COPY_ESCAPES)
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).translate(_COPY_ESCAPES)
+    fn = _COPY_BY_TYPE.get(type(value))
+    if fn is not None:
+        return fn(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return "\\\\x" + bytes(value).hex()
     if hasattr(value, "isoformat"):
         return value.isoformat()
+    if isinstance(value, str):
+        return _copy_str(value)
     return str(value)
 
 

@@ -344,6 +344,7 @@ def run(
     heartbeat_interval: float = 5.0,
     kafka_config: Mapping[str, Any] | None = None,
     chunk_rows: int = SNAPSHOT_CHUNK_ROWS,
+    record_lag: bool = False,
 ) -> RunStats:
     """Run the sync until stopped (SIGINT/SIGTERM or `stop`), or until caught up."""
     stop = stop or threading.Event()
@@ -356,7 +357,7 @@ def run(
         if stop.is_set():
             return stats
         if transport == "memory":
-            return _run_memory(spec, applier, stop, until_caught_up, idle_timeout, heartbeat_interval, stats)
+            return _run_memory(spec, applier, stop, until_caught_up, idle_timeout, heartbeat_interval, stats, record_lag)
         return _run_kafka(spec, applier, stop, until_caught_up, idle_timeout, heartbeat_interval, stats,
                           bootstrap_servers=bootstrap_servers, group_id=group_id, capture=capture,
                           kafka_config=kafka_config or {})
@@ -364,7 +365,7 @@ def run(
 
 def _run_memory(
     spec: SyncSpec, applier: Applier, stop: threading.Event, until_caught_up: bool, idle_timeout: float,
-    heartbeat_interval: float, stats: RunStats,
+    heartbeat_interval: float, stats: RunStats, record_lag: bool = False,
 ) -> RunStats:
     from cdc.capture import Capture, CaptureConfig
     from cdc.transport import MemoryTransport
@@ -384,7 +385,7 @@ def _run_memory(
     cap.start()
     try:
         stream(spec, applier, queue, stop=stop, until_caught_up=until_caught_up, idle_timeout=idle_timeout,
-               health=health, stats=stats)
+               health=health, stats=stats, record_lag=record_lag)
     finally:
         cap.stop()
         queue.close()
