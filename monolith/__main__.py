@@ -67,6 +67,9 @@ def seed(
     categories: Annotated[int, typer.Option(help="Categories to create (a quarter are top-level).")] = 20,
     users: Annotated[int, typer.Option(help="Normal users user1..N (password 'password'), besides admin/admin.")] = 10,
     orders: Annotated[int, typer.Option(help="Past orders, 1-3 items each.")] = 100,
+    inactive_percent: Annotated[
+        int, typer.Option(help="Share of products seeded as discontinued (is_active false: hidden from the API).")
+    ] = 0,
     rng_seed: Annotated[int, typer.Option("--seed", help="Random seed: equal seeds give equal data.")] = 42,
     reset: Annotated[bool, typer.Option("--reset", help="Empty the shop's tables first instead of refusing.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print rows per table and seconds as JSON.")] = False,
@@ -76,7 +79,10 @@ def seed(
     from monolith.seed import seed as run_seed
 
     with _known_failures():
-        sizes = SeedSizes(products=products, categories=categories, users=users, orders=orders, seed=rng_seed)
+        sizes = SeedSizes(
+            products=products, categories=categories, users=users, orders=orders, seed=rng_seed,
+            inactive_percent=inactive_percent,
+        )
         engine = make_engine(_require_url(database_url))
         try:
             report = run_seed(engine, sizes, reset=reset)

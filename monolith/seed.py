@@ -7,7 +7,6 @@ databases seeded alike can be compared value by value.
 from __future__ import annotations
 
 import io
-import json
 import math
 import random
 import time
@@ -54,11 +53,16 @@ class SeedSizes:
     users: int = 10
     orders: int = 100
     seed: int = 42
+    # Discontinued products stay in the table but leave the API (404); none by default, so that
+    # every seeded id answers 200 (the demo and load tests request ids 1..N).
+    inactive_percent: int = 0
 
     def __post_init__(self) -> None:
         for name in ("products", "categories", "users", "orders"):
             if getattr(self, name) < 0:
                 raise MonolithError(f"--{name} {getattr(self, name)} is negative; give a count of 0 or more")
+        if not 0 <= self.inactive_percent <= 100:
+            raise MonolithError(f"--inactive-percent {self.inactive_percent} must be within 0..100")
         if self.products and not self.categories:
             raise MonolithError("products need a category: give --categories 1 or more")
         if self.orders and not (self.products and self.users):
@@ -100,7 +104,8 @@ def seed(engine: Engine, sizes: SeedSizes, *, reset: bool = False, progress: Pro
             cursor.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
         else:
             cursor.execute("SELECT (SELECT count(*) FROM catalog_product) + (SELECT count(*) FROM accounts_user)")
-            existing = cursor.fetchone()[0]
+            row = cursor.fetchone()
+            existing = row[0] if row else 0
             if existing:
                 raise MonolithError(
                     f"the database already holds {existing} products and users; seed fills empty tables only: "
@@ -133,7 +138,7 @@ def seed(engine: Engine, sizes: SeedSizes, *, reset: bool = False, progress: Pro
         )
         cursor.execute(_RANDOM_FN)
         if sizes.products:
-            cursor.execute(_products_sql(sizes.products, sizes.categories, sizes.seed))
+            cursor.execute(_products_sql(sizes.products, sizes.categories, sizes.seed, sizes.inactive_percent))
         report.rows["catalog_product"] = sizes.products
         if progress:
             progress("catalog_product", sizes.products)
@@ -201,7 +206,7 @@ AS $$ SELECT (hashint8extended(i * 64 + k, seed) & 281474976710655)::float8 / 28
 """
 
 
-def _products_sql(count: int, categories: int, seed: int) -> str:
+def _products_sql(count: int, categories: int, seed: int, inactive_percent: int) -> str:
     adjectives, materials, nouns = _sql_array(ADJECTIVES), _sql_array(MATERIALS), _sql_array(NOUNS)
     colors, sizes = _sql_array(COLORS), _sql_array(SIZES)
     tags = _sql_array(["gift", "new", "sale", "bestseller", "eco"])
@@ -216,7 +221,7 @@ def _products_sql(count: int, categories: int, seed: int) -> str:
            CASE WHEN {u.format(9)} < 0.12 THEN 0
                 WHEN {u.format(9)} < 0.5 THEN 1 + floor({u.format(10)} * 20)::int
                 ELSE 21 + floor({u.format(10)} * 480)::int END,
-           {u.format(11)} >= 0.04,
+           {u.format(11)} >= {inactive_percent / 100},
            1 + floor({u.format(12)} * {categories})::int,
            CASE WHEN {u.format(13)} < 0.6 THEN jsonb_strip_nulls(jsonb_build_object(
                'color', ({colors})[1 + floor({u.format(14)} * {len(COLORS)})::int],

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, or_, select
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
 
@@ -76,7 +76,7 @@ def list_products(db: DbSession, query: ProductQuery) -> tuple[int, list[dict[st
     count = db.execute(count_stmt.where(*conditions)).scalar_one()
     if query.page > 1 and query.offset >= count:
         raise NotFound("Invalid page.")
-    stmt: Select[tuple[Product, Category]] = (
+    stmt = (
         select(Product, Category)
         .join(Category, Category.id == Product.category_id)
         .where(*conditions)

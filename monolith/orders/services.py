@@ -42,7 +42,10 @@ def parse_items(data: Any) -> list[LineRequest]:
     for index, item in enumerate(items):
         product_id = item.get("product_id") if isinstance(item, dict) else None
         quantity = item.get("quantity", 1) if isinstance(item, dict) else None
-        if not _positive_int(product_id) or not _positive_int(quantity) or quantity > MAX_QUANTITY:
+        if (
+            not isinstance(product_id, int) or not isinstance(quantity, int)
+            or not _positive_int(product_id) or not _positive_int(quantity) or quantity > MAX_QUANTITY
+        ):
             raise ValidationError(
                 {"items": [f"Item {index}: product_id and quantity must be integers, quantity 1..{MAX_QUANTITY}."]}
             )

@@ -20,7 +20,7 @@ from scripts.postgres import EmbeddedPostgres
 from tests.monolith.conftest import seeded_database
 from tests.support import serve
 
-SIZES = SeedSizes(products=240, categories=8, users=3, orders=10, seed=11)
+SIZES = SeedSizes(products=240, categories=8, users=3, orders=10, seed=11, inactive_percent=5)
 
 
 @dataclass(frozen=True)
@@ -61,4 +61,4 @@ def pair(pg: EmbeddedPostgres) -> Iterator[Pair]:
 @pytest.fixture
 def fresh_pair(pg: EmbeddedPostgres) -> Iterator[Pair]:
     """Both services on data of their own, for tests that write."""
-    yield from _pair(pg, "rw", SeedSizes(products=40, categories=4, users=2, orders=3, seed=11))
+    yield from _pair(pg, "rw", SeedSizes(products=40, categories=4, users=2, orders=3, seed=11, inactive_percent=5))

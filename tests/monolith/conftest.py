@@ -18,7 +18,7 @@ from monolith.seed import SeedSizes, seed
 from scripts.postgres import EmbeddedPostgres
 from tests.support import serve
 
-SMALL = SeedSizes(products=300, categories=8, users=3, orders=20, seed=7)
+SMALL = SeedSizes(products=300, categories=8, users=3, orders=20, seed=7, inactive_percent=4)
 
 
 def seeded_database(url: str, sizes: SeedSizes = SMALL) -> str:

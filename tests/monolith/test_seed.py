@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import psycopg2
 import pytest
 from typer.testing import CliRunner
@@ -80,8 +82,7 @@ def test_seed_values_are_realistic(database: str) -> None:
 def test_seed_is_deterministic_per_seed(pg: EmbeddedPostgres, database: str) -> None:
     seeded_database(database)
     twin = seeded_database(pg.create_database(database.rsplit("/", 1)[1] + "_twin"))
-    other = seeded_database(pg.create_database(database.rsplit("/", 1)[1] + "_other"), SeedSizes(
-        products=SMALL.products, categories=SMALL.categories, users=SMALL.users, orders=SMALL.orders, seed=8))
+    other = seeded_database(pg.create_database(database.rsplit("/", 1)[1] + "_other"), dataclasses.replace(SMALL, seed=8))
     assert scalar(database, DIGEST) == scalar(twin, DIGEST)
     assert scalar(database, DIGEST) != scalar(other, DIGEST)
 
@@ -97,6 +98,8 @@ def test_seed_refuses_a_filled_database_unless_reset(database: str) -> None:
         engine.dispose()
     assert report.rows["catalog_product"] == 50
     assert scalar(database, "SELECT count(*) FROM catalog_product") == 50
+    # By default every seeded product is active, so every id 1..N answers.
+    assert scalar(database, "SELECT bool_and(is_active) FROM catalog_product") is True
 
 
 def test_cli_migrate_and_seed(database: str) -> None:
