@@ -2,16 +2,22 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import threading
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
 
+from cdc.capture import HEARTBEAT_PREFIX, Capture, CaptureConfig, EventBuilder
 from cdc.events import UNAVAILABLE, ChangeEvent
 from cdc.exceptions import CDCError
+from cdc.pgoutput import Begin, Commit, Delete, Insert, LogicalMessage, Relation, RelationColumn, Truncate, Update
+from cdc.replication import RawMessage
+from cdc.transport import Batch, MemoryTransport, TransportClosedError
 from cdc.slot import MissingPrimaryKeyError, UnknownTableError, drop_publication, drop_slot, ensure_publication, slot_state
 from tests.cdc.conftest import Collected, Running, SourceDB, insert_products
+from tests.cdc.pgoutput_encoder import encode
 from tests.support import wait_for
 
 
@@ -220,3 +226,138 @@ def test_million_row_update_streams_with_bounded_memory(
     # 1,000,000 events held at once would take well over 500 MB; chunks keep it to a few MB.
     record_property("rss_growth_mib", round((peak - baseline) / 2**20, 1))
     assert peak - baseline < 150 * 1024 * 1024, f"RSS grew by {(peak - baseline) / 2**20:.0f} MiB"
+
+
+# -- the pure core and the loop, through fakes of their seams ---------------------------------------
+
+ITEMS = Relation(None, 99, "public", "items", "d", (
+    RelationColumn(1, "id", 23, -1), RelationColumn(0, "price", 1700, -1), RelationColumn(0, "body", 25, -1),
+))
+
+
+def test_event_builder_maps_messages_to_events() -> None:
+    builder = EventBuilder(server_name="legacy", database="shop", clock_ms=lambda: 5)
+    builder.relation(ITEMS)
+    builder.begin(Begin(final_lsn=900, commit_time=1_000_000, xid=42))
+    [created] = builder.change(Insert(None, 99, ("1", "2.50", "x")), 100)
+    assert created.op == "c" and created.key == {"id": 1} and created.after == {"id": 1, "price": Decimal("2.50"), "body": "x"}
+    assert created.position == (900, 100) and created.source.tx_id == 42 and created.source.ts_ms == 946_684_801_000
+    assert created.ts_ms == 5 and created.columns is not None and created.columns[1].type_name == "numeric"
+    [updated] = builder.change(Update(None, 99, None, None, ("1", "3.00", UNAVAILABLE)), 110)
+    assert updated.before == {"id": 1} and updated.after == {"id": 1, "price": Decimal("3.00"), "body": UNAVAILABLE}
+    moved_from, moved_to = builder.change(Update(None, 99, "K", ("1", None, None), ("2", "3.00", "x")), 120)
+    assert (moved_from.op, moved_from.key, moved_to.op, moved_to.key) == ("d", {"id": 1}, "c", {"id": 2})
+    [deleted] = builder.change(Delete(None, 99, "K", ("2", None, None)), 130)
+    assert deleted.before == {"id": 2} and deleted.after is None
+    [truncated] = builder.change(Truncate(None, 0, (99,)), 140)
+    assert truncated.op == "t" and truncated.key is None and truncated.source.table == "items"
+
+
+def test_event_builder_uses_the_primary_key_over_identity_flags() -> None:
+    full = Relation(None, 7, "public", "items", "f", tuple(
+        RelationColumn(1, c.name, c.type_oid, -1) for c in ITEMS.columns
+    ))
+    builder = EventBuilder(server_name="legacy", database="shop", key_columns=lambda schema, table: ("id",))
+    builder.relation(full)
+    builder.begin(Begin(900, 0, 1))
+    [event] = builder.change(Update(None, 7, "O", ("1", "1.00", "old"), ("1", "2.00", UNAVAILABLE)), 10)
+    assert event.key == {"id": 1} and event.after == {"id": 1, "price": Decimal("2.00"), "body": "old"}
+    with pytest.raises(CDCError, match="arrived before its Relation"):
+        builder.change(Insert(None, 8, ("1",)), 11)
+
+
+class ScriptedStream:
+    """A ReplicationStream fake: plays encoded pgoutput messages, records feedback."""
+
+    def __init__(self, messages: list[tuple[int, object]]) -> None:
+        self.messages = [RawMessage(encode(m), lsn, lsn) for lsn, m in messages]  # type: ignore[arg-type]
+        self.feedback: list[int] = []
+        self.closed = False
+
+    def start(self, slot: str, options: object, start_lsn: int = 0) -> None:
+        self.options = options
+
+    def read(self, timeout: float) -> RawMessage | None:
+        return self.messages.pop(0) if self.messages else None
+
+    def send_feedback(self, flush_lsn: int) -> None:
+        self.feedback.append(flush_lsn)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def transaction(xid: int, commit: int, rows: list[str]) -> list[tuple[int, object]]:
+    out: list[tuple[int, object]] = [(commit - 50, Begin(commit, 0, xid))]
+    out += [(commit - 40 + i, Insert(None, 99, (row, "1", "b"))) for i, row in enumerate(rows)]
+    out.append((commit, Commit(0, commit, commit + 8, 0)))
+    return out
+
+
+def test_flush_position_advances_in_order_of_acknowledgements() -> None:
+    script = [(10, ITEMS)] + transaction(1, 100, ["1"]) + transaction(2, 200, ["2", "3"])
+    script.append((300, LogicalMessage(None, 0, 300, HEARTBEAT_PREFIX, b"now")))
+    stream = ScriptedStream(script)
+    transport = MemoryTransport()
+    heartbeats: list[int] = []
+    capture = Capture(
+        CaptureConfig(dsn="postgresql://unused", slot="s", publication="p", heartbeat_interval=0.01, read_timeout=0),
+        transport, stream=stream, heartbeat=lambda: heartbeats.append(1), key_columns=lambda s, t: None,
+        database="shop", server_version=160000,
+    )
+    capture.start()
+    try:
+        batches: list[Batch] = []
+
+        def two_batches() -> bool:
+            batches.extend(transport.batches(0.01))
+            return len(batches) == 2
+
+        wait_for(two_batches, what="two batches")
+        first, second = batches
+        assert [len(first.events), len(second.events)] == [1, 2] and first.final and second.final
+        second.ack()  # out of order: the slot must not move past the unacknowledged first
+        wait_for(lambda: capture.stats.heartbeats_seen == 1, what="the heartbeat")
+        assert stream.feedback == []
+        first.ack()
+        wait_for(lambda: stream.feedback, what="feedback")
+        wait_for(lambda: stream.feedback[-1] == 301, what="flush past the heartbeat")
+        assert stream.feedback == sorted(stream.feedback) and stream.feedback[0] in (108, 208, 301)
+        wait_for(lambda: heartbeats, what="a heartbeat emitted while idle")
+    finally:
+        capture.stop()
+        capture.join(timeout=10)
+        capture.close()
+    assert stream.closed
+    assert stream.options == {"proto_version": "2", "publication_names": "p", "messages": "true", "origin": "none"}
+
+
+def test_memory_transport_applies_backpressure_and_closes() -> None:
+    transport = MemoryTransport(max_batches=1)
+    transport.publish([], (1, 1), lambda: None)
+    blocked_done: list[str] = []
+
+    def publish_second() -> None:
+        try:
+            transport.publish([], (2, 2), lambda: None)
+            blocked_done.append("published")
+        except TransportClosedError:
+            blocked_done.append("closed")
+
+    thread = threading.Thread(target=publish_second)
+    thread.start()
+    thread.join(0.2)
+    assert thread.is_alive() and transport.pending() == 1  # full: the publisher waits
+    [batch] = list(transport.batches(0.05))[:1]
+    assert batch.position == (1, 1)
+    thread.join(5)
+    assert blocked_done == ["published"]
+    transport.publish([], (3, 3), lambda: None)
+    thread = threading.Thread(target=publish_second)
+    thread.start()
+    transport.close()
+    thread.join(5)
+    assert blocked_done == ["published", "closed"]
+    assert [b.position for b in transport.batches(0.05)] == [(3, 3)]  # drained after close
+    with pytest.raises(CDCError, match="at least 1"):
+        MemoryTransport(max_batches=0)
