@@ -329,9 +329,6 @@ upstreams:
   monolith: {url: "http://127.0.0.1:9"}
   catalog: {url: "http://127.0.0.1:9"}
 routes:
-  - id: unshadowed
-    match: {{path: /api/products/**, headers: {{x-no-shadow: "1"}}}}
-    to: {{monolith: 100}}
   - id: catalog-read
     match: {path: /api/products/**}
     to: {monolith: 100}
