@@ -15,7 +15,7 @@ from cdc.exceptions import CDCError
 from cdc.pgoutput import Begin, Commit, Delete, Insert, LogicalMessage, Relation, RelationColumn, Truncate, Update
 from cdc.replication import RawMessage
 from cdc.transport import Batch, MemoryTransport, TransportClosedError
-from cdc.slot import MissingPrimaryKeyError, UnknownTableError, drop_publication, drop_slot, ensure_publication, slot_state
+from cdc.slot import MissingPrimaryKeyError, create_slot, UnknownTableError, drop_publication, drop_slot, ensure_publication, slot_state
 from tests.cdc.conftest import Collected, Running, SourceDB, insert_products
 from tests.cdc.pgoutput_encoder import encode
 from tests.support import wait_for
@@ -164,6 +164,9 @@ def test_tables_need_a_primary_key_or_full_identity(source: SourceDB) -> None:
 
 def test_slot_and_publication_are_dropped(source: SourceDB, start_capture: Callable[..., Running]) -> None:
     run = start_capture(["public.catalog_product"])
+    with pytest.raises(CDCError, match="already exists; resume streaming from it"):
+        with create_slot(source.url, run.slot):
+            pass
     wait_for(lambda: (s := slot_state(source.url, run.slot)) and s.active, what="the slot in use")
     with pytest.raises(CDCError, match="in use by process"):
         drop_slot(source.url, run.slot)
