@@ -459,7 +459,7 @@ class Proxy:
                         breaker.release()
                         raise ClientGone(str(exc)) from exc
                     breaker.failure()
-                    can_replay = body_source is None or not body_source.lost
+                    can_replay = not body_source.lost if body_source is not None else whole is None or len(whole) <= replay_cap
                     if tries < attempts_allowed and can_replay and (not exc.reached or method in IDEMPOTENT_METHODS) and breaker.allow():
                         log.info("request %s: retrying %s %s on %r after: %s", flow.request_id, method, target, upstream.name, exc)
                         continue

@@ -145,10 +145,15 @@ class RawUpstream:
         async def stop() -> None:
             if self._server is not None:
                 self._server.close()
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()
         self._sock.close()
 
     def __enter__(self) -> RawUpstream:

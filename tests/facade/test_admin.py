@@ -1,0 +1,112 @@
+"""The admin API under /_strangler/: token rule, endpoints, metrics exposition."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from facade.app import create_app, is_loopback
+from facade.errors import AdminTokenMissing
+from tests.facade.proxy_support import echo, facade, refused_url, serve, write_config
+
+ENDPOINTS = [("GET", "health"), ("GET", "routes"), ("GET", "metrics"), ("POST", "reload")]
+
+
+def test_a_non_loopback_bind_without_a_token_refuses_to_start(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "routing.yaml", {"monolith": "http://127.0.0.1:9"})
+    with pytest.raises(AdminTokenMissing, match="STRANGLER_ADMIN_TOKEN"):
+        create_app(config, host="0.0.0.0", env={})
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3")
+
+
+def test_a_non_loopback_bind_requires_the_bearer_token_on_every_endpoint(tmp_path: Path) -> None:
+    with serve(echo("monolith")) as up:
+        config = write_config(tmp_path / "routing.yaml", {"monolith": up})
+        with facade(config, host="0.0.0.0", env={"STRANGLER_ADMIN_TOKEN": "s3cret"}) as (url, _):
+            for method, name in ENDPOINTS:
+                anonymous = httpx.request(method, f"{url}/_strangler/{name}")
+                wrong = httpx.request(method, f"{url}/_strangler/{name}", headers={"Authorization": "Bearer nope"})
+                right = httpx.request(method, f"{url}/_strangler/{name}", headers={"Authorization": "Bearer s3cret"})
+                assert anonymous.status_code == 401 and anonymous.json()["error"] == "unauthorized"
+                assert wrong.status_code == 401
+                assert right.status_code == 200, (name, right.text)
+            # The proxied traffic needs no token.
+            assert httpx.get(url + "/api/x").status_code == 200
+
+
+def test_loopback_needs_no_token(tmp_path: Path) -> None:
+    with serve(echo("monolith")) as up:
+        config = write_config(tmp_path / "routing.yaml", {"monolith": up})
+        with facade(config, env={"STRANGLER_ADMIN_TOKEN": "s3cret"}) as (url, _):
+            for method, name in ENDPOINTS:
+                assert httpx.request(method, f"{url}/_strangler/{name}").status_code == 200
+
+
+def test_unknown_admin_paths_and_methods_answer_json(tmp_path: Path) -> None:
+    with serve(echo("monolith")) as up:
+        config = write_config(tmp_path / "routing.yaml", {"monolith": up})
+        with facade(config) as (url, _):
+            missing = httpx.get(url + "/_strangler/nothing")
+            bare = httpx.get(url + "/_strangler")
+            wrong_method = httpx.get(url + "/_strangler/reload")
+            lookalike = httpx.get(url + "/_stranglerx/health")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+    assert bare.status_code == 404
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"] == "method_not_allowed"
+    assert lookalike.status_code == 200 and lookalike.json()["upstream"] == "monolith"
+
+
+def test_routes_and_metrics_show_the_live_state(tmp_path: Path) -> None:
+    routes = """
+    - id: catalog-read
+      match: {path: /api/products/**}
+      to: {monolith: 0, catalog: 100}
+      retries: {attempts: 1}
+      fallback: monolith
+    """
+    with serve(echo("monolith")) as monolith:
+        config = write_config(
+            tmp_path / "routing.yaml", {"monolith": monolith, "catalog": refused_url()}, routes=routes,
+            extra="breaker: {failures: 1, reset_after: 60s}",
+        )
+        with facade(config) as (url, _):
+            for _ in range(3):
+                assert httpx.get(url + "/api/products/7").status_code == 200
+            assert httpx.post(url + "/api/products").status_code == 503
+            assert httpx.get(url + "/home").status_code == 200
+            reload = httpx.post(url + "/_strangler/reload").json()
+            view = httpx.get(url + "/_strangler/routes").json()
+            health = httpx.get(url + "/_strangler/health").json()
+            text = httpx.get(url + "/_strangler/metrics").text
+    assert reload["ok"] and view["version"] == reload["version"] == health["version"]
+    assert view["last_error"] is None and view["loaded_at"].endswith("Z")
+    assert [route["id"] for route in view["table"]["routes"]] == ["catalog-read"]
+    assert view["breakers"]["catalog"] == "open"
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    requests = {
+        (s.labels["route"], s.labels["upstream"], s.labels["method"], s.labels["status"]): s.value
+        for s in families["strangler_requests"].samples if s.name.endswith("_total")
+    }
+    assert requests == {
+        ("catalog-read", "monolith", "GET", "2xx"): 3.0,
+        ("catalog-read", "catalog", "POST", "5xx"): 1.0,
+        ("default", "monolith", "GET", "2xx"): 1.0,
+    }
+    errors = {(s.labels["upstream"], s.labels["reason"]): s.value for s in families["strangler_errors"].samples if s.name.endswith("_total")}
+    assert errors == {("catalog", "circuit_open"): 1.0}
+    counts = {
+        (s.labels["route"], s.labels["upstream"]): s.value
+        for s in families["strangler_request_duration_seconds"].samples if s.name.endswith("_count")
+    }
+    assert counts[("catalog-read", "monolith")] == 3.0
+    assert any(s.name.endswith("_count") for s in families["strangler_upstream_duration_seconds"].samples)
+    breaker = {s.labels["upstream"]: s.value for s in families["strangler_breaker_state"].samples}
+    assert breaker["catalog"] == 2.0
+    reloads = {s.labels["result"]: s.value for s in families["strangler_reloads"].samples if s.name.endswith("_total")}
+    assert reloads == {"ok": 1.0, "error": 0.0}
+    (info,) = families["strangler_config_info"].samples
+    assert info.labels["version"] == view["version"]

@@ -1,0 +1,146 @@
+"""Live reload: under load, with invalid files, with requests in flight; and refusing a bad start."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.facade.proxy_support import echo, facade, read_body, serve, wait_for, write_config
+
+SPLIT = """
+- id: catalog-read
+  match: {{path: /api/products/**, methods: [GET, HEAD]}}
+  to: {{monolith: {monolith}, catalog: {catalog}}}
+  sticky: {{header: X-User}}
+"""
+
+
+def test_reload_under_concurrent_load_fails_no_request(tmp_path: Path) -> None:
+    with serve(echo("monolith")) as monolith, serve(echo("catalog")) as catalog, serve(echo("catalog-v2")) as catalog_v2:
+        path = tmp_path / "routing.yaml"
+        write_config(path, {"monolith": monolith, "catalog": catalog}, routes=SPLIT.format(monolith=100, catalog=0))
+        with facade(path) as (url, app):
+            stop = threading.Event()
+            reloads = {"written": 0}
+
+            def rewrite() -> None:
+                step = 0
+                while not stop.is_set():
+                    step += 1
+                    weight = (step * 10) % 110
+                    # Alternate the catalog URL too, so upstream pools are replaced while in use.
+                    write_config(
+                        path, {"monolith": monolith, "catalog": catalog if step % 2 else catalog_v2},
+                        routes=SPLIT.format(monolith=100 - weight, catalog=weight),
+                    )
+                    reloads["written"] += 1
+                    if step % 3 == 0:
+                        httpx.post(url + "/_strangler/reload", timeout=10)
+                    stop.wait(0.05)
+
+            def client(number: int) -> list[int]:
+                statuses = []
+                with httpx.Client(base_url=url, timeout=10) as session:
+                    for i in range(250):
+                        response = session.get(f"/api/products/{i}", headers={"X-User": f"user-{number}-{i % 7}"})
+                        statuses.append(response.status_code)
+                return statuses
+
+            writer = threading.Thread(target=rewrite)
+            writer.start()
+            try:
+                with ThreadPoolExecutor(8) as pool:
+                    results = [status for statuses in pool.map(client, range(8)) for status in statuses]
+            finally:
+                stop.set()
+                writer.join()
+            routes = httpx.get(url + "/_strangler/routes").json()
+    assert len(results) == 2000
+    assert results.count(200) == 2000
+    assert reloads["written"] > 3
+    assert app.reloader.reloads >= 3
+    assert routes["last_error"] is None
+
+
+def test_an_invalid_file_at_reload_keeps_the_last_good_table_serving(tmp_path: Path) -> None:
+    with serve(echo("monolith")) as monolith:
+        path = tmp_path / "routing.yaml"
+        write_config(path, {"monolith": monolith})
+        with facade(path) as (url, _):
+            good = httpx.get(url + "/_strangler/routes").json()
+            path.write_text(path.read_text().replace("default: {to: monolith", "default: {to: monolit"))
+            broken = wait_for(
+                lambda: (body := httpx.get(url + "/_strangler/routes").json())["last_error"] and body,
+                what="the reload error to show",
+            )
+            still = httpx.get(url + "/anything")
+            api = httpx.post(url + "/_strangler/reload")
+            metrics = httpx.get(url + "/_strangler/metrics").text
+            write_config(path, {"monolith": monolith}, default_timeout="9s")
+            fixed = wait_for(
+                lambda: (body := httpx.get(url + "/_strangler/routes").json())["version"] != good["version"] and body,
+                what="the fixed file to load",
+            )
+    assert broken["version"] == good["version"]
+    (problem,) = broken["last_error"]["problems"]
+    assert problem.startswith(f"{path}:") and "'monolit'" in problem
+    line, column = problem.removeprefix(f"{path}:").split(":")[:2]
+    assert int(line) > 1 and int(column) > 1
+    assert broken["last_error"]["errors"][0]["line"] == int(line)
+    assert still.status_code == 200
+    assert api.status_code == 422 and api.json()["problems"] == [problem]
+    assert 'strangler_reloads_total{result="error"}' in metrics
+    assert fixed["last_error"] is None and fixed["table"]["default"]["timeout"] == 9.0
+
+
+def test_requests_in_flight_finish_on_the_table_they_started_with(tmp_path: Path) -> None:
+    release = threading.Event()
+    entered = threading.Event()
+
+    async def old(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await read_body(receive)
+        entered.set()
+        await asyncio.to_thread(release.wait, 10)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"old"})
+
+    with serve(old) as old_url, serve(echo("new")) as new_url:
+        path = tmp_path / "routing.yaml"
+        write_config(path, {"monolith": old_url})
+        with facade(path, watch=False) as (url, app):
+            result: dict[str, httpx.Response] = {}
+            thread = threading.Thread(target=lambda: result.setdefault("held", httpx.get(url + "/held", timeout=15)))
+            thread.start()
+            try:
+                wait_for(entered.is_set, what="the held request to reach the old upstream")
+                old_upstream = app.proxy.generation.upstreams["monolith"]
+                write_config(path, {"monolith": new_url})
+                assert httpx.post(url + "/_strangler/reload").json()["ok"]
+                fresh = httpx.get(url + "/fresh")
+                assert old_upstream.retired and old_upstream.handle is not None  # still in use
+            finally:
+                release.set()
+                thread.join()
+            wait_for(lambda: old_upstream.handle is None, what="the old upstream's pool to close")
+    assert result["held"].status_code == 200 and result["held"].text == "old"
+    assert fresh.json()["upstream"] == "new"
+
+
+def test_an_invalid_file_at_startup_is_refused_with_its_position(tmp_path: Path) -> None:
+    path = tmp_path / "routing.yaml"
+    path.write_text("version: 1\nupstreams:\n  monolith: {url: \"http://127.0.0.1:1\"}\ndefault: {to: monolit}\n")
+    finished = subprocess.run(
+        [sys.executable, "-m", "scripts", "facade", "serve", "--config", str(path), "--port", "1"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert finished.returncode == 1
+    assert f"{path}:4:15:" in finished.stderr and "'monolit'" in finished.stderr

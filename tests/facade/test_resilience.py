@@ -1,0 +1,180 @@
+"""Timeouts, retries, circuit breakers and fallback, through real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from facade.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
+from facade.client import AiohttpClient, Body, Upstream, UpstreamResponse
+from facade.errors import UpstreamConnectError
+from tests.facade.proxy_support import RawUpstream, echo, facade, ok_response, read_body, refused_url, serve, write_config
+
+
+def test_slow_upstream_gets_504_at_the_route_timeout(tmp_path: Path) -> None:
+    release = threading.Event()
+
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await read_body(receive)
+        await asyncio.to_thread(release.wait, 20)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"late"})
+
+    routes = """
+    - id: slow
+      match: {path: /slow}
+      to: monolith
+      timeout: 300ms
+    """
+    try:
+        with serve(slow) as up:
+            config = write_config(tmp_path / "routing.yaml", {"monolith": up}, routes=routes)
+            with facade(config) as (url, _):
+                started = time.monotonic()
+                response = httpx.get(url + "/slow", timeout=15)
+                elapsed = time.monotonic() - started
+                release.set()
+    finally:
+        release.set()
+    assert response.status_code == 504
+    body = response.json()
+    assert body["error"] == "upstream_timeout" and body["request_id"] == response.headers["x-request-id"]
+    # The budget is the route's (300 ms), not the upstream's 10 s read timeout.
+    assert elapsed >= 0.3
+
+
+class GatedClient:
+    """The real aiohttp client, recording attempts; after the first refused connection it lets
+    the gated upstream start listening, so the retry finds it."""
+
+    def __init__(self, gate: RawUpstream) -> None:
+        self.inner = AiohttpClient()
+        self.gate = gate
+        self.attempts: list[tuple[str, str, str]] = []
+
+    async def request(self, upstream: Upstream, method: str, target: str, headers: list[tuple[bytes, bytes]], body: Body) -> UpstreamResponse:
+        try:
+            response = await self.inner.request(upstream, method, target, headers, body)
+        except UpstreamConnectError:
+            self.attempts.append((upstream.name, method, "refused"))
+            self.gate.listen()
+            raise
+        self.attempts.append((upstream.name, method, "sent"))
+        return response
+
+    async def close_upstream(self, upstream: Upstream) -> None:
+        await self.inner.close_upstream(upstream)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_a_refused_connection_is_retried_for_post_too(tmp_path: Path) -> None:
+    with RawUpstream(lambda index, head, body: ok_response(b"got " + body), listen=False) as gate:
+        client = GatedClient(gate)
+        config = write_config(tmp_path / "routing.yaml", {"monolith": gate.url})
+        with facade(config, client=client) as (url, _):
+            response = httpx.post(url + "/orders", content=b"order-1")
+    assert response.status_code == 200 and response.text == "got order-1"
+    assert client.attempts == [("monolith", "POST", "refused"), ("monolith", "POST", "sent")]
+    assert [body for _, body in gate.requests] == [b"order-1"]
+
+
+def test_a_connection_reset_after_sending_retries_get_but_not_post(tmp_path: Path) -> None:
+    # The first request on every fresh connection is reset after it was read; later ones answered.
+    def behaviour(index: int, head: bytes, body: bytes) -> bytes | None:
+        return None if index % 2 == 0 else ok_response(b"second try")
+
+    with RawUpstream(behaviour) as up:
+        config = write_config(tmp_path / "routing.yaml", {"monolith": up.url})
+        with facade(config) as (url, _):
+            get = httpx.get(url + "/items/1")
+            after_get = len(up.requests)
+            post = httpx.post(url + "/items", content=b"new item")
+            after_post = len(up.requests)
+    assert get.status_code == 200 and get.text == "second try"
+    assert after_get == 2
+    assert post.status_code == 502 and post.json()["error"] == "upstream_error"
+    assert after_post == 3  # the POST reached the upstream once and was not sent again
+
+
+def test_idempotent_requests_are_not_retried_once_the_body_outgrew_the_replay_buffer(tmp_path: Path) -> None:
+    routes = """
+    - id: uploads
+      match: {path: /files/**}
+      to: monolith
+      retries: {attempts: 3, replay_buffer: 1KB}
+    """
+    with RawUpstream(lambda index, head, body: None) as up:
+        config = write_config(tmp_path / "routing.yaml", {"monolith": up.url}, routes=routes)
+        with facade(config) as (url, _):
+            small = httpx.put(url + "/files/a", content=iter([b"s" * 100, b"s" * 100]))
+            small_tries = len(up.requests)
+            big = httpx.put(url + "/files/b", content=iter([b"b" * 1000, b"b" * 1000, b"b" * 1000]))
+            big_tries = len(up.requests) - small_tries
+    assert small.status_code == 502 and small_tries == 3
+    assert big.status_code == 502 and big_tries == 1
+
+
+def test_breaker_opens_and_safe_requests_fall_back_to_the_monolith(tmp_path: Path) -> None:
+    routes = """
+    - id: catalog-read
+      match: {path: /api/products/**}
+      to: {monolith: 0, catalog: 100}
+      retries: {attempts: 1}
+      fallback: monolith
+    """
+    with serve(echo("monolith")) as monolith:
+        catalog = refused_url()
+        config = write_config(
+            tmp_path / "routing.yaml", {"monolith": monolith, "catalog": catalog}, routes=routes,
+            extra="breaker: {failures: 2, reset_after: 60s}",
+        )
+        recorder = Recorder()
+        with facade(config, client=recorder) as (url, app):
+            reads = [httpx.get(url + "/api/products/1") for _ in range(4)]
+            write = httpx.post(url + "/api/products", content=b"{}")
+            routes_view = httpx.get(url + "/_strangler/routes").json()
+    assert [response.status_code for response in reads] == [200, 200, 200, 200]
+    assert {response.json()["upstream"] for response in reads} == {"monolith"}
+    # Two failures open the breaker; after that catalog is not even tried.
+    assert [name for name, _ in recorder.attempts] == ["catalog", "monolith", "catalog", "monolith", "monolith", "monolith"]
+    assert write.status_code == 503 and write.json()["error"] == "circuit_open"
+    assert routes_view["breakers"]["catalog"] == "open"
+
+
+class Recorder(AiohttpClient):
+    """The real aiohttp client, remembering which upstream each attempt went to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attempts: list[tuple[str, str]] = []
+
+    async def request(self, upstream: Upstream, method: str, target: str, headers: list[tuple[bytes, bytes]], body: Body) -> UpstreamResponse:
+        self.attempts.append((upstream.name, method))
+        return await super().request(upstream, method, target, headers, body)
+
+
+def test_breaker_probes_once_when_half_open_then_closes_or_reopens() -> None:
+    now = [0.0]
+    breaker = Breaker(failures=2, reset_after=10.0, clock=lambda: now[0])
+    breaker.failure()
+    assert breaker.state == CLOSED and breaker.allow()
+    breaker.failure()
+    assert breaker.state == OPEN and not breaker.allow()
+    now[0] = 10.0
+    assert breaker.allow() and breaker.state == HALF_OPEN
+    assert not breaker.allow()  # one probe at a time
+    breaker.failure()
+    assert breaker.state == OPEN and not breaker.allow()
+    now[0] = 20.0
+    assert breaker.allow()
+    breaker.success()
+    assert breaker.state == CLOSED and breaker.allow() and breaker.allow()
