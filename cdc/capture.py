@@ -46,7 +46,7 @@ from cdc.pgoutput import (
     pg_time_to_unix_ms,
 )
 from cdc.replication import PsycopgReplicationStream, ReplicationStream
-from cdc.transport import Transport, TransportClosedError
+from cdc.transport import MemoryTransport, Transport, TransportClosedError
 
 __all__ = ["HEARTBEAT_PREFIX", "Capture", "CaptureConfig", "CaptureStats", "EventBuilder", "pgoutput_options"]
 
@@ -293,6 +293,7 @@ class Capture:
             key_columns=key_columns or self._primary_key,
         )
         self._pending: collections.deque[_Pending] = collections.deque()
+        self._keepalive_every = min(config.status_interval, 5.0)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.error: BaseException | None = None
@@ -432,7 +433,16 @@ class Capture:
 
         self.stats.events += len(events)
         self.stats.batches += 1
-        self.transport.publish(events, position or events[-1].position, on_durable, final=final)
+        at = position or events[-1].position
+        transport = self.transport
+        if not isinstance(transport, MemoryTransport):
+            transport.publish(events, at, on_durable, final=final)
+            return
+        # While the applier is behind, keep the replication connection alive (the server drops
+        # a silent client after wal_sender_timeout) and pass on the acknowledgements that come.
+        while not transport.publish(events, at, on_durable, final=final, timeout=self._keepalive_every):
+            self._flush_acks()
+            self._stream.send_feedback(self.stats.flushed_lsn)
 
     def _flush_acks(self) -> None:
         pending = self._pending

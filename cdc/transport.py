@@ -40,8 +40,10 @@ class Transport(Protocol):
 
     def publish(
         self, batch_events: list[ChangeEvent], position: Position, on_durable: Callable[[], None], *, final: bool = True
-    ) -> None:
-        """Hand a batch over; `on_durable` is called once the applier has committed it."""
+    ) -> object:
+        """Hand a batch over; `on_durable` is called once the applier has committed it.
+
+        The return value is the transport's own business (callers ignore it)."""
 
     def batches(self, timeout: float) -> Iterator[Batch]:
         """Yield batches in order; stop after `timeout` seconds without one, or once closed."""
@@ -73,16 +75,23 @@ class MemoryTransport:
         on_durable: Callable[[], None],
         *,
         final: bool = True,
-    ) -> None:
+        timeout: float | None = None,
+    ) -> bool:
+        """Queue the batch, waiting while the queue is full; False if `timeout` ran out first."""
         batch = Batch(list(batch_events), position, on_durable, final)
         with self._cond:
+            deadline = None if timeout is None else time.monotonic() + timeout
             while len(self._queue) >= self._max and not self._closed:
-                self._cond.wait()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
             if self._closed:
                 raise TransportClosedError("the memory transport is closed; the applier has stopped")
             self._queue.append(batch)
             self.published += 1
             self._cond.notify_all()
+            return True
 
     def batches(self, timeout: float) -> Iterator[Batch]:
         while True:

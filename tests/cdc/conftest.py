@@ -53,7 +53,7 @@ class SourceDB:
     def query(self, statement: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         with self.conn.cursor() as cur:
             cur.execute(statement, params)
-            return cur.fetchall()
+            return list(cur.fetchall())
 
     def scalar(self, statement: str, params: Sequence[Any] | None = None) -> Any:
         return self.query(statement, params)[0][0]

@@ -337,7 +337,8 @@ def test_flush_position_advances_in_order_of_acknowledgements() -> None:
 
 def test_memory_transport_applies_backpressure_and_closes() -> None:
     transport = MemoryTransport(max_batches=1)
-    transport.publish([], (1, 1), lambda: None)
+    assert transport.publish([], (1, 1), lambda: None, timeout=0) is True
+    assert transport.publish([], (9, 9), lambda: None, timeout=0.01) is False  # full
     blocked_done: list[str] = []
 
     def publish_second() -> None:
