@@ -214,7 +214,7 @@ def _products_sql(count: int, categories: int, seed: int, inactive_percent: int)
     return f"""
     INSERT INTO catalog_product (id, sku, name, slug, description, price, stock, is_active, category_id,
                                  attributes, created_at, updated_at)
-    SELECT i, 'SKU-' || lpad(i::text, 8, '0'), name, lower(regexp_replace(name, '[^A-Za-z0-9]+', '-', 'g')) || '-' || i,
+    SELECT i, 'SKU-' || lpad(i::text, 8, '0'), name, lower(replace(name, ' ', '-')) || '-' || i,
            format('A %s %s made of %s. Ships in %s days; %s-year warranty.', lower(adj), lower(noun), lower(mat),
                   1 + floor({u.format(20)} * 10)::int, 1 + floor({u.format(21)} * 5)::int),
            (CASE WHEN {u.format(8)} < 0.5 THEN cents / 100 * 100 + 99 ELSE cents END) / 100.0,
@@ -245,7 +245,9 @@ def _products_sql(count: int, categories: int, seed: int, inactive_percent: int)
                    floor(exp(ln(100) + {u.format(7)} * (ln(200000) - ln(100))))::bigint AS cents,
                    timestamptz '{EPOCH.isoformat()}' + make_interval(secs => floor({u.format(24)} * {SPAN_SECONDS} * 1e6) / 1e6) AS created
             FROM generate_series(1, {count}) AS i
+            OFFSET 0  -- a fence: without it the planner inlines (and recomputes) these per use
         ) AS base
+        OFFSET 0
     ) AS named
     """
 
