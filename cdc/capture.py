@@ -87,7 +87,7 @@ def pgoutput_options(publication: str, *, server_version: int = 160000) -> dict[
 
 
 class _Table:
-    __slots__ = ("columns", "converted", "key_index", "names", "oids", "schema", "name")
+    __slots__ = ("columns", "converted", "key_index", "key_names", "names", "oids", "schema", "name")
 
     def __init__(self, relation: Relation, key_names: tuple[str, ...] | None) -> None:
         self.schema = relation.namespace
@@ -108,6 +108,7 @@ class _Table:
                 f"key or set REPLICA IDENTITY FULL on it"
             )
         self.key_index = tuple(self.names.index(k) for k in key_names)
+        self.key_names = tuple(key_names)
         key_set = set(key_names)
         self.columns = tuple(
             Column(c.name, TYPE_NAMES.get(c.type_oid, "text"), optional=c.name not in key_set, key=c.name in key_set)
@@ -191,10 +192,12 @@ class EventBuilder:
         """The events of one change message at WAL position `lsn`."""
         now = self._clock_ms()
         if isinstance(message, Insert):
-            table = self.table(message.relation_oid)
+            table = self._tables.get(message.relation_oid) or self.table(message.relation_oid)
             after = table.row(message.new)
-            key = {name: after[name] for name in (table.names[i] for i in table.key_index)}
-            return [ChangeEvent("c", self._source(table, lsn), key, None, after, now, table.columns)]
+            key = {name: after[name] for name in table.key_names}
+            source = Source(self.server_name, self.database, table.schema, table.name, lsn, self.commit_lsn,
+                            self.xid, self.commit_ms, "false")
+            return [ChangeEvent("c", source, key, None, after, now, table.columns)]
         if isinstance(message, Update):
             table = self.table(message.relation_oid)
             after = table.row(message.new)
@@ -372,24 +375,31 @@ class Capture:
         stats = self.stats
         chunk: list[Any] = []
         last_activity = time.monotonic()
+        active = False
+        read = self._stream.read
+        feed = decoder.feed
+        change = builder.change
+        pending = self._pending
+        max_batch = config.max_batch_events
         try:
             while not stop.is_set():
-                raw = self._stream.read(config.read_timeout)
-                now = time.monotonic()
+                raw = read(config.read_timeout)
                 if raw is None:
-                    if now - last_activity >= config.heartbeat_interval and not builder.in_transaction:
+                    now = time.monotonic()
+                    if active:
+                        last_activity, active = now, False
+                    elif now - last_activity >= config.heartbeat_interval and not builder.in_transaction:
                         self._heartbeat()
                         stats.heartbeats_sent += 1
                         last_activity = now
                     self._flush_acks()
                     continue
-                last_activity = now
+                active = True
                 stats.messages += 1
-                message = decoder.feed(raw.payload)
+                message = feed(raw.payload)
                 if isinstance(message, (Insert, Update, Delete, Truncate)):
-                    events = builder.change(message, raw.data_start)
-                    chunk.extend(events)
-                    if len(chunk) >= config.max_batch_events:
+                    chunk.extend(change(message, raw.data_start))
+                    if len(chunk) >= max_batch:
                         self._publish(chunk, final=False)
                         chunk = []
                 elif isinstance(message, Begin):
@@ -416,7 +426,8 @@ class Capture:
                     )
                 elif isinstance(message, (Type, Origin)):
                     pass
-                self._flush_acks()
+                if pending and pending[0].done:
+                    self._flush_acks()
         finally:
             self._stream.close()
 

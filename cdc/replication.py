@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 import select
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import psycopg2
 import psycopg2.extensions
@@ -47,8 +46,7 @@ def format_lsn(lsn: int) -> str:
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
-@dataclass(frozen=True, slots=True)
-class RawMessage:
+class RawMessage(NamedTuple):
     """One XLogData message: its payload and the WAL position it starts at."""
 
     payload: bytes
