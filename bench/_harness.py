@@ -34,6 +34,7 @@ __all__ = [
     "WrkResult",
     "WRK_SUMMARY_LUA",
     "check_tools",
+    "HotFunction",
     "free_port",
     "install_hint",
     "install_tools",
@@ -41,10 +42,13 @@ __all__ = [
     "nginx_proxy_config",
     "nginx_upstream_config",
     "parse_wrk_output",
+    "profile_command",
+    "profile_table",
     "ratios_table",
     "results_table",
     "run_wrk",
     "sigterm_as_interrupt",
+    "top_functions",
     "write_nginx_config",
     "wrk_command",
 ]
@@ -469,6 +473,72 @@ def run_wrk(url: str, *, connections: int, threads: int, duration: float, script
     return parse_wrk_output(result.stdout)
 
 
+# -- profiles ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HotFunction:
+    """A function of a sampled profile: share of samples on top of the stack (self) and anywhere."""
+
+    name: str
+    self_pct: float
+    total_pct: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"function": self.name, "self_pct": round(self.self_pct, 2), "total_pct": round(self.total_pct, 2)}
+
+
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
+
+
+def _frame_name(frame: str) -> str:
+    match = _FRAME.match(frame.strip())
+    if not match:
+        return frame.strip()
+    path = match.group("file")
+    for marker in ("site-packages/", "/lib/python3.11/", "/work/main/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    return f"{match.group('func')} ({path})"
+
+
+def top_functions(collapsed: str, limit: int = 15) -> list[HotFunction]:
+    """The hottest functions of py-spy's `--format raw` output (collapsed stacks with counts),
+    by self samples; line numbers are folded so a function counts once."""
+    self_counts: dict[str, int] = {}
+    total_counts: dict[str, int] = {}
+    samples = 0
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_frame_name(frame) for frame in stack.split(";") if frame.strip()]
+        if not frames:
+            continue
+        samples += count
+        # The leaf is the last frame: the process's own stack starts with the thread's entry.
+        self_counts[frames[-1]] = self_counts.get(frames[-1], 0) + count
+        for name in set(frames):
+            total_counts[name] = total_counts.get(name, 0) + count
+    if samples == 0:
+        return []
+    ranked = sorted(self_counts.items(), key=lambda item: (-item[1], item[0]))[:limit]
+    return [HotFunction(name, 100 * count / samples, 100 * total_counts[name] / samples) for name, count in ranked]
+
+
+def profile_command(pid: int, duration: float, output: Path) -> list[str] | None:
+    """`py-spy record` of `pid` for `duration` seconds into `output` (raw format), or None when
+    py-spy is not installed."""
+    found = shutil.which("py-spy") or (str(Path(sys.executable).parent / "py-spy")
+                                       if (Path(sys.executable).parent / "py-spy").exists() else None)
+    if found is None:
+        return None
+    return [found, "record", "--pid", str(pid), "--duration", str(max(1, round(duration))), "--rate", "250",
+            "--format", "raw", "--output", str(output), "--nonblocking"]
+
+
 # -- output --------------------------------------------------------------------------------------
 
 
@@ -545,6 +615,16 @@ def ratios_table(title: str, ratios: Sequence[Ratio]) -> Table:
         )
         met = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "-"}[ratio.met]
         table.add_row(ratio.name, ratio.formatted(ratio.value), target, met, ratio.note)
+    return table
+
+
+def profile_table(title: str, functions: Sequence[HotFunction]) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("function")
+    table.add_column("self", justify="right")
+    table.add_column("total", justify="right")
+    for function in functions:
+        table.add_row(function.name, f"{function.self_pct:.1f}%", f"{function.total_pct:.1f}%")
     return table
 
 

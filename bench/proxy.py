@@ -39,6 +39,7 @@ from rich.console import Console  # noqa: E402
 from bench._harness import (  # noqa: E402
     WRK_SUMMARY_LUA,
     BenchError,
+    HotFunction,
     Processes,
     Ratio,
     WrkResult,
@@ -49,12 +50,15 @@ from bench._harness import (  # noqa: E402
     load_average,
     nginx_proxy_config,
     nginx_upstream_config,
+    profile_command,
+    profile_table,
     python,
     ratios_table,
     results_table,
     run_wrk,
     sigterm_as_interrupt,
     start_nginx,
+    top_functions,
 )
 
 PATH = "/api/products/1"
@@ -75,6 +79,7 @@ class Settings:
     nginx_access_log: bool
     products: int
     keep: bool
+    profile: bool = False
 
 
 @dataclass
@@ -84,12 +89,14 @@ class Scenario:
     rate: WrkResult | None = None
     latency: WrkResult | None = None
     note: str = ""
+    profile: list[HotFunction] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "upstream": self.upstream, "scenario": self.name, "note": self.note,
             "rate": self.rate.as_dict() if self.rate else None,
             "latency_c1": self.latency.as_dict() if self.latency else None,
+            "profile": [function.as_dict() for function in self.profile],
         }
 
     def row(self) -> dict[str, Any]:
@@ -111,15 +118,35 @@ class Run:
     def say(self, message: str) -> None:
         self.console.print(f"[dim]{message}[/dim]")
 
-    def measure(self, upstream: str, name: str, url: str, note: str = "") -> Scenario:
-        """Warm up, then one run at `connections` for the rate and one at c=1 for latency."""
+    def measure(self, upstream: str, name: str, url: str, note: str = "", *, pid: int | None = None) -> Scenario:
+        """Warm up, then one run at `connections` for the rate and one at c=1 for latency.
+
+        With `--profile` and a `pid`, py-spy samples that process during the rate run."""
         s = self.settings
         self.say(f"  {upstream} / {name}: {url}")
         if s.warmup > 0:
             run_wrk(url, connections=s.connections, threads=s.threads, duration=s.warmup, script=self.script)
+        profiler = None
+        profile_path = self.tmp / f"profile-{len(self.scenarios)}.txt"
+        if s.profile and pid is not None:
+            command = profile_command(pid, s.duration, profile_path)
+            if command is None:
+                self.notes.append("--profile: py-spy not found; install it with `pip install py-spy`")
+            else:
+                profiler = self.processes.start(f"py-spy-{len(self.scenarios)}", command)
         rate = run_wrk(url, connections=s.connections, threads=s.threads, duration=s.duration, script=self.script)
+        hot: list[HotFunction] = []
+        if profiler is not None:
+            try:
+                profiler.process.wait(timeout=30)
+            finally:
+                self.processes.stop(profiler)
+            if profile_path.exists():
+                hot = top_functions(profile_path.read_text(errors="replace"))
+            else:
+                self.notes.append(f"{upstream} / {name}: py-spy wrote no profile; see {profiler.log_path}")
         latency = run_wrk(url, connections=1, threads=1, duration=s.duration, script=self.script)
-        scenario = Scenario(upstream, name, rate, latency, note)
+        scenario = Scenario(upstream, name, rate, latency, note, hot)
         self.scenarios.append(scenario)
         if rate.error_count or latency.error_count:
             self.notes.append(
@@ -225,7 +252,8 @@ def measure_upstream(run: Run, upstream: str, base_url: str, candidate_url: str,
             run.notes.append(f"{upstream} / {name} skipped: the façade did not start: {exc}")
             return
         try:
-            run.measure(upstream, name, url, "routing, metrics, access log on")
+            run.measure(upstream, name, url, "routing, metrics, access log on",
+                        pid=child.process.pid if workers == 1 else None)
         finally:
             run.processes.stop(child)
 
@@ -246,7 +274,7 @@ def measure_shadow(run: Run, base_url: str, candidate_url: str) -> None:
             run.notes.append(f"{name} skipped: the façade did not start: {exc}")
             return
         try:
-            run.measure(CHEAP, name, url)
+            run.measure(CHEAP, name, url, pid=child.process.pid)
         finally:
             run.processes.stop(child)
 
@@ -490,6 +518,7 @@ def main(
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout (tables go to stderr)."),
     install: bool = typer.Option(False, "--install", help="Install missing wrk/nginx with apt-get (needs root)."),
     keep: bool = typer.Option(False, "--keep", help="Keep the temp directory (configs, logs) and print its path."),
+    profile: bool = typer.Option(False, "--profile", help="Sample each one-worker façade with py-spy during its rate run and print the hottest functions (numbers are then slightly lower)."),
     serve_client: str = typer.Option("", "--serve-client", hidden=True),
     upstream: str = typer.Option("", "--upstream", hidden=True),
     port: int = typer.Option(0, "--port", hidden=True),
@@ -516,7 +545,7 @@ def main(
         duration, warmup = min(duration, 3.0), 0.0
     settings = Settings(
         duration=duration, warmup=warmup, connections=connections, threads=threads, monolith=monolith,
-        shadow=shadow, nginx_access_log=nginx_access_log, products=products, keep=keep,
+        shadow=shadow, nginx_access_log=nginx_access_log, products=products, keep=keep, profile=profile,
     )
     sigterm_as_interrupt()
     try:
@@ -573,6 +602,12 @@ def execute(settings: Settings, console: Console, *, clients_only: bool) -> dict
             after = machine()
             console.print(results_table(f"{title}: {settings.duration:g} s per run, c={settings.connections}", [s.row() for s in run.scenarios]))
             console.print(ratios_table("ratios", ratios))
+            for scenario in run.scenarios:
+                if scenario.profile:
+                    console.print(profile_table(
+                        f"hottest functions (py-spy, share of samples): {scenario.upstream} / {scenario.name}",
+                        scenario.profile,
+                    ))
             for note in run.notes:
                 console.print(f"note: {note}")
             console.print(f"load average before {before['load_average']}, after {after['load_average']}")

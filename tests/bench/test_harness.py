@@ -14,6 +14,7 @@ from bench._harness import (
     nginx_proxy_config,
     nginx_upstream_config,
     parse_wrk_output,
+    top_functions,
     wrk_command,
     write_nginx_config,
 )
@@ -158,3 +159,24 @@ def test_ratio_compares_with_its_target_in_its_direction() -> None:
     assert Ratio("added", 0.35, "ms", 0.3, "at_most").met is False
     assert Ratio("info", 1.5, "×").met is None
     assert Ratio("rate", 0.123, "%").formatted(0.123) == "12.3%"
+
+
+PY_SPY_RAW = """\
+Runner.run (asyncio/runners.py:118);Proxy.__call__ (/work/main/facade/proxy.py:338);Proxy._forward (/work/main/facade/proxy.py:453);StreamWriter._write (/venv/lib/python3.11/site-packages/aiohttp/http_writer.py:104) 6
+Runner.run (asyncio/runners.py:118);Proxy.__call__ (/work/main/facade/proxy.py:338);Proxy._forward (/work/main/facade/proxy.py:460);StreamWriter._write (/venv/lib/python3.11/site-packages/aiohttp/http_writer.py:110) 2
+Runner.run (asyncio/runners.py:118);Proxy.__call__ (/work/main/facade/proxy.py:340) 2
+not a stack line
+"""
+
+
+def test_top_functions_ranks_by_self_samples_and_folds_lines() -> None:
+    hot = top_functions(PY_SPY_RAW, limit=2)
+
+    assert [function.name for function in hot] == [
+        "StreamWriter._write (aiohttp/http_writer.py)",
+        "Proxy.__call__ (facade/proxy.py)",
+    ]
+    assert hot[0].self_pct == pytest.approx(80.0) and hot[0].total_pct == pytest.approx(80.0)
+    # Counted once per stack although the function appears on two lines of it.
+    assert hot[1].self_pct == pytest.approx(20.0) and hot[1].total_pct == pytest.approx(100.0)
+    assert top_functions("") == []
