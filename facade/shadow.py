@@ -36,6 +36,9 @@ __all__ = [
     "ShadowAddon",
     "ShadowClient",
     "ShadowCounters",
+    "ShadowEngine",
+    "ShadowJob",
+    "ShadowSink",
     "compare_pair",
     "failure_record",
     "judge",
@@ -307,12 +310,12 @@ class _Tee:
 
 
 @dataclass(slots=True)
-class _Job:
+class ShadowJob:
+    """Everything a worker needs to mirror one request and judge the answer (picklable)."""
+
     route: str
     endpoint: str
-    config: ShadowConfig
     method: str
-    target: str
     request_line: str
     headers: list[tuple[str, str]]
     body: bytes
@@ -330,19 +333,17 @@ class _RouteShadow:
         self.route_id = route_id
         self.config = config
         self.rules = rules
-        self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=config.queue)
+        self.queue: asyncio.Queue[ShadowJob] = asyncio.Queue(maxsize=config.queue)
         self.model = NoiseModel(rules.thresholds)
         self.counters = ShadowCounters()
         self.workers: list[asyncio.Task[None]] = []
 
 
-class ShadowAddon:
-    """Mirrors a sample of each `shadow:` route's requests to its candidate, off the request path.
+class ShadowEngine:
+    """Queues, workers, comparison and storage for shadowed requests of every route.
 
-    Hooks only capture (bounded) and enqueue; per-route workers send the mirror with
-    `X-Strangler-Shadow: 1` and the original Host, ask the primary again for the noise sample,
-    compare (large bodies on a thread), and hand records to the store writer. A full queue, a
-    body over the cap, a slow or failing candidate are counted, never felt by the client.
+    Runs inside the façade (inline) or in the shadow worker process (`facade.shadow_worker`).
+    `submit` never blocks: a full route queue is counted as a `queue_full` drop.
     """
 
     def __init__(
@@ -352,31 +353,22 @@ class ShadowAddon:
         store_config: ShadowStoreConfig | None = None,
         client: ShadowClient | None = None,
         response_cap: int = 4 * 1024 * 1024,
-        recorder_factory: Callable[[str], TrafficRecorder] | None = None,
     ) -> None:
-        self._store_config = store_config or ShadowStoreConfig()
-        self._store = store
-        self._client: ShadowClient = client or AiohttpShadowClient()
+        self.store_config = store_config or ShadowStoreConfig()
+        self.store = store
+        self.client: ShadowClient = client or AiohttpShadowClient()
         self.response_cap = response_cap
-        self._recorder_factory = recorder_factory or TrafficRecorder
         self.writer: StoreWriter | None = None
         self.routes: dict[str, _RouteShadow] = {}
-        self.recorders: dict[str, TrafficRecorder] = {}
         self._drops: collections.Counter[tuple[str, str]] = collections.Counter()
-        self._starting: set[asyncio.Task[None]] = set()
-        self._running = False
-
-    # lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        store = self._store or ShadowStore(self._store_config.url, retention=self._store_config.retention, max_rows=self._store_config.max_rows)
-        self._store = store
-        self.writer = StoreWriter(store, drops_source=self._take_drops)
+        c = self.store_config
+        self.store = self.store or ShadowStore(c.url, retention=c.retention, max_rows=c.max_rows)
+        self.writer = StoreWriter(self.store, drops_source=self._take_drops)
         await self.writer.start()
-        self._running = True
 
     async def stop(self) -> None:
-        self._running = False
         for rs in self.routes.values():
             for task in rs.workers:
                 task.cancel()
@@ -385,32 +377,20 @@ class ShadowAddon:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             rs.workers.clear()
-        for task in list(self._starting):
-            await task
-        for recorder in self.recorders.values():
-            await recorder.stop()
         if self.writer is not None:
             await self.writer.stop()
-        await self._client.close()
+        await self.client.close()
 
-    def _take_drops(self) -> list[DropRecord]:
-        now = time.time()
-        drops = [DropRecord(now, route, reason, n) for (route, reason), n in self._drops.items()]
-        self._drops.clear()
-        return drops
-
-    def _drop(self, rs: _RouteShadow, reason: str) -> None:
-        self._drops[(rs.route_id, reason)] += 1
-
-    def _route(self, route_id: str, config: ShadowConfig) -> _RouteShadow:
+    def route(self, route_id: str, config: ShadowConfig) -> _RouteShadow:
         rs = self.routes.get(route_id)
-        if rs is None or rs.config is not config:
-            # New route, or a reloaded config: start from the new rules; old workers drain and stop.
+        if rs is None or (rs.config is not config and rs.config != config):
+            # New route, or a reloaded config: new rules and queue; the old workers stop.
             old = rs
-            rs = _RouteShadow(route_id, config, route_rules(config.compare, config.redact, max_body=self._store_config.max_body))
+            rs = _RouteShadow(route_id, config, route_rules(config.compare, config.redact, max_body=self.store_config.max_body))
             if old is not None:
                 rs.counters = old.counters
-                rs.model = old.model if old.config.compare == config.compare else rs.model
+                if old.config.compare == config.compare:
+                    rs.model = old.model
                 for task in old.workers:
                     task.cancel()
             loop = asyncio.get_running_loop()
@@ -418,164 +398,36 @@ class ShadowAddon:
             self.routes[route_id] = rs
         return rs
 
-    def snapshot(self) -> dict[str, Any]:
-        """Live numbers for `/_strangler/shadow`."""
-        writer = self.writer
-        return {
-            "routes": {
-                route_id: {"to": rs.config.to, "sample": rs.config.sample, "queued": rs.queue.qsize(), "queue": rs.config.queue, "inflight": rs.config.inflight, **rs.counters.as_dict()}
-                for route_id, rs in self.routes.items()
-            },
-            "store": {"written": writer.written, "pending": writer.pending, "lost": writer.lost, "failed": writer.failed} if writer else None,
-        }
-
-    # hooks -------------------------------------------------------------------------------------
-
-    def request_started(self, flow: Any) -> None:
-        route = flow.route
-        config: ShadowConfig | None = getattr(route.config, "shadow", None)
-        if config is None or not self._running:
-            return
-        key = flow.sticky_key or flow.request_id
-        method = flow.method.upper()
-        shadow = config.sample > 0 and sample_bucket(key, route.id) < config.sample * 100 and flow.upstream != config.to
-        record = config.record is not None and sample_bucket(flow.request_id, "record:" + route.id) < config.record.sample * 100
-        if shadow and method not in config.methods:
-            shadow = False
-        if shadow and method not in SAFE_METHODS:
-            upstream = flow.table.upstreams.get(config.to)
-            if not (config.allow_writes or getattr(upstream, "sandbox", False)):
-                self._route(route.id, config).counters.skipped_writes += 1
-                shadow = False
-        if not shadow and not record:
-            return
-        rs = self._route(route.id, config)
-        if shadow:
-            rs.counters.sampled += 1
-        noise = shadow and method in SAFE_METHODS and sample_bucket(flow.request_id, "noise:" + route.id) < config.noise_sample * 100
-        flow.state["shadow"] = _Tee(shadow=shadow, record=record, noise=noise, max_body=config.max_body, cap=self.response_cap)
-
-    def request_chunk(self, flow: Any, data: bytes) -> None:
-        tee: _Tee | None = flow.state.get("shadow")
-        if tee is None or tee.too_large or not data:
-            return
-        if tee.request_size + len(data) > tee.max_body:
-            tee.too_large = True
-            tee.request.clear()  # never hold more than the cap
-            return
-        tee.request.append(bytes(data))
-        tee.request_size += len(data)
-
-    def response_chunk(self, flow: Any, data: bytes) -> None:
-        tee: _Tee | None = flow.state.get("shadow")
-        if tee is None or tee.response_truncated or not data:
-            return
-        room = tee.cap - tee.response_size
-        if len(data) > room:
-            tee.response.append(bytes(data[:room]))
-            tee.response_size = tee.cap
-            tee.response_truncated = True
-            return
-        tee.response.append(bytes(data))
-        tee.response_size += len(data)
-
-    def request_finished(self, flow: Any) -> None:
-        tee: _Tee | None = flow.state.pop("shadow", None)
-        if tee is None:
-            return
-        config: ShadowConfig = flow.route.config.shadow
-        rs = self._route(flow.route.id, config)
-        if flow.error is not None or flow.status is None:
-            rs.counters.skipped_primary_failed += tee.shadow
-            return
-        method = flow.method.upper()
-        path = _text_of(flow.raw_path)
-        query = _text_of(flow.query_string)
-        endpoint = flow.route.endpoint(method, path.split("?", 1)[0])
-        request_headers = [(_text_of(k), _text_of(v)) for k, v in flow.request_headers]
-        response_headers = [(_text_of(k).lower(), _text_of(v)) for k, v in (flow.response_headers or ())]
-        response_body = b"".join(tee.response)
-        duration_ms = flow.duration * 1000 if flow.duration is not None else None
-        if tee.record:
-            self._record(rs, config, flow, endpoint, method, path, query, request_headers, tee, response_headers, response_body, duration_ms)
-        if not tee.shadow:
-            return
-        if tee.too_large:
-            rs.counters.dropped_body_too_large += 1
-            self._drop(rs, "body_too_large")
-            return
-        upstreams = flow.table.upstreams
-        target = path + ("?" + query if query else "")
-        job = _Job(
-            route=flow.route.id,
-            endpoint=endpoint,
-            config=config,
-            method=method,
-            target=target,
-            request_line=f"{method} {path}" + ("?" + rs.rules.redactor.query(query) if query else ""),
-            headers=[(k, v) for k, v in request_headers if k.lower() not in HOP_BY_HOP and k.lower() != SHADOW_HEADER[0]] + [SHADOW_HEADER],
-            body=b"".join(tee.request),
-            candidate_url=upstreams[config.to].url.rstrip("/") + target,
-            primary_url=upstreams[flow.upstream].url.rstrip("/") + target,
-            primary=Reply(flow.status, _header_map(response_headers), response_body, tee.response_truncated),
-            primary_ms=duration_ms,
-            noise=tee.noise,
-        )
+    def submit(self, config: ShadowConfig, job: ShadowJob) -> None:
+        rs = self.route(job.route, config)
         try:
             rs.queue.put_nowait(job)
         except asyncio.QueueFull:
-            rs.counters.dropped_queue_full += 1
-            self._drop(rs, "queue_full")
+            self.drop(job.route, "queue_full")
 
-    # workers -----------------------------------------------------------------------------------
+    def drop(self, route_id: str, reason: str, count: int = 1) -> None:
+        rs = self.routes.get(route_id)
+        if rs is not None:
+            if reason == "queue_full":
+                rs.counters.dropped_queue_full += count
+            elif reason == "body_too_large":
+                rs.counters.dropped_body_too_large += count
+        self._drops[(route_id, reason)] += count
 
-    def _record(
-        self,
-        rs: _RouteShadow,
-        config: ShadowConfig,
-        flow: Any,
-        endpoint: str,
-        method: str,
-        path: str,
-        query: str,
-        request_headers: list[tuple[str, str]],
-        tee: _Tee,
-        response_headers: list[tuple[str, str]],
-        response_body: bytes,
-        duration_ms: float | None,
-    ) -> None:
-        assert config.record is not None
-        recorder = self.recorders.get(config.record.file)
-        if recorder is None:
-            recorder = self._recorder_factory(config.record.file)
-            self.recorders[config.record.file] = recorder
-            self._owned(recorder.start())
-        recorder.record(
-            redacted_exchange(
-                rs.rules.redactor,
-                ts=time.time(),
-                route=rs.route_id,
-                endpoint=endpoint,
-                method=method,
-                path=path,
-                query=query,
-                headers=request_headers,
-                body=b"".join(tee.request),
-                body_truncated=tee.too_large,
-                status=flow.status,
-                response_headers=response_headers,
-                response_body=response_body,
-                response_truncated=tee.response_truncated,
-                duration_ms=duration_ms,
-            )
-        )
-        rs.counters.recorded += 1
+    def _take_drops(self) -> list[DropRecord]:
+        now = time.time()
+        drops = [DropRecord(now, route, reason, n) for (route, reason), n in self._drops.items()]
+        self._drops.clear()
+        return drops
 
-    def _owned(self, coro: Awaitable[None]) -> None:
-        # Recorder start-up is quick (mkdir + task); keep the task so stop() can await it.
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
-        self._starting.add(task)
-        task.add_done_callback(self._starting.discard)
+    def counters(self) -> dict[str, dict[str, Any]]:
+        return {
+            route_id: {"queued": rs.queue.qsize(), **rs.counters.as_dict()} for route_id, rs in self.routes.items()
+        }
+
+    def store_stats(self) -> dict[str, int] | None:
+        w = self.writer
+        return {"written": w.written, "pending": w.pending, "lost": w.lost, "failed": w.failed} if w else None
 
     async def _work(self, rs: _RouteShadow) -> None:
         while True:
@@ -590,18 +442,18 @@ class ShadowAddon:
             finally:
                 rs.queue.task_done()
 
-    async def _shadow(self, rs: _RouteShadow, job: _Job) -> None:
-        timeout = job.config.timeout
+    async def _shadow(self, rs: _RouteShadow, job: ShadowJob) -> None:
+        timeout = rs.config.timeout
         cap = self.response_cap
-        candidate_call = self._timed(self._client.send(job.method, job.candidate_url, job.headers, job.body, timeout=timeout, cap=cap))
+        candidate_call = self._timed(self.client.send(job.method, job.candidate_url, job.headers, job.body, timeout=timeout, cap=cap))
         rs.counters.sent += 1
+        second: Reply | BaseException | None = None
         if job.noise:
             rs.counters.noise_probes += 1
-            second_call = self._timed(self._client.send(job.method, job.primary_url, job.headers, job.body, timeout=timeout, cap=cap))
+            second_call = self._timed(self.client.send(job.method, job.primary_url, job.headers, job.body, timeout=timeout, cap=cap))
             (candidate, candidate_ms), (second, _) = await asyncio.gather(candidate_call, second_call)
         else:
             candidate, candidate_ms = await candidate_call
-            second = None
         if isinstance(candidate, BaseException):
             outcome = "timeout" if isinstance(candidate, TimeoutError) else "failed"
             if outcome == "timeout":
@@ -617,7 +469,7 @@ class ShadowAddon:
             compared = await asyncio.to_thread(compare_pair, primary, candidate, second_reply, rs.rules)
         else:
             compared = compare_pair(primary, candidate, second_reply, rs.rules)
-        store = self._store
+        store = self.store
         record = judge(
             route=job.route,
             endpoint=job.endpoint,
@@ -650,6 +502,249 @@ class ShadowAddon:
     def _submit(self, record: ComparisonRecord) -> None:
         if self.writer is not None:
             self.writer.submit(record)
+
+
+class ShadowSink(Protocol):
+    """Where the hooks hand finished requests: the engine in-process, or the worker process."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def submit(self, config: ShadowConfig, job: ShadowJob) -> None: ...
+
+    def drop(self, route_id: str, reason: str) -> None: ...
+
+    def counters(self) -> dict[str, dict[str, Any]]: ...
+
+    def store_stats(self) -> dict[str, int] | None: ...
+
+
+class ShadowAddon:
+    """Mirrors a sample of each `shadow:` route's requests to its candidate, off the request path.
+
+    The hooks only capture (bounded) and hand the finished request to a sink: by default a
+    separate worker process (`facade.shadow_worker`), so mirroring, comparing and storing use
+    another core and never the façade's event loop; or, with `inline=True` or an injected store
+    or client, the engine on the façade's own loop. Workers send the mirror with
+    `X-Strangler-Shadow: 1` and the original Host, ask the primary again for the noise sample,
+    compare and store. A full queue, a body over the cap, a slow or failing candidate are
+    counted, never felt by the client.
+    """
+
+    admin_name = "shadow"
+
+    def __init__(
+        self,
+        *,
+        store: ShadowStore | None = None,
+        store_config: ShadowStoreConfig | None = None,
+        client: ShadowClient | None = None,
+        response_cap: int = 4 * 1024 * 1024,
+        recorder_factory: Callable[[str], TrafficRecorder] | None = None,
+        inline: bool = False,
+        sink: ShadowSink | None = None,
+    ) -> None:
+        self.response_cap = response_cap
+        if sink is None:
+            if inline or store is not None or client is not None:
+                sink = ShadowEngine(store=store, store_config=store_config, client=client, response_cap=response_cap)
+            else:
+                from facade.shadow_worker import ProcessSink
+
+                sink = ProcessSink(store_config=store_config or ShadowStoreConfig(), response_cap=response_cap)
+        self.sink: ShadowSink = sink
+        self._recorder_factory = recorder_factory or TrafficRecorder
+        self.recorders: dict[str, TrafficRecorder] = {}
+        self.local: dict[str, ShadowCounters] = {}
+        self.configs: dict[str, ShadowConfig] = {}
+        self._starting: set[asyncio.Task[None]] = set()
+        self._running = False
+
+    async def start(self) -> None:
+        await self.sink.start()
+        self._running = True
+
+    async def stop(self) -> None:
+        self._running = False
+        for task in list(self._starting):
+            await task
+        for recorder in self.recorders.values():
+            await recorder.stop()
+        await self.sink.stop()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Live numbers for `/_strangler/shadow`: the hooks' counts merged with the workers'."""
+        remote = self.sink.counters()
+        routes = {}
+        for route_id, local in self.local.items():
+            config = self.configs[route_id]
+            merged: dict[str, Any] = {"to": config.to, "sample": config.sample, "queue": config.queue, "inflight": config.inflight, "queued": 0}
+            merged.update(ShadowCounters().as_dict())
+            worker = remote.get(route_id, {})
+            for key, value in worker.items():
+                if key != "dropped":
+                    merged[key] = value
+            mine = local.as_dict()
+            for key in ("sampled", "recorded", "skipped_writes", "skipped_primary_failed"):
+                merged[key] = mine[key]
+            merged["dropped"] = {
+                "queue_full": mine["dropped"]["queue_full"] + worker.get("dropped", {}).get("queue_full", 0),
+                "body_too_large": mine["dropped"]["body_too_large"],
+            }
+            routes[route_id] = merged
+        return {"routes": routes, "store": self.sink.store_stats()}
+
+    def _local(self, route_id: str, config: ShadowConfig) -> ShadowCounters:
+        counters = self.local.get(route_id)
+        if counters is None:
+            counters = self.local[route_id] = ShadowCounters()
+        self.configs[route_id] = config
+        return counters
+
+    # hooks -------------------------------------------------------------------------------------
+
+    def request_started(self, flow: Any) -> None:
+        route = flow.route
+        config: ShadowConfig | None = route.config.shadow
+        if config is None or not self._running:
+            return
+        method = flow.method
+        shadow = config.sample > 0 and flow.upstream != config.to and method in config.methods
+        if shadow and config.sample < 100:
+            shadow = sample_bucket(flow.sticky_key or flow.request_id, route.id) < config.sample * 100
+        if shadow and method not in SAFE_METHODS:
+            upstream = flow.table.upstreams.get(config.to)
+            if not (config.allow_writes or getattr(upstream, "sandbox", False)):
+                self._local(route.id, config).skipped_writes += 1
+                shadow = False
+        record = config.record is not None and sample_bucket(flow.request_id, "record:" + route.id) < config.record.sample * 100
+        if not shadow and not record:
+            return
+        counters = self._local(route.id, config)
+        noise = False
+        if shadow:
+            counters.sampled += 1
+            noise = method in SAFE_METHODS and config.noise_sample > 0 and (
+                config.noise_sample >= 100 or sample_bucket(flow.request_id, "noise:" + route.id) < config.noise_sample * 100
+            )
+        flow.state["shadow"] = _Tee(shadow=shadow, record=record, noise=noise, max_body=config.max_body, cap=self.response_cap)
+
+    def request_chunk(self, flow: Any, data: bytes) -> None:
+        tee: _Tee | None = flow.state.get("shadow")
+        if tee is None or tee.too_large or not data:
+            return
+        if tee.request_size + len(data) > tee.max_body:
+            tee.too_large = True
+            tee.request.clear()  # never hold more than the cap
+            return
+        tee.request.append(data)
+        tee.request_size += len(data)
+
+    def response_chunk(self, flow: Any, data: bytes) -> None:
+        tee: _Tee | None = flow.state.get("shadow")
+        if tee is None or tee.response_truncated or not data:
+            return
+        room = tee.cap - tee.response_size
+        if len(data) > room:
+            tee.response.append(data[:room])
+            tee.response_size = tee.cap
+            tee.response_truncated = True
+            return
+        tee.response.append(data)
+        tee.response_size += len(data)
+
+    def request_finished(self, flow: Any) -> None:
+        tee: _Tee | None = flow.state.pop("shadow", None)
+        if tee is None:
+            return
+        route = flow.route
+        config: ShadowConfig = route.config.shadow
+        counters = self._local(route.id, config)
+        if flow.error is not None or flow.status is None:
+            counters.skipped_primary_failed += tee.shadow
+            return
+        method = flow.method
+        path = _text_of(flow.raw_path)
+        query = _text_of(flow.query_string)
+        endpoint = route.endpoint(method, path)
+        request_headers = [(_text_of(k), _text_of(v)) for k, v in flow.request_headers]
+        response_headers = [(_text_of(k).lower(), _text_of(v)) for k, v in (flow.response_headers or ())]
+        response_body = b"".join(tee.response)
+        duration_ms = flow.duration * 1000 if flow.duration is not None else None
+        if tee.record:
+            self._record(route.id, config, flow, endpoint, path, query, request_headers, tee, response_headers, response_body, duration_ms)
+        if not tee.shadow:
+            return
+        if tee.too_large:
+            counters.dropped_body_too_large += 1
+            self.sink.drop(route.id, "body_too_large")
+            return
+        upstreams = flow.table.upstreams
+        target = path + ("?" + query if query else "")
+        redacted_query = Redactor.build(body_fields=config.redact.body_fields).query(query) if query else ""
+        job = ShadowJob(
+            route=route.id,
+            endpoint=endpoint,
+            method=method,
+            request_line=f"{method} {path}" + ("?" + redacted_query if query else ""),
+            headers=[(k, v) for k, v in request_headers if k.lower() not in HOP_BY_HOP and k.lower() != SHADOW_HEADER[0]] + [SHADOW_HEADER],
+            body=b"".join(tee.request),
+            candidate_url=upstreams[config.to].url.rstrip("/") + target,
+            primary_url=upstreams[flow.upstream].url.rstrip("/") + target,
+            primary=Reply(flow.status, _header_map(response_headers), response_body, tee.response_truncated),
+            primary_ms=duration_ms,
+            noise=tee.noise,
+        )
+        self.sink.submit(config, job)
+
+    def _record(
+        self,
+        route_id: str,
+        config: ShadowConfig,
+        flow: Any,
+        endpoint: str,
+        path: str,
+        query: str,
+        request_headers: list[tuple[str, str]],
+        tee: _Tee,
+        response_headers: list[tuple[str, str]],
+        response_body: bytes,
+        duration_ms: float | None,
+    ) -> None:
+        assert config.record is not None
+        recorder = self.recorders.get(config.record.file)
+        if recorder is None:
+            recorder = self._recorder_factory(config.record.file)
+            self.recorders[config.record.file] = recorder
+            self._owned(recorder.start())
+        redactor = Redactor.build(config.redact.headers, config.redact.body_fields, 64 * 1024)
+        recorder.record(
+            redacted_exchange(
+                redactor,
+                ts=time.time(),
+                route=route_id,
+                endpoint=endpoint,
+                method=flow.method,
+                path=path,
+                query=query,
+                headers=request_headers,
+                body=b"".join(tee.request),
+                body_truncated=tee.too_large,
+                status=flow.status,
+                response_headers=response_headers,
+                response_body=response_body,
+                response_truncated=tee.response_truncated,
+                duration_ms=duration_ms,
+            )
+        )
+        self.local[route_id].recorded += 1
+
+    def _owned(self, coro: Awaitable[None]) -> None:
+        # Recorder start-up is quick (mkdir + task); keep the task so stop() can await it.
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
 
 
 def _text_of(value: bytes | str) -> str:

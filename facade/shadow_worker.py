@@ -1,0 +1,225 @@
+"""The shadow worker process: mirroring, comparing and storing away from the façade's event loop.
+
+The façade's hooks hand each sampled request to `ProcessSink`, which writes it as one frame to
+the worker's stdin and returns at once. The worker (`python -m facade.shadow_worker`) runs a
+`ShadowEngine` (bounded per-route queues, in-flight caps, candidate and noise requests,
+comparison, the store writer) and writes its live counters back on stdout a few times a second.
+So shadowing costs the façade a copy and a pickle per request, and its CPU-heavy parts run on
+another core. Frames are a 4-byte big-endian length and a pickle; both ends are this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import pickle
+import struct
+import sys
+import time
+from typing import Any
+
+from facade.config import ShadowConfig, ShadowStoreConfig
+from facade.shadow import ShadowEngine, ShadowJob
+
+__all__ = ["ProcessSink", "main"]
+
+log = logging.getLogger("strangler.shadow.worker")
+
+FRAME = struct.Struct("!I")
+REPORT_INTERVAL = 0.1
+DRAIN_TIMEOUT = 5.0
+
+
+def _frame(message: tuple[Any, ...]) -> bytes:
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return FRAME.pack(len(payload)) + payload
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> tuple[Any, ...] | None:
+    try:
+        head = await reader.readexactly(FRAME.size)
+        (size,) = FRAME.unpack(head)
+        result: tuple[Any, ...] = pickle.loads(await reader.readexactly(size))
+        return result
+    except asyncio.IncompleteReadError:
+        return None
+
+
+class ProcessSink:
+    """Hands shadow jobs to a worker process through a pipe; never blocks the caller.
+
+    The pipe's write backlog is bounded (`max_backlog` bytes): beyond it a job is dropped and
+    counted as `queue_full`, as a full route queue in the worker would be.
+    """
+
+    def __init__(self, *, store_config: ShadowStoreConfig, response_cap: int, max_backlog: int = 64 * 1024 * 1024, python: str | None = None) -> None:
+        self.store_config = store_config
+        self.response_cap = response_cap
+        self.max_backlog = max_backlog
+        self.python = python or sys.executable
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._keys: dict[int, tuple[ShadowConfig, int]] = {}
+        self._remote: dict[str, dict[str, Any]] = {}
+        self._store: dict[str, int] | None = None
+        self._local_drops: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._pending_drops: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._broken = False
+
+    async def start(self) -> None:
+        self._proc = await asyncio.create_subprocess_exec(
+            self.python, "-m", "facade.shadow_worker", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        self._write(("init", self.store_config.model_dump(mode="json"), self.response_cap))
+        self._reader = asyncio.get_running_loop().create_task(self._read(), name="shadow-worker-reader")
+
+    def _write(self, message: tuple[Any, ...]) -> bool:
+        proc = self._proc
+        if proc is None or proc.stdin is None or self._broken or proc.stdin.is_closing():
+            return False
+        try:
+            proc.stdin.write(_frame(message))
+        except (BrokenPipeError, ConnectionResetError, RuntimeError):
+            if not self._broken:
+                log.error("the shadow worker process is gone; shadow jobs are dropped from now on")
+            self._broken = True
+            return False
+        return True
+
+    def _backlog(self) -> int:
+        proc = self._proc
+        if proc is None or proc.stdin is None:
+            return 0
+        return proc.stdin.transport.get_write_buffer_size()
+
+    def submit(self, config: ShadowConfig, job: ShadowJob) -> None:
+        if self._backlog() > self.max_backlog or self._broken:
+            self._local_drops[(job.route, "queue_full")] += 1
+            self._pending_drops[(job.route, "queue_full")] += 1
+            return
+        known = self._keys.get(id(config))
+        if known is None or known[0] is not config:
+            known = (config, len(self._keys) + 1)
+            self._keys[id(config)] = known
+            self._write(("config", known[1], config.model_dump(mode="json")))
+        if self._pending_drops:
+            for (route, reason), n in self._pending_drops.items():
+                self._write(("drop", route, reason, n))
+            self._pending_drops.clear()
+        if not self._write(("job", known[1], job)):
+            self._local_drops[(job.route, "queue_full")] += 1
+
+    def drop(self, route_id: str, reason: str) -> None:
+        self._write(("drop", route_id, reason, 1))
+
+    def counters(self) -> dict[str, dict[str, Any]]:
+        out = {route: dict(values) for route, values in self._remote.items()}
+        for (route, reason), n in self._local_drops.items():
+            entry = out.setdefault(route, {})
+            dropped = dict(entry.get("dropped", {}))
+            dropped[reason] = dropped.get(reason, 0) + n
+            entry["dropped"] = dropped
+        return out
+
+    def store_stats(self) -> dict[str, int] | None:
+        return self._store
+
+    async def _read(self) -> None:
+        proc = self._proc
+        assert proc is not None and proc.stdout is not None
+        while True:
+            message = await _read_frame(proc.stdout)
+            if message is None:
+                return
+            if message[0] == "counters":
+                self._remote, self._store = message[1], message[2]
+
+    async def stop(self) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.stdin is not None and not proc.stdin.is_closing():
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                await proc.stdin.drain()
+            proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=DRAIN_TIMEOUT + 10)
+        except TimeoutError:
+            log.error("the shadow worker did not stop in time; killing it")
+            proc.kill()
+            await proc.wait()
+        if self._reader is not None:
+            await self._reader
+            self._reader = None
+        self._proc = None
+
+
+async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    init = await _read_frame(reader)
+    if init is None or init[0] != "init":
+        return
+    engine = ShadowEngine(store_config=ShadowStoreConfig.model_validate(init[1]), response_cap=init[2])
+    await engine.start()
+    configs: dict[int, ShadowConfig] = {}
+    last: Any = None
+
+    def report(force: bool = False) -> None:
+        nonlocal last
+        snapshot = (engine.counters(), engine.store_stats())
+        if force or snapshot != last:
+            last = snapshot
+            writer.write(_frame(("counters", *snapshot)))
+
+    async def reporter() -> None:
+        while True:
+            await asyncio.sleep(REPORT_INTERVAL)
+            report()
+
+    ticker = asyncio.get_running_loop().create_task(reporter())
+    try:
+        while True:
+            message = await _read_frame(reader)
+            if message is None:
+                break
+            kind = message[0]
+            if kind == "job":
+                engine.submit(configs[message[1]], message[2])
+            elif kind == "config":
+                configs[message[1]] = ShadowConfig.model_validate(message[2])
+            elif kind == "drop":
+                engine.drop(message[1], message[2], message[3])
+        # The façade is stopping: let queued shadows finish for a bounded time.
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        for rs in engine.routes.values():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(rs.queue.join(), timeout=max(0.0, deadline - time.monotonic()))
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        await engine.stop()
+        report(force=True)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+
+async def _main() -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=2**26)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, sys.stdout.buffer)
+    writer = asyncio.StreamWriter(transport, protocol, None, loop)
+    await _serve(reader, writer)
+
+
+def main() -> None:
+    """Entry point of `python -m facade.shadow_worker` (started by the façade, not by people)."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s shadow-worker %(levelname)s %(message)s", stream=sys.stderr)
+    asyncio.run(_main())
+
+
+if __name__ == "__main__":
+    main()
