@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Integer, MetaData, Text
+from sqlalchemy import BigInteger, Boolean, DateTime, Index, Integer, MetaData, Text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -36,6 +36,10 @@ class Product(Base):
     """A product (legacy `catalog_product`: name → title, price → price_cents, is_active → active)."""
 
     __tablename__ = "products"
+    __table_args__ = (
+        Index("ix_catalog_products_price_cents_id", "price_cents", "id"),
+        Index("ix_catalog_products_title_id", "title", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     sku: Mapped[str] = mapped_column(Text, unique=True, nullable=False)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, or_, select, text
+from sqlalchemy import ColumnElement, func, or_, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
 
@@ -85,11 +85,13 @@ def _conditions(query: ProductQuery) -> list[ColumnElement[bool]]:
 def list_products(db: DbSession, query: ProductQuery) -> tuple[int, list[dict[str, Any]]]:
     """The count of matching active products and the requested page of them."""
     conditions = _conditions(query)
-    count_stmt = select(func.count()).select_from(Product).join(Category, Category.id == Product.category_id)
+    count_stmt = select(func.count()).select_from(Product)
+    if query.category is not None:
+        count_stmt = count_stmt.join(Category, Category.id == Product.category_id)
     count = db.execute(count_stmt.where(*conditions)).scalar_one()
     if query.page > 1 and query.offset >= count:
         raise NotFound("Invalid page.")
-    stmt: Select[tuple[Product, Category]] = (
+    stmt = (
         select(Product, Category)
         .join(Category, Category.id == Product.category_id)
         .where(*conditions)

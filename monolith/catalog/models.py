@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, Numeric, String, Text, text, true
+from sqlalchemy import Boolean, DateTime, ForeignKey, Index, Integer, Numeric, String, Text, text, true
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -28,6 +28,11 @@ class Product(Base):
     """A product for sale; `stock` is decremented by orders in the same transaction."""
 
     __tablename__ = "catalog_product"
+    # The list's orderings (price, name; id breaks ties) would otherwise sort the whole table.
+    __table_args__ = (
+        Index("catalog_product_price_id_idx", "price", "id"),
+        Index("catalog_product_name_id_idx", "name", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sku: Mapped[str] = mapped_column(String(32), unique=True, nullable=False)

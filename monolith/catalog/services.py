@@ -72,7 +72,9 @@ def _conditions(query: ProductQuery) -> list[ColumnElement[bool]]:
 def list_products(db: DbSession, query: ProductQuery) -> tuple[int, list[dict[str, Any]]]:
     """The count of matching active products and the requested page of them."""
     conditions = _conditions(query)
-    count_stmt = select(func.count()).select_from(Product).join(Category, Category.id == Product.category_id)
+    count_stmt = select(func.count()).select_from(Product)
+    if query.category is not None:
+        count_stmt = count_stmt.join(Category, Category.id == Product.category_id)
     count = db.execute(count_stmt.where(*conditions)).scalar_one()
     if query.page > 1 and query.offset >= count:
         raise NotFound("Invalid page.")

@@ -8,10 +8,15 @@ import psycopg2
 import pytest
 from typer.testing import CliRunner
 
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
 from extracted.catalog.__main__ import cli
 from extracted.catalog.copy import copy_from_legacy
+from extracted.catalog.db import make_engine
 from extracted.catalog.exceptions import CatalogError
 from extracted.catalog.migrate import head_revision, migrate
+from extracted.catalog.models import Base
 from scripts.postgres import EmbeddedPostgres
 from tests.monolith.conftest import scalar, seeded_database
 
@@ -28,9 +33,9 @@ def _columns(url: str, table: str) -> list[tuple[str, str, str]]:
 
 
 def test_upgrade_head_creates_the_store(database: str) -> None:
-    assert migrate(database) == head_revision() == "0001"
-    assert migrate(database) == "0001"  # idempotent
-    assert scalar(database, "SELECT version_num FROM catalog.alembic_version") == "0001"
+    assert migrate(database) == head_revision() == "0002"
+    assert migrate(database) == "0002"  # idempotent
+    assert scalar(database, "SELECT version_num FROM catalog.alembic_version") == "0002"
     assert [c[:2] for c in _columns(database, "products")] == [
         ("id", "bigint"), ("sku", "text"), ("title", "text"), ("slug", "text"), ("description", "text"),
         ("price_cents", "bigint"), ("stock", "integer"), ("active", "boolean"), ("category_id", "integer"),
@@ -40,6 +45,14 @@ def test_upgrade_head_creates_the_store(database: str) -> None:
     assert [c[:2] for c in _columns(database, "categories")] == [
         ("id", "integer"), ("name", "text"), ("slug", "text"), ("parent_id", "integer"),
     ]
+    # The models and the migrations describe the same store.
+    engine = make_engine(database)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"include_schemas": True, "version_table_schema": "catalog"})
+            assert [d for d in compare_metadata(context, Base.metadata) if d[0] != "remove_table"] == []
+    finally:
+        engine.dispose()
     # No foreign key: CDC applies tables independently.
     assert scalar(database, "SELECT count(*) FROM pg_constraint WHERE contype = 'f' "
                             "AND connamespace = 'catalog'::regnamespace") == 0
@@ -51,7 +64,7 @@ def test_migrate_command_works_from_any_directory(
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli, ["migrate", "--database-url", database])
     assert result.exit_code == 0, result.output
-    assert "revision 0001" in result.output
+    assert "revision 0002" in result.output
     assert scalar(database, "SELECT to_regclass('catalog.products') IS NOT NULL") is True
 
 
