@@ -215,7 +215,9 @@ def _products_sql(count: int, categories: int, seed: int, inactive_percent: int)
     INSERT INTO catalog_product (id, sku, name, slug, description, price, stock, is_active, category_id,
                                  attributes, created_at, updated_at)
     SELECT i, 'SKU-' || lpad(i::text, 8, '0'), name, lower(replace(name, ' ', '-')) || '-' || i,
-           format('A %s %s made of %s. Ships in %s days; %s-year warranty.', lower(adj), lower(noun), lower(mat),
+           format('%s %s %s made of %s. Ships in %s days; %s-year warranty.',
+                  CASE WHEN left(adj, 1) IN ('A', 'E', 'I', 'O', 'U') THEN 'An' ELSE 'A' END,
+                  lower(adj), lower(noun), lower(mat),
                   1 + floor({u.format(20)} * 10)::int, 1 + floor({u.format(21)} * 5)::int),
            (CASE WHEN {u.format(8)} < 0.5 THEN cents / 100 * 100 + 99 ELSE cents END) / 100.0,
            CASE WHEN {u.format(9)} < 0.12 THEN 0
