@@ -14,7 +14,7 @@ import hashlib
 import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -594,6 +594,21 @@ class ShadowAddon:
             }
             routes[route_id] = merged
         return {"routes": routes, "store": self.sink.store_stats()}
+
+    def collect(self) -> Iterable[Any]:
+        """Prometheus collector (register it on the façade's registry): the live numbers by route."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        events = CounterMetricFamily("strangler_shadow_events", "Shadowed requests by route and event.", labels=["route", "event"])
+        queued = GaugeMetricFamily("strangler_shadow_queued", "Shadow jobs waiting in the route's queue.", labels=["route"])
+        for route_id, numbers in self.snapshot()["routes"].items():
+            for event in ("sampled", "sent", "compared", "matched", "mismatched", "noise_probes", "timed_out", "failed", "compare_errors", "skipped_writes"):
+                events.add_metric([route_id, event], numbers.get(event, 0))
+            for reason, n in numbers["dropped"].items():
+                events.add_metric([route_id, "dropped_" + reason], n)
+            queued.add_metric([route_id], numbers.get("queued", 0))
+        yield events
+        yield queued
 
     def _local(self, route_id: str, config: ShadowConfig) -> ShadowCounters:
         counters = self.local.get(route_id)

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -365,11 +366,15 @@ def test_request_body_over_the_cap_is_dropped_as_it_streams(tmp_path: Path) -> N
         flow.status, flow.response_headers, flow.duration = 201, [], 0.001
         addon.request_finished(flow)
         counters = addon.snapshot()["routes"]["catalog-read"]
+        registry = CollectorRegistry()
+        registry.register(addon)  # the same numbers for Prometheus
+        exposition = generate_latest(registry).decode()
         await addon.stop()
-        return peak, held, counters["dropped"]["body_too_large"], counters["sent"]
+        return peak, held, counters["dropped"]["body_too_large"], counters["sent"], exposition
 
-    peak, held, dropped, sent = asyncio.run(scenario())
+    peak, held, dropped, sent, exposition = asyncio.run(scenario())
     assert peak <= 100 * 1024 and held == 0 and dropped == 1 and sent == 0
+    assert 'strangler_shadow_events_total{event="dropped_body_too_large",route="catalog-read"} 1.0' in exposition
 
 
 def test_sampling_is_deterministic_per_key_and_independent_of_routing(tmp_path: Path) -> None:
