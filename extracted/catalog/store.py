@@ -93,7 +93,8 @@ def list_products(db: DbSession, query: ProductQuery) -> tuple[int, list[dict[st
         raise NotFound("Invalid page.")
     stmt = (
         select(Product, Category)
-        .join(Category, Category.id == Product.category_id)
+        # Outer: CDC may apply a product before its category (no foreign key here); it still lists.
+        .outerjoin(Category, Category.id == Product.category_id)
         .where(*conditions)
         .order_by(*_ORDER_BY[query.ordering])
         .offset(query.offset)

@@ -121,3 +121,18 @@ def test_session_answers_are_cached_for_the_ttl(pair: Pair, ttl_passed: bool) ->
         before, after_logout = asyncio.run(check(session))
     assert before is not None and before.is_staff and before.username == "admin"
     assert (after_logout is None) is ttl_passed
+
+
+def test_a_product_whose_category_has_not_arrived_yet_still_lists(pair: Pair) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(pair.catalog_db)
+    with conn, conn.cursor() as cur:
+        cur.execute("UPDATE catalog.products SET category_id = 999, active = true WHERE id = 7")
+    conn.close()
+    with httpx.Client(base_url=pair.catalog_url, timeout=10) as client:
+        listed = client.get("/api/products?page_size=10").json()
+        detail = client.get("/api/products/7").json()
+    assert listed["count"] == scalar(pair.catalog_db, "SELECT count(*) FROM catalog.products WHERE active")
+    assert next(p for p in listed["results"] if p["id"] == 7)["category"] is None
+    assert detail["category"] is None
