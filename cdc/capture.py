@@ -199,11 +199,12 @@ class EventBuilder:
                             self.xid, self.commit_ms, "false")
             return [ChangeEvent("c", source, key, None, after, now, table.columns)]
         if isinstance(message, Update):
-            table = self.table(message.relation_oid)
+            table = self._tables.get(message.relation_oid) or self.table(message.relation_oid)
             after = table.row(message.new)
-            key_names = [table.names[i] for i in table.key_index]
+            key_names = table.key_names
             key = {name: after[name] for name in key_names}
-            source = self._source(table, lsn)
+            source = Source(self.server_name, self.database, table.schema, table.name, lsn, self.commit_lsn,
+                            self.xid, self.commit_ms, "false")
             if message.old is None:
                 return [ChangeEvent("u", source, key, dict(key), after, now, table.columns)]
             if message.old_kind == "O":
@@ -224,7 +225,7 @@ class EventBuilder:
         if isinstance(message, Delete):
             table = self.table(message.relation_oid)
             before = table.row(message.old) if message.old_kind == "O" else table.key_of(message.old)
-            key = {table.names[i]: before[table.names[i]] for i in table.key_index}
+            key = {name: before[name] for name in table.key_names}
             return [ChangeEvent("d", self._source(table, lsn), key, before, None, now, table.columns)]
         events = []
         for oid in message.relation_oids:
@@ -245,7 +246,7 @@ class CaptureStats:
     heartbeats_seen: int = 0
     flushed_lsn: int = 0
     last_commit_lsn: int = 0
-    last_event_ms: int = 0
+    last_commit_ms: int = 0
 
 
 class _Pending:
@@ -412,6 +413,7 @@ class Capture:
                     builder.commit(message)
                     stats.transactions += 1
                     stats.last_commit_lsn = message.commit_lsn
+                    stats.last_commit_ms = builder.commit_ms
                 elif isinstance(message, Relation):
                     builder.relation(message)
                 elif isinstance(message, LogicalMessage):

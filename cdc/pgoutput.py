@@ -446,15 +446,17 @@ def decode(payload: bytes, *, in_stream: bool = False) -> Message:
     """Decode one pgoutput message. `in_stream`: between Stream Start and Stream Stop."""
     if not payload:
         raise PgOutputError("empty pgoutput message")
-    if payload[0] == 0x49 and not in_stream and len(payload) > 6 and payload[5] == 0x4E:
-        # Inserts dominate bulk streams: decoded without the generic reader.
+    kind = payload[0]
+    if (kind == 0x49 or kind == 0x55) and not in_stream and len(payload) > 6 and payload[5] == 0x4E:
+        # Inserts and key-preserving updates dominate bulk streams: no generic reader for them.
         try:
             values, end = _read_tuple(payload, 6)
         except (IndexError, struct_error) as exc:
-            raise PgOutputError(f"truncated or corrupt 'I' message: {exc}") from exc
+            raise PgOutputError(f"truncated or corrupt {chr(kind)!r} message: {exc}") from exc
         if end != len(payload):
-            raise PgOutputError(f"{len(payload) - end} unexpected trailing bytes in 'I' message")
-        return Insert(None, _U32.unpack_from(payload, 1)[0], values)
+            raise PgOutputError(f"{len(payload) - end} unexpected trailing bytes in {chr(kind)!r} message")
+        oid = _U32.unpack_from(payload, 1)[0]
+        return Insert(None, oid, values) if kind == 0x49 else Update(None, oid, None, None, values)
     decoder = _DECODERS.get(payload[0])
     if decoder is None:
         raise PgOutputError(
