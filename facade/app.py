@@ -12,9 +12,10 @@ import contextlib
 import ipaddress
 import logging
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from facade.accesslog import AccessLog
 from facade.addons import AddonManager
@@ -33,6 +34,7 @@ log = logging.getLogger("strangler.facade")
 
 CONFIG_ENV = "STRANGLER_FACADE_CONFIG"
 HOST_ENV = "STRANGLER_FACADE_HOST"
+ACCESS_LOG_ENV = "STRANGLER_FACADE_ACCESS_LOG"
 
 
 def is_loopback(host: str) -> bool:
@@ -118,12 +120,14 @@ def create_app(
     env: Mapping[str, str] | None = None,
     watch: bool = True,
     watch_interval: float = 0.5,
+    access_log: TextIO | None = None,
 ) -> FacadeApp:
     """Build the façade for `config_path`, to be served on `host`.
 
     `addons` run after the built-in metrics and access log; when None, a shadow addon is added
     if the file declares shadowing. `client` replaces the aiohttp upstream client. `env` (default
-    `os.environ`) supplies `${VAR}` interpolation and the admin token. Raises `ConfigError` for an
+    `os.environ`) supplies `${VAR}` interpolation and the admin token. `access_log` is a stream
+    for the JSON access lines (buffered); without it they go to the `strangler.access` logger. Raises `ConfigError` for an
     invalid file and `AdminTokenMissing` when a non-loopback bind would leave the admin API open.
     """
     env = os.environ if env is None else env
@@ -139,7 +143,7 @@ def create_app(
         )
     metrics = Metrics()
     extra = list(addons) if addons is not None else _default_addons(config)
-    manager = AddonManager([metrics, AccessLog(), *extra])
+    manager = AddonManager([metrics, AccessLog(stream=access_log), *extra])
     breakers = Breakers(config.breaker)
     proxy = Proxy(table, client=client or AiohttpClient(), addons=manager, breakers=breakers)
     reloader = Reloader(
@@ -171,5 +175,7 @@ def _addon_name(addon: object) -> str:
 
 def app_from_env() -> FacadeApp:
     """Factory for `uvicorn --factory` workers: the config path and bind host come from the
-    environment the serve command sets (`STRANGLER_FACADE_CONFIG`, `STRANGLER_FACADE_HOST`)."""
-    return create_app(os.environ[CONFIG_ENV], host=os.environ.get(HOST_ENV, "127.0.0.1"))
+    environment the serve command sets (`STRANGLER_FACADE_CONFIG`, `STRANGLER_FACADE_HOST`,
+    `STRANGLER_FACADE_ACCESS_LOG`: `stdout` for buffered lines on stdout, else the logger)."""
+    stream = sys.stdout if os.environ.get(ACCESS_LOG_ENV) == "stdout" else None
+    return create_app(os.environ[CONFIG_ENV], host=os.environ.get(HOST_ENV, "127.0.0.1"), access_log=stream)

@@ -10,7 +10,7 @@ upstream byte for byte.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -48,8 +48,9 @@ class UpstreamResponse(Protocol):
     status: int
     headers: Headers
 
-    def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives; raises `UpstreamError` when the upstream breaks off."""
+    async def read(self) -> bytes:
+        """The next piece of the body as it arrives, b"" at its end; raises `UpstreamError` when
+        the upstream breaks off."""
         ...
 
     def close(self, *, reuse: bool) -> None:
@@ -82,14 +83,9 @@ class _AiohttpResponse:
         self.status = response.status
         self.headers = list(response.raw_headers)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        content = self._response.content
+    async def read(self) -> bytes:
         try:
-            while True:
-                data = await content.readany()
-                if not data:
-                    return
-                yield data
+            return await self._response.content.readany()
         except asyncio.TimeoutError as exc:
             raise UpstreamTimeout("the upstream stopped sending the response body") from exc
         except (aiohttp.ClientError, OSError) as exc:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
+import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -42,7 +42,7 @@ from facade.client import Body, Upstream, UpstreamClient, UpstreamResponse
 from facade.errors import ClientGone, UpstreamError
 from facade.routing import Route, RouteTable, override, sticky_key
 
-__all__ = ["Generation", "Proxy", "HOP_BY_HOP", "IDEMPOTENT_METHODS", "SAFE_METHODS"]
+__all__ = ["Deadlines", "Generation", "Proxy", "HOP_BY_HOP", "IDEMPOTENT_METHODS", "SAFE_METHODS"]
 
 log = logging.getLogger("strangler.facade")
 
@@ -74,6 +74,8 @@ _NO_BODY_STATUS = frozenset({204, 304})
 _REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,200}")
 _TRACEPARENT = re.compile(rb"(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}(-[\x21-\x7e]*)?")
 _COOKIE_VALUE = re.compile(r"[0-9A-Za-z_-]{8,64}")
+# Ids for correlation and sticky assignment, not secrets: the fast generator is enough.
+_bits = random.getrandbits
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -205,6 +207,52 @@ class _RequestBody:
             yield chunk
 
 
+class Deadlines:
+    """Request deadlines with one sweeping timer for all of them (checked every `resolution`
+    seconds) instead of a timer per request: a task past its deadline is cancelled, and
+    `fired(task)` then tells the request that the cancellation was its timeout."""
+
+    __slots__ = ("resolution", "entries", "_fired", "_handle")
+
+    def __init__(self, resolution: float = 0.01) -> None:
+        self.resolution = resolution
+        self.entries: dict[asyncio.Task[Any], float] = {}
+        self._fired: set[asyncio.Task[Any]] = set()
+        self._handle: asyncio.TimerHandle | None = None
+
+    def add(self, task: asyncio.Task[Any] | None, deadline: float) -> None:
+        if task is None:
+            return
+        self.entries[task] = deadline
+        if self._handle is None:
+            self._handle = asyncio.get_running_loop().call_later(self.resolution, self._sweep)
+
+    def discard(self, task: asyncio.Task[Any] | None) -> None:
+        self.entries.pop(task, None)  # type: ignore[arg-type]
+
+    def forget(self, task: asyncio.Task[Any] | None) -> None:
+        self._fired.discard(task)  # type: ignore[arg-type]
+
+    def fired(self, task: asyncio.Task[Any] | None) -> bool:
+        """Whether `task` was cancelled for its deadline (and take that cancellation back)."""
+        if task is None or task not in self._fired:
+            return False
+        self._fired.discard(task)
+        task.uncancel()
+        return True
+
+    def _sweep(self) -> None:
+        self._handle = None
+        now = time.monotonic()
+        expired = [task for task, deadline in self.entries.items() if deadline <= now]
+        for task in expired:
+            del self.entries[task]
+            self._fired.add(task)
+            task.cancel()
+        if self.entries:
+            self._handle = asyncio.get_running_loop().call_later(self.resolution, self._sweep)
+
+
 class _Failure(Exception):
     """A response the façade gives itself: status, reason code and a sentence."""
 
@@ -230,6 +278,7 @@ class Proxy:
         self.generation: Generation = self._generation(table, {})
         self.breakers.configure(table.config.breaker, frozenset(table.upstreams))
         self._closing: set[asyncio.Task[None]] = set()
+        self.deadlines = Deadlines()
         self.inflight = 0
 
     # -- configuration -------------------------------------------------------------------------
@@ -299,7 +348,7 @@ class Proxy:
             text[key] = decoded if previous is None else previous + ("; " if key == "cookie" else ", ") + decoded
 
         if request_id is None or not _REQUEST_ID.fullmatch(request_id):
-            request_id = os.urandom(16).hex().encode("ascii")
+            request_id = b"%032x" % _bits(128)
             new_request_id = True
         else:
             new_request_id = False
@@ -325,7 +374,7 @@ class Proxy:
             if key is None and len(route.upstreams) > 1:
                 key = cookies.get(generation.cookie)
                 if key is None or not _COOKIE_VALUE.fullmatch(key):
-                    key = os.urandom(16).hex()
+                    key = "%032x" % _bits(128)
                     set_cookie = generation.cookie.encode("latin-1") + b"=" + key.encode("ascii") + generation.cookie_suffix
             name = route.choose(key)
 
@@ -390,7 +439,7 @@ class Proxy:
         if traceparent is None or not _TRACEPARENT.fullmatch(traceparent):
             if traceparent is not None:
                 headers = [item for item in headers if item[0] != b"traceparent"]
-            headers.append((b"traceparent", b"00-" + os.urandom(16).hex().encode() + b"-" + os.urandom(8).hex().encode() + b"-01"))
+            headers.append((b"traceparent", b"00-%032x-%016x-01" % (_bits(128) or 1, _bits(64) or 1)))
 
         # The first body message tells whether there is a body at all (no await for GETs).
         message = await receive()
@@ -427,6 +476,7 @@ class Proxy:
         deadline = flow.started + timeout
         attempts_allowed = config.retries.attempts
         breakers = self.breakers
+        deadlines = self.deadlines
 
         response: UpstreamResponse | None = None
         failure: _Failure | None = None
@@ -448,10 +498,16 @@ class Proxy:
                     used.append(upstream)
                 body: Body = body_source.stream() if body_source is not None else whole
                 sent_at = time.monotonic()
+                task = asyncio.current_task()
+                deadlines.add(task, deadline)
                 try:
-                    async with asyncio.timeout_at(deadline):
+                    try:
                         response = await self.client.request(upstream, method, target, headers, body)
-                except TimeoutError:
+                    finally:
+                        deadlines.discard(task)
+                except asyncio.CancelledError:
+                    if not deadlines.fired(task):
+                        raise
                     breaker.failure()
                     raise _Failure(504, "upstream_timeout", f"upstream {upstream.name!r} did not answer within the route's {timeout:g}s") from None
                 except UpstreamError as exc:
@@ -495,6 +551,8 @@ class Proxy:
         except ClientGone:
             flow.error = "client_closed"
         finally:
+            if deadlines._fired:
+                deadlines.forget(asyncio.current_task())
             if response is not None and flow.error is not None:
                 response.close(reuse=False)
             for used_upstream in used:
@@ -566,15 +624,17 @@ class Proxy:
             # An open-ended stream (SSE): stop reading the upstream when the client goes away.
             watcher = _DisconnectWatcher(receive)
         try:
-            chunk = b""
-            async for chunk in response.chunks():
+            read = response.read
+            while True:
+                chunk = await read()
+                if not chunk:
+                    break
                 sent += len(chunk)
                 if hooks:
                     addons.chunk_event(hooks, flow, chunk, "response_chunk")
                 if length is not None and sent >= length:
-                    break
+                    break  # the last piece goes out with the end of the response
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                chunk = b""
             if watcher is not None:
                 await watcher.close()
             flow.bytes_out = sent

@@ -9,6 +9,7 @@ problem. With `--workers N` uvicorn starts N processes, each building the app fr
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import typer
 import uvicorn
 
 from facade.accesslog import ACCESS_LOGGER
-from facade.app import CONFIG_ENV, HOST_ENV, create_app
+from facade.app import ACCESS_LOG_ENV, CONFIG_ENV, HOST_ENV, create_app
 
 __all__ = ["app", "logging_config", "serve_facade"]
 
@@ -24,9 +25,9 @@ app = typer.Typer(no_args_is_help=True, help="Run the routing façade.")
 
 
 def logging_config(level: str = "info", access_log: bool = True) -> dict[str, Any]:
-    """Logging for uvicorn and the façade: JSON access lines on stdout, the rest on stderr.
-
-    Passed to uvicorn as `log_config` so that every worker process applies it."""
+    """Logging for uvicorn and the façade on stderr (access lines go straight to stdout, buffered;
+    the `strangler.access` logger is the fallback). Passed to uvicorn as `log_config` so that
+    every worker process applies it."""
     level = level.upper()
     return {
         "version": 1,
@@ -63,7 +64,7 @@ def serve_facade(
 ) -> None:
     """Serve the façade until interrupted. Raises `ConfigError`/`FacadeError` before listening."""
     # Validates the file and the token rule; with one worker this is the app that serves.
-    facade = create_app(config, host=host)
+    facade = create_app(config, host=host, access_log=sys.stdout if access_log else None)
     options: dict[str, Any] = dict(
         host=host,
         port=port,
@@ -84,6 +85,7 @@ def serve_facade(
         return
     os.environ[CONFIG_ENV] = str(Path(config).resolve())
     os.environ[HOST_ENV] = host
+    os.environ[ACCESS_LOG_ENV] = "stdout" if access_log else "off"
     uvicorn.run("facade.app:app_from_env", factory=True, workers=workers, **options)
 
 
