@@ -67,11 +67,20 @@ def copy_from_legacy(
     """Replace the store's categories and products with a bulk copy of the legacy tables."""
     from extracted.catalog.copy import copy_from_legacy as run_copy
 
-    with _known_failures():
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with _known_failures(), Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("copying products", total=None)
+
+        def progress(table: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, description=f"copying {table}")
+
         report = run_copy(
             _require(legacy_url, "--legacy-url", "STRANGLER_MONOLITH_DATABASE_URL"),
             _require(database_url, "--database-url", ENV_DATABASE_URL),
             chunk_rows=chunk_rows,
+            progress=progress,
         )
     if json_output:
         typer.echo(json.dumps({"rows": report.rows, "seconds": round(report.seconds, 3)}))
