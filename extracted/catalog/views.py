@@ -11,7 +11,7 @@ from extracted.catalog.contract import parse_product_query, validate_product
 from extracted.catalog.db import run_db
 from extracted.catalog.exceptions import PermissionDenied
 from extracted.catalog.sessions import SESSION_COOKIE, SessionValidator
-from extracted.catalog.web import paginated, read_json
+from extracted.catalog.web import conditional, paginated, read_json
 
 
 async def require_staff(request: Request) -> None:
@@ -44,8 +44,8 @@ async def product_create(request: Request) -> Response:
 
 
 async def product_detail(request: Request) -> Response:
-    """GET /api/products/{id}."""
-    return JSONResponse(await run_db(request, store.get_product, request.path_params["id"]))
+    """GET /api/products/{id}, with an ETag; a matching If-None-Match gets 304 (conditional GET)."""
+    return conditional(request, JSONResponse(await run_db(request, store.get_product, request.path_params["id"])))
 
 
 async def product_update(request: Request) -> Response:

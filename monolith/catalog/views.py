@@ -10,7 +10,7 @@ from monolith.catalog import services
 from monolith.catalog.contract import parse_product_query, validate_product
 from monolith.db import run_db
 from monolith.exceptions import ApiError, PermissionDenied
-from monolith.web import paginated, read_json
+from monolith.web import conditional, paginated, read_json
 
 
 async def require_staff(request: Request) -> None:
@@ -37,8 +37,8 @@ async def product_create(request: Request) -> Response:
 
 
 async def product_detail(request: Request) -> Response:
-    """GET /api/products/{id}."""
-    return JSONResponse(await run_db(request, services.get_product, request.path_params["id"]))
+    """GET /api/products/{id}, with an ETag; a matching If-None-Match gets 304 (conditional GET)."""
+    return conditional(request, JSONResponse(await run_db(request, services.get_product, request.path_params["id"])))
 
 
 async def product_update(request: Request) -> Response:

@@ -94,3 +94,10 @@ def test_every_product_page_is_the_same(pair: Pair) -> None:
             url_m = legacy["next"] and legacy["next"].replace("http://shop.example", pair.monolith_url)
             url_c = extracted["next"] and extracted["next"].replace("http://shop.example", pair.catalog_url)
     assert pages >= 2
+
+
+def test_same_etag_for_the_same_product(pair: Pair) -> None:
+    with httpx.Client(timeout=10) as client:
+        legacy = client.get(f"{pair.monolith_url}/api/products/5").headers["etag"]
+        extracted = client.get(f"{pair.catalog_url}/api/products/5", headers={"If-None-Match": legacy})
+    assert extracted.status_code == 304

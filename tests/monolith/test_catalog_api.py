@@ -185,3 +185,14 @@ def test_malformed_json_is_400_never_500(fresh_shop: Shop) -> None:
     with httpx.Client(base_url=fresh_shop.url) as client:
         response = client.post("/accounts/login", content=b"{bad", headers={"Content-Type": "application/json"})
         assert response.status_code == 400
+
+
+def test_detail_supports_conditional_get(shop: Shop) -> None:
+    with shop.client() as client:
+        first = client.get("/api/products/3")
+        etag = first.headers["etag"]
+        again = client.get("/api/products/3", headers={"If-None-Match": etag})
+        assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag
+        assert client.get("/api/products/3", headers={"If-None-Match": '"other"'}).status_code == 200
+        head = client.head("/api/products/3")
+        assert head.status_code == 200 and head.content == b"" and head.headers["etag"] == etag

@@ -121,3 +121,9 @@ def test_cli_without_database_url_says_how_to_give_one(monkeypatch: pytest.Monke
     result = CliRunner().invoke(cli, ["seed", "--database-url", "not a url"])
     assert result.exit_code == 1
     assert "is not a database URL" in result.output
+
+
+def test_cli_serve_refuses_a_database_without_the_shop_tables(database: str) -> None:
+    result = CliRunner().invoke(cli, ["serve", "--database-url", database, "--port", "1"])
+    assert result.exit_code == 1
+    assert "run `python -m monolith migrate`" in result.output
