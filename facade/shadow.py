@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import hashlib
 import logging
 import time
 import zlib
@@ -28,6 +27,7 @@ from facade.exceptions import FacadeError
 from facade.noise import NoiseModel, NoiseThresholds
 from facade.recorder import TrafficRecorder, redacted_exchange
 from facade.redact import Redactor
+from facade.routing import canonical_path
 from facade.shadow_store import ComparisonRecord, DiffRecord, DropRecord, SampleRecord, ShadowStore, StoreWriter
 
 __all__ = [
@@ -37,8 +37,11 @@ __all__ = [
     "ShadowClient",
     "ShadowCounters",
     "ShadowEngine",
+    "RawJob",
+    "RouteInfo",
     "ShadowJob",
     "ShadowSink",
+    "build_job",
     "compare_pair",
     "failure_record",
     "judge",
@@ -250,9 +253,11 @@ def decoded(reply: Reply) -> Reply:
 
 
 def sample_bucket(key: str, salt: str) -> int:
-    """0..9999 from a key; salted differently from routing, so shadow samples are not the canary users."""
-    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8, person=b"strangler-shdw", salt=salt.encode()[:16]).digest()
-    return int.from_bytes(digest, "big") % 10_000
+    """0..9999 from a key; salted differently from routing, so shadow samples are not the canary users.
+
+    CRC-32 rather than a cryptographic hash: it runs on every request, and sampling needs spread,
+    not secrecy."""
+    return zlib.crc32(key.encode("utf-8", "surrogatepass"), zlib.crc32(salt.encode())) % 10_000
 
 
 @dataclass
@@ -324,6 +329,47 @@ class ShadowJob:
     primary: Reply
     primary_ms: float | None
     noise: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RouteInfo:
+    """What the workers need to know about a shadowed route (sent once per route version)."""
+
+    route_id: str
+    config: ShadowConfig
+    segments: tuple[str, ...]
+    candidate_base: str
+
+
+RawJob = tuple[str, bytes, bytes, list[tuple[bytes, bytes]], bytes, int, list[tuple[bytes, bytes]], bytes, bool, "float | None", bool, str]
+"""(method, raw path, query, request headers, request body, status, response headers, response
+body, response truncated, duration s, noise probe, primary base URL): only what the hooks have,
+so handing a request over costs a tuple and a pickle on the façade's loop."""
+
+
+def build_job(info: RouteInfo, raw: RawJob) -> ShadowJob:
+    """Expand a hook's raw tuple into a job (decoding, canonical endpoint, redacted request line)."""
+    method, raw_path, raw_query, req_headers, body, status, resp_headers, resp_body, truncated, duration, noise, primary_base = raw
+    path = raw_path.decode("latin-1")
+    query = raw_query.decode("latin-1")
+    target = path + ("?" + query if query else "")
+    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in req_headers]
+    headers = [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP and k.lower() != SHADOW_HEADER[0]]
+    headers.append(SHADOW_HEADER)
+    redacted_query = Redactor.build(body_fields=info.config.redact.body_fields).query(query) if query else ""
+    return ShadowJob(
+        route=info.route_id,
+        endpoint=f"{method} {canonical_path(info.segments, path)}",
+        method=method,
+        request_line=f"{method} {path}" + ("?" + redacted_query if query else ""),
+        headers=headers,
+        body=body,
+        candidate_url=info.candidate_base.rstrip("/") + target,
+        primary_url=primary_base.rstrip("/") + target,
+        primary=Reply(status, _header_map([(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in resp_headers]), resp_body, truncated),
+        primary_ms=duration * 1000 if duration is not None else None,
+        noise=noise,
+    )
 
 
 class _RouteShadow:
@@ -398,12 +444,12 @@ class ShadowEngine:
             self.routes[route_id] = rs
         return rs
 
-    def submit(self, config: ShadowConfig, job: ShadowJob) -> None:
-        rs = self.route(job.route, config)
-        try:
-            rs.queue.put_nowait(job)
-        except asyncio.QueueFull:
-            self.drop(job.route, "queue_full")
+    def submit(self, info: RouteInfo, raw: RawJob) -> None:
+        rs = self.route(info.route_id, info.config)
+        if rs.queue.full():
+            self.drop(info.route_id, "queue_full")
+            return
+        rs.queue.put_nowait(build_job(info, raw))
 
     def drop(self, route_id: str, reason: str, count: int = 1) -> None:
         rs = self.routes.get(route_id)
@@ -511,7 +557,7 @@ class ShadowSink(Protocol):
 
     async def stop(self) -> None: ...
 
-    def submit(self, config: ShadowConfig, job: ShadowJob) -> None: ...
+    def submit(self, info: RouteInfo, raw: RawJob) -> None: ...
 
     def drop(self, route_id: str, reason: str) -> None: ...
 
@@ -558,6 +604,7 @@ class ShadowAddon:
         self.recorders: dict[str, TrafficRecorder] = {}
         self.local: dict[str, ShadowCounters] = {}
         self.configs: dict[str, ShadowConfig] = {}
+        self._infos: dict[int, tuple[Any, RouteInfo]] = {}
         self._starting: set[asyncio.Task[None]] = set()
         self._running = False
 
@@ -679,54 +726,37 @@ class ShadowAddon:
         if flow.error is not None or flow.status is None:
             counters.skipped_primary_failed += tee.shadow
             return
-        method = flow.method
-        path = _text_of(flow.raw_path)
-        query = _text_of(flow.query_string)
-        endpoint = route.endpoint(method, path)
-        request_headers = [(_text_of(k), _text_of(v)) for k, v in flow.request_headers]
-        response_headers = [(_text_of(k).lower(), _text_of(v)) for k, v in (flow.response_headers or ())]
         response_body = b"".join(tee.response)
-        duration_ms = flow.duration * 1000 if flow.duration is not None else None
         if tee.record:
-            self._record(route.id, config, flow, endpoint, path, query, request_headers, tee, response_headers, response_body, duration_ms)
+            self._record(route, config, flow, tee, response_body)
         if not tee.shadow:
             return
         if tee.too_large:
             counters.dropped_body_too_large += 1
             self.sink.drop(route.id, "body_too_large")
             return
-        upstreams = flow.table.upstreams
-        target = path + ("?" + query if query else "")
-        redacted_query = Redactor.build(body_fields=config.redact.body_fields).query(query) if query else ""
-        job = ShadowJob(
-            route=route.id,
-            endpoint=endpoint,
-            method=method,
-            request_line=f"{method} {path}" + ("?" + redacted_query if query else ""),
-            headers=[(k, v) for k, v in request_headers if k.lower() not in HOP_BY_HOP and k.lower() != SHADOW_HEADER[0]] + [SHADOW_HEADER],
-            body=b"".join(tee.request),
-            candidate_url=upstreams[config.to].url.rstrip("/") + target,
-            primary_url=upstreams[flow.upstream].url.rstrip("/") + target,
-            primary=Reply(flow.status, _header_map(response_headers), response_body, tee.response_truncated),
-            primary_ms=duration_ms,
-            noise=tee.noise,
+        info = self._infos.get(id(route))
+        if info is None or info[0] is not route:
+            upstream = flow.table.upstreams[config.to]
+            info = (route, RouteInfo(route.id, config, route.segments, upstream.url))
+            self._infos[id(route)] = info
+        raw: RawJob = (
+            flow.method,
+            flow.raw_path,
+            flow.query_string,
+            flow.request_headers,
+            b"".join(tee.request),
+            flow.status,
+            flow.response_headers or [],
+            response_body,
+            tee.response_truncated,
+            flow.duration,
+            tee.noise,
+            flow.table.upstreams[flow.upstream].url,
         )
-        self.sink.submit(config, job)
+        self.sink.submit(info[1], raw)
 
-    def _record(
-        self,
-        route_id: str,
-        config: ShadowConfig,
-        flow: Any,
-        endpoint: str,
-        path: str,
-        query: str,
-        request_headers: list[tuple[str, str]],
-        tee: _Tee,
-        response_headers: list[tuple[str, str]],
-        response_body: bytes,
-        duration_ms: float | None,
-    ) -> None:
+    def _record(self, route: Any, config: ShadowConfig, flow: Any, tee: _Tee, response_body: bytes) -> None:
         assert config.record is not None
         recorder = self.recorders.get(config.record.file)
         if recorder is None:
@@ -734,26 +764,27 @@ class ShadowAddon:
             self.recorders[config.record.file] = recorder
             self._owned(recorder.start())
         redactor = Redactor.build(config.redact.headers, config.redact.body_fields, 64 * 1024)
+        path = _text_of(flow.raw_path)
         recorder.record(
             redacted_exchange(
                 redactor,
                 ts=time.time(),
-                route=route_id,
-                endpoint=endpoint,
+                route=route.id,
+                endpoint=route.endpoint(flow.method, path),
                 method=flow.method,
                 path=path,
-                query=query,
-                headers=request_headers,
+                query=_text_of(flow.query_string),
+                headers=[(_text_of(k), _text_of(v)) for k, v in flow.request_headers],
                 body=b"".join(tee.request),
                 body_truncated=tee.too_large,
                 status=flow.status,
-                response_headers=response_headers,
+                response_headers=[(_text_of(k).lower(), _text_of(v)) for k, v in (flow.response_headers or ())],
                 response_body=response_body,
                 response_truncated=tee.response_truncated,
-                duration_ms=duration_ms,
+                duration_ms=flow.duration * 1000 if flow.duration is not None else None,
             )
         )
-        self.local[route_id].recorded += 1
+        self.local[route.id].recorded += 1
 
     def _owned(self, coro: Awaitable[None]) -> None:
         # Recorder start-up is quick (mkdir + task); keep the task so stop() can await it.

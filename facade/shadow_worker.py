@@ -14,6 +14,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import pickle
 import struct
 import sys
@@ -21,7 +22,7 @@ import time
 from typing import Any
 
 from facade.config import ShadowConfig, ShadowStoreConfig
-from facade.shadow import ShadowEngine, ShadowJob
+from facade.shadow import RawJob, RouteInfo, ShadowEngine
 
 __all__ = ["ProcessSink", "main"]
 
@@ -30,6 +31,7 @@ log = logging.getLogger("strangler.shadow.worker")
 FRAME = struct.Struct("!I")
 REPORT_INTERVAL = 0.1
 DRAIN_TIMEOUT = 5.0
+NICENESS = 19
 
 
 def _frame(message: tuple[Any, ...]) -> bytes:
@@ -54,14 +56,14 @@ class ProcessSink:
     counted as `queue_full`, as a full route queue in the worker would be.
     """
 
-    def __init__(self, *, store_config: ShadowStoreConfig, response_cap: int, max_backlog: int = 64 * 1024 * 1024, python: str | None = None) -> None:
+    def __init__(self, *, store_config: ShadowStoreConfig, response_cap: int, max_backlog: int = 4 * 1024 * 1024, python: str | None = None) -> None:
         self.store_config = store_config
         self.response_cap = response_cap
         self.max_backlog = max_backlog
         self.python = python or sys.executable
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._keys: dict[int, tuple[ShadowConfig, int]] = {}
+        self._keys: dict[int, tuple[RouteInfo, int]] = {}
         self._remote: dict[str, dict[str, Any]] = {}
         self._store: dict[str, int] | None = None
         self._local_drops: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -94,22 +96,23 @@ class ProcessSink:
             return 0
         return proc.stdin.transport.get_write_buffer_size()
 
-    def submit(self, config: ShadowConfig, job: ShadowJob) -> None:
-        if self._backlog() > self.max_backlog or self._broken:
-            self._local_drops[(job.route, "queue_full")] += 1
-            self._pending_drops[(job.route, "queue_full")] += 1
+    def submit(self, info: RouteInfo, raw: RawJob) -> None:
+        route_id = info.route_id
+        if self._broken or self._backlog() > self.max_backlog:
+            self._local_drops[(route_id, "queue_full")] += 1
+            self._pending_drops[(route_id, "queue_full")] += 1
             return
-        known = self._keys.get(id(config))
-        if known is None or known[0] is not config:
-            known = (config, len(self._keys) + 1)
-            self._keys[id(config)] = known
-            self._write(("config", known[1], config.model_dump(mode="json")))
+        key = self._keys.get(id(info))
+        if key is None or key[0] is not info:
+            key = (info, len(self._keys) + 1)
+            self._keys[id(info)] = key
+            self._write(("route", key[1], info.route_id, info.config.model_dump(mode="json"), info.segments, info.candidate_base))
         if self._pending_drops:
             for (route, reason), n in self._pending_drops.items():
                 self._write(("drop", route, reason, n))
             self._pending_drops.clear()
-        if not self._write(("job", known[1], job)):
-            self._local_drops[(job.route, "queue_full")] += 1
+        if not self._write(("job", key[1], raw)):
+            self._local_drops[(route_id, "queue_full")] += 1
 
     def drop(self, route_id: str, reason: str) -> None:
         self._write(("drop", route_id, reason, 1))
@@ -162,7 +165,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         return
     engine = ShadowEngine(store_config=ShadowStoreConfig.model_validate(init[1]), response_cap=init[2])
     await engine.start()
-    configs: dict[int, ShadowConfig] = {}
+    routes: dict[int, RouteInfo] = {}
     last: Any = None
 
     def report(force: bool = False) -> None:
@@ -185,9 +188,10 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 break
             kind = message[0]
             if kind == "job":
-                engine.submit(configs[message[1]], message[2])
-            elif kind == "config":
-                configs[message[1]] = ShadowConfig.model_validate(message[2])
+                engine.submit(routes[message[1]], message[2])
+            elif kind == "route":
+                _, key, route_id, config, segments, candidate_base = message
+                routes[key] = RouteInfo(route_id, ShadowConfig.model_validate(config), tuple(segments), candidate_base)
             elif kind == "drop":
                 engine.drop(message[1], message[2], message[3])
         # The façade is stopping: let queued shadows finish for a bounded time.
@@ -218,6 +222,10 @@ async def _main() -> None:
 def main() -> None:
     """Entry point of `python -m facade.shadow_worker` (started by the façade, not by people)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s shadow-worker %(levelname)s %(message)s", stream=sys.stderr)
+    # Shadowing only gets the CPU the primary traffic leaves over: when the machine is busy the
+    # worker falls behind, its queues fill, and the excess is dropped and counted.
+    with contextlib.suppress(OSError):
+        os.nice(NICENESS)
     asyncio.run(_main())
 
 
