@@ -41,24 +41,40 @@ class Pair:
             yield client.cookies["sessionid"]
 
 
-def _pair(pg: EmbeddedPostgres, label: str, sizes: SeedSizes) -> Iterator[Pair]:
-    stamp = uuid.uuid4().hex[:8]
-    legacy = seeded_database(pg.create_database(f"legacy_{label}_{stamp}"), sizes)
-    store = pg.create_database(f"catalog_{label}_{stamp}")
+def _store(pg: EmbeddedPostgres, legacy: str, label: str) -> str:
+    store = pg.create_database(f"catalog_{label}_{uuid.uuid4().hex[:8]}")
     migrate(store)
     copy_from_legacy(legacy, store)
-    with serve(create_monolith_app(legacy)) as monolith_url:
-        with serve(create_catalog_app(store, monolith_url=monolith_url)) as catalog_url:
-            yield Pair(monolith_url, catalog_url, legacy, store)
+    return store
+
+
+@pytest.fixture(scope="session")
+def legacy_db(pg: EmbeddedPostgres) -> str:
+    """A seeded legacy database that no test changes (sessions aside)."""
+    return seeded_database(pg.create_database(f"legacy_ro_{uuid.uuid4().hex[:8]}"), SIZES)
+
+
+@pytest.fixture(scope="session")
+def legacy_monolith(legacy_db: str) -> Iterator[str]:
+    """The monolith on `legacy_db`; its base URL."""
+    with serve(create_monolith_app(legacy_db)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
-def pair(pg: EmbeddedPostgres) -> Iterator[Pair]:
-    """Both services on the same seeded data, shared by a module's read-only tests."""
-    yield from _pair(pg, "ro", SIZES)
+def pair(pg: EmbeddedPostgres, legacy_db: str, legacy_monolith: str) -> Iterator[Pair]:
+    """Both services on the same seeded data; the store is the module's own."""
+    store = _store(pg, legacy_db, "ro")
+    with serve(create_catalog_app(store, monolith_url=legacy_monolith)) as catalog_url:
+        yield Pair(legacy_monolith, catalog_url, legacy_db, store)
 
 
 @pytest.fixture
 def fresh_pair(pg: EmbeddedPostgres) -> Iterator[Pair]:
-    """Both services on data of their own, for tests that write."""
-    yield from _pair(pg, "rw", SeedSizes(products=40, categories=4, users=2, orders=3, seed=11, inactive_percent=5))
+    """Both services on data of their own, for tests that write to both."""
+    sizes = SeedSizes(products=40, categories=4, users=2, orders=3, seed=11, inactive_percent=5)
+    legacy = seeded_database(pg.create_database(f"legacy_rw_{uuid.uuid4().hex[:8]}"), sizes)
+    store = _store(pg, legacy, "rw")
+    with serve(create_monolith_app(legacy)) as monolith_url:
+        with serve(create_catalog_app(store, monolith_url=monolith_url)) as catalog_url:
+            yield Pair(monolith_url, catalog_url, legacy, store)

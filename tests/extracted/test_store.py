@@ -17,8 +17,8 @@ from extracted.catalog.db import make_engine
 from extracted.catalog.exceptions import CatalogError
 from extracted.catalog.migrate import head_revision, migrate
 from extracted.catalog.models import Base
-from scripts.postgres import EmbeddedPostgres
-from tests.monolith.conftest import scalar, seeded_database
+from tests.extracted.conftest import SIZES
+from tests.monolith.conftest import scalar
 
 def _columns(url: str, table: str) -> list[tuple[str, str, str]]:
     conn = psycopg2.connect(url)
@@ -68,11 +68,11 @@ def test_migrate_command_works_from_any_directory(
     assert scalar(database, "SELECT to_regclass('catalog.products') IS NOT NULL") is True
 
 
-def test_copy_from_legacy_translates_every_row(pg: EmbeddedPostgres, database: str) -> None:
-    legacy = seeded_database(pg.create_database(database.rsplit("/", 1)[1] + "_legacy"))
+def test_copy_from_legacy_translates_every_row(legacy_db: str, database: str) -> None:
+    legacy = legacy_db
     migrate(database)
     report = copy_from_legacy(legacy, database, chunk_rows=64)
-    assert report.rows == {"categories": 8, "products": 300}
+    assert report.rows == {"categories": SIZES.categories, "products": SIZES.products}
     legacy_rows = _rows(legacy, "SELECT id, sku, name, slug, description, (price * 100)::bigint, stock, is_active, "
                                 "category_id, attributes::text, created_at FROM catalog_product ORDER BY id")
     store_rows = _rows(database, "SELECT id, sku, title, slug, description, price_cents, stock, active, category_id, "
@@ -81,14 +81,13 @@ def test_copy_from_legacy_translates_every_row(pg: EmbeddedPostgres, database: s
     assert _rows(database, "SELECT * FROM catalog.categories ORDER BY id") == _rows(
         legacy, "SELECT id, name, slug, parent_id FROM catalog_category ORDER BY id")
     # Re-running replaces instead of duplicating.
-    assert copy_from_legacy(legacy, database).rows == {"categories": 8, "products": 300}
-    assert scalar(database, "SELECT count(*) FROM catalog.products") == 300
+    assert copy_from_legacy(legacy, database).rows == {"categories": SIZES.categories, "products": SIZES.products}
+    assert scalar(database, "SELECT count(*) FROM catalog.products") == SIZES.products
 
 
-def test_copy_into_an_unmigrated_store_says_what_to_run(pg: EmbeddedPostgres, database: str) -> None:
-    legacy = seeded_database(pg.create_database(database.rsplit("/", 1)[1] + "_legacy"))
+def test_copy_into_an_unmigrated_store_says_what_to_run(legacy_db: str, database: str) -> None:
     with pytest.raises(CatalogError, match="python -m extracted.catalog migrate"):
-        copy_from_legacy(legacy, database)
+        copy_from_legacy(legacy_db, database)
 
 
 def test_cli_reports_missing_settings() -> None:

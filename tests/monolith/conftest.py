@@ -62,23 +62,23 @@ class Shop:
             yield client
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def shop_db(pg: EmbeddedPostgres) -> str:
-    """A seeded shop database shared by a module's read-only tests."""
+    """A seeded shop database shared by the read-only tests."""
     return seeded_database(pg.create_database(f"shop_ro_{uuid.uuid4().hex[:8]}"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def shop(shop_db: str) -> Iterator[Shop]:
     """The monolith on the shared database (tests must not change its data)."""
     with serve(create_app(shop_db)) as url:
         yield Shop(url, shop_db)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def fresh_shop(pg: EmbeddedPostgres) -> Iterator[Shop]:
-    """The monolith on a database of the module's own, for tests that write: each test writes
-    rows (products, users, skus) that no other test of the module reads."""
+    """The monolith on a database of its own, for tests that write: each test writes rows
+    (products, stock, skus, a user's orders) that no other test reads."""
     url = seeded_database(pg.create_database(f"shop_rw_{uuid.uuid4().hex[:8]}"))
     with serve(create_app(url)) as base:
         yield Shop(base, url)
