@@ -21,7 +21,7 @@ from facade.accesslog import AccessLog
 from facade.addons import AddonManager
 from facade.admin import build_admin
 from facade.breaker import Breakers
-from facade.client import AiohttpClient, UpstreamClient
+from facade.client import H1Client, UpstreamClient
 from facade.config import FacadeConfig
 from facade.errors import AdminTokenMissing
 from facade.metrics import Metrics
@@ -145,7 +145,7 @@ def create_app(
     extra = list(addons) if addons is not None else _default_addons(config)
     manager = AddonManager([metrics, AccessLog(stream=access_log), *extra])
     breakers = Breakers(config.breaker)
-    proxy = Proxy(table, client=client or AiohttpClient(), addons=manager, breakers=breakers)
+    proxy = Proxy(table, client=client or H1Client(), addons=manager, breakers=breakers)
     reloader = Reloader(
         path, table, digest, loaded_at, install=proxy.swap, env=env, on_result=[lambda result: metrics.reloaded(result.ok)],
         interval=watch_interval,

@@ -465,7 +465,7 @@ class Proxy:
             elif method not in SAFE_METHODS:
                 whole = b""
 
-        target = (flow.raw_path + b"?" + flow.query_string if flow.query_string else flow.raw_path).decode("latin-1")
+        target = flow.raw_path + b"?" + flow.query_string if flow.query_string else flow.raw_path
         upstreams = generation.upstreams
         upstream = upstreams[name]
         fallback_name = config.fallback
@@ -517,7 +517,7 @@ class Proxy:
                     breaker.failure()
                     can_replay = not body_source.lost if body_source is not None else whole is None or len(whole) <= replay_cap
                     if tries < attempts_allowed and can_replay and (not exc.reached or method in IDEMPOTENT_METHODS) and breaker.allow():
-                        log.info("request %s: retrying %s %s on %r after: %s", flow.request_id, method, target, upstream.name, exc)
+                        log.info("request %s: retrying %s %s on %r after: %s", flow.request_id, method, flow.path, upstream.name, exc)
                         continue
                     if fallback is not None and can_replay:
                         log.info("request %s: falling back to %r after: %s", flow.request_id, fallback.name, exc)

@@ -247,3 +247,35 @@ def test_malformed_requests_get_4xx_and_the_facade_keeps_serving(tmp_path: Path)
     assert bad_header.startswith(b"HTTP/1.1 400")
     assert re.match(rb"HTTP/1.1 4\d\d", star)
     assert after.status_code == 200
+
+
+def test_upstream_connections_are_kept_alive_and_bounded_by_the_pool(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.facade.proxy_support import RawUpstream, ok_response
+
+    with RawUpstream(lambda index, head, body: ok_response(b"pooled")) as up:
+        config = tmp_path / "routing.yaml"
+        config.write_text(f'upstreams:\n  monolith: {{url: "{up.url}", pool: 2}}\ndefault: {{to: monolith}}\n')
+        with facade(config) as (url, _):
+            with httpx.Client(base_url=url) as client:
+                sequential = [client.get("/one").text for _ in range(5)]
+                after_sequential = up.connections
+                with ThreadPoolExecutor(8) as pool:
+                    concurrent = list(pool.map(lambda i: client.get(f"/many/{i}").status_code, range(40)))
+    assert sequential == ["pooled"] * 5 and after_sequential == 1
+    assert concurrent == [200] * 40
+    assert up.connections <= 2
+
+
+def test_responses_delimited_by_closing_the_connection_arrive_whole(tmp_path: Path) -> None:
+    from tests.facade.proxy_support import RawUpstream
+
+    body = b"until-eof " * 5000
+    with RawUpstream(lambda index, head, _: b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n" + body) as up:
+        config = write_config(tmp_path / "routing.yaml", {"monolith": up.url})
+        with facade(config) as (url, _):
+            first = httpx.get(url + "/eof")
+            second = httpx.get(url + "/eof")
+    assert first.content == body and second.content == body
+    assert up.connections == 2

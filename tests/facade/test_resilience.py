@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from facade.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
-from facade.client import AiohttpClient, Body, Upstream, UpstreamResponse
+from facade.client import H1Client, Body, Upstream, UpstreamResponse
 from facade.errors import UpstreamConnectError
 from tests.facade.proxy_support import RawUpstream, echo, facade, ok_response, read_body, refused_url, serve, write_config
 
@@ -55,11 +55,11 @@ class GatedClient:
     the gated upstream start listening, so the retry finds it."""
 
     def __init__(self, gate: RawUpstream) -> None:
-        self.inner = AiohttpClient()
+        self.inner = H1Client()
         self.gate = gate
         self.attempts: list[tuple[str, str, str]] = []
 
-    async def request(self, upstream: Upstream, method: str, target: str, headers: list[tuple[bytes, bytes]], body: Body) -> UpstreamResponse:
+    async def request(self, upstream: Upstream, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: Body) -> UpstreamResponse:
         try:
             response = await self.inner.request(upstream, method, target, headers, body)
         except UpstreamConnectError:
@@ -150,14 +150,14 @@ def test_breaker_opens_and_safe_requests_fall_back_to_the_monolith(tmp_path: Pat
     assert routes_view["breakers"]["catalog"] == "open"
 
 
-class Recorder(AiohttpClient):
+class Recorder(H1Client):
     """The real aiohttp client, remembering which upstream each attempt went to."""
 
     def __init__(self) -> None:
         super().__init__()
         self.attempts: list[tuple[str, str]] = []
 
-    async def request(self, upstream: Upstream, method: str, target: str, headers: list[tuple[bytes, bytes]], body: Body) -> UpstreamResponse:
+    async def request(self, upstream: Upstream, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: Body) -> UpstreamResponse:
         self.attempts.append((upstream.name, method))
         return await super().request(upstream, method, target, headers, body)
 
