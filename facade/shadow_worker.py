@@ -69,6 +69,8 @@ class ProcessSink:
         self._local_drops: collections.Counter[tuple[str, str]] = collections.Counter()
         self._pending_drops: collections.Counter[tuple[str, str]] = collections.Counter()
         self._broken = False
+        self._batch: list[bytes] = []
+        self._flush_scheduled = False
 
     async def start(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
@@ -78,17 +80,26 @@ class ProcessSink:
         self._reader = asyncio.get_running_loop().create_task(self._read(), name="shadow-worker-reader")
 
     def _write(self, message: tuple[Any, ...]) -> bool:
-        proc = self._proc
-        if proc is None or proc.stdin is None or self._broken or proc.stdin.is_closing():
+        if self._proc is None or self._broken:
             return False
-        try:
-            proc.stdin.write(_frame(message))
-        except (BrokenPipeError, ConnectionResetError, RuntimeError):
-            if not self._broken:
-                log.error("the shadow worker process is gone; shadow jobs are dropped from now on")
-            self._broken = True
-            return False
+        # Frames of one loop iteration go out in one write (one system call, not one per request).
+        self._batch.append(_frame(message))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
         return True
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._batch = self._batch, []
+        proc = self._proc
+        if not batch or proc is None or proc.stdin is None or self._broken or proc.stdin.is_closing():
+            return
+        try:
+            proc.stdin.write(b"".join(batch))
+        except (BrokenPipeError, ConnectionResetError, RuntimeError):
+            log.error("the shadow worker process is gone; shadow jobs are dropped from now on")
+            self._broken = True
 
     def _backlog(self) -> int:
         proc = self._proc
@@ -143,6 +154,7 @@ class ProcessSink:
         proc = self._proc
         if proc is None:
             return
+        self._flush()
         if proc.stdin is not None and not proc.stdin.is_closing():
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 await proc.stdin.drain()
