@@ -23,7 +23,7 @@ from cdc.events import ChangeEvent, Position
 from cdc.exceptions import CDCError
 from cdc.transport import Batch, TransportClosedError
 
-__all__ = ["KafkaConfig", "KafkaTransport", "KafkaTransportError", "mock_cluster", "run_applier", "topic_for"]
+__all__ = ["KafkaConfig", "KafkaTransport", "KafkaTransportError", "MockCluster", "mock_cluster", "run_applier", "topic_for"]
 
 RecordParser = Callable[[bytes | None, bytes | None, str], "ChangeEvent | None"]
 
@@ -49,6 +49,9 @@ class KafkaConfig:
     with_schema: bool = False
     topics: tuple[str, ...] = ()
     max_poll_records: int = 1000
+    # One partition per table keeps its changes in commit order, so a primary-key change's
+    # delete reaches the applier before its create (a unique column would reject it otherwise).
+    ordered: bool = True
     join_timeout: float = 30.0
     producer: Mapping[str, Any] = field(default_factory=dict)
     consumer: Mapping[str, Any] = field(default_factory=dict)
@@ -141,6 +144,7 @@ class KafkaTransport:
         if not records:
             on_durable()
             return
+        partition = 0 if self.config.ordered else None
         remaining = [len(records)]
         lock = self._lock
 
@@ -158,7 +162,10 @@ class KafkaTransport:
         for topic, key, value in records:
             while True:
                 try:
-                    producer.produce(topic, value=value, key=key, on_delivery=delivered)
+                    if partition is None:
+                        producer.produce(topic, value=value, key=key, on_delivery=delivered)
+                    else:
+                        producer.produce(topic, value=value, key=key, partition=partition, on_delivery=delivered)
                     break
                 except BufferError:
                     producer.poll(0.05)  # local queue full: let deliveries drain it
@@ -273,7 +280,7 @@ def _regex_escape(text: str) -> str:
     return re.escape(text)
 
 
-class _MockCluster:
+class MockCluster:
     """Owns a librdkafka mock cluster (it lives as long as its creating client)."""
 
     def __init__(self, brokers: int = 1) -> None:
@@ -284,9 +291,9 @@ class _MockCluster:
         self.bootstrap_servers = ",".join(f"{b.host}:{b.port}" for b in metadata.brokers.values())
 
 
-def mock_cluster(brokers: int = 1) -> _MockCluster:
+def mock_cluster(brokers: int = 1) -> MockCluster:
     """An in-process Kafka-protocol cluster for tests and demos; keep the object alive while used."""
-    return _MockCluster(brokers)
+    return MockCluster(brokers)
 
 
 def run_applier(
