@@ -207,7 +207,7 @@ class Applier:
     ) -> None:
         if connect is None and not spec.target_url:
             raise CDCError(
-                f"{spec.path}: no target database: set target.url in the spec, CATALOG_DATABASE_URL, or --target-url"
+                f"{spec.path}: no target database: set target.url in the spec, STRANGLER_CATALOG_DATABASE_URL, or --target-url"
             )
         self.spec = spec
         self._connect = connect or (lambda: psycopg2.connect(spec.target_url))
@@ -427,7 +427,14 @@ class Applier:
                 continue
             cur.execute("SAVEPOINT strangler_op")
             try:
-                applied += self._truncate(cur, op) if op.kind == "truncate" else self._segment(cur, [op])
+                try:
+                    applied += self._truncate(cur, op) if op.kind == "truncate" else self._segment(cur, [op])
+                except psycopg2.errors.UniqueViolation as exc:
+                    if self.ordered or op.kind != "upsert":
+                        raise
+                    cur.execute("ROLLBACK TO SAVEPOINT strangler_op")
+                    if self._resolve_unique(cur, op, exc):
+                        applied += self._segment(cur, [op])
                 cur.execute("RELEASE SAVEPOINT strangler_op")
             except (psycopg2.Error, _RowMissing) as exc:
                 if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
@@ -436,6 +443,46 @@ class Applier:
                 failed.add(id(op.event))
                 poison.append((op.event, f"{type(exc).__name__}: {str(exc).strip()}"))
         return applied
+
+    def _resolve_unique(self, cur: Any, op: _Op, exc: Any) -> bool:
+        """A unique value held by another row, seen out of order (Kafka: one partition per key).
+
+        The source enforces the constraint at every commit, so one of the two rows is stale:
+        the one with the older position. Returns True to retry the op after removing the
+        stale target row; False when the op itself is the stale one (skipped: a newer change
+        of its row is still to come). Raises again when undecidable.
+        """
+        table = op.table
+        constraint = getattr(exc.diag, "constraint_name", None)
+        if not constraint or op.row is None:
+            raise exc
+        cur.execute(
+            "SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_constraint c "
+            "CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord) "
+            "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum "
+            "WHERE c.conname = %s AND c.conrelid = %s::regclass",
+            (constraint, f"{_ident(table.target_schema, table.target_table)}"),
+        )
+        row = cur.fetchone()
+        columns = row[0] if row and row[0] else None
+        if not columns or any(c not in op.row for c in columns):
+            raise exc
+        name = _ident(table.target_schema, table.target_table)
+        keys = ", ".join(_ident(c) for c in table.target_key)
+        where = " AND ".join(f"{_ident(c)} = %s" for c in columns)
+        cur.execute(f"SELECT {keys} FROM {name} WHERE {where}", [_adapt(op.row[c]) for c in columns])
+        holders = [tuple(r) for r in cur.fetchall()]
+        if not holders:
+            raise exc
+        for holder in holders:
+            cur.execute("SELECT commit_lsn, lsn FROM strangler.row_position WHERE target_table = %s AND pk = %s",
+                        (table.target, _pk_json(holder)))
+            pos = cur.fetchone()
+            if pos is not None and (pos[0], pos[1]) > op.position:
+                return False
+        for holder in holders:
+            cur.execute(f"DELETE FROM {name} WHERE ({keys}) = ({', '.join(['%s'] * len(holder))})", list(holder))
+        return True
 
     def _truncate(self, cur: Any, op: _Op) -> int:
         target = op.table.target

@@ -216,15 +216,27 @@ def _initial_state(consistent_point: int) -> dict[str, Any]:
     return {"consistent_point": consistent_point, "done": False, "tables": {}, "completed": [], "rows": {}}
 
 
-def prepare(spec: SyncSpec, applier: Applier, *, progress: ProgressFn | None = None, chunk_rows: int = SNAPSHOT_CHUNK_ROWS) -> int:
+def prepare(
+    spec: SyncSpec, applier: Applier, *, progress: ProgressFn | None = None, chunk_rows: int = SNAPSHOT_CHUNK_ROWS,
+    slot_wait: float = 30.0,
+) -> int:
     """Make sure the publication and slot exist and the snapshot is complete; returns rows copied."""
     from cdc.slot import create_slot, ensure_publication, exported_snapshot, slot_state
 
     if not spec.source_url:
-        raise CDCError(f"{spec.path}: no source database; set source.url in the spec, LEGACY_DATABASE_URL, or --source-url")
+        raise CDCError(f"{spec.path}: no source database; set source.url in the spec, STRANGLER_MONOLITH_DATABASE_URL, or --source-url")
     ensure_publication(spec.source_url, spec.publication_name, [t.source for t in spec.tables])
     checkpoint: Checkpoint = applier.checkpoint
     slot = slot_state(spec.source_url, spec.slot_name)
+    deadline = time.monotonic() + slot_wait
+    while slot is not None and slot.active:
+        # A killed predecessor's walsender lingers until the server notices the dead connection.
+        if time.monotonic() > deadline:
+            raise CDCError(
+                f"replication slot {spec.slot_name} is in use by another process; stop the other `cdc run` first"
+            )
+        time.sleep(0.2)
+        slot = slot_state(spec.source_url, spec.slot_name)
     if slot is not None and not checkpoint.snapshot:
         # The slot was created but nothing was recorded before a crash: start over.
         from cdc.slot import drop_slot
@@ -396,6 +408,39 @@ def _run_memory(
     return stats
 
 
+def _ensure_topics(bootstrap_servers: str, topics: list[str], config: Mapping[str, Any]) -> None:
+    """Create the spec's topics (one partition each: per-table order) so consumers see them at once."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    settings = {"bootstrap.servers": bootstrap_servers}
+    if "log_level" in config:
+        settings["log_level"] = str(config["log_level"])
+    admin = AdminClient(settings)
+    try:
+        existing = set(admin.list_topics(timeout=10).topics)
+    except KafkaException as exc:
+        raise CDCError(f"cannot reach Kafka at {bootstrap_servers}: {exc.args[0].str()}") from exc
+    topics = [t for t in topics if t not in existing]
+    if not topics:
+        return
+    futures = admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=-1) for t in topics],
+                                  operation_timeout=5, request_timeout=5)
+    missing = []
+    for topic, future in futures.items():
+        try:
+            future.result(timeout=20)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                missing.append(topic)
+    # Brokers without CreateTopics (librdkafka's mock cluster) create topics on a metadata request.
+    for topic in missing:
+        try:
+            admin.list_topics(topic=topic, timeout=10)
+        except KafkaException as exc:
+            raise CDCError(f"cannot create Kafka topic {topic!r}: {exc.args[0].str()}") from exc
+
+
 def _run_kafka(
     spec: SyncSpec, applier: Applier, stop: threading.Event, until_caught_up: bool, idle_timeout: float,
     heartbeat_interval: float, stats: RunStats, *, bootstrap_servers: str | None, group_id: str | None,
@@ -403,6 +448,10 @@ def _run_kafka(
 ) -> RunStats:
     from cdc import kafka
 
+    if bootstrap_servers:
+        _ensure_topics(bootstrap_servers, spec.topics(), kafka_config)
+    # Notice topics created after subscribing (e.g. by Debezium's first record) within seconds.
+    kafka_config = {"topic.metadata.refresh.interval.ms": 2000, **kafka_config}
     if not bootstrap_servers and "bootstrap.servers" not in kafka_config and "test.mock.num.brokers" not in kafka_config:
         raise CDCError("--transport kafka needs --bootstrap-servers (or KAFKA_BOOTSTRAP_SERVERS)")
     return kafka.run_applier(  # type: ignore[attr-defined,no-any-return]

@@ -4,8 +4,8 @@ A spec is a YAML file beside the extracted service (e.g. `extracted/catalog/sync
 
     version: 1
     name: catalog                      # slot, publication and origin: strangler_catalog
-    source: {url: "${LEGACY_DATABASE_URL:-}", topic_prefix: legacy}
-    target: {url: "${CATALOG_DATABASE_URL:-}"}
+    source: {url: "${STRANGLER_MONOLITH_DATABASE_URL:-}", topic_prefix: legacy}
+    target: {url: "${STRANGLER_CATALOG_DATABASE_URL:-}"}
     on_error: dead_letter              # or stop
     batch_size: 1000
     tables:
@@ -233,7 +233,7 @@ def _url(section: Any, key: str, chk: _Checker, env: Mapping[str, str]) -> tuple
     if section is None:
         return None, None
     if not isinstance(section, Mapping):
-        chk.node(section, f"'{key}' must be a mapping like {{url: \"${{LEGACY_DATABASE_URL}}\"}}")
+        chk.node(section, f"'{key}' must be a mapping like {{url: \"${{STRANGLER_MONOLITH_DATABASE_URL}}\"}}")
         return None, None
     known = {"url", "url_env", "topic_prefix"}
     for k in section:

@@ -24,8 +24,8 @@ __all__ = ["app", "apply_file", "drop", "read_events", "verify"]
 app = typer.Typer(no_args_is_help=True, help="Change data capture: snapshot + stream legacy tables into a service's store.")
 
 SPEC_OPTION = typer.Option(..., "--spec", help="Sync spec YAML, e.g. extracted/catalog/sync.yaml.")
-SOURCE_OPTION = typer.Option(None, "--source-url", envvar="LEGACY_DATABASE_URL", help="Legacy (source) database URL; overrides the spec.")
-TARGET_OPTION = typer.Option(None, "--target-url", envvar="CATALOG_DATABASE_URL", help="Service (target) database URL; overrides the spec.")
+SOURCE_OPTION = typer.Option(None, "--source-url", envvar="STRANGLER_MONOLITH_DATABASE_URL", help="Legacy (source) database URL; overrides the spec.")
+TARGET_OPTION = typer.Option(None, "--target-url", envvar="STRANGLER_CATALOG_DATABASE_URL", help="Service (target) database URL; overrides the spec.")
 
 
 def _spec(path: Path, source_url: str | None, target_url: str | None) -> SyncSpec:
@@ -120,11 +120,20 @@ def run_command(
         False, "--until-caught-up", "--once", help="Stop once the target has caught up with the source (snapshot + backlog)."
     ),
     idle_timeout: float = typer.Option(2.0, "--idle-timeout", help="With --until-caught-up: seconds without changes that count as caught up."),
+    kafka_option: list[str] = typer.Option(
+        [], "--kafka-option", help="A librdkafka setting KEY=VALUE for the Kafka clients (repeatable), e.g. session.timeout.ms=6000."
+    ),
 ) -> None:
     """Snapshot the legacy tables if needed, then stream changes into the service's store."""
     from cdc.pipeline import run
 
     spec = _spec(spec_path, source_url, target_url)
+    kafka_config: dict[str, str] = {}
+    for item in kafka_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CDCError(f"--kafka-option {item!r} is not KEY=VALUE; e.g. --kafka-option session.timeout.ms=6000")
+        kafka_config[key.strip()] = value.strip()
     console = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True) as progress:
@@ -138,6 +147,7 @@ def run_command(
         stats = run(
             spec, transport=transport, bootstrap_servers=bootstrap_servers, group_id=group_id, capture=capture,
             until_caught_up=until_caught_up, idle_timeout=idle_timeout, on_progress=on_progress,
+            kafka_config=kafka_config,
         )
     console.print(f"stopped: {stats.applied} changes applied, {stats.dead_lettered} dead-lettered, position {stats.position}")
 

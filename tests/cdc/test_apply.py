@@ -174,3 +174,18 @@ def test_snapshot_copy_fast_path_and_resumed_chunk(legacy_and_target: tuple[str,
 
 def test_event_is_change_event() -> None:
     assert isinstance(event("c", 1, 1, after=product(1)), ChangeEvent)
+
+
+def test_out_of_order_unique_values_resolve_by_position(legacy_and_target: tuple[str, str]) -> None:
+    """Kafka orders per key only: a row can arrive holding a unique value another row still holds."""
+    _, target = legacy_and_target
+    with _applier(target, ordered=False) as applier:
+        applier.apply([event("c", 1, 100, after=product(1, sku="X"))])
+        # Source: at 200 row 1 is deleted, at 300 row 2 takes sku X. Row 2's insert arrives first.
+        result = applier.apply([event("c", 2, 300, after=product(2, sku="X"))])
+        assert result.dead_lettered == 0
+        applier.apply([event("d", 1, 200, before={"id": 1})])
+        assert [r[0] for r in _products(target)] == [2]
+        # A stale change of row 3 claiming X (older than row 2's) is skipped, not dead-lettered.
+        result = applier.apply([event("c", 3, 250, after=product(3, sku="X"))])
+        assert result.dead_lettered == 0 and [r[0] for r in _products(target)] == [2]

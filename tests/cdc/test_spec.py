@@ -23,7 +23,7 @@ tables:
 
 
 def test_catalog_sync_yaml_is_valid_and_maps_the_renames() -> None:
-    spec = load_spec(SYNC_YAML, env={"LEGACY_DATABASE_URL": "postgresql://l", "CATALOG_DATABASE_URL": "postgresql://c"})
+    spec = load_spec(SYNC_YAML, env={"STRANGLER_MONOLITH_DATABASE_URL": "postgresql://l", "STRANGLER_CATALOG_DATABASE_URL": "postgresql://c"})
     assert spec.name == "catalog" and spec.on_error == "dead_letter"
     assert spec.source_url == "postgresql://l" and spec.target_url == "postgresql://c"
     products = spec.table_for("public", "catalog_product")
