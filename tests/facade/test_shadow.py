@@ -145,7 +145,7 @@ def counters(client: httpx.Client, route: str = "catalog-read") -> dict[str, Any
 
 def stored(tmp: Path, n: int) -> ShadowStore:
     store = ShadowStore(f"sqlite:///{tmp}/shadow.db")
-    wait_for(lambda: _rows(store) >= n, timeout=15, what=f"{n} comparisons in the store")
+    wait_for(lambda: _rows(store) >= n, timeout=30, what=f"{n} comparisons in the store")
     return store
 
 
@@ -164,7 +164,7 @@ def test_candidate_differences_are_classified_and_per_request_noise_is_cancelled
             for i in range(1, 6):
                 r = client.get(f"/api/products/{i}")
                 assert r.status_code == 200 and r.json()["id"] == i
-        wait_for(lambda: counters(client).get("compared", 0) == 50, what="50 comparisons")
+        wait_for(lambda: counters(client).get("compared", 0) == 50, timeout=30, what="50 comparisons")
         live = counters(client)
     assert live["sampled"] == live["sent"] == 50 and live["noise_probes"] > 0
     store = stored(tmp_path, 50)
@@ -206,7 +206,7 @@ def test_a_bad_candidate_never_touches_primary_answers_or_latency(tmp_path: Path
         for _ in range(3):  # interleaved batches, so machine load hits both alike
             shadowed += _latencies(client, 10, {})
             plain += _latencies(client, 10, {"x-no-shadow": "1"})
-        live = wait_for(lambda: (c := counters(client)) and c["sampled"] == c["sent"] + c["dropped"]["queue_full"] and (c["timed_out"] + c["failed"] + c["compared"]) == c["sent"] and c, what="shadows settled")
+        live = wait_for(lambda: (c := counters(client)) and c["sampled"] == c["sent"] + c["dropped"]["queue_full"] and (c["timed_out"] + c["failed"] + c["compared"]) == c["sent"] and c, timeout=30, what="shadows settled")
     assert live["sampled"] == 30
     if kind == "down":
         assert live["failed"] == live["sent"] > 0
@@ -226,10 +226,10 @@ def test_queue_full_drops_are_counted_and_stored(tmp_path: Path) -> None:
     with facade(tmp_path, primary, candidate, shadow=shadow) as (client, _):
         for _ in range(12):
             assert client.get("/api/products/1").status_code == 200
-        live = wait_for(lambda: (c := counters(client)) and c["sent"] + c["dropped"]["queue_full"] == 12 and c, what="12 shadows sent or dropped")
+        live = wait_for(lambda: (c := counters(client)) and c["sent"] + c["dropped"]["queue_full"] == 12 and c, timeout=30, what="12 shadows sent or dropped")
         assert live["dropped"]["queue_full"] >= 5 and live["sampled"] == 12
         store = ShadowStore(f"sqlite:///{tmp_path}/shadow.db")
-        wait_for(lambda: _dropped(store) == live["dropped"]["queue_full"], what="drops in the store")
+        wait_for(lambda: _dropped(store) == live["dropped"]["queue_full"], timeout=30, what="drops in the store")
         store.close()
 
 
@@ -252,7 +252,7 @@ def test_writes_are_mirrored_only_when_allowed(tmp_path: Path) -> None:
         assert client.post("/api/products/3", content=b'{"b": 22}', headers={"x-writes": "sandbox"}).status_code == 201
         wait_for(
             lambda: [counters(client, r).get("compared") for r in ("catalog-read", "writes-opt-in", "writes-sandbox")] == [1, 1, 1],
-            what="the GET and the two allowed POSTs mirrored",
+            timeout=30, what="the GET and the two allowed POSTs mirrored",
         )
         assert counters(client)["skipped_writes"] == 3
     assert sorted((s[0], s[1], s[3]) for s in candidate.seen) == [
@@ -274,7 +274,7 @@ def test_secrets_never_reach_the_store_the_recording_or_the_report(tmp_path: Pat
     with facade(tmp_path, primary, candidate, shadow=shadow) as (client, _):
         for i in range(1, 6):
             assert client.get(f"/api/products/{i}?api_token={SECRETS['api_token']}", headers=headers).status_code == 200
-        wait_for(lambda: counters(client).get("compared") == 5 and counters(client).get("recorded") == 5, what="5 comparisons")
+        wait_for(lambda: counters(client).get("compared") == 5 and counters(client).get("recorded") == 5, timeout=30, what="5 comparisons")
     store = stored(tmp_path, 5)
     report = make_report(store)
     store.close()
@@ -299,7 +299,7 @@ def test_a_large_request_body_is_skipped_not_buffered(tmp_path: Path) -> None:
 
         assert client.post("/api/products/1", content=chunks()).status_code == 201
         assert client.post("/api/products/2", content=b"small").status_code == 201
-        wait_for(lambda: counters(client).get("compared") == 1, what="the small POST mirrored")
+        wait_for(lambda: counters(client).get("compared") == 1, timeout=30, what="the small POST mirrored")
         assert counters(client)["dropped"]["body_too_large"] == 1
     assert [s[3] for s in primary.seen] == [2 * 1024 * 1024, 5]
     assert [(s[1], s[3]) for s in candidate.seen] == [("/api/products/2", 5)]
