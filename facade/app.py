@@ -35,6 +35,7 @@ log = logging.getLogger("strangler.facade")
 CONFIG_ENV = "STRANGLER_FACADE_CONFIG"
 HOST_ENV = "STRANGLER_FACADE_HOST"
 ACCESS_LOG_ENV = "STRANGLER_FACADE_ACCESS_LOG"
+WATCH_ENV = "STRANGLER_FACADE_WATCH"
 
 
 def is_loopback(host: str) -> bool:
@@ -176,6 +177,10 @@ def _addon_name(addon: object) -> str:
 def app_from_env() -> FacadeApp:
     """Factory for `uvicorn --factory` workers: the config path and bind host come from the
     environment the serve command sets (`STRANGLER_FACADE_CONFIG`, `STRANGLER_FACADE_HOST`,
-    `STRANGLER_FACADE_ACCESS_LOG`: `stdout` for buffered lines on stdout, else the logger)."""
+    `STRANGLER_FACADE_ACCESS_LOG`: `stdout` for buffered lines on stdout, else the logger;
+    `STRANGLER_FACADE_WATCH`: `0` to not watch the file)."""
     stream = sys.stdout if os.environ.get(ACCESS_LOG_ENV) == "stdout" else None
-    return create_app(os.environ[CONFIG_ENV], host=os.environ.get(HOST_ENV, "127.0.0.1"), access_log=stream)
+    return create_app(
+        os.environ[CONFIG_ENV], host=os.environ.get(HOST_ENV, "127.0.0.1"), access_log=stream,
+        watch=os.environ.get(WATCH_ENV, "1") != "0",
+    )

@@ -180,7 +180,7 @@ class AiohttpClient:
 
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
-_IDLE_LIMIT = 15.0  # seconds an idle keep-alive connection is kept
+_IDLE_LIMIT = 4.0  # seconds an idle connection is kept: below common upstream keep-alive timeouts (uvicorn 5 s)
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 

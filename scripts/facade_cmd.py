@@ -17,7 +17,7 @@ import typer
 import uvicorn
 
 from facade.accesslog import ACCESS_LOGGER
-from facade.app import ACCESS_LOG_ENV, CONFIG_ENV, HOST_ENV, create_app
+from facade.app import ACCESS_LOG_ENV, CONFIG_ENV, HOST_ENV, WATCH_ENV, create_app
 
 __all__ = ["app", "logging_config", "serve_facade"]
 
@@ -61,10 +61,11 @@ def serve_facade(
     workers: int = 1,
     log_level: str = "info",
     access_log: bool = True,
+    watch: bool = True,
 ) -> None:
     """Serve the façade until interrupted. Raises `ConfigError`/`FacadeError` before listening."""
     # Validates the file and the token rule; with one worker this is the app that serves.
-    facade = create_app(config, host=host, access_log=sys.stdout if access_log else None)
+    facade = create_app(config, host=host, access_log=sys.stdout if access_log else None, watch=watch)
     options: dict[str, Any] = dict(
         host=host,
         port=port,
@@ -86,6 +87,7 @@ def serve_facade(
     os.environ[CONFIG_ENV] = str(Path(config).resolve())
     os.environ[HOST_ENV] = host
     os.environ[ACCESS_LOG_ENV] = "stdout" if access_log else "off"
+    os.environ[WATCH_ENV] = "1" if watch else "0"
     uvicorn.run("facade.app:app_from_env", factory=True, workers=workers, **options)
 
 
@@ -97,6 +99,7 @@ def serve(
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (one event loop each); scale with cores."),
     log_level: str = typer.Option("info", "--log-level", help="Log level of the façade and uvicorn: debug, info, warning, error."),
     access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="Write one JSON line per request on stdout."),
+    watch: bool = typer.Option(True, "--watch/--no-watch", help="Reload when the file changes (SIGHUP and POST /_strangler/reload always work)."),
 ) -> None:
     """Run the routing façade: proxy every request per routing.yaml, admin API under /_strangler/."""
-    serve_facade(config, host=host, port=port, workers=workers, log_level=log_level, access_log=access_log)
+    serve_facade(config, host=host, port=port, workers=workers, log_level=log_level, access_log=access_log, watch=watch)

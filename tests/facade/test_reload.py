@@ -144,3 +144,43 @@ def test_an_invalid_file_at_startup_is_refused_with_its_position(tmp_path: Path)
     )
     assert finished.returncode == 1
     assert f"{path}:4:15:" in finished.stderr and "'monolit'" in finished.stderr
+
+
+def test_sighup_reloads_the_file(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from tests.support import free_port
+
+    with serve(echo("monolith")) as monolith, serve(echo("catalog")) as catalog:
+        path = tmp_path / "routing.yaml"
+        write_config(path, {"monolith": monolith})
+        port = free_port()
+        log_path = tmp_path / "facade.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "scripts", "facade", "serve", "--config", str(path), "--port", str(port), "--no-watch", "--no-access-log"],
+                stdout=subprocess.DEVNULL, stderr=log,
+            )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            with httpx.Client(base_url=url, timeout=5) as client:
+
+                def routes() -> dict[str, Any] | None:
+                    assert process.poll() is None, log_path.read_text()
+                    try:
+                        return client.get("/_strangler/routes").json()  # type: ignore[no-any-return]
+                    except httpx.HTTPError:
+                        return None
+
+                before = wait_for(routes, timeout=30, what="the façade process")
+                write_config(path, {"monolith": catalog})
+                assert client.get("/x").json()["upstream"] == "monolith"  # not watching the file
+                os.kill(process.pid, signal.SIGHUP)
+                after = wait_for(lambda: (body := routes()) and body["version"] != before["version"] and body, what="the SIGHUP reload")
+                answer = client.get("/x").json()
+        finally:
+            process.terminate()
+            process.wait(timeout=15)
+    assert after["last_error"] is None and after["last_reload"]["ok"]
+    assert answer["upstream"] == "catalog"
