@@ -516,14 +516,19 @@ class Applier:
 
     def _table_ops(self, cur: Any, target: str, ops: list[_Op]) -> int:
         table = ops[0].table
-        cur.execute(
-            "SELECT commit_lsn, lsn FROM strangler.table_position WHERE name = %s AND target_table = %s",
-            (self.spec.name, target),
-        )
-        row = cur.fetchone()
-        truncated_at: Position = (row[0], row[1]) if row else (0, 0)
+        truncated_at: Position = (0, 0)
         stored: dict[str, Position] = {}
-        if target in self._streamed_tables or any(not o.snapshot for o in ops):
+        # In one ordered stream every stored position is at or before the checkpoint, which
+        # every op here is after (older ones were skipped): the guards cannot refuse anything.
+        guarded = not self.ordered or any(o.snapshot for o in ops)
+        if guarded:
+            cur.execute(
+                "SELECT commit_lsn, lsn FROM strangler.table_position WHERE name = %s AND target_table = %s",
+                (self.spec.name, target),
+            )
+            row = cur.fetchone()
+            truncated_at = (row[0], row[1]) if row else (0, 0)
+        if guarded and (target in self._streamed_tables or any(not o.snapshot for o in ops)):
             keys = [_pk_json(o.key) for o in ops]
             cur.execute(
                 "SELECT pk, commit_lsn, lsn FROM strangler.row_position WHERE target_table = %s AND pk = ANY(%s)",

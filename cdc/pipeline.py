@@ -76,8 +76,28 @@ class _Pipe:
         self.writer = os.fdopen(w, "wb", buffering=1 << 20)
 
 
-def _copy_pipe(source: Any, target: Any, select_sql: str, params: list[Any], target_sql: str) -> None:
+class _Counting:
+    """Counts the rows (lines) COPY reads through it."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.rows = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.rows += data.count(b"\n")
+        return data  # type: ignore[no-any-return]
+
+    def readline(self, size: int = -1) -> bytes:
+        data = self.raw.readline(size)
+        self.rows += data.count(b"\n")
+        return data  # type: ignore[no-any-return]
+
+
+def _copy_pipe(source: Any, target: Any, select_sql: str, params: list[Any], target_sql: str) -> int:
+    """`COPY (select) TO STDOUT` on `source` streamed into `target_sql` on `target`; rows copied."""
     pipe = _Pipe()
+    reader = _Counting(pipe.reader)
     error: list[BaseException] = []
     query = source.cursor().mogrify(select_sql, params).decode()
 
@@ -94,12 +114,13 @@ def _copy_pipe(source: Any, target: Any, select_sql: str, params: list[Any], tar
     thread.start()
     try:
         with target.cursor() as cur:
-            cur.copy_expert(target_sql, pipe.reader, size=1 << 18)
+            cur.copy_expert(target_sql, reader, size=1 << 18)
     finally:
         pipe.reader.close()
         thread.join()
     if error:
         raise error[0]
+    return reader.rows
 
 
 def _pushdown_table(
@@ -136,10 +157,7 @@ def _pushdown_table(
             args.append(upper)
         select = f"SELECT {', '.join(exprs)} FROM {src}" + (f" WHERE {' AND '.join(conds)}" if conds else "")
         try:
-            _copy_pipe(source, conn, select, args, target_sql)
-            with source.cursor() as cur:
-                cur.execute(f"SELECT count(*) FROM {src} WHERE {' AND '.join(conds) or 'true'}", args)
-                copied = int(cur.fetchone()[0])
+            copied = _copy_pipe(source, conn, select, args, target_sql)
         except psycopg2.Error as exc:
             conn.rollback()
             raise CDCError(f"snapshot copy of {table.source} into {table.target} failed: {str(exc).strip()}") from exc
