@@ -49,6 +49,18 @@ def make_report(
     return build_report(data, now=now, since=since_ts, route_filter=route, thresholds=thresholds)
 
 
+def write_report(store_url: str, output: Path, *, fmt: str = "html", since: str | None = None, route: str | None = None) -> Report:
+    """Render the report of a store into `output` (for the demo and other callers); returns it."""
+    store = ShadowStore(store_url)
+    try:
+        result = make_report(store, since=since, route=route)
+    finally:
+        store.close()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(render(result, fmt), encoding="utf-8")
+    return result
+
+
 @app.command("report")
 def report(
     store: str = typer.Option(None, "--store", help="Shadow store SQLAlchemy URL; default from --config, else sqlite:///.strangler/shadow.db."),

@@ -114,6 +114,13 @@ def test_cli_report_writes_file_and_fails_over_a_rate(store_url: str, tmp_path: 
     assert isinstance(failed.exception, ShadowFailed) and "25.00%" in str(failed.exception)
 
 
+def test_write_report_for_callers(store_url: str, tmp_path: Path) -> None:
+    from scripts.shadow_cmd import write_report
+
+    report = write_report(store_url, tmp_path / "out" / "r.md", fmt="md")
+    assert report.compared == 40 and "$.price" in (tmp_path / "out" / "r.md").read_text()
+
+
 def test_option_parsing_explains_bad_values() -> None:
     assert parse_rate("5%") == 0.05 and parse_rate("0.1") == 0.1
     with pytest.raises(ReportError, match="'lots'"):
