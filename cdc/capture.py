@@ -45,7 +45,7 @@ from cdc.pgoutput import (
     converter_for,
     pg_time_to_unix_ms,
 )
-from cdc.replication import PsycopgReplicationStream, ReplicationStream
+from cdc.replication import PsycopgReplicationStream, ReplicationError, ReplicationStream
 from cdc.transport import MemoryTransport, Transport, TransportClosedError
 
 __all__ = ["HEARTBEAT_PREFIX", "Capture", "CaptureConfig", "CaptureStats", "EventBuilder", "pgoutput_options"]
@@ -67,6 +67,7 @@ class CaptureConfig:
     heartbeat_interval: float = 10.0
     status_interval: float = 10.0
     read_timeout: float = 1.0
+    max_reconnects: int = 5
 
     def __post_init__(self) -> None:
         if self.max_batch_events < 1:
@@ -247,6 +248,7 @@ class CaptureStats:
     flushed_lsn: int = 0
     last_commit_lsn: int = 0
     last_commit_ms: int = 0
+    reconnects: int = 0
 
 
 class _Pending:
@@ -260,7 +262,8 @@ class _Pending:
 class Capture:
     """Reads the slot and publishes change events in bounded batches.
 
-    Run it with `run(stop_event)` in a thread you own, or `start()` / `stop()` / `join()`.
+    Run it with `run(stop_event)` in a thread you own, or `start()` / `stop()` / `join()`
+    (`on_error` is called from the capture thread when it fails).
     Seams: `stream` (the replication connection), `heartbeat` (emits the heartbeat message on
     the source), `key_columns` (primary keys by table).
     """
@@ -275,6 +278,7 @@ class Capture:
         key_columns: KeyLookup | None = None,
         database: str | None = None,
         server_version: int | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.config = config
         self.transport = transport
@@ -300,6 +304,8 @@ class Capture:
         self._keepalive_every = min(config.status_interval, 5.0)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._healthy = False
+        self._on_error = on_error
         self.error: BaseException | None = None
 
     # -- seams' defaults -----------------------------------------------------------------------
@@ -334,9 +340,14 @@ class Capture:
             self.run(self._stop)
         except TransportClosedError as exc:
             if not self._stop.is_set():
-                self.error = exc
-        except BaseException as exc:  # surfaced through .error / join()
-            self.error = exc
+                self._failed(exc)
+        except BaseException as exc:  # surfaced through .error / join() / on_error
+            self._failed(exc)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.error = exc
+        if self._on_error is not None:
+            self._on_error(exc)
 
     def stop(self) -> None:
         self._stop.set()
@@ -368,11 +379,34 @@ class Capture:
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Stream until `stop` is set. Raises CDCError subclasses on stream or decoding failures."""
+        """Stream until `stop` is set. Raises CDCError subclasses on stream or decoding failures.
+
+        A lost replication connection is reopened (up to `config.max_reconnects` times in a row,
+        with growing pauses): the server resends everything after the slot's flush position,
+        and the applier's position guard makes the repeats no-ops.
+        """
+        failures = 0
+        while True:
+            try:
+                self._stream_until(stop)
+                return
+            except ReplicationError:
+                self._stream.close()
+                failures = 0 if self._healthy else failures + 1
+                if stop.is_set() or failures > self.config.max_reconnects:
+                    raise
+                self.stats.reconnects += 1
+                stop.wait(min(0.25 * 2**failures, 5.0))
+                if stop.is_set():
+                    return
+
+    def _stream_until(self, stop: threading.Event) -> None:
         config = self.config
+        self._healthy = False
         self._stream.start(config.slot, pgoutput_options(config.publication, server_version=self._server_version))
         decoder = Decoder()
         builder = self._builder
+        builder.in_transaction = False
         stats = self.stats
         chunk: list[Any] = []
         last_activity = time.monotonic()
@@ -414,6 +448,7 @@ class Capture:
                     stats.transactions += 1
                     stats.last_commit_lsn = message.commit_lsn
                     stats.last_commit_ms = builder.commit_ms
+                    self._healthy = True
                 elif isinstance(message, Relation):
                     builder.relation(message)
                 elif isinstance(message, LogicalMessage):

@@ -88,6 +88,7 @@ class KafkaTransport:
         self._delivery_error: KafkaError | None = None
         self._lock = threading.Lock()
         self._assigned = threading.Event()
+        self._interrupted = threading.Event()
         self.delivered = 0
 
     # -- producer ------------------------------------------------------------------------------
@@ -213,7 +214,7 @@ class KafkaTransport:
         # Joining the group takes a few seconds; until partitions are assigned an empty poll
         # does not mean "nothing to read".
         join_deadline = time.monotonic() + self.config.join_timeout
-        while not self._closed.is_set():
+        while not self._closed.is_set() and not self._interrupted.is_set():
             try:
                 messages = consumer.consume(num_messages=self.config.max_poll_records, timeout=timeout)
             except KafkaException as exc:
@@ -255,6 +256,10 @@ class KafkaTransport:
                 raise KafkaTransportError(f"cannot commit consumer offsets: {exc}") from exc
 
         return ack
+
+    def interrupt(self) -> None:
+        """Make a waiting `batches()` return soon (e.g. the capture feeding the topics failed)."""
+        self._interrupted.set()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -343,6 +348,7 @@ def run_applier(
                           server_name=spec.topic_prefix, max_batch_events=spec.batch_size,
                           heartbeat_interval=heartbeat_interval, read_timeout=0.2),
             producer,
+            on_error=lambda exc: consumer.interrupt(),
         )
 
     def health() -> None:

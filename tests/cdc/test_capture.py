@@ -5,6 +5,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable
+from typing import Any
 from decimal import Decimal
 
 import pytest
@@ -13,7 +14,7 @@ from cdc.capture import HEARTBEAT_PREFIX, Capture, CaptureConfig, EventBuilder
 from cdc.events import UNAVAILABLE, ChangeEvent
 from cdc.exceptions import CDCError
 from cdc.pgoutput import Begin, Commit, Delete, Insert, LogicalMessage, Relation, RelationColumn, Truncate, Update
-from cdc.replication import RawMessage
+from cdc.replication import RawMessage, ReplicationError
 from cdc.transport import Batch, MemoryTransport, TransportClosedError
 from cdc.slot import MissingPrimaryKeyError, create_slot, UnknownTableError, drop_publication, drop_slot, ensure_publication, slot_state
 from tests.cdc.conftest import Collected, Running, SourceDB, insert_products
@@ -330,6 +331,75 @@ def test_flush_position_advances_in_order_of_acknowledgements() -> None:
         capture.close()
     assert stream.closed
     assert stream.options == {"proto_version": "2", "publication_names": "p", "messages": "true", "origin": "none"}
+
+
+class FlakyStream(ScriptedStream):
+    """Loses the connection after `fail_after` messages of its first run; replays all on restart."""
+
+    def __init__(self, messages: list[tuple[int, object]], fail_after: int | None, fail_starts: int = 0) -> None:
+        super().__init__(messages)
+        self.script = list(self.messages)
+        self.fail_after = fail_after
+        self.fail_starts = fail_starts
+        self.starts = 0
+
+    def start(self, slot: str, options: object, start_lsn: int = 0) -> None:
+        self.starts += 1
+        if self.starts <= self.fail_starts:
+            raise ReplicationError("replication slot is active for another process")
+        self.messages = list(self.script)
+        self.served = 0
+
+    def read(self, timeout: float) -> RawMessage | None:
+        if self.fail_after is not None and self.starts == 1 and self.served == self.fail_after:
+            raise ReplicationError("replication stream failed: server closed the connection unexpectedly")
+        self.served += 1
+        return super().read(timeout)
+
+
+def flaky_capture(
+    stream: ScriptedStream, transport: MemoryTransport, errors: list[BaseException] | None = None, **config: Any
+) -> Capture:
+    return Capture(
+        CaptureConfig(dsn="postgresql://unused", slot="s", publication="p", read_timeout=0, **config),
+        transport, stream=stream, heartbeat=lambda: None, key_columns=lambda s, t: None,
+        database="shop", server_version=160000, on_error=None if errors is None else errors.append,
+    )
+
+
+def test_capture_reconnects_and_replays_from_the_slot() -> None:
+    script = [(10, ITEMS)] + transaction(1, 100, ["1"]) + transaction(2, 200, ["2", "3"])
+    stream = FlakyStream(script, fail_after=len(script) - 2)  # lost in the middle of the second transaction
+    transport = MemoryTransport()
+    capture = flaky_capture(stream, transport)
+    capture.start()
+    try:
+        batches: list[Batch] = []
+
+        def settled() -> bool:
+            batches.extend(transport.batches(0.01))
+            return len(batches) >= 3
+
+        wait_for(settled, what="the replayed transactions")
+    finally:
+        capture.stop()
+        capture.join(timeout=10)
+        capture.close()
+    # The first transaction again after the reconnect (its ack had not moved the slot), then the
+    # second one whole: its half-read chunk from the lost connection was never published.
+    assert [[e.key for e in b.events] for b in batches] == [[{"id": 1}], [{"id": 1}], [{"id": 2}, {"id": 3}]]
+    assert capture.stats.reconnects == 1 and stream.starts == 2
+
+
+def test_capture_gives_up_after_repeated_connection_failures() -> None:
+    errors: list[BaseException] = []
+    stream = FlakyStream([], fail_after=None, fail_starts=100)
+    capture = flaky_capture(stream, MemoryTransport(), errors, max_reconnects=2)
+    capture.start()
+    with pytest.raises(ReplicationError, match="active for another process"):
+        capture.join(timeout=20)
+    capture.close()
+    assert stream.starts == 3 and len(errors) == 1 and errors[0] is capture.error
 
 
 def test_memory_transport_applies_backpressure_and_closes() -> None:
