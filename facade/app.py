@@ -155,7 +155,7 @@ def create_app(
     metrics.config_info = lambda: (reloader.version, str(reloader.status()["loaded_at"]))
     metrics.addon_failures = lambda: manager.failures
     snapshots = {
-        _addon_name(addon): addon.snapshot for addon in extra if callable(getattr(addon, "snapshot", None))
+        _addon_name(addon): getattr(addon, "snapshot") for addon in extra if callable(getattr(addon, "snapshot", None))
     }
     admin = build_admin(proxy=proxy, reloader=reloader, metrics=metrics, snapshots=snapshots, token=token if not is_loopback(host) else None)
     return FacadeApp(proxy=proxy, admin=admin, reloader=reloader, addons=manager, watch=watch)

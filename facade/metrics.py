@@ -49,7 +49,8 @@ class _Histogram:
         self.total += value
 
     def buckets(self) -> list[tuple[str, float]]:
-        out, running = [], 0
+        out: list[tuple[str, float]] = []
+        running = 0
         for bound, count in zip((*BUCKETS, float("inf")), self.counts):
             running += count
             out.append((floatToGoString(bound), running))
@@ -93,8 +94,8 @@ class _Live(Collector):
         info.add_metric([], {"version": version, "loaded_at": loaded_at})
         yield info
         failures = CounterMetricFamily("strangler_addon_failures", "Addon hooks that raised (the request carried on).", labels=["hook"])
-        for hook, count in sorted(metrics.addon_failures().items()):
-            failures.add_metric([hook], count)
+        for hook, failed in sorted(metrics.addon_failures().items()):
+            failures.add_metric([hook], failed)
         yield failures
 
 

@@ -331,21 +331,21 @@ class Proxy:
         text: dict[str, str] = {}
         request_id = traceparent = host = forwarded_for = None
         connection: bytes | None = None
-        for name, value in request_headers:
-            if name == b"x-request-id":
+        for header, value in request_headers:
+            if header == b"x-request-id":
                 request_id = value
-            elif name == b"traceparent":
+            elif header == b"traceparent":
                 traceparent = value
-            elif name == b"host":
+            elif header == b"host":
                 host = value
-            elif name == b"x-forwarded-for":
+            elif header == b"x-forwarded-for":
                 forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
-            elif name == b"connection":
+            elif header == b"connection":
                 connection = value if connection is None else connection + b"," + value
-            key = name.decode("latin-1")
-            previous = text.get(key)
+            label = header.decode("latin-1")
+            previous = text.get(label)
             decoded = value.decode("latin-1")
-            text[key] = decoded if previous is None else previous + ("; " if key == "cookie" else ", ") + decoded
+            text[label] = decoded if previous is None else previous + ("; " if label == "cookie" else ", ") + decoded
 
         if request_id is None or not _REQUEST_ID.fullmatch(request_id):
             request_id = b"%032x" % _bits(128)
@@ -487,7 +487,8 @@ class Proxy:
             if not breaker.allow():
                 if fallback is None:
                     raise _Failure(503, "circuit_open", f"upstream {name!r} is failing and its circuit breaker is open; retry later")
-                upstream, fallback, breaker = fallback, None, breakers.get(fallback.name)
+                upstream, breaker = fallback, breakers.get(fallback.name)
+                fallback = None
                 flow.upstream = upstream.name
             tries = 0
             while True:
@@ -521,7 +522,8 @@ class Proxy:
                         continue
                     if fallback is not None and can_replay:
                         log.info("request %s: falling back to %r after: %s", flow.request_id, fallback.name, exc)
-                        upstream, fallback, breaker = fallback, None, breakers.get(fallback.name)
+                        upstream, breaker = fallback, breakers.get(fallback.name)
+                        fallback = None
                         flow.upstream = upstream.name
                         breaker.allow()
                         continue
@@ -537,7 +539,8 @@ class Proxy:
                         log.info("request %s: falling back to %r after status %d from %r", flow.request_id, fallback.name, status, upstream.name)
                         response.close(reuse=False)
                         response = None
-                        upstream, fallback, breaker = fallback, None, breakers.get(fallback.name)
+                        upstream, breaker = fallback, breakers.get(fallback.name)
+                        fallback = None
                         flow.upstream = upstream.name
                         breaker.allow()
                         continue
