@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -279,7 +279,7 @@ class ShadowCounters:
     failed: int = 0
     compare_errors: int = 0
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "sampled": self.sampled,
             "sent": self.sent,
@@ -288,7 +288,7 @@ class ShadowCounters:
             "mismatched": self.mismatched,
             "noise_probes": self.noise_probes,
             "recorded": self.recorded,
-            "dropped": {"queue_full": self.dropped_queue_full, "body_too_large": self.dropped_body_too_large},  # type: ignore[dict-item]
+            "dropped": {"queue_full": self.dropped_queue_full, "body_too_large": self.dropped_body_too_large},
             "skipped_writes": self.skipped_writes,
             "skipped_primary_failed": self.skipped_primary_failed,
             "timed_out": self.timed_out,
@@ -786,9 +786,9 @@ class ShadowAddon:
         )
         self.local[route.id].recorded += 1
 
-    def _owned(self, coro: Awaitable[None]) -> None:
+    def _owned(self, coro: Coroutine[Any, Any, None]) -> None:
         # Recorder start-up is quick (mkdir + task); keep the task so stop() can await it.
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self._starting.add(task)
         task.add_done_callback(self._starting.discard)
 

@@ -211,7 +211,7 @@ class ShadowStore:
                         noise_probe=record.noise_probe,
                         error=record.error,
                     )
-                ).inserted_primary_key[0]
+                ).inserted_primary_key[0]  # type: ignore[index]
                 if record.differences:
                     conn.execute(
                         differences.insert(),

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from markupsafe import Markup
 
 from facade.exceptions import FacadeError
 from facade.noise import EndpointNoise, FieldCounts, NoiseModel, NoiseThresholds
@@ -457,8 +458,8 @@ def render_html(report: Report) -> str:
     template = env.get_template("shadow_report.html.j2")
     return template.render(
         report=report,
-        mismatch_chart=jinja2.utils.markupsafe.Markup(mismatch_chart(report)),
-        latency_chart=jinja2.utils.markupsafe.Markup(latency_chart(report)),
+        mismatch_chart=Markup(mismatch_chart(report)),
+        latency_chart=Markup(latency_chart(report)),
     )
 
 
