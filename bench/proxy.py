@@ -360,9 +360,11 @@ HOP_BY_HOP = frozenset({
 
 
 def client_proxy_app(kind: str, upstream: str) -> Asgi:
-    """A minimal raw ASGI reverse proxy using `kind` (`httpx`, `aiohttp`), or `none`: answers itself.
+    """A minimal raw ASGI reverse proxy using `kind` as its HTTP client, or `none`: answers itself.
 
-    Same work for both clients: copy the method, path, query and end-to-end headers, stream the
+    Kinds: `httpx` (httpx.AsyncClient), `aiohttp` (aiohttp.ClientSession), `facade-h1` and
+    `facade-aiohttp` (the façade's own `UpstreamClient` implementations from facade/client.py).
+    Same work for every client: copy the method, path, query and end-to-end headers, stream the
     response back. No routing, metrics or logs: this isolates the client's cost.
     """
     state: dict[str, Any] = {}
@@ -383,11 +385,18 @@ def client_proxy_app(kind: str, upstream: str) -> Asgi:
                     state["client"] = aiohttp.ClientSession(
                         upstream, connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",),
                     )
+                elif kind.startswith("facade-"):
+                    from facade.client import AiohttpClient, H1Client, Upstream
+                    from facade.config import UpstreamConfig
+
+                    state["client"] = H1Client() if kind == "facade-h1" else AiohttpClient()
+                    config = UpstreamConfig.model_validate({"name": "bench", "url": upstream, "pool": 256})
+                    state["upstream"] = Upstream("bench", config)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 client = state.get("client")
                 if client is not None:
-                    await (client.aclose() if kind == "httpx" else client.close())
+                    await (client.close() if kind == "aiohttp" else client.aclose())
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -414,7 +423,19 @@ def client_proxy_app(kind: str, upstream: str) -> Asgi:
         if scope["query_string"]:
             target += "?" + scope["query_string"].decode("latin-1")
         client = state["client"]
-        if kind == "httpx":
+        if kind.startswith("facade-"):
+            reply = await client.request(state["upstream"], scope["method"], target.encode("latin-1"), headers, body or None)
+            try:
+                out = [(k, v) for k, v in reply.headers if k.lower() not in HOP_BY_HOP]
+                await send({"type": "http.response.start", "status": reply.status, "headers": out})
+                while chunk := await reply.read():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b""})
+            except BaseException:
+                reply.close(reuse=False)
+                raise
+            reply.close(reuse=True)
+        elif kind == "httpx":
             request = client.build_request(scope["method"], target, headers=headers, content=body)
             response = await client.send(request, stream=True)
             try:
@@ -455,7 +476,15 @@ def measure_clients(run: Run, base_url: str) -> list[Ratio]:
         run.measure(CHEAP, "nginx proxy", f"http://127.0.0.1:{port}{PATH}", "access log off")
     finally:
         run.processes.stop(proxy)
-    labels = {"none": "raw ASGI, no upstream", "httpx": "raw ASGI + httpx", "aiohttp": "raw ASGI + aiohttp"}
+    labels = {
+        "none": "raw ASGI, no upstream", "httpx": "raw ASGI + httpx", "aiohttp": "raw ASGI + aiohttp",
+        "facade-aiohttp": "raw ASGI + façade AiohttpClient", "facade-h1": "raw ASGI + façade H1Client",
+    }
+    try:
+        import facade.client  # noqa: F401
+    except ImportError as exc:
+        run.notes.append(f"the façade's own clients are not measured: facade.client is not importable ({exc})")
+        del labels["facade-aiohttp"], labels["facade-h1"]
     for kind, label in labels.items():
         port = free_port()
         child = run.processes.start(
@@ -478,17 +507,19 @@ def measure_clients(run: Run, base_url: str) -> list[Ratio]:
         found = run.find(CHEAP, name)
         return found.latency.p50_ms if found and found.latency else None
 
-    nginx_rate = rate("nginx proxy")
+    nginx_rate, httpx_rate, direct_p50 = rate("nginx proxy"), rate(labels["httpx"]), p50("direct")
     ratios = []
-    for kind in ("httpx", "aiohttp"):
-        value = rate(labels[kind])
-        ratios.append(Ratio(f"{labels[kind]} / nginx req/s", value / nginx_rate if value and nginx_rate else None, "%"))
-    a, b = rate(labels["aiohttp"]), rate(labels["httpx"])
-    ratios.append(Ratio("aiohttp / httpx req/s", a / b if a and b else None, "×"))
-    pa, pb, pd = p50(labels["aiohttp"]), p50(labels["httpx"]), p50("direct")
-    if pd is not None:
-        ratios.append(Ratio("aiohttp: added p50 at c=1 vs direct", pa - pd if pa is not None else None, "ms"))
-        ratios.append(Ratio("httpx: added p50 at c=1 vs direct", pb - pd if pb is not None else None, "ms"))
+    for kind, label in labels.items():
+        if kind == "none":
+            continue
+        value, latency = rate(label), p50(label)
+        ratios.append(Ratio(f"{label} / nginx req/s", value / nginx_rate if value and nginx_rate else None, "%"))
+        if kind != "httpx":
+            ratios.append(Ratio(f"{label} / httpx req/s", value / httpx_rate if value and httpx_rate else None, "×"))
+        ratios.append(Ratio(
+            f"{label}: added p50 at c=1 vs direct",
+            latency - direct_p50 if latency is not None and direct_p50 is not None else None, "ms",
+        ))
     return ratios
 
 
