@@ -12,10 +12,33 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from facade.app import FacadeApp, create_app
 from tests.support import free_port, serve, wait_for
 
 Scope = dict[str, Any]
+
+
+def get(url: str, **options: Any) -> httpx.Response:
+    """httpx.get without loading CA certificates (all tests speak plain HTTP on loopback)."""
+    return httpx.get(url, verify=False, **options)
+
+
+def post(url: str, **options: Any) -> httpx.Response:
+    return httpx.post(url, verify=False, **options)
+
+
+def put(url: str, **options: Any) -> httpx.Response:
+    return httpx.put(url, verify=False, **options)
+
+
+def request(method: str, url: str, **options: Any) -> httpx.Response:
+    return httpx.request(method, url, verify=False, **options)
+
+
+def client(**options: Any) -> httpx.Client:
+    return httpx.Client(verify=False, **options)
 
 
 def write_config(path: Path, upstreams: dict[str, str], *, routes: str = "", extra: str = "", default: str = "monolith", default_timeout: str = "10s") -> Path:
@@ -172,4 +195,4 @@ def refused_url() -> str:
     return f"http://127.0.0.1:{free_port()}"
 
 
-__all__ = ["RawUpstream", "echo", "facade", "header_values", "ok_response", "read_body", "refused_url", "serve", "wait_for", "write_config"]
+__all__ = ["RawUpstream", "client", "echo", "facade", "get", "post", "put", "request", "header_values", "ok_response", "read_body", "refused_url", "serve", "wait_for", "write_config"]

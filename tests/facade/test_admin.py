@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from facade.app import create_app, is_loopback
 from facade.errors import AdminTokenMissing
-from tests.facade.proxy_support import echo, facade, refused_url, serve, write_config
+from tests.facade.proxy_support import client, get, post, put, request, echo, facade, refused_url, serve, write_config
 
 ENDPOINTS = [("GET", "health"), ("GET", "routes"), ("GET", "metrics"), ("POST", "reload")]
 
@@ -28,14 +28,14 @@ def test_a_non_loopback_bind_requires_the_bearer_token_on_every_endpoint(tmp_pat
         config = write_config(tmp_path / "routing.yaml", {"monolith": up})
         with facade(config, host="0.0.0.0", env={"STRANGLER_ADMIN_TOKEN": "s3cret"}) as (url, _):
             for method, name in ENDPOINTS:
-                anonymous = httpx.request(method, f"{url}/_strangler/{name}")
-                wrong = httpx.request(method, f"{url}/_strangler/{name}", headers={"Authorization": "Bearer nope"})
-                right = httpx.request(method, f"{url}/_strangler/{name}", headers={"Authorization": "Bearer s3cret"})
+                anonymous = request(method, f"{url}/_strangler/{name}")
+                wrong = request(method, f"{url}/_strangler/{name}", headers={"Authorization": "Bearer nope"})
+                right = request(method, f"{url}/_strangler/{name}", headers={"Authorization": "Bearer s3cret"})
                 assert anonymous.status_code == 401 and anonymous.json()["error"] == "unauthorized"
                 assert wrong.status_code == 401
                 assert right.status_code == 200, (name, right.text)
             # The proxied traffic needs no token.
-            assert httpx.get(url + "/api/x").status_code == 200
+            assert get(url + "/api/x").status_code == 200
 
 
 def test_loopback_needs_no_token(tmp_path: Path) -> None:
@@ -43,17 +43,17 @@ def test_loopback_needs_no_token(tmp_path: Path) -> None:
         config = write_config(tmp_path / "routing.yaml", {"monolith": up})
         with facade(config, env={"STRANGLER_ADMIN_TOKEN": "s3cret"}) as (url, _):
             for method, name in ENDPOINTS:
-                assert httpx.request(method, f"{url}/_strangler/{name}").status_code == 200
+                assert request(method, f"{url}/_strangler/{name}").status_code == 200
 
 
 def test_unknown_admin_paths_and_methods_answer_json(tmp_path: Path) -> None:
     with serve(echo("monolith")) as up:
         config = write_config(tmp_path / "routing.yaml", {"monolith": up})
         with facade(config) as (url, _):
-            missing = httpx.get(url + "/_strangler/nothing")
-            bare = httpx.get(url + "/_strangler")
-            wrong_method = httpx.get(url + "/_strangler/reload")
-            lookalike = httpx.get(url + "/_stranglerx/health")
+            missing = get(url + "/_strangler/nothing")
+            bare = get(url + "/_strangler")
+            wrong_method = get(url + "/_strangler/reload")
+            lookalike = get(url + "/_stranglerx/health")
     assert missing.status_code == 404 and missing.json()["error"] == "not_found"
     assert bare.status_code == 404
     assert wrong_method.status_code == 405 and wrong_method.json()["error"] == "method_not_allowed"
@@ -75,13 +75,13 @@ def test_routes_and_metrics_show_the_live_state(tmp_path: Path) -> None:
         )
         with facade(config) as (url, _):
             for _ in range(3):
-                assert httpx.get(url + "/api/products/7").status_code == 200
-            assert httpx.post(url + "/api/products").status_code == 503
-            assert httpx.get(url + "/home").status_code == 200
-            reload = httpx.post(url + "/_strangler/reload").json()
-            view = httpx.get(url + "/_strangler/routes").json()
-            health = httpx.get(url + "/_strangler/health").json()
-            text = httpx.get(url + "/_strangler/metrics").text
+                assert get(url + "/api/products/7").status_code == 200
+            assert post(url + "/api/products").status_code == 503
+            assert get(url + "/home").status_code == 200
+            reload = post(url + "/_strangler/reload").json()
+            view = get(url + "/_strangler/routes").json()
+            health = get(url + "/_strangler/health").json()
+            text = get(url + "/_strangler/metrics").text
     assert reload["ok"] and view["version"] == reload["version"] == health["version"]
     assert view["last_error"] is None and view["loaded_at"].endswith("Z")
     assert [route["id"] for route in view["table"]["routes"]] == ["catalog-read"]

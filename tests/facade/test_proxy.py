@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.facade.proxy_support import echo, facade, header_values, read_body, serve, write_config
+from tests.facade.proxy_support import client, get, post, put, request, echo, facade, header_values, read_body, serve, write_config
 
 
 def raw_exchange(base_url: str, request: bytes) -> bytes:
@@ -21,7 +21,7 @@ def raw_exchange(base_url: str, request: bytes) -> bytes:
     host, port = base_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(request)
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             data = sock.recv(65536)
             if not data:
@@ -45,7 +45,7 @@ def test_hop_by_hop_headers_are_dropped_both_ways_including_those_named_in_conne
     with serve(upstream) as up:
         config = write_config(tmp_path / "routing.yaml", {"monolith": up})
         with facade(config) as (url, _):
-            response = httpx.get(
+            response = get(
                 url + "/hop",
                 headers={
                     "Connection": "keep-alive, X-Hop-Up", "X-Hop-Up": "secret", "Keep-Alive": "timeout=9",
@@ -68,8 +68,8 @@ def test_forwarded_headers_are_set_and_host_is_the_upstreams(tmp_path: Path) -> 
     with serve(echo("monolith")) as up:
         config = write_config(tmp_path / "routing.yaml", {"monolith": up})
         with facade(config) as (url, _):
-            got = httpx.get(url + "/x", headers={"X-Forwarded-For": "203.0.113.7", "Host": "shop.example"}).json()
-            plain = httpx.get(url + "/x").json()
+            got = get(url + "/x", headers={"X-Forwarded-For": "203.0.113.7", "Host": "shop.example"}).json()
+            plain = get(url + "/x").json()
     assert header_values(got, "x-forwarded-for") == ["203.0.113.7, 127.0.0.1"]
     assert header_values(got, "x-forwarded-proto") == ["http"]
     assert header_values(got, "x-forwarded-host") == ["shop.example"]
@@ -116,7 +116,7 @@ def test_repeated_response_headers_and_every_set_cookie_are_kept(tmp_path: Path)
     with serve(upstream) as up:
         config = write_config(tmp_path / "routing.yaml", {"monolith": up})
         with facade(config) as (url, _):
-            response = httpx.get(url + "/cookies")
+            response = get(url + "/cookies")
     assert response.headers.get_list("set-cookie") == ["a=1; Path=/", "b=2; HttpOnly"]
     assert response.headers.get_list("x-multi") == ["one", "two"]
 
@@ -165,7 +165,7 @@ def test_redirects_are_passed_untouched(tmp_path: Path) -> None:
     with serve(upstream) as up:
         config = write_config(tmp_path / "routing.yaml", {"monolith": up})
         with facade(config) as (url, _):
-            response = httpx.get(url + "/account", follow_redirects=False)
+            response = get(url + "/account", follow_redirects=False)
     assert response.status_code == 302
     assert response.headers["location"] == "http://other.example/login?next=%2Fa%20b"
 
@@ -176,9 +176,9 @@ def test_request_id_and_traceparent_are_passed_or_created(tmp_path: Path, caplog
     with serve(echo("monolith")) as up:
         config = write_config(tmp_path / "routing.yaml", {"monolith": up})
         with facade(config) as (url, _):
-            given = httpx.get(url + "/t", headers={"X-Request-ID": "req-123", "traceparent": parent})
-            created = httpx.get(url + "/t")
-            malformed = httpx.get(url + "/t", headers={"traceparent": "00-zz-bad-01"})
+            given = get(url + "/t", headers={"X-Request-ID": "req-123", "traceparent": parent})
+            created = get(url + "/t")
+            malformed = get(url + "/t", headers={"traceparent": "00-zz-bad-01"})
     assert given.headers["x-request-id"] == "req-123"
     assert header_values(given.json(), "x-request-id") == ["req-123"]
     assert header_values(given.json(), "traceparent") == [parent]
@@ -207,17 +207,17 @@ def test_anonymous_clients_get_a_sticky_assignment_cookie_and_testers_can_overri
         with facade(config) as (url, _):
             seen: dict[str, set[str]] = {}
             for _ in range(12):
-                with httpx.Client(base_url=url) as client:
-                    first = client.get("/api/x")
+                with client(base_url=url) as session:
+                    first = session.get("/api/x")
                     cookie = first.cookies["strangler_id"]
                     assert "Max-Age=" in first.headers["set-cookie"]
-                    upstreams = {first.json()["upstream"]} | {client.get("/api/x").json()["upstream"] for _ in range(3)}
+                    upstreams = {first.json()["upstream"]} | {session.get("/api/x").json()["upstream"] for _ in range(3)}
                     assert len(upstreams) == 1
                     seen[cookie] = upstreams
             assert {next(iter(value)) for value in seen.values()} == {"monolith", "catalog"}
-            forced = {httpx.get(url + "/api/x", headers={"X-Strangler-Upstream": "catalog"}).json()["upstream"] for _ in range(6)}
-            unknown = httpx.get(url + "/api/x", headers={"X-Strangler-Upstream": "elsewhere"})
-            unsplit = httpx.get(url + "/other")
+            forced = {get(url + "/api/x", headers={"X-Strangler-Upstream": "catalog"}).json()["upstream"] for _ in range(6)}
+            unknown = get(url + "/api/x", headers={"X-Strangler-Upstream": "elsewhere"})
+            unsplit = get(url + "/other")
     assert forced == {"catalog"}
     assert unknown.status_code == 200 and unknown.json()["upstream"] in ("monolith", "catalog")
     assert "set-cookie" not in unsplit.headers
@@ -227,9 +227,9 @@ def test_request_bodies_reach_the_upstream_whole(tmp_path: Path) -> None:
     with serve(echo("monolith")) as up:
         config = write_config(tmp_path / "routing.yaml", {"monolith": up})
         with facade(config) as (url, _):
-            small = httpx.post(url + "/p", content=b"x" * 10)
-            streamed = httpx.put(url + "/p", content=iter([b"a" * 70000] * 5))
-            empty = httpx.post(url + "/p")
+            small = post(url + "/p", content=b"x" * 10)
+            streamed = put(url + "/p", content=iter([b"a" * 70000] * 5))
+            empty = post(url + "/p")
     assert small.json()["body_length"] == 10
     assert streamed.json()["body_length"] == 350000
     assert empty.json()["body_length"] == 0 and header_values(empty.json(), "content-length") == ["0"]
@@ -242,7 +242,7 @@ def test_malformed_requests_get_4xx_and_the_facade_keeps_serving(tmp_path: Path)
             garbage = raw_exchange(url, b"THIS IS NOT HTTP\r\n\r\n")
             bad_header = raw_exchange(url, b"GET / HTTP/1.1\r\nHost: t\r\nBad Header: x\r\nConnection: close\r\n\r\n")
             star = raw_exchange(url, b"OPTIONS * HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-            after = httpx.get(url + "/still")
+            after = get(url + "/still")
     assert garbage.startswith(b"HTTP/1.1 400")
     assert bad_header.startswith(b"HTTP/1.1 400")
     assert re.match(rb"HTTP/1.1 4\d\d", star)
@@ -258,11 +258,11 @@ def test_upstream_connections_are_kept_alive_and_bounded_by_the_pool(tmp_path: P
         config = tmp_path / "routing.yaml"
         config.write_text(f'upstreams:\n  monolith: {{url: "{up.url}", pool: 2}}\ndefault: {{to: monolith}}\n')
         with facade(config) as (url, _):
-            with httpx.Client(base_url=url) as client:
-                sequential = [client.get("/one").text for _ in range(5)]
+            with client(base_url=url) as session:
+                sequential = [session.get("/one").text for _ in range(5)]
                 after_sequential = up.connections
                 with ThreadPoolExecutor(8) as pool:
-                    concurrent = list(pool.map(lambda i: client.get(f"/many/{i}").status_code, range(40)))
+                    concurrent = list(pool.map(lambda i: session.get(f"/many/{i}").status_code, range(40)))
     assert sequential == ["pooled"] * 5 and after_sequential == 1
     assert concurrent == [200] * 40
     assert up.connections <= 2
@@ -275,7 +275,7 @@ def test_responses_delimited_by_closing_the_connection_arrive_whole(tmp_path: Pa
     with RawUpstream(lambda index, head, _: b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n" + body) as up:
         config = write_config(tmp_path / "routing.yaml", {"monolith": up.url})
         with facade(config) as (url, _):
-            first = httpx.get(url + "/eof")
-            second = httpx.get(url + "/eof")
+            first = get(url + "/eof")
+            second = get(url + "/eof")
     assert first.content == body and second.content == body
     assert up.connections == 2

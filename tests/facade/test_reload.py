@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from tests.facade.proxy_support import echo, facade, read_body, serve, wait_for, write_config
+from tests.facade.proxy_support import client, get, post, put, request, echo, facade, read_body, serve, wait_for, write_config
 
 SPLIT = """
 - id: catalog-read
@@ -42,12 +42,12 @@ def test_reload_under_concurrent_load_fails_no_request(tmp_path: Path) -> None:
                     )
                     reloads["written"] += 1
                     if step % 3 == 0:
-                        httpx.post(url + "/_strangler/reload", timeout=10)
+                        post(url + "/_strangler/reload", timeout=10)
                     stop.wait(0.05)
 
-            def client(number: int) -> list[int]:
+            def load(number: int) -> list[int]:
                 statuses = []
-                with httpx.Client(base_url=url, timeout=10) as session:
+                with client(base_url=url, timeout=10) as session:
                     for i in range(250):
                         response = session.get(f"/api/products/{i}", headers={"X-User": f"user-{number}-{i % 7}"})
                         statuses.append(response.status_code)
@@ -57,11 +57,11 @@ def test_reload_under_concurrent_load_fails_no_request(tmp_path: Path) -> None:
             writer.start()
             try:
                 with ThreadPoolExecutor(8) as pool:
-                    results = [status for statuses in pool.map(client, range(8)) for status in statuses]
+                    results = [status for statuses in pool.map(load, range(8)) for status in statuses]
             finally:
                 stop.set()
                 writer.join()
-            routes = httpx.get(url + "/_strangler/routes").json()
+            routes = get(url + "/_strangler/routes").json()
     assert len(results) == 2000
     assert results.count(200) == 2000
     assert reloads["written"] > 3
@@ -74,18 +74,18 @@ def test_an_invalid_file_at_reload_keeps_the_last_good_table_serving(tmp_path: P
         path = tmp_path / "routing.yaml"
         write_config(path, {"monolith": monolith})
         with facade(path) as (url, _):
-            good = httpx.get(url + "/_strangler/routes").json()
+            good = get(url + "/_strangler/routes").json()
             path.write_text(path.read_text().replace("default: {to: monolith", "default: {to: monolit"))
             broken = wait_for(
-                lambda: (body := httpx.get(url + "/_strangler/routes").json())["last_error"] and body,
+                lambda: (body := get(url + "/_strangler/routes").json())["last_error"] and body,
                 what="the reload error to show",
             )
-            still = httpx.get(url + "/anything")
-            api = httpx.post(url + "/_strangler/reload")
-            metrics = httpx.get(url + "/_strangler/metrics").text
+            still = get(url + "/anything")
+            api = post(url + "/_strangler/reload")
+            metrics = get(url + "/_strangler/metrics").text
             write_config(path, {"monolith": monolith}, default_timeout="9s")
             fixed = wait_for(
-                lambda: (body := httpx.get(url + "/_strangler/routes").json())["version"] != good["version"] and body,
+                lambda: (body := get(url + "/_strangler/routes").json())["version"] != good["version"] and body,
                 what="the fixed file to load",
             )
     assert broken["version"] == good["version"]
@@ -118,14 +118,14 @@ def test_requests_in_flight_finish_on_the_table_they_started_with(tmp_path: Path
         write_config(path, {"monolith": old_url})
         with facade(path, watch=False) as (url, app):
             result: dict[str, httpx.Response] = {}
-            thread = threading.Thread(target=lambda: result.setdefault("held", httpx.get(url + "/held", timeout=15)))
+            thread = threading.Thread(target=lambda: result.setdefault("held", get(url + "/held", timeout=15)))
             thread.start()
             try:
                 wait_for(entered.is_set, what="the held request to reach the old upstream")
                 old_upstream = app.proxy.generation.upstreams["monolith"]
                 write_config(path, {"monolith": new_url})
-                assert httpx.post(url + "/_strangler/reload").json()["ok"]
-                fresh = httpx.get(url + "/fresh")
+                assert post(url + "/_strangler/reload").json()["ok"]
+                fresh = get(url + "/fresh")
                 assert old_upstream.retired and old_upstream.handle is not None  # still in use
             finally:
                 release.set()
@@ -164,21 +164,21 @@ def test_sighup_reloads_the_file(tmp_path: Path) -> None:
             )
         url = f"http://127.0.0.1:{port}"
         try:
-            with httpx.Client(base_url=url, timeout=5) as client:
+            with client(base_url=url, timeout=5) as session:
 
                 def routes() -> dict[str, Any] | None:
                     assert process.poll() is None, log_path.read_text()
                     try:
-                        return client.get("/_strangler/routes").json()  # type: ignore[no-any-return]
+                        return session.get("/_strangler/routes").json()  # type: ignore[no-any-return]
                     except httpx.HTTPError:
                         return None
 
                 before = wait_for(routes, timeout=30, what="the façade process")
                 write_config(path, {"monolith": catalog})
-                assert client.get("/x").json()["upstream"] == "monolith"  # not watching the file
+                assert session.get("/x").json()["upstream"] == "monolith"  # not watching the file
                 os.kill(process.pid, signal.SIGHUP)
                 after = wait_for(lambda: (body := routes()) and body["version"] != before["version"] and body, what="the SIGHUP reload")
-                answer = client.get("/x").json()
+                answer = session.get("/x").json()
         finally:
             process.terminate()
             process.wait(timeout=15)

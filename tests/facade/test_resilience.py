@@ -13,7 +13,7 @@ import httpx
 from facade.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
 from facade.client import H1Client, Body, Upstream, UpstreamResponse
 from facade.errors import UpstreamConnectError
-from tests.facade.proxy_support import RawUpstream, echo, facade, ok_response, read_body, refused_url, serve, write_config
+from tests.facade.proxy_support import client, get, post, put, request, RawUpstream, echo, facade, ok_response, read_body, refused_url, serve, write_config
 
 
 def test_slow_upstream_gets_504_at_the_route_timeout(tmp_path: Path) -> None:
@@ -38,7 +38,7 @@ def test_slow_upstream_gets_504_at_the_route_timeout(tmp_path: Path) -> None:
             config = write_config(tmp_path / "routing.yaml", {"monolith": up}, routes=routes)
             with facade(config) as (url, _):
                 started = time.monotonic()
-                response = httpx.get(url + "/slow", timeout=15)
+                response = get(url + "/slow", timeout=15)
                 elapsed = time.monotonic() - started
                 release.set()
     finally:
@@ -81,7 +81,7 @@ def test_a_refused_connection_is_retried_for_post_too(tmp_path: Path) -> None:
         client = GatedClient(gate)
         config = write_config(tmp_path / "routing.yaml", {"monolith": gate.url})
         with facade(config, client=client) as (url, _):
-            response = httpx.post(url + "/orders", content=b"order-1")
+            response = post(url + "/orders", content=b"order-1")
     assert response.status_code == 200 and response.text == "got order-1"
     assert client.attempts == [("monolith", "POST", "refused"), ("monolith", "POST", "sent")]
     assert [body for _, body in gate.requests] == [b"order-1"]
@@ -95,13 +95,13 @@ def test_a_connection_reset_after_sending_retries_get_but_not_post(tmp_path: Pat
     with RawUpstream(behaviour) as up:
         config = write_config(tmp_path / "routing.yaml", {"monolith": up.url})
         with facade(config) as (url, _):
-            get = httpx.get(url + "/items/1")
+            read = get(url + "/items/1")
             after_get = len(up.requests)
-            post = httpx.post(url + "/items", content=b"new item")
+            write = post(url + "/items", content=b"new item")
             after_post = len(up.requests)
-    assert get.status_code == 200 and get.text == "second try"
+    assert read.status_code == 200 and read.text == "second try"
     assert after_get == 2
-    assert post.status_code == 502 and post.json()["error"] == "upstream_error"
+    assert write.status_code == 502 and write.json()["error"] == "upstream_error"
     assert after_post == 3  # the POST reached the upstream once and was not sent again
 
 
@@ -115,9 +115,9 @@ def test_idempotent_requests_are_not_retried_once_the_body_outgrew_the_replay_bu
     with RawUpstream(lambda index, head, body: None) as up:
         config = write_config(tmp_path / "routing.yaml", {"monolith": up.url}, routes=routes)
         with facade(config) as (url, _):
-            small = httpx.put(url + "/files/a", content=iter([b"s" * 100, b"s" * 100]))
+            small = put(url + "/files/a", content=iter([b"s" * 100, b"s" * 100]))
             small_tries = len(up.requests)
-            big = httpx.put(url + "/files/b", content=iter([b"b" * 1000, b"b" * 1000, b"b" * 1000]))
+            big = put(url + "/files/b", content=iter([b"b" * 1000, b"b" * 1000, b"b" * 1000]))
             big_tries = len(up.requests) - small_tries
     assert small.status_code == 502 and small_tries == 3
     assert big.status_code == 502 and big_tries == 1
@@ -139,9 +139,9 @@ def test_breaker_opens_and_safe_requests_fall_back_to_the_monolith(tmp_path: Pat
         )
         recorder = Recorder()
         with facade(config, client=recorder) as (url, app):
-            reads = [httpx.get(url + "/api/products/1") for _ in range(4)]
-            write = httpx.post(url + "/api/products", content=b"{}")
-            routes_view = httpx.get(url + "/_strangler/routes").json()
+            reads = [get(url + "/api/products/1") for _ in range(4)]
+            write = post(url + "/api/products", content=b"{}")
+            routes_view = get(url + "/_strangler/routes").json()
     assert [response.status_code for response in reads] == [200, 200, 200, 200]
     assert {response.json()["upstream"] for response in reads} == {"monolith"}
     # Two failures open the breaker; after that catalog is not even tried.

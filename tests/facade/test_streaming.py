@@ -14,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.facade.proxy_support import RawUpstream, facade, read_body, serve, wait_for, write_config
+from tests.facade.proxy_support import client, get, post, put, request, RawUpstream, facade, read_body, serve, wait_for, write_config
 from tests.support import free_port
 
 
@@ -38,7 +38,7 @@ def test_server_sent_events_reach_the_client_before_the_upstream_finishes(tmp_pa
         config = write_config(tmp_path / "routing.yaml", {"monolith": up})
         with facade(config) as (url, _):
             events = []
-            with httpx.stream("GET", url + "/events", timeout=15) as response:
+            with httpx.stream("GET", verify=False, url=url + "/events", timeout=15) as response:
                 assert response.headers["content-type"] == "text/event-stream"
                 for chunk in response.iter_raw():
                     events.append(chunk)
@@ -69,7 +69,7 @@ def test_client_leaving_an_endless_stream_stops_the_upstream_read(tmp_path: Path
     with serve(upstream) as up:
         config = write_config(tmp_path / "routing.yaml", {"monolith": up})
         with facade(config) as (url, app):
-            with httpx.stream("GET", url + "/endless", timeout=15) as response:
+            with httpx.stream("GET", verify=False, url=url + "/endless", timeout=15) as response:
                 next(response.iter_raw())
             wait_for(lambda: app.proxy.inflight == 0, what="the façade to drop the stream")
             wait_for(cancelled.is_set, what="the upstream to see the disconnect")
@@ -86,8 +86,8 @@ def test_upstream_killed_mid_response_aborts_the_client_connection(tmp_path: Pat
         config = write_config(tmp_path / "routing.yaml", {"monolith": up.url})
         with facade(config) as (url, _):
             with pytest.raises(httpx.RemoteProtocolError):
-                httpx.get(url + "/download", timeout=15)
-            metrics = httpx.get(url + "/_strangler/metrics").text
+                get(url + "/download", timeout=15)
+            metrics = get(url + "/_strangler/metrics").text
     errors = {
         sample.labels["reason"]: sample.value
         for family in text_string_to_metric_families(metrics)
@@ -145,15 +145,15 @@ def test_a_200_mb_upload_streams_through_in_bounded_memory(tmp_path: Path) -> No
             def healthy() -> bool:
                 assert process.poll() is None, log_path.read_text()
                 try:
-                    return httpx.get(url + "/_strangler/health", timeout=1).status_code == 200
+                    return get(url + "/_strangler/health", timeout=1).status_code == 200
                 except httpx.HTTPError:
                     return False
 
             wait_for(healthy, timeout=30, what="the façade process")
             # Warm up the request path so its one-time allocations are not counted.
-            httpx.post(url + "/warm", content=b"w" * (1024 * 1024))
+            post(url + "/warm", content=b"w" * (1024 * 1024))
             before, _ = _peak_rss(process.pid)
-            response = httpx.post(url + "/upload", content=body(), timeout=120)
+            response = post(url + "/upload", content=body(), timeout=120)
             _, peak = _peak_rss(process.pid)
         finally:
             process.terminate()
