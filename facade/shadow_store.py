@@ -194,32 +194,39 @@ class ShadowStore:
         if not records and not drop_records:
             return
         with self.engine.begin() as conn:
-            for record in records:
-                cid = conn.execute(
-                    comparisons.insert().values(
-                        ts=record.ts,
-                        route=record.route,
-                        endpoint=record.endpoint,
-                        source=record.source,
-                        outcome=record.outcome,
-                        primary_status=record.primary_status,
-                        candidate_status=record.candidate_status,
-                        primary_ms=record.primary_ms,
-                        candidate_ms=record.candidate_ms,
-                        match=record.match,
-                        match_denoised=record.match_denoised,
-                        noise_probe=record.noise_probe,
-                        error=record.error,
-                    )
-                ).inserted_primary_key[0]  # type: ignore[index]
-                if record.differences:
-                    conn.execute(
-                        differences.insert(),
-                        [{"comparison_id": cid, "origin": d.origin, "path": d.path, "field": d.field, "kind": d.kind} for d in record.differences],
-                    )
-                rows = self._samples_to_keep(conn, record)
-                if rows:
-                    conn.execute(samples.insert(), rows)
+            if records:
+                # One multi-row INSERT ... RETURNING for the batch, ids in parameter order.
+                ids = conn.execute(
+                    comparisons.insert().returning(comparisons.c.id, sort_by_parameter_order=True),
+                    [
+                        {
+                            "ts": r.ts,
+                            "route": r.route,
+                            "endpoint": r.endpoint,
+                            "source": r.source,
+                            "outcome": r.outcome,
+                            "primary_status": r.primary_status,
+                            "candidate_status": r.candidate_status,
+                            "primary_ms": r.primary_ms,
+                            "candidate_ms": r.candidate_ms,
+                            "match": r.match,
+                            "match_denoised": r.match_denoised,
+                            "noise_probe": r.noise_probe,
+                            "error": r.error,
+                        }
+                        for r in records
+                    ],
+                ).scalars().all()
+                diff_rows = [
+                    {"comparison_id": cid, "origin": d.origin, "path": d.path, "field": d.field, "kind": d.kind}
+                    for cid, record in zip(ids, records)
+                    for d in record.differences
+                ]
+                if diff_rows:
+                    conn.execute(differences.insert(), diff_rows)
+                sample_rows = [row for record in records for row in self._samples_to_keep(conn, record)]
+                if sample_rows:
+                    conn.execute(samples.insert(), sample_rows)
             if drop_records:
                 conn.execute(drops.insert(), [{"ts": d.ts, "route": d.route, "reason": d.reason, "count": d.count} for d in drop_records])
 
