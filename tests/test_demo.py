@@ -11,10 +11,11 @@ from scripts.postgres import EmbeddedPostgres
 
 
 def test_demo_shifts_reads_step_by_step(pg: EmbeddedPostgres, tmp_path: Path) -> None:
-    console = Console(file=open(tmp_path / "out.txt", "w"), width=120)
-    env = run_demo(
-        database_url=pg.url(), products=300, requests_per_step=120, work_dir=tmp_path / "demo", console=console
-    )
+    with open(tmp_path / "out.txt", "w") as out:
+        env = run_demo(
+            database_url=pg.url(), products=300, requests_per_step=120, work_dir=tmp_path / "demo",
+            console=Console(file=out, width=120),
+        )
     assert [r.weight for r in env.results] == list(STEPS)
     for result in env.results:
         assert result.errors == 0
