@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from extracted.catalog.app import DEFAULT_MONOLITH_URL, ENV_DATABASE_URL, ENV_MONOLITH_URL
+from extracted.catalog.app import DEFAULT_MONOLITH_URL, ENV_DATABASE_URL, ENV_DEMO_DISCREPANCY, ENV_MONOLITH_URL
 from extracted.catalog.exceptions import CatalogError
 
 cli = typer.Typer(
@@ -99,6 +99,11 @@ def serve(
     ] = DEFAULT_MONOLITH_URL,
     workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes.")] = 1,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request.")] = False,
+    demo_discrepancy: Annotated[
+        bool, typer.Option("--demo-discrepancy", envvar=ENV_DEMO_DISCREPANCY, show_envvar=True,
+                           help="Answer product details with a deliberate bug (prices rounded to whole units, "
+                                "attributes missing) so shadow comparison has something to find. Demo only."),
+    ] = False,
 ) -> None:
     """Serve the catalog API (same contract as the monolith's /api/products and /api/categories)."""
     import uvicorn
@@ -123,6 +128,7 @@ def serve(
     # Workers re-create the app from the environment (uvicorn needs an import string for them).
     os.environ[ENV_DATABASE_URL] = url
     os.environ[ENV_MONOLITH_URL] = monolith_url
+    os.environ[ENV_DEMO_DISCREPANCY] = "1" if demo_discrepancy else ""
     uvicorn.run(
         "extracted.catalog.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
         log_level="info", access_log=access_log,

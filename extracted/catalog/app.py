@@ -17,6 +17,7 @@ from extracted.catalog.web import api_error_response
 
 ENV_DATABASE_URL = "STRANGLER_CATALOG_DATABASE_URL"
 ENV_MONOLITH_URL = "STRANGLER_MONOLITH_URL"
+ENV_DEMO_DISCREPANCY = "STRANGLER_CATALOG_DEMO_DISCREPANCY"
 DEFAULT_MONOLITH_URL = "http://127.0.0.1:8001"
 
 
@@ -26,6 +27,7 @@ def create_app(
     monolith_url: str = DEFAULT_MONOLITH_URL,
     sessions: SessionValidator | None = None,
     pool_size: int = 10,
+    demo_discrepancy: bool = False,
 ) -> Starlette:
     """The catalog service on the store at `database_url`; sessions are checked with the monolith
     at `monolith_url` unless a `SessionValidator` is given."""
@@ -44,6 +46,7 @@ def create_app(
     app.state.engine = engine
     app.state.sessions = sessionmaker(engine, expire_on_commit=False)
     app.state.session_validator = validator
+    app.state.demo_discrepancy = demo_discrepancy
     return app
 
 
@@ -52,4 +55,8 @@ def create_app_from_env() -> Starlette:
     url = os.environ.get(ENV_DATABASE_URL)
     if not url:
         raise CatalogError(f"set {ENV_DATABASE_URL} to the catalog store's database URL")
-    return create_app(url, monolith_url=os.environ.get(ENV_MONOLITH_URL, DEFAULT_MONOLITH_URL))
+    return create_app(
+        url,
+        monolith_url=os.environ.get(ENV_MONOLITH_URL, DEFAULT_MONOLITH_URL),
+        demo_discrepancy=os.environ.get(ENV_DEMO_DISCREPANCY, "") == "1",
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -45,7 +47,23 @@ async def product_create(request: Request) -> Response:
 
 async def product_detail(request: Request) -> Response:
     """GET /api/products/{id}, with an ETag; a matching If-None-Match gets 304 (conditional GET)."""
-    return conditional(request, JSONResponse(await run_db(request, store.get_product, request.path_params["id"])))
+    product = await run_db(request, store.get_product, request.path_params["id"])
+    if request.app.state.demo_discrepancy:
+        product = with_demo_discrepancy(product)
+    return conditional(request, JSONResponse(product))
+
+
+def with_demo_discrepancy(product: dict[str, Any]) -> dict[str, Any]:
+    """The deliberate bug the demo switches on (`serve --demo-discrepancy`) so that shadow
+    traffic has something real to find: prices rendered as if the cents had been rounded away
+    through a float (a classic migration slip), so products priced with cents differ in
+    `$.price`, and the `attributes` field of products in stock is left out."""
+    changed = dict(product)
+    whole = int(float(changed["price"]) + 0.5)
+    changed["price"] = f"{whole}.00"
+    if changed.get("stock", 0) > 0:
+        changed.pop("attributes", None)
+    return changed
 
 
 async def product_update(request: Request) -> Response:
