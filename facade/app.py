@@ -144,6 +144,9 @@ def create_app(
         )
     metrics = Metrics()
     extra = list(addons) if addons is not None else _default_addons(config)
+    for addon in extra:
+        if callable(getattr(addon, "collect", None)):
+            metrics.registry.register(addon)  # an addon with its own Prometheus numbers (shadow)
     manager = AddonManager([metrics, AccessLog(stream=access_log), *extra])
     breakers = Breakers(config.breaker)
     proxy = Proxy(table, client=client or H1Client(), addons=manager, breakers=breakers)

@@ -166,6 +166,8 @@ def test_candidate_differences_are_classified_and_per_request_noise_is_cancelled
                 assert r.status_code == 200 and r.json()["id"] == i
         wait_for(lambda: counters(client).get("compared", 0) == 50, timeout=30, what="50 comparisons")
         live = counters(client)
+        metrics = client.get("/_strangler/metrics").text
+        assert 'strangler_shadow_events_total{event="compared",route="catalog-read"} 50.0' in metrics
     assert live["sampled"] == live["sent"] == 50 and live["noise_probes"] > 0
     store = stored(tmp_path, 50)
     report = make_report(store)
