@@ -200,8 +200,9 @@ def snapshot(pg: EmbeddedPostgres, rows: int) -> dict[str, Any]:
     legacy, target, spec = _databases(pg, "snap")
     _insert(legacy, 1, rows, 200_000)
     _exec(legacy, "VACUUM ANALYZE catalog_product")
-    _exec(target, "CREATE TABLE public.copy_reference (LIKE catalog.products)")
-    # The reference: the same rows through COPY TO STDOUT | COPY FROM STDIN (projected the same way).
+    # The reference: the same rows through COPY TO STDOUT | COPY FROM STDIN (projected the same way),
+    # into a table with the same indexes as the service table.
+    _exec(target, "CREATE TABLE public.copy_reference (LIKE catalog.products INCLUDING ALL)")
     src = psycopg2.connect(legacy)
     dst = psycopg2.connect(target)
     start = time.perf_counter()

@@ -24,13 +24,17 @@ KAFKA_OPTIONS = ["session.timeout.ms=6000", "heartbeat.interval.ms=300", "log_le
 
 WRITER = r"""
 import os, random, sys, psycopg2
-url, stop_file, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+import time
+url, stop_file, seed, ops = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 rng = random.Random(seed)
 conn = psycopg2.connect(url)
 conn.autocommit = True
 cur = conn.cursor()
 next_id = 100000
-while not os.path.exists(stop_file):
+for i in range(ops):
+    if os.path.exists(stop_file):
+        break
+    time.sleep(0.005)  # a steady trickle of changes (pacing, not synchronisation)
     kind = rng.random()
     if kind < 0.4:
         next_id += 1
@@ -74,9 +78,10 @@ def test_sigkill_at_random_points_then_verify_clean(legacy_and_target: tuple[str
         run_args = ["--transport", "kafka", "--bootstrap-servers", cluster.bootstrap_servers,
                     *(f"--kafka-option={o}" for o in KAFKA_OPTIONS)]
     rounds = 3 if transport == "memory" else 2
+    ops = "3000" if transport == "memory" else "800"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     stop_file = tmp_path / "stop-writing"
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, legacy, str(stop_file), "7"], cwd=ROOT, env=env)
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, legacy, str(stop_file), "7", ops], cwd=ROOT, env=env)
     rng = random.Random(11)
     kills = 0
     try:
@@ -84,8 +89,8 @@ def test_sigkill_at_random_points_then_verify_clean(legacy_and_target: tuple[str
             with (tmp_path / f"run{kills}.log").open("w") as log:
                 applier = subprocess.Popen(_cli("cdc", "run", *urls, *run_args), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
             before = _checkpoint(target)
-            wait_for(lambda: _checkpoint(target) > before or applier.poll() is not None, timeout=60,
-                     what="the applier to commit a batch")
+            wait_for(lambda: _checkpoint(target) > before or applier.poll() is not None or writer.poll() is not None,
+                     timeout=60, what="the applier to commit a batch")
             assert applier.poll() is None, (tmp_path / f"run{kills}.log").read_text()
             time.sleep(rng.uniform(0, 0.05))  # a random point, not synchronisation
             applier.send_signal(signal.SIGKILL)
@@ -101,8 +106,8 @@ def test_sigkill_at_random_points_then_verify_clean(legacy_and_target: tuple[str
     with (tmp_path / "final.log").open("w") as log:
         final = subprocess.Popen(_cli("cdc", "run", *urls, *run_args), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        check = subprocess.run(_cli("verify", *urls, "--json", "--wait", "90"), cwd=ROOT, env=env, capture_output=True,
-                               text=True, timeout=150)
+        check = subprocess.run(_cli("verify", *urls, "--json", "--wait", "120"), cwd=ROOT, env=env, capture_output=True,
+                               text=True, timeout=180)
     finally:
         final.send_signal(signal.SIGTERM)
         assert final.wait(30) == 0, (tmp_path / "final.log").read_text()

@@ -96,3 +96,20 @@ def test_restart_resumes_without_snapshot(legacy_and_target: tuple[str, str]) ->
     second = run(spec, until_caught_up=True, idle_timeout=1.0, heartbeat_interval=0.3)
     assert second.snapshot_rows == 0 and second.applied >= 1
     assert verify(spec, wait=10).identical
+
+
+def test_drop_removes_slot_and_publication_and_reset_recopies(legacy_and_target: tuple[str, str]) -> None:
+    from scripts.cdc_cmd import drop
+
+    legacy, target = legacy_and_target
+    seed(legacy, 50)
+    spec = spec_for(legacy, target)
+    run(spec, until_caught_up=True, idle_timeout=0.3, heartbeat_interval=0.3)
+    assert drop(spec, reset=True) == {"slot_dropped": True, "publication_dropped": True, "checkpoint_reset": True}
+    assert slot_state(legacy, spec.slot_name) is None
+    assert query(legacy, "SELECT count(*) FROM pg_publication WHERE pubname = %s", (spec.publication_name,)) == [(0,)]
+    execute(target, "UPDATE catalog.products SET title = 'stale'")
+    again = run(spec, until_caught_up=True, idle_timeout=0.3, heartbeat_interval=0.3)
+    assert again.snapshot_rows == 51
+    assert verify(spec, wait=5).identical
+    assert drop(spec) == {"slot_dropped": True, "publication_dropped": True}
