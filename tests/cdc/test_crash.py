@@ -78,7 +78,7 @@ def test_sigkill_at_random_points_then_verify_clean(legacy_and_target: tuple[str
         run_args = ["--transport", "kafka", "--bootstrap-servers", cluster.bootstrap_servers,
                     *(f"--kafka-option={o}" for o in KAFKA_OPTIONS)]
     rounds = 3 if transport == "memory" else 2
-    ops = "3000" if transport == "memory" else "800"
+    ops = "1500" if transport == "memory" else "800"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     stop_file = tmp_path / "stop-writing"
     writer = subprocess.Popen([sys.executable, "-c", WRITER, legacy, str(stop_file), "7", ops], cwd=ROOT, env=env)
