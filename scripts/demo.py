@@ -1,9 +1,11 @@
 """`strangler demo`: the migration journey on the embedded default.
 
 Starts a private PostgreSQL, the sample monolith, the extracted catalog service and the façade;
-seeds data; sends traffic through the façade while shifting catalog reads 0 → 10 → 50 → 100 %
-with `routes shift`; prints requests per upstream at each step. Everything it started is stopped
-on exit or Ctrl-C.
+seeds data; mirrors catalog reads to the new service and writes the shadow comparison report
+(first with a deliberate, documented discrepancy switched on — `serve --demo-discrepancy` of the
+catalog service — then with it fixed); then sends traffic through the façade while shifting
+catalog reads 0 → 10 → 50 → 100 % with `routes shift`, printing requests per upstream at each
+step. Everything it started is stopped on exit or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -42,6 +44,18 @@ class StepResult:
 
 
 @dataclass
+class ShadowRound:
+    label: str
+    discrepancy: bool
+    report_path: str
+    compared: int
+    mismatch_rate: float
+    mismatch_rate_raw: float
+    real_fields: list[str]
+    noise_fields: list[str]
+
+
+@dataclass
 class DemoEnv:
     """Where everything the demo started can be reached."""
 
@@ -54,6 +68,8 @@ class DemoEnv:
     catalog_db: str = ""
     routing_path: Path = field(default_factory=Path)
     results: list[StepResult] = field(default_factory=list)
+    shadow_rounds: list[ShadowRound] = field(default_factory=list)
+    catalog_port: int = 0
 
 
 def demo(
@@ -64,6 +80,11 @@ def demo(
     products: int = typer.Option(5000, help="Products to seed into the monolith."),
     requests_per_step: int = typer.Option(400, help="Requests sent through the façade at each weight step."),
     work_dir: Path = typer.Option(Path(".strangler/demo"), help="Where the demo keeps its files and logs."),
+    discrepancy: bool = typer.Option(
+        True, "--discrepancy/--no-discrepancy",
+        help="Start the catalog service with its deliberate demo bug (prices rounded to whole units, "
+        "attributes missing) for the first shadow round, so the report has something to find.",
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print the step results as JSON."),
 ) -> None:
     """Run the whole journey on the embedded PostgreSQL: monolith, catalog service, façade,
@@ -72,7 +93,7 @@ def demo(
     try:
         result = run_demo(
             database_url=database_url, products=products, requests_per_step=requests_per_step,
-            work_dir=work_dir, console=console,
+            work_dir=work_dir, console=console, discrepancy=discrepancy,
         )
     except ProcessError as exc:
         console.print(f"[red]FAILED:[/red] {exc}")
@@ -81,11 +102,15 @@ def demo(
         console.print("[yellow]interrupted; everything the demo started has been stopped.[/yellow]")
         raise typer.Exit(130) from None
     if json_output:
-        typer.echo(json.dumps([r.__dict__ for r in result.results], indent=2))
+        typer.echo(json.dumps({
+            "shadow": [r.__dict__ for r in result.shadow_rounds],
+            "steps": [r.__dict__ for r in result.results],
+        }, indent=2))
 
 
 def run_demo(
-    *, database_url: str | None, products: int, requests_per_step: int, work_dir: Path, console: Console
+    *, database_url: str | None, products: int, requests_per_step: int, work_dir: Path, console: Console,
+    discrepancy: bool = True,
 ) -> DemoEnv:
     work_dir = work_dir.absolute()
     if work_dir.exists():
@@ -97,7 +122,12 @@ def run_demo(
         stamp = time.strftime("%Y%m%d%H%M%S")
         env.legacy_db = server.create_database(f"demo_legacy_{stamp}")
         env.catalog_db = server.create_database(f"demo_catalog_{stamp}")
-        _start_services(env, products, console)
+        _start_services(env, products, console, discrepancy=discrepancy)
+        _shadow_round(env, console, requests_per_step, "with-discrepancy" if discrepancy else "clean", discrepancy)
+        if discrepancy:
+            console.print("[cyan]→[/cyan] fixing the catalog service (restarting it without the demo bug)")
+            _restart_catalog(env, discrepancy=False)
+            _shadow_round(env, console, requests_per_step, "fixed", False)
         _shift_reads(env, requests_per_step, console)
         _print_summary(env, console)
         return env
@@ -114,7 +144,7 @@ def _postgres(database_url: str | None, work_dir: Path, console: Console) -> Ite
         server.stop()
 
 
-def _start_services(env: DemoEnv, products: int, console: Console) -> None:
+def _start_services(env: DemoEnv, products: int, console: Console, *, discrepancy: bool) -> None:
     group = env.group
     with console.status(f"Creating and seeding the monolith's database ({products} products)…"):
         group.run("monolith-migrate", python_module("monolith", "migrate", "--database-url", env.legacy_db))
@@ -141,19 +171,15 @@ def _start_services(env: DemoEnv, products: int, console: Console) -> None:
                 "extracted.catalog", "copy-from-legacy", "--legacy-url", env.legacy_db, "--database-url", env.catalog_db
             ),
         )
-    catalog = group.start(
-        "catalog",
-        python_module(
-            "extracted.catalog", "serve", "--database-url", env.catalog_db, "--port", str(catalog_port),
-            "--monolith-url", env.monolith_url,
-        ),
-    )
+    env.catalog_port = catalog_port
     group.wait_healthy(monolith, f"{env.monolith_url}/healthz")
-    group.wait_healthy(catalog, f"{env.catalog_url}/healthz")
+    _restart_catalog(env, discrepancy=discrepancy)
     console.print(f"[green]✓[/green] monolith at {env.monolith_url}, catalog service at {env.catalog_url}")
 
     env.routing_path = env.work_dir / "routing.yaml"
     shutil.copyfile(Path(__file__).resolve().parent.parent / "routing.yaml", env.routing_path)
+    with open(env.routing_path, "a", encoding="utf-8") as routing:
+        routing.write(f'\n# Added by the demo: its own shadow store.\nshadow_store: {{url: "sqlite:///{env.work_dir}/shadow.db"}}\n')
     facade = group.start(
         "facade",
         python_module("scripts", "facade", "serve", "--config", str(env.routing_path), "--port", str(facade_port)),
@@ -161,6 +187,72 @@ def _start_services(env: DemoEnv, products: int, console: Console) -> None:
     )
     group.wait_healthy(facade, f"{env.facade_url}/_strangler/health")
     console.print(f"[green]✓[/green] façade at {env.facade_url} (config {env.routing_path})")
+
+
+def _restart_catalog(env: DemoEnv, *, discrepancy: bool) -> None:
+    for child in list(env.group.children):
+        if child.name == "catalog":
+            env.group.stop(child)
+    args = [
+        "extracted.catalog", "serve", "--database-url", env.catalog_db, "--port", str(env.catalog_port),
+        "--monolith-url", env.monolith_url,
+    ]
+    if discrepancy:
+        args.append("--demo-discrepancy")
+    catalog = env.group.start("catalog", python_module(*args))
+    env.group.wait_healthy(catalog, f"{env.catalog_url}/healthz")
+
+
+def _shadow_numbers(env: DemoEnv) -> dict[str, object]:
+    body = httpx.get(f"{env.facade_url}/_strangler/shadow", timeout=5).json()
+    numbers: dict[str, object] = body["routes"].get(ROUTE_ID, {})
+    numbers["store"] = body.get("store") or {}
+    return numbers
+
+
+def _shadow_settled(numbers: dict[str, object]) -> bool:
+    """Every sampled request has been compared (or counted as failed/dropped) and stored."""
+    dropped = numbers.get("dropped") or {}
+    assert isinstance(dropped, dict)
+    done = sum(int(numbers.get(k, 0) or 0) for k in ("compared", "timed_out", "failed", "compare_errors"))
+    done += sum(int(v) for v in dropped.values())
+    store = numbers.get("store") or {}
+    assert isinstance(store, dict)
+    return done >= int(numbers.get("sampled", 0) or 0) and int(store.get("pending", 0) or 0) == 0
+
+
+def _shadow_round(env: DemoEnv, console: Console, requests: int, label: str, discrepancy: bool) -> None:
+    """Catalog reads served by the monolith, mirrored to the catalog service and compared."""
+    from scripts.shadow_cmd import write_report
+
+    started = time.time()
+    with console.status(f"Shadowing {requests} catalog reads to the catalog service ({label})…"):
+        _send_traffic(env, 0, requests)
+        deadline = time.monotonic() + 60
+        while not _shadow_settled(_shadow_numbers(env)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    report_path = env.work_dir / f"shadow-report-{label}.html"
+    since = f"{int(time.time() - started) + 1}s"
+    report = write_report(f"sqlite:///{env.work_dir}/shadow.db", report_path, since=since, route=ROUTE_ID)
+    real: list[str] = []
+    noise: list[str] = []
+    for route in report.routes:
+        for endpoint in route.endpoints:
+            for f in endpoint.fields:
+                (real if f.real else noise).append(f"{endpoint.endpoint} {f.field}")
+    env.shadow_rounds.append(ShadowRound(
+        label, discrepancy, str(report_path), report.compared, report.mismatch_rate, report.mismatch_rate_raw,
+        real, noise,
+    ))
+    console.print(
+        f"[green]✓[/green] shadow report ({label}): {report.compared} compared, "
+        f"mismatch rate {report.mismatch_rate:.1%} with noise removed ({report.mismatch_rate_raw:.1%} raw)"
+    )
+    for name in real[:5]:
+        console.print(f"    real difference: {name}")
+    for name in noise[:3]:
+        console.print(f"    noise (the monolith disagrees with itself): {name}")
+    console.print(f"    report: {report_path}")
 
 
 def _shift_reads(env: DemoEnv, requests_per_step: int, console: Console) -> None:
@@ -211,7 +303,7 @@ def _send_traffic(env: DemoEnv, weight: int, total: int) -> StepResult:
     """Anonymous clients, each with its own cookie jar (so its own sticky assignment cookie),
     read products through the façade; per-upstream counts come from the façade's metrics."""
     before = _requests_by_upstream(env)
-    per_client = 4
+    per_client = 2
     clients = max(1, total // per_client)
     errors = 0
     for client_no in range(clients):

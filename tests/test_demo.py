@@ -16,12 +16,18 @@ def test_demo_shifts_reads_step_by_step(pg: EmbeddedPostgres, tmp_path: Path) ->
             database_url=pg.url(), products=300, requests_per_step=120, work_dir=tmp_path / "demo",
             console=Console(file=out, width=120),
         )
+    buggy, fixed = env.shadow_rounds
+    assert buggy.compared == 120 and fixed.compared == 120
+    assert "GET /api/products/{id} $.price" in buggy.real_fields
+    assert buggy.mismatch_rate > 0.5
+    assert fixed.mismatch_rate == 0 and fixed.real_fields == []
+    assert Path(buggy.report_path).read_text().count("<svg") >= 1
     assert [r.weight for r in env.results] == list(STEPS)
     for result in env.results:
         assert result.errors == 0
         assert result.total == 120
         share = result.per_upstream["catalog"] / result.total
-        # Sticky buckets over 30 anonymous clients: the share follows the weight loosely
+        # Sticky buckets over 60 anonymous clients: the share follows the weight loosely
         # at 10/50 %, exactly at 0 and 100 %.
         if result.weight in (0, 100):
             assert share == result.weight / 100
