@@ -625,7 +625,10 @@ class Applier:
         cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_ident(stage)} (LIKE {like}) ON COMMIT DELETE ROWS; "
                     f"DELETE FROM {_ident(stage)}")
         buf = io.StringIO()
-        buf.writelines("\t".join(map(_copy_text, row)) + "\n" for row in rows)
+        fmt = _COPY_BY_TYPE.get
+        buf.writelines(
+            "\t".join([(fmt(type(v)) or _copy_text)(v) for v in row]) + "\n" for row in rows
+        )
         buf.seek(0)
         cur.copy_expert(f"COPY {_ident(stage)} ({', '.join(_ident(c) for c in cols)}) FROM STDIN", buf)
 
