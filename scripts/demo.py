@@ -1,16 +1,20 @@
 """`strangler demo`: the migration journey on the embedded default.
 
 Starts a private PostgreSQL, the sample monolith, the extracted catalog service and the façade;
-seeds data; mirrors catalog reads to the new service and writes the shadow comparison report
+seeds data; fills the catalog service's own store by change data capture (snapshot, then a live
+stream: a price change and an order placed through the monolith show up in the catalog service);
+mirrors catalog reads to the new service and writes the shadow comparison report
 (first with a deliberate, documented discrepancy switched on — `serve --demo-discrepancy` of the
 catalog service — then with it fixed); then sends traffic through the façade while shifting
 catalog reads 0 → 10 → 50 → 100 % with `routes shift`, printing requests per upstream at each
-step. Everything it started is stopped on exit or Ctrl-C.
+step; ends with `strangler verify`, the row-by-row diff of the two stores. Everything it started
+is stopped on exit or Ctrl-C.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -29,6 +33,15 @@ from scripts.processes import ProcessError, ProcessGroup, python_module
 
 STEPS = (0, 10, 50, 100)
 ROUTE_ID = "catalog-read"
+SPEC_PATH = Path(__file__).resolve().parent.parent / "extracted" / "catalog" / "sync.yaml"
+
+
+@dataclass
+class CdcResult:
+    snapshot_rows: int
+    live_change_ms: float
+    verify_identical: bool
+    verify_tables: dict[str, dict[str, int]]
 
 
 @dataclass
@@ -70,6 +83,7 @@ class DemoEnv:
     results: list[StepResult] = field(default_factory=list)
     shadow_rounds: list[ShadowRound] = field(default_factory=list)
     catalog_port: int = 0
+    cdc: CdcResult | None = None
 
 
 def demo(
@@ -105,12 +119,13 @@ def demo(
         typer.echo(json.dumps({
             "shadow": [r.__dict__ for r in result.shadow_rounds],
             "steps": [r.__dict__ for r in result.results],
+            "cdc": result.cdc.__dict__ if result.cdc else None,
         }, indent=2))
 
 
 def run_demo(
     *, database_url: str | None, products: int, requests_per_step: int, work_dir: Path, console: Console,
-    discrepancy: bool = True,
+    discrepancy: bool = True, db_prefix: str = "demo",
 ) -> DemoEnv:
     work_dir = work_dir.absolute()
     if work_dir.exists():
@@ -119,17 +134,22 @@ def run_demo(
     with _postgres(database_url, work_dir, console) as server, ProcessGroup(work_dir / "logs") as group:
         env = DemoEnv(work_dir=work_dir, group=group)
         # A fresh pair of databases each run, so the demo always starts from the same point.
-        stamp = time.strftime("%Y%m%d%H%M%S")
-        env.legacy_db = server.create_database(f"demo_legacy_{stamp}")
-        env.catalog_db = server.create_database(f"demo_catalog_{stamp}")
-        _start_services(env, products, console, discrepancy=discrepancy)
+        env.legacy_db = _fresh_database(server, f"{db_prefix}_legacy")
+        env.catalog_db = _fresh_database(server, f"{db_prefix}_catalog")
+        _start_services(env, products, console)
+        _start_cdc(env, console)
+        if discrepancy:
+            console.print("[cyan]→[/cyan] deploying a catalog build with a deliberate bug (serve --demo-discrepancy)")
+            _restart_catalog(env, discrepancy=True)
         _shadow_round(env, console, requests_per_step, "with-discrepancy" if discrepancy else "clean", discrepancy)
         if discrepancy:
             console.print("[cyan]→[/cyan] fixing the catalog service (restarting it without the demo bug)")
             _restart_catalog(env, discrepancy=False)
             _shadow_round(env, console, requests_per_step, "fixed", False)
         _shift_reads(env, requests_per_step, console)
+        _verify(env, console)
         _print_summary(env, console)
+        _drop_cdc(env)
         return env
 
 
@@ -144,7 +164,7 @@ def _postgres(database_url: str | None, work_dir: Path, console: Console) -> Ite
         server.stop()
 
 
-def _start_services(env: DemoEnv, products: int, console: Console, *, discrepancy: bool) -> None:
+def _start_services(env: DemoEnv, products: int, console: Console) -> None:
     group = env.group
     with console.status(f"Creating and seeding the monolith's database ({products} products)…"):
         group.run("monolith-migrate", python_module("monolith", "migrate", "--database-url", env.legacy_db))
@@ -165,15 +185,9 @@ def _start_services(env: DemoEnv, products: int, console: Console, *, discrepanc
     )
     with console.status("Creating the catalog service's store (alembic upgrade head)…"):
         group.run("catalog-migrate", python_module("extracted.catalog", "migrate", "--database-url", env.catalog_db))
-        group.run(
-            "catalog-copy",
-            python_module(
-                "extracted.catalog", "copy-from-legacy", "--legacy-url", env.legacy_db, "--database-url", env.catalog_db
-            ),
-        )
     env.catalog_port = catalog_port
     group.wait_healthy(monolith, f"{env.monolith_url}/healthz")
-    _restart_catalog(env, discrepancy=discrepancy)
+    _restart_catalog(env, discrepancy=False)
     console.print(f"[green]✓[/green] monolith at {env.monolith_url}, catalog service at {env.catalog_url}")
 
     env.routing_path = env.work_dir / "routing.yaml"
@@ -187,6 +201,111 @@ def _start_services(env: DemoEnv, products: int, console: Console, *, discrepanc
     )
     group.wait_healthy(facade, f"{env.facade_url}/_strangler/health")
     console.print(f"[green]✓[/green] façade at {env.facade_url} (config {env.routing_path})")
+
+
+def _fresh_database(server: object, name: str) -> str:
+    """Drop `name` (and any logical slot left on it by an earlier run), then create it."""
+    import psycopg2
+    from psycopg2 import sql
+
+    admin_url = server.url()  # type: ignore[attr-defined]
+    conn = psycopg2.connect(admin_url)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = %s AND NOT active",
+                (name,),
+            )
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    finally:
+        conn.close()
+    return server.create_database(name)  # type: ignore[attr-defined,no-any-return]
+
+
+def _spec_env(env: DemoEnv) -> dict[str, str]:
+    return {"STRANGLER_MONOLITH_DATABASE_URL": env.legacy_db, "STRANGLER_CATALOG_DATABASE_URL": env.catalog_db}
+
+
+def _start_cdc(env: DemoEnv, console: Console) -> None:
+    """`strangler cdc run`: snapshot of the legacy catalog tables, then the live stream."""
+    from cdc.spec import load_spec
+    from cdc.verify import verify
+
+    spec = load_spec(SPEC_PATH, env={**os.environ, **_spec_env(env)})
+    cdc = env.group.start(
+        "cdc", python_module("scripts", "cdc", "run", "--spec", str(SPEC_PATH)), env=_spec_env(env)
+    )
+    with console.status("CDC: snapshot of the legacy catalog into the catalog service's store…"):
+        result = verify(spec, wait=120)
+        if cdc.process.poll() is not None:
+            raise ProcessError(f"cdc run exited with code {cdc.process.returncode}; last lines:\n{cdc.tail()}")
+    rows = sum(t.matching for t in result.tables)
+    if not result.identical:
+        raise ProcessError(f"the catalog store did not catch up with the legacy tables: {result.to_dict()}")
+    console.print(f"[green]✓[/green] CDC snapshot done: {rows} rows in the catalog store, streaming live changes")
+    env.cdc = CdcResult(rows, _live_change(env), False, {})
+    console.print(
+        f"[green]✓[/green] a price change and an order placed through the monolith reached the catalog service "
+        f"in {env.cdc.live_change_ms:.0f} ms"
+    )
+
+
+def _live_change(env: DemoEnv, timeout: float = 30.0) -> float:
+    """Change a price and place an order through the monolith; time until the catalog service shows both."""
+    with httpx.Client(base_url=env.monolith_url, timeout=10) as staff, \
+            httpx.Client(base_url=env.monolith_url, timeout=10) as customer:
+        staff.post("/accounts/login", json={"username": "admin", "password": "admin"}).raise_for_status()
+        customer.post("/accounts/login", json={"username": "user1", "password": "password"}).raise_for_status()
+        before = staff.get("/api/products/2").json()
+        started = time.monotonic()
+        staff.patch("/api/products/1", json={"price": "123.45"}).raise_for_status()
+        customer.post("/api/orders", json={"items": [{"product_id": 2, "quantity": 1}]}).raise_for_status()
+    deadline = started + timeout
+    price, stock = None, None
+    with httpx.Client(base_url=env.catalog_url, timeout=10) as catalog:
+        while time.monotonic() < deadline:
+            price = catalog.get("/api/products/1").json().get("price")
+            stock = catalog.get("/api/products/2").json().get("stock")
+            if price == "123.45" and stock == before["stock"] - 1:
+                return (time.monotonic() - started) * 1000
+            time.sleep(0.02)
+    raise ProcessError(
+        f"the live change did not reach the catalog service within {timeout:.0f}s (it shows price {price!r} "
+        f"for product 1 and stock {stock!r} for product 2; expected '123.45' and {before['stock'] - 1}); "
+        "see the cdc log"
+    )
+
+
+def _verify(env: DemoEnv, console: Console) -> None:
+    """`strangler verify`: row by row, through the mapping, at aligned positions."""
+    from cdc.spec import load_spec
+    from cdc.verify import verify
+
+    spec = load_spec(SPEC_PATH, env={**os.environ, **_spec_env(env)})
+    with console.status("strangler verify: row-by-row diff of the legacy and catalog tables…"):
+        result = verify(spec, wait=60)
+    assert env.cdc is not None
+    env.cdc.verify_identical = result.identical
+    env.cdc.verify_tables = {
+        t.target: {"matching": t.matching, "mismatched": t.mismatched, "only_in_source": t.only_in_source,
+                  "only_in_target": t.only_in_target}
+        for t in result.tables
+    }
+    mark = "[green]✓[/green]" if result.identical else "[red]✗[/red]"
+    console.print(f"{mark} strangler verify: " + "; ".join(
+        f"{name} {n['matching']} matching, {n['mismatched']} mismatched, "
+        f"{n['only_in_source']}/{n['only_in_target']} only in source/target"
+        for name, n in env.cdc.verify_tables.items()
+    ))
+
+
+def _drop_cdc(env: DemoEnv) -> None:
+    """Stop the stream and remove its slot and publication, so no WAL is retained after the demo."""
+    for child in list(env.group.children):
+        if child.name == "cdc":
+            env.group.stop(child)
+    env.group.run("cdc-drop", python_module("scripts", "cdc", "drop", "--spec", str(SPEC_PATH)), env=_spec_env(env))
 
 
 def _restart_catalog(env: DemoEnv, *, discrepancy: bool) -> None:

@@ -14,8 +14,14 @@ def test_demo_shifts_reads_step_by_step(pg: EmbeddedPostgres, tmp_path: Path) ->
     with open(tmp_path / "out.txt", "w") as out:
         env = run_demo(
             database_url=pg.url(), products=300, requests_per_step=120, work_dir=tmp_path / "demo",
-            console=Console(file=out, width=120),
+            console=Console(file=out, width=120), db_prefix="demotest",
         )
+    # CDC filled the catalog store (snapshot, then a live change) and verify ends clean.
+    assert env.cdc is not None
+    assert env.cdc.snapshot_rows >= 300
+    assert env.cdc.live_change_ms > 0
+    assert env.cdc.verify_identical
+    assert env.cdc.verify_tables["catalog.products"]["matching"] == 300
     buggy, fixed = env.shadow_rounds
     assert buggy.compared == 120 and fixed.compared == 120
     assert "GET /api/products/{id} $.price" in buggy.real_fields
