@@ -1,7 +1,9 @@
 """The external catalog API contract, as pure functions: list parameters, write validation.
 
 The monolith implements the same contract (monolith/catalog/contract.py); the parity tests
-hold the two together. Values here are in the API's terms (name, price, is_active); the store
+hold the two together. It is a copy on purpose, not an import: an extracted service ships and
+deploys without the monolith's code, and once the monolith's catalog is retired this copy is
+the only one left. Values here are in the API's terms (name, price, is_active); the store
 translates them (title, price_cents, active).
 """
 
