@@ -47,7 +47,7 @@ __all__ = [
     "ratios_table",
     "results_table",
     "run_wrk",
-    "sigterm_as_interrupt",
+    "signals_as_interrupt",
     "top_functions",
     "write_nginx_config",
     "wrk_command",
@@ -118,13 +118,15 @@ def load_average() -> tuple[float, float, float]:
     return os.getloadavg()
 
 
-def sigterm_as_interrupt() -> None:
-    """Turn SIGTERM into KeyboardInterrupt so `finally` blocks stop every child on `kill`."""
+def signals_as_interrupt() -> None:
+    """Turn SIGTERM and SIGINT into KeyboardInterrupt so `finally` blocks stop every child on
+    `kill` and on Ctrl-C (SIGINT too: a shell starting us in the background may ignore it)."""
 
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # -- processes -----------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ from bench._harness import (  # noqa: E402
     ratios_table,
     results_table,
     run_wrk,
-    sigterm_as_interrupt,
+    signals_as_interrupt,
     start_nginx,
     top_functions,
 )
@@ -578,7 +578,7 @@ def main(
         duration=duration, warmup=warmup, connections=connections, threads=threads, monolith=monolith,
         shadow=shadow, nginx_access_log=nginx_access_log, products=products, keep=keep, profile=profile,
     )
-    sigterm_as_interrupt()
+    signals_as_interrupt()
     try:
         report = execute(settings, console, clients_only=clients)
     except BenchError as exc:
