@@ -154,6 +154,31 @@ class Run:
             )
         return scenario
 
+    def measure_interleaved(self, upstream: str, targets: list[tuple[str, str]], rounds: int = 3) -> None:
+        """Alternate short runs over `targets` (all running) and keep each one's median run, so
+        a load change on a shared machine hits both sides of a ratio alike."""
+        s = self.settings
+        each = max(2.0, s.duration / 2)
+        for name, url in targets:
+            self.say(f"  {upstream} / {name}: {url} ({rounds} interleaved rounds of {each:g} s)")
+            if s.warmup > 0:
+                run_wrk(url, connections=s.connections, threads=s.threads, duration=s.warmup, script=self.script)
+        rates: dict[str, list[WrkResult]] = {name: [] for name, _ in targets}
+        latencies: dict[str, list[WrkResult]] = {name: [] for name, _ in targets}
+        for _ in range(rounds):
+            for name, url in targets:
+                rates[name].append(run_wrk(url, connections=s.connections, threads=s.threads, duration=each,
+                                           script=self.script))
+            for name, url in targets:
+                latencies[name].append(run_wrk(url, connections=1, threads=1, duration=each, script=self.script))
+        for name, _ in targets:
+            rate = sorted(rates[name], key=lambda r: r.rps)[rounds // 2]
+            latency = sorted(latencies[name], key=lambda r: r.p50_ms)[rounds // 2]
+            self.scenarios.append(Scenario(upstream, name, rate, latency, f"median of {rounds} interleaved runs"))
+            errors = sum(r.error_count for r in rates[name] + latencies[name])
+            if errors:
+                self.notes.append(f"{upstream} / {name}: wrk counted {errors} errors")
+
     def find(self, upstream: str, name: str) -> Scenario | None:
         for scenario in self.scenarios:
             if scenario.upstream == upstream and scenario.name == name:
@@ -265,17 +290,23 @@ def measure_shadow(run: Run, base_url: str, candidate_url: str) -> None:
         run.notes.append(f"shadow scenarios skipped: routing.yaml with shadow is not accepted yet ({problem})")
         return
     store = run.tmp / "shadow.db"
-    for shadow in (False, True):
-        name = "façade ×1 shadow 100%" if shadow else "façade ×1 shadow off"
-        try:
-            url, child = start_facade(run, f"facade-shadow-{int(shadow)}", base_url, candidate_url,
-                                      workers=1, shadow=shadow, store=store)
-        except BenchError as exc:
-            run.notes.append(f"{name} skipped: the façade did not start: {exc}")
-            return
-        try:
-            run.measure(CHEAP, name, url, pid=child.process.pid)
-        finally:
+    names = ("façade ×1 shadow off", "façade ×1 shadow 100%")
+    started: list[tuple[str, Any]] = []
+    try:
+        for shadow, name in zip((False, True), names):
+            try:
+                started.append(start_facade(run, f"facade-shadow-{int(shadow)}", base_url, candidate_url,
+                                            workers=1, shadow=shadow, store=store))
+            except BenchError as exc:
+                run.notes.append(f"{name} skipped: the façade did not start: {exc}")
+                return
+        if run.settings.profile:
+            for name, (url, child) in zip(names, started):
+                run.measure(CHEAP, name, url, pid=child.process.pid)
+        else:
+            run.measure_interleaved(CHEAP, [(name, url) for name, (url, _) in zip(names, started)])
+    finally:
+        for _, child in started:
             run.processes.stop(child)
 
 
