@@ -7,9 +7,10 @@ the same shadow store as live shadowing (marked `source = replay`), so `shadow r
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ from facade.config import FacadeConfig, load_config
 from facade.exceptions import FacadeError
 from facade.noise import NoiseModel
 from facade.recorder import RecordedExchange, read_traffic
+from facade.redact import REDACTED, Redactor
 from facade.shadow import RouteRules, failure_record, judge, route_rules
 from facade.shadow_store import ComparisonRecord, ShadowStore, StoreWriter
 
@@ -123,14 +125,14 @@ async def _send(ex: RecordedExchange, client: httpx.AsyncClient, rules: RouteRul
         return failure_record(route=ex.route, endpoint=ex.endpoint, primary_status=ex.status, primary_ms=ex.duration_ms, outcome="failed", error=repr(exc), source="replay")
     candidate_ms = (time.perf_counter() - t0) * 1000
     primary = Reply(ex.status, {k.lower(): v for k, v in ex.response_headers}, ex.response_body, ex.response_truncated)
-    candidate_body = response.content
-    cap = len(ex.response_body) if ex.response_truncated else None
-    candidate = Reply(
-        response.status_code,
-        {k.lower(): v for k, v in response.headers.items()},
-        candidate_body[:cap] if cap is not None else candidate_body,
-        cap is not None and len(candidate_body) > cap,
-    )
+    # The recording holds the primary's answer redacted and cut to the recorder's cap; the
+    # candidate's answer goes through the same redactor, so redacted fields compare equal and
+    # none of the candidate's secrets reach the store.
+    rules = replace(rules, redactor=mirror_redaction(rules.redactor, ex.response_body))
+    redactor = rules.redactor
+    candidate_headers = redactor.header_map({k.lower(): v for k, v in response.headers.items()})
+    candidate_body, cut = redactor.body(response.content, candidate_headers.get("content-type", ""))
+    candidate = Reply(response.status_code, candidate_headers, candidate_body, cut)
     return judge(
         route=ex.route,
         endpoint=ex.endpoint,
@@ -144,6 +146,21 @@ async def _send(ex: RecordedExchange, client: httpx.AsyncClient, rules: RouteRul
         candidate_ms=candidate_ms,
         source="replay",
     )
+
+
+_REDACTED_FIELD = re.compile(rb'"((?:[^"\\]|\\.)*)"\s*:\s*"' + re.escape(REDACTED.encode()) + rb'"')
+
+
+def mirror_redaction(redactor: Redactor, recorded_body: bytes) -> Redactor:
+    """`redactor` plus every body field the recorded answer shows redacted.
+
+    A replay may run without the routing.yaml the recording was made with; the recording itself
+    says which fields were secret.
+    """
+    fields = {m.decode("utf-8", "replace").lower() for m in _REDACTED_FIELD.findall(recorded_body)}
+    if fields <= redactor.body_fields:
+        return redactor
+    return replace(redactor, body_fields=redactor.body_fields | fields)
 
 
 def load_exchanges(traffic: Path, route: str | None = None) -> list[RecordedExchange]:

@@ -24,7 +24,7 @@ EP = "GET /api/products/{id}"
 
 
 def primary_product(i: int) -> dict[str, object]:
-    return {"id": i, "name": f"p{i}", "price": "9.99"}
+    return {"id": i, "name": f"p{i}", "price": "9.99", "api_token": f"candidate-secret-{i}"}
 
 
 def candidate_app(seen: list[dict[str, str]]) -> Starlette:
@@ -40,7 +40,7 @@ def candidate_app(seen: list[dict[str, str]]) -> Starlette:
 
 
 def record_traffic(path: Path, n: int) -> None:
-    redactor = Redactor.build(body_fields=["password"])
+    redactor = Redactor.build(body_fields=["password", "api_token"])
 
     async def go() -> None:
         recorder = TrafficRecorder(path, interval=0.05)
@@ -96,6 +96,9 @@ def test_replay_compares_against_recorded_answers_and_fills_the_store(tmp_path: 
     assert ep.compared == 6 and [(f.field, f.kinds) for f in ep.fields] == [("$.price", {"type": 1})]
     assert store.load().comparisons[0]["source"] == "replay"
     store.close()
+    # The candidate's own api_token values were redacted like the recorded primary's were:
+    # they neither count as differences nor reach the store.
+    assert b"candidate-secret" not in (tmp_path / "shadow.db").read_bytes()
 
 
 def test_replay_against_a_down_candidate_counts_failures(tmp_path: Path) -> None:
