@@ -45,6 +45,8 @@ class Upstream:
         self.delay = delay
         self.fail = fail
         self.seen: list[tuple[str, str, dict[str, str], int]] = []
+        self.active = 0  # requests being answered right now, and the most at once
+        self.peak = 0
 
     def product(self, i: int) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -72,8 +74,13 @@ class Upstream:
     def app(self) -> Starlette:
         async def product(request: Request) -> Response:
             self.seen.append((request.method, request.url.path, dict(request.headers), len(await request.body())))
-            if self.delay:
-                await asyncio.sleep(self.delay)  # the scenario: a slow candidate
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+            try:
+                if self.delay:
+                    await asyncio.sleep(self.delay)  # the scenario: a slow candidate
+            finally:
+                self.active -= 1
             if self.fail:
                 return JSONResponse({"detail": "boom"}, status_code=500)
             if request.method != "GET":
@@ -233,6 +240,17 @@ def test_queue_full_drops_are_counted_and_stored(tmp_path: Path) -> None:
         store = ShadowStore(f"sqlite:///{tmp_path}/shadow.db")
         wait_for(lambda: _dropped(store) == live["dropped"]["queue_full"], timeout=30, what="drops in the store")
         store.close()
+
+
+def test_mirrored_requests_in_flight_stay_within_the_cap(tmp_path: Path) -> None:
+    primary, candidate = Upstream(), Upstream(candidate=True, delay=0.2)
+    shadow = "{to: catalog, sample: 100, noise_sample: 0, queue: 100, inflight: 3, timeout: 5s}"
+    with facade(tmp_path, primary, candidate, shadow=shadow) as (client, _):
+        for _ in range(20):  # far faster than the candidate answers: the queue fills
+            assert client.get("/api/products/1").status_code == 200
+        live = wait_for(lambda: (c := counters(client)) and c["compared"] == 20 and c, timeout=30, what="20 comparisons")
+    assert live["dropped"]["queue_full"] == 0 and live["timed_out"] == 0
+    assert candidate.peak == 3, f"{candidate.peak} mirrored requests at once; the cap is 3"
 
 
 def _dropped(store: ShadowStore) -> int:

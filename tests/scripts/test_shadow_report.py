@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -112,6 +114,14 @@ def test_cli_report_writes_file_and_fails_over_a_rate(store_url: str, tmp_path: 
     assert out.read_text().startswith("<!doctype html>")
     failed = runner.invoke(cli.app, ["shadow", "report", "--store", store_url, "--format", "json", "--fail-over", "0.2"])
     assert isinstance(failed.exception, ShadowFailed) and "25.00%" in str(failed.exception)
+    # What a pipeline sees from the real command: exit 1 and the reason, the report still printed.
+    gate = subprocess.run(
+        [sys.executable, "-m", "scripts", "shadow", "report", "--store", store_url, "--format", "json", "--fail-over", "0.2"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert gate.returncode == 1, gate.stderr
+    assert "FAILED: mismatch rate 25.00% is above --fail-over 20.00%" in gate.stderr
+    assert json.loads(gate.stdout)["compared"] == 40
 
 
 def test_write_report_for_callers(store_url: str, tmp_path: Path) -> None:
