@@ -78,7 +78,8 @@ class CaptureConfig:
 
 def pgoutput_options(publication: str, *, server_version: int = 160000) -> dict[str, str]:
     """Options of START_REPLICATION: protocol 2, our publication, logical messages (heartbeats),
-    and on PostgreSQL 16+ `origin 'none'` so changes written by an applier are not captured."""
+    and on PostgreSQL 16+ `origin 'none'` so changes written by an applier are not captured
+    (older servers send an Origin message in such transactions; `EventBuilder` drops them)."""
     options = {"proto_version": "2" if server_version >= 140000 else "1", "publication_names": publication}
     if server_version >= 140000:
         options["messages"] = "true"
@@ -139,7 +140,8 @@ class EventBuilder:
 
     `key_columns(schema, table)` names a table's primary key (None: use the replica-identity
     columns the Relation message flags). A primary-key change becomes a delete of the old key
-    followed by a create of the new one, as Debezium does.
+    followed by a create of the new one, as Debezium does. A transaction that carries a
+    replication origin (written by an applier) yields no events, as with `origin 'none'`.
     """
 
     def __init__(
@@ -160,6 +162,7 @@ class EventBuilder:
         self.commit_lsn: int | None = None
         self.commit_ms = 0
         self.in_transaction = False
+        self.replayed = False
 
     # -- transaction boundaries ----------------------------------------------------------------
 
@@ -168,6 +171,11 @@ class EventBuilder:
         self.commit_lsn = message.final_lsn
         self.commit_ms = pg_time_to_unix_ms(message.commit_time)
         self.in_transaction = True
+        self.replayed = False
+
+    def origin(self, message: Origin) -> None:
+        """The transaction was replayed from elsewhere (our applier): none of it is captured."""
+        self.replayed = True
 
     def commit(self, message: Commit) -> None:
         self.in_transaction = False
@@ -191,6 +199,8 @@ class EventBuilder:
 
     def change(self, message: Insert | Update | Delete | Truncate, lsn: int) -> list[ChangeEvent]:
         """The events of one change message at WAL position `lsn`."""
+        if self.replayed:
+            return []
         now = self._clock_ms()
         if isinstance(message, Insert):
             table = self._tables.get(message.relation_oid) or self.table(message.relation_oid)
@@ -461,7 +471,9 @@ class Capture:
                         "the server streams in-progress transactions, which this capture does not "
                         "request; start replication without the 'streaming' option"
                     )
-                elif isinstance(message, (Type, Origin)):
+                elif isinstance(message, Origin):
+                    builder.origin(message)
+                elif isinstance(message, Type):
                     pass
                 if pending and pending[0].done:
                     self._flush_acks()

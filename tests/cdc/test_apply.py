@@ -3,6 +3,7 @@ TOAST placeholders, redelivery, dead letters and schema changes."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import replace
 from decimal import Decimal
 
@@ -11,7 +12,8 @@ import pytest
 from cdc.apply import Applier, ApplyError
 from cdc.events import UNAVAILABLE, ChangeEvent, Column
 from cdc.exceptions import SchemaChangedError
-from tests.cdc.apply_fixtures import event, legacy_and_target, product, query, spec_for
+from cdc.mapping import RowMapper
+from tests.cdc.apply_fixtures import event, execute, legacy_and_target, product, query, spec_for
 
 __all__ = ["legacy_and_target"]
 
@@ -157,8 +159,6 @@ def test_applier_writes_carry_the_replication_origin(legacy_and_target: tuple[st
 
 
 def test_snapshot_copy_fast_path_and_resumed_chunk(legacy_and_target: tuple[str, str]) -> None:
-    from cdc.mapping import RowMapper
-
     _, target = legacy_and_target
     spec = spec_for(None, target)
     table = spec.tables[1]
@@ -189,3 +189,50 @@ def test_out_of_order_unique_values_resolve_by_position(legacy_and_target: tuple
         # A stale change of row 3 claiming X (older than row 2's) is skipped, not dead-lettered.
         result = applier.apply([event("c", 3, 250, after=product(3, sku="X"))])
         assert result.dead_lettered == 0 and [r[0] for r in _products(target)] == [2]
+
+
+@pytest.mark.parametrize("server_version", [None, 150000], ids=["origin-none", "origin-messages"])
+def test_applier_writes_are_not_captured_again(legacy_and_target: tuple[str, str], server_version: int | None) -> None:
+    """Capture on the service's own database (a reverse stream) sees direct writes, never the applier's.
+
+    PostgreSQL 16 drops the applier's changes itself (`origin 'none'`); `server_version=150000`
+    makes the capture ask as it does of older servers, which send Origin messages instead.
+    """
+    from cdc.capture import Capture, CaptureConfig
+    from cdc.slot import create_slot, drop_slot, ensure_publication
+    from cdc.transport import MemoryTransport
+    from tests.cdc.conftest import Collected
+
+    _, target = legacy_and_target
+    slot = "t_reverse_" + uuid.uuid4().hex[:8]
+    ensure_publication(target, slot, ["catalog.products"])
+    with create_slot(target, slot):
+        pass
+    transport = MemoryTransport(max_batches=64)
+    capture = Capture(CaptureConfig(dsn=target, slot=slot, publication=slot, read_timeout=0.2), transport,
+                      server_version=server_version)
+    capture.start()
+    collected = Collected(transport)
+    try:
+        direct = "INSERT INTO catalog.products VALUES (%s, %s, 'direct', 'd', '', 100, 1, true, 1, '{}', now(), now())"
+        execute(target, direct, (9001, "DIRECT-1"))
+        with _applier(target) as applier:
+            spec = applier.spec
+            applier.apply([event("c", i, 100 + i, after=product(i)) for i in range(1, 101)])  # staged COPY
+            applier.apply([event("u", 1, 300, before={"id": 1}, after=product(1, name="again")),
+                           event("d", 2, 310, before={"id": 2})])
+            applier.apply([replace(event("c", 0, 320), op="t", key=None, after=None)])
+            applier.copy_rows(spec.tables[1], [RowMapper(spec.tables[1]).map(product(i)) for i in (3, 4)],  # type: ignore[misc]
+                              snapshot={"done": False}, position=(330, 0))
+        execute(target, direct, (9002, "DIRECT-2"))
+        execute(target, "UPDATE catalog.products SET title = 'direct too' WHERE id = 9002")
+        collected.drain(lambda c: any(e.op == "u" for e in c.events), what="the last direct write")
+        assert [(e.op, e.key) for e in collected.events] == [("c", {"id": 9001}), ("c", {"id": 9002}), ("u", {"id": 9002})]
+        # The applier did write (its truncate took the first direct row too).
+        assert [r[0] for r in query(target, "SELECT id FROM catalog.products ORDER BY id")] == [3, 4, 9002]
+    finally:
+        capture.stop()
+        transport.close()
+        capture.join(timeout=20)
+        capture.close()
+        drop_slot(target, slot, terminate=True)

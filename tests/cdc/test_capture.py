@@ -13,7 +13,7 @@ import pytest
 from cdc.capture import HEARTBEAT_PREFIX, Capture, CaptureConfig, EventBuilder
 from cdc.events import UNAVAILABLE, ChangeEvent
 from cdc.exceptions import CDCError
-from cdc.pgoutput import Begin, Commit, Delete, Insert, LogicalMessage, Relation, RelationColumn, Truncate, Update
+from cdc.pgoutput import Begin, Commit, Delete, Insert, LogicalMessage, Origin, Relation, RelationColumn, Truncate, Update
 from cdc.replication import RawMessage, ReplicationError
 from cdc.transport import Batch, MemoryTransport, TransportClosedError
 from cdc.slot import MissingPrimaryKeyError, create_slot, UnknownTableError, drop_publication, drop_slot, ensure_publication, slot_state
@@ -257,6 +257,18 @@ def test_event_builder_maps_messages_to_events() -> None:
     assert deleted.before == {"id": 2} and deleted.after is None
     [truncated] = builder.change(Truncate(None, 0, (99,)), 140)
     assert truncated.op == "t" and truncated.key is None and truncated.source.table == "items"
+
+
+def test_event_builder_drops_transactions_that_carry_an_origin() -> None:
+    builder = EventBuilder(server_name="legacy", database="shop")
+    builder.relation(ITEMS)
+    builder.begin(Begin(final_lsn=900, commit_time=0, xid=42))
+    builder.origin(Origin(commit_lsn=880, name="strangler_catalog"))
+    assert builder.change(Insert(None, 99, ("1", "2.50", "x")), 100) == []
+    assert builder.change(Truncate(None, 0, (99,)), 110) == []
+    builder.commit(Commit(0, 900, 908, 0))
+    builder.begin(Begin(final_lsn=1000, commit_time=0, xid=43))
+    assert [e.op for e in builder.change(Insert(None, 99, ("1", "2.50", "x")), 950)] == ["c"]
 
 
 def test_event_builder_uses_the_primary_key_over_identity_flags() -> None:

@@ -81,7 +81,6 @@ def test_snapshot_then_stream_updates_deletes_truncate_and_key_change(legacy_and
         assert st.slot_exists and st.snapshot["done"] and st.dead_letters == 0
         execute(legacy, "TRUNCATE catalog_product")
         wait_for(lambda: _count(target) == 0, timeout=30, what="truncate")
-        # Changes the applier writes carry its replication origin: none of them is captured again.
     state = slot_state(legacy, spec.slot_name)
     assert state is not None and not state.active
 
