@@ -23,7 +23,7 @@ def test_slow_upstream_gets_504_at_the_route_timeout(tmp_path: Path) -> None:
         if scope["type"] != "http":
             return
         await read_body(receive)
-        await asyncio.to_thread(release.wait, 20)
+        await asyncio.to_thread(release.wait, 60)
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"late"})
 
@@ -38,16 +38,47 @@ def test_slow_upstream_gets_504_at_the_route_timeout(tmp_path: Path) -> None:
             config = write_config(tmp_path / "routing.yaml", {"monolith": up}, routes=routes)
             with facade(config) as (url, _):
                 started = time.monotonic()
-                response = get(url + "/slow", timeout=15)
+                response = get(url + "/slow", timeout=30)
                 elapsed = time.monotonic() - started
-                release.set()
+            release.set()
     finally:
         release.set()
     assert response.status_code == 504
     body = response.json()
     assert body["error"] == "upstream_timeout" and body["request_id"] == response.headers["x-request-id"]
-    # The budget is the route's (300 ms), not the upstream's 10 s read timeout.
-    assert elapsed >= 0.3
+    assert "route's 0.3s" in body["detail"]
+    # The budget is the route's 300 ms: without it the upstream's 10 s would apply.
+    assert 0.3 <= elapsed < 5
+
+
+def test_the_route_timeout_is_one_budget_for_all_attempts(tmp_path: Path) -> None:
+    # Every attempt reaches the upstream, which resets the connection after 500 ms; a GET is
+    # retried, so ten attempts would take 5 s. The route's 1.2 s stop them during the third.
+    arrivals: list[float] = []
+
+    def slow_reset(index: int, head: bytes, body: bytes) -> None:
+        arrivals.append(time.monotonic())
+        time.sleep(0.5)  # the upstream's slowness (in its own thread), not synchronisation
+
+    routes = """
+    - id: slow
+      match: {path: /slow}
+      to: monolith
+      timeout: 1200ms
+      retries: {attempts: 10}
+    """
+    with RawUpstream(slow_reset) as up:
+        config = write_config(tmp_path / "routing.yaml", {"monolith": up.url}, routes=routes, extra="breaker: {failures: 100}")
+        with facade(config) as (url, _):
+            started = time.monotonic()
+            response = get(url + "/slow", timeout=30)
+            elapsed = time.monotonic() - started
+    assert response.status_code == 504
+    body = response.json()
+    assert body["error"] == "upstream_timeout" and body["request_id"] == response.headers["x-request-id"]
+    assert "route's 1.2s" in body["detail"]
+    assert 2 <= len(arrivals) <= 3, arrivals  # retried, then cut off by the one budget
+    assert 1.2 <= elapsed < 3.5
 
 
 class GatedClient:
