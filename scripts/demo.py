@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,6 +86,22 @@ class DemoEnv:
     catalog_port: int = 0
     cdc: CdcResult | None = None
 
+    def failures(self) -> list[str]:
+        """What went wrong on the journey, as sentences; empty when every check held."""
+        problems = []
+        if self.cdc is not None and not self.cdc.verify_identical:
+            problems.append(f"strangler verify found differences between the legacy and catalog tables: {self.cdc.verify_tables}")
+        for r in self.shadow_rounds:
+            if not r.discrepancy and r.real_fields:
+                problems.append(f"the shadow report of round {r.label!r} still shows real differences: {', '.join(r.real_fields)}")
+        for step in self.results:
+            if step.errors:
+                problems.append(f"{step.errors} requests failed at catalog weight {step.weight}%")
+        return problems
+
+    def services(self) -> dict[str, str]:
+        return {"monolith": self.monolith_url, "catalog": self.catalog_url, "facade": self.facade_url}
+
 
 def demo(
     database_url: str = typer.Option(
@@ -104,6 +121,9 @@ def demo(
     """Run the whole journey on the embedded PostgreSQL: monolith, catalog service, façade,
     traffic, and a stepwise shift of catalog reads with `routes shift`."""
     console = Console(stderr=json_output)
+    # SIGTERM (a closed terminal, a CI runner stopping) unwinds like Ctrl-C, so the children,
+    # which run in sessions of their own, are stopped too.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = run_demo(
             database_url=database_url, products=products, requests_per_step=requests_per_step,
@@ -115,12 +135,25 @@ def demo(
     except KeyboardInterrupt:
         console.print("[yellow]interrupted; everything the demo started has been stopped.[/yellow]")
         raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    failures = result.failures()
     if json_output:
         typer.echo(json.dumps({
+            "services": result.services(),
             "shadow": [r.__dict__ for r in result.shadow_rounds],
             "steps": [r.__dict__ for r in result.results],
             "cdc": result.cdc.__dict__ if result.cdc else None,
+            "failures": failures,
         }, indent=2))
+    for problem in failures:
+        console.print(f"[red]FAILED:[/red] {problem}")
+    if failures:
+        raise typer.Exit(1)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def run_demo(

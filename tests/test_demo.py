@@ -1,43 +1,100 @@
-"""The demo, end to end, on the session's PostgreSQL: what `make demo` runs, smaller."""
+"""The demo, end to end, on the session's PostgreSQL: what `make demo` runs, smaller.
+
+Both tests run the real `strangler demo` command in a process of its own, as `make demo` does.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
-from rich.console import Console
+import httpx
 
-from scripts.demo import STEPS, run_demo
+from scripts.demo import STEPS
 from scripts.postgres import EmbeddedPostgres
+from tests.support import wait_for
+
+
+def demo_command(pg: EmbeddedPostgres, work_dir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "scripts", "demo", "--database-url", pg.url(), "--work-dir", str(work_dir),
+        "--products", "300", "--requests-per-step", "120", "--json", *extra,
+    ]
+
+
+# Wide enough that rich does not wrap the paths it prints.
+DEMO_ENV = {**os.environ, "COLUMNS": "400"}
+
+
+def answers(url: str) -> bool:
+    try:
+        httpx.get(url, timeout=2)
+    except httpx.HTTPError:
+        return False
+    return True
 
 
 def test_demo_shifts_reads_step_by_step(pg: EmbeddedPostgres, tmp_path: Path) -> None:
-    with open(tmp_path / "out.txt", "w") as out:
-        env = run_demo(
-            database_url=pg.url(), products=300, requests_per_step=120, work_dir=tmp_path / "demo",
-            console=Console(file=out, width=120), db_prefix="demotest",
-        )
+    run = subprocess.run(demo_command(pg, tmp_path / "demo"), capture_output=True, text=True, timeout=280, check=False, env=DEMO_ENV)
+    assert run.returncode == 0, run.stderr[-4000:]
+    result = json.loads(run.stdout)
+    assert result["failures"] == []
     # CDC filled the catalog store (snapshot, then a live change) and verify ends clean.
-    assert env.cdc is not None
-    assert env.cdc.snapshot_rows >= 300
-    assert env.cdc.live_change_ms > 0
-    assert env.cdc.verify_identical
-    assert env.cdc.verify_tables["catalog.products"]["matching"] == 300
-    buggy, fixed = env.shadow_rounds
-    assert buggy.compared == 120 and fixed.compared == 120
-    assert "GET /api/products/{id} $.price" in buggy.real_fields
-    assert buggy.mismatch_rate > 0.5
-    assert fixed.mismatch_rate == 0 and fixed.real_fields == []
-    assert Path(buggy.report_path).read_text().count("<svg") >= 1
-    assert [r.weight for r in env.results] == list(STEPS)
-    for result in env.results:
-        assert result.errors == 0
-        assert result.total == 120
-        share = result.per_upstream["catalog"] / result.total
+    cdc = result["cdc"]
+    assert cdc["snapshot_rows"] >= 300
+    assert cdc["verify_identical"]
+    assert cdc["verify_tables"]["catalog.products"]["matching"] == 300
+    buggy, fixed = result["shadow"]
+    assert buggy["compared"] == 120 and fixed["compared"] == 120
+    assert "GET /api/products/{id} $.price" in buggy["real_fields"]
+    assert buggy["mismatch_rate"] > 0.5
+    assert fixed["mismatch_rate"] == 0 and fixed["real_fields"] == []
+    assert Path(buggy["report_path"]).read_text().count("<svg") >= 1
+    # The terminal output names the report and its headline numbers.
+    assert f"report: {buggy['report_path']}" in run.stderr
+    assert f"shadow report (with-discrepancy): 120 compared, mismatch rate {buggy['mismatch_rate']:.1%}" in run.stderr
+    assert "Catalog reads through the façade, per weight step" in run.stderr
+    steps = result["steps"]
+    assert [s["weight"] for s in steps] == list(STEPS)
+    for step in steps:
+        total = sum(step["per_upstream"].values())
+        assert step["errors"] == 0
+        assert total == 120
+        share = step["per_upstream"]["catalog"] / total
         # Sticky buckets over 60 anonymous clients: the share follows the weight loosely
         # at 10/50 %, exactly at 0 and 100 %.
-        if result.weight in (0, 100):
-            assert share == result.weight / 100
+        if step["weight"] in (0, 100):
+            assert share == step["weight"] / 100
         else:
-            assert abs(share - result.weight / 100) < 0.3
+            assert abs(share - step["weight"] / 100) < 0.3
     # Everything it started is stopped.
-    assert env.group.children == []
+    for url in result["services"].values():
+        assert not answers(url), f"{url} still answers after the demo ended"
+
+
+def test_sigterm_stops_everything_the_demo_started(pg: EmbeddedPostgres, tmp_path: Path) -> None:
+    lines: list[str] = []
+    with subprocess.Popen(demo_command(pg, tmp_path / "demo"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=DEMO_ENV) as process:
+        assert process.stderr is not None
+        stderr = process.stderr
+        reader = threading.Thread(target=lambda: lines.extend(iter(stderr.readline, "")), daemon=True)
+        reader.start()
+        try:
+            facade_line = wait_for(lambda: next((line for line in lines if "façade at http://" in line), None), timeout=120, what="the façade to start")
+            url = facade_line.split("façade at ", 1)[1].split()[0]
+            assert answers(f"{url}/_strangler/health")
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 130
+        finally:
+            if process.poll() is None:
+                process.kill()
+            reader.join(timeout=10)
+    assert any("interrupted; everything the demo started has been stopped" in line for line in lines)
+    assert not answers(f"{url}/_strangler/health")
+    monolith = next(line for line in lines if "monolith at http://" in line).split("monolith at ", 1)[1].split(",")[0]
+    assert not answers(f"{monolith}/healthz")
