@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from facade.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
 from facade.client import H1Client, Body, Upstream, UpstreamResponse
@@ -107,33 +108,44 @@ class GatedClient:
         await self.inner.aclose()
 
 
-def test_a_refused_connection_is_retried_for_post_too(tmp_path: Path) -> None:
-    with RawUpstream(lambda index, head, body: ok_response(b"got " + body), listen=False) as gate:
+METHODS = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "POST", "PATCH"]
+WITH_BODY = {"PUT", "POST", "PATCH"}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_refused_connection_is_retried_whatever_the_method(tmp_path: Path, method: str) -> None:
+    content = b"order-1" if method in WITH_BODY else b""
+    with RawUpstream(lambda index, head, body: ok_response(b"" if method == "HEAD" else b"got " + body), listen=False) as gate:
         client = GatedClient(gate)
         config = write_config(tmp_path / "routing.yaml", {"monolith": gate.url})
         with facade(config, client=client) as (url, _):
-            response = post(url + "/orders", content=b"order-1")
-    assert response.status_code == 200 and response.text == "got order-1"
-    assert client.attempts == [("monolith", "POST", "refused"), ("monolith", "POST", "sent")]
-    assert [body for _, body in gate.requests] == [b"order-1"]
+            response = request(method, url + "/orders", content=content)
+    assert response.status_code == 200
+    assert client.attempts == [("monolith", method, "refused"), ("monolith", method, "sent")]
+    ((head, body),) = gate.requests
+    assert head.startswith(method.encode() + b" /orders ") and body == content
 
 
-def test_a_connection_reset_after_sending_retries_get_but_not_post(tmp_path: Path) -> None:
-    # The first request on every fresh connection is reset after it was read; later ones answered.
+@pytest.mark.parametrize("method", METHODS)
+def test_a_connection_reset_after_sending_is_retried_only_for_idempotent_methods(tmp_path: Path, method: str) -> None:
+    # The first request is reset after the upstream read it: it reached the upstream.
     def behaviour(index: int, head: bytes, body: bytes) -> bytes | None:
-        return None if index % 2 == 0 else ok_response(b"second try")
+        if index == 0:
+            return None
+        return b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n" + (b"" if method == "HEAD" else b"second try")
 
+    content = b"an item" if method in WITH_BODY else b""
     with RawUpstream(behaviour) as up:
         config = write_config(tmp_path / "routing.yaml", {"monolith": up.url})
         with facade(config) as (url, _):
-            read = get(url + "/items/1")
-            after_get = len(up.requests)
-            write = post(url + "/items", content=b"new item")
-            after_post = len(up.requests)
-    assert read.status_code == 200 and read.text == "second try"
-    assert after_get == 2
-    assert write.status_code == 502 and write.json()["error"] == "upstream_error"
-    assert after_post == 3  # the POST reached the upstream once and was not sent again
+            response = request(method, url + "/items/1", content=content)
+    sent = [(head.split(b" ", 1)[0].decode(), body) for head, body in up.requests]
+    if method in {"GET", "HEAD", "OPTIONS", "PUT", "DELETE"}:
+        assert response.status_code == 200 and response.headers["content-length"] == "10"
+        assert sent == [(method, content), (method, content)]
+    else:
+        assert response.status_code == 502 and response.json()["error"] == "upstream_error"
+        assert sent == [(method, content)]  # reached the upstream once, not sent again
 
 
 def test_idempotent_requests_are_not_retried_once_the_body_outgrew_the_replay_buffer(tmp_path: Path) -> None:
