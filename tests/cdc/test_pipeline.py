@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
+from cdc.exceptions import SchemaChangedError
 from cdc.pipeline import RunStats, run
 from cdc.slot import slot_state
 from cdc.spec import SyncSpec
@@ -29,28 +31,41 @@ def seed(legacy: str, n: int, start: int = 1) -> None:
     )
 
 
-@contextmanager
-def running(spec: SyncSpec, **kw: Any) -> Iterator[tuple[threading.Event, list[RunStats]]]:
-    stop = threading.Event()
-    out: list[RunStats] = []
-    errors: list[BaseException] = []
+@dataclass
+class Background:
+    """A `cdc run` in a thread of the test."""
 
+    thread: threading.Thread
+    stop: threading.Event = field(default_factory=threading.Event)
+    stats: list[RunStats] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
+
+    def failure(self, timeout: float = 30.0) -> BaseException:
+        """The error the run stopped with (it must stop by itself within `timeout`)."""
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"the run did not stop within {timeout}s"
+        assert self.errors, "the run stopped without an error"
+        return self.errors.pop()
+
+
+@contextmanager
+def running(spec: SyncSpec, **kw: Any) -> Iterator[Background]:
     def target() -> None:
         try:
-            out.append(run(spec, stop=stop, heartbeat_interval=0.5, chunk_rows=300, **kw))
+            bg.stats.append(run(spec, stop=bg.stop, heartbeat_interval=0.5, **{"chunk_rows": 300, **kw}))
         except BaseException as exc:  # noqa: BLE001 - reported by the test
-            errors.append(exc)
+            bg.errors.append(exc)
 
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
+    bg = Background(threading.Thread(target=target, daemon=True))
+    bg.thread.start()
     try:
-        yield stop, out
+        yield bg
     finally:
-        stop.set()
-        thread.join(30)
-        assert not thread.is_alive()
-        if errors:
-            raise errors[0]
+        bg.stop.set()
+        bg.thread.join(30)
+        assert not bg.thread.is_alive()
+        if bg.errors:
+            raise bg.errors[0]
 
 
 def _count(target: str) -> int:
@@ -112,3 +127,56 @@ def test_drop_removes_slot_and_publication_and_reset_recopies(legacy_and_target:
     assert again.snapshot_rows == 51
     assert verify(spec, wait=5).identical
     assert drop(spec) == {"slot_dropped": True, "publication_dropped": True}
+
+
+def _stock(target: str, pid: int) -> int | None:
+    rows = query(target, "SELECT stock FROM catalog.products WHERE id = %s", (pid,))
+    return int(rows[0][0]) if rows else None
+
+
+@contextmanager
+def streaming(legacy: str, target: str, rows: int = 20) -> Iterator[tuple[SyncSpec, Background]]:
+    """`rows` products seeded, a run started and its snapshot in the target."""
+    seed(legacy, rows)
+    spec = spec_for(legacy, target)
+    with running(spec) as bg:
+        wait_for(lambda: _count(target) == rows, timeout=30, what="snapshot")
+        yield spec, bg
+
+
+def test_new_unmapped_legacy_column_is_ignored_and_the_stream_goes_on(legacy_and_target: tuple[str, str]) -> None:
+    legacy, target = legacy_and_target
+    with streaming(legacy, target) as (spec, bg):
+        execute(legacy, "ALTER TABLE catalog_product ADD COLUMN colour text NOT NULL DEFAULT 'red'")
+        execute(legacy, "UPDATE catalog_product SET stock = 70, colour = 'blue' WHERE id = 7")
+        seed(legacy, 1, start=21)
+        wait_for(lambda: _count(target) == 21 and _stock(target, 7) == 70, timeout=30, what="changes after ADD COLUMN")
+        assert bg.thread.is_alive() and not bg.errors
+        assert verify(spec, wait=10).identical
+
+
+def test_retyped_or_dropped_mapped_legacy_column_stops_the_stream_and_says_the_fix(
+    legacy_and_target: tuple[str, str]
+) -> None:
+    legacy, target = legacy_and_target
+    with streaming(legacy, target) as (spec, bg):
+        execute(legacy, "UPDATE catalog_product SET stock = 11 WHERE id = 1")
+        wait_for(lambda: _stock(target, 1) == 11, timeout=30, what="a change before the ALTER")
+        execute(legacy, "ALTER TABLE catalog_product ALTER COLUMN stock TYPE bigint")
+        execute(legacy, "UPDATE catalog_product SET stock = 12 WHERE id = 2")
+        error = bg.failure()
+    assert isinstance(error, SchemaChangedError)
+    assert "public.catalog_product.stock changed type from int4 to int8" in str(error)
+    assert "Check the mapping, then restart the applier" in str(error)
+    assert _stock(target, 2) == 2  # not applied: the slot still holds it
+    # The mapping still holds for bigint: restarted, the held change is applied.
+    with running(spec) as bg:
+        wait_for(lambda: _stock(target, 2) == 12, timeout=30, what="the held change after the restart")
+        assert verify(spec, wait=10).identical
+        execute(legacy, "ALTER TABLE catalog_product DROP COLUMN description")
+        execute(legacy, "UPDATE catalog_product SET stock = 13 WHERE id = 3")
+        error = bg.failure()
+    assert isinstance(error, SchemaChangedError)
+    assert "description of public.catalog_product are mapped by the sync spec but no longer exist" in str(error)
+    assert "Fix the spec, then restart the applier" in str(error)
+    assert _stock(target, 3) == 3
