@@ -20,8 +20,12 @@ upstream's `timeout` bounds each wait for data after that, as nginx's proxy_read
 A request is retried, whatever its method, when it provably never reached the upstream (no
 connection); otherwise only idempotent methods are, and only while the request body read so far
 fits the route's replay buffer. Nothing is retried once the response has started. Breakers are
-per upstream; a route's `fallback` takes safe requests when the chosen upstream fails or its
-breaker is open. Errors the façade answers itself are JSON: `{"error", "detail", "request_id"}`.
+per upstream; a route's `fallback` takes safe requests when the chosen upstream's breaker is open
+or it fails: no connection or a broken exchange once its retries are used up, or a 502, 503 or
+504 answer (as nginx's `proxy_next_upstream error http_502 http_503 http_504`; a 500 is the
+application's answer and goes to the client, and the route's timeout, one budget for all of it,
+ends the request with a 504). Writes are never moved to another upstream. Errors the façade
+answers itself are JSON: `{"error", "detail", "request_id"}`.
 """
 
 from __future__ import annotations

@@ -205,6 +205,42 @@ class Recorder(H1Client):
         return await super().request(upstream, method, target, headers, body)
 
 
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_a_gateway_error_from_the_new_service_falls_back_for_safe_methods(tmp_path: Path, status: int) -> None:
+    # As nginx's proxy_next_upstream error timeout http_502 http_503 http_504: a 502/503/504
+    # says the service could not handle the request; a 500 is its answer and goes to the client.
+    async def failing(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await read_body(receive)
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"catalog says %d" % status})
+
+    routes = """
+    - id: catalog-read
+      match: {path: /api/products/**}
+      to: {monolith: 0, catalog: 100}
+      fallback: monolith
+    """
+    with serve(echo("monolith")) as monolith, serve(failing) as catalog:
+        config = write_config(tmp_path / "routing.yaml", {"monolith": monolith, "catalog": catalog}, routes=routes)
+        recorder = Recorder()
+        with facade(config, client=recorder) as (url, _):
+            read = get(url + "/api/products/1")
+            head = request("HEAD", url + "/api/products/1")
+            write = post(url + "/api/products", content=b"{}")
+    if status == 500:
+        assert read.status_code == 500 and read.text == "catalog says 500"
+        assert head.status_code == 500
+        assert recorder.attempts == [("catalog", "GET"), ("catalog", "HEAD"), ("catalog", "POST")]
+    else:
+        assert read.status_code == 200 and read.json()["upstream"] == "monolith"
+        assert head.status_code == 200 and head.headers["x-upstream"] == "monolith"
+        assert recorder.attempts == [("catalog", "GET"), ("monolith", "GET"), ("catalog", "HEAD"), ("monolith", "HEAD"), ("catalog", "POST")]
+    # A write is never moved to another upstream: the client gets the service's own answer.
+    assert write.status_code == status and write.text == f"catalog says {status}"
+
+
 def test_breaker_probes_once_when_half_open_then_closes_or_reopens() -> None:
     now = [0.0]
     breaker = Breaker(failures=2, reset_after=10.0, clock=lambda: now[0])
