@@ -38,6 +38,20 @@ def test_a_non_loopback_bind_requires_the_bearer_token_on_every_endpoint(tmp_pat
             assert get(url + "/api/x").status_code == 200
 
 
+def test_the_token_comes_from_the_variable_admin_token_env_names(tmp_path: Path) -> None:
+    with serve(echo("monolith")) as up:
+        config = write_config(tmp_path / "routing.yaml", {"monolith": up}, extra="admin: {token_env: FACADE_OPS_TOKEN}")
+        # The default variable alone does not make a non-loopback bind acceptable.
+        with pytest.raises(AdminTokenMissing, match="FACADE_OPS_TOKEN"):
+            create_app(config, host="0.0.0.0", env={"STRANGLER_ADMIN_TOKEN": "default-token"})
+        env = {"FACADE_OPS_TOKEN": "ops-token", "STRANGLER_ADMIN_TOKEN": "default-token"}
+        with facade(config, host="0.0.0.0", env=env) as (url, _):
+            named = get(url + "/_strangler/health", headers={"Authorization": "Bearer ops-token"})
+            default = get(url + "/_strangler/health", headers={"Authorization": "Bearer default-token"})
+    assert named.status_code == 200 and named.json()["status"] == "ok"
+    assert default.status_code == 401 and default.json()["error"] == "unauthorized"
+
+
 def test_loopback_needs_no_token(tmp_path: Path) -> None:
     with serve(echo("monolith")) as up:
         config = write_config(tmp_path / "routing.yaml", {"monolith": up})
