@@ -3,18 +3,24 @@
 `serve_facade` is the plain function behind the command. It validates `routing.yaml` (and the
 admin token rule) before anything listens, so a bad file exits 1 with every `file:line:col`
 problem. With `--workers N` uvicorn starts N processes, each building the app from the factory
-`facade.app:app_from_env` and watching the file itself.
+`facade.app:app_from_env` and watching the file itself; SIGHUP to the parent reloads the file in
+every worker in place (each keeps serving its last good table on a problem), where plain uvicorn
+would restart the workers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 from facade.accesslog import ACCESS_LOGGER
 from facade.app import ACCESS_LOG_ENV, CONFIG_ENV, HOST_ENV, WATCH_ENV, create_app
@@ -22,6 +28,24 @@ from facade.app import ACCESS_LOG_ENV, CONFIG_ENV, HOST_ENV, WATCH_ENV, create_a
 __all__ = ["app", "logging_config", "serve_facade"]
 
 app = typer.Typer(no_args_is_help=True, help="Run the routing façade.")
+
+log = logging.getLogger("strangler.facade")
+
+
+class WorkerSupervisor(Multiprocess):
+    """uvicorn's supervisor of worker processes, except that SIGHUP reloads routing.yaml.
+
+    Each worker reloads on SIGHUP itself (validate, swap, keep the last good table on a problem),
+    so forwarding the signal reloads them all without dropping a connection; restarting them, as
+    uvicorn does by default, would close every kept-alive client connection.
+    """
+
+    def handle_hup(self) -> None:
+        log.info("SIGHUP: reloading routing.yaml in %d workers", len(self.processes))
+        for process in self.processes:
+            if process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGHUP)
 
 
 def logging_config(level: str = "info", access_log: bool = True) -> dict[str, Any]:
@@ -88,7 +112,9 @@ def serve_facade(
     os.environ[HOST_ENV] = host
     os.environ[ACCESS_LOG_ENV] = "stdout" if access_log else "off"
     os.environ[WATCH_ENV] = "1" if watch else "0"
-    uvicorn.run("facade.app:app_from_env", factory=True, workers=workers, **options)
+    uv_config = uvicorn.Config("facade.app:app_from_env", factory=True, workers=workers, **options)
+    with contextlib.suppress(KeyboardInterrupt):
+        WorkerSupervisor(uv_config, sockets=[uv_config.bind_socket()]).run()
 
 
 @app.command("serve")
