@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 import threading
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.facade.proxy_support import client, get, post, put, request, echo, facade, read_body, serve, wait_for, write_config
 
@@ -69,7 +71,8 @@ def test_reload_under_concurrent_load_fails_no_request(tmp_path: Path) -> None:
     assert routes["last_error"] is None
 
 
-def test_an_invalid_file_at_reload_keeps_the_last_good_table_serving(tmp_path: Path) -> None:
+def test_an_invalid_file_at_reload_keeps_the_last_good_table_serving(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="strangler.facade")
     with serve(echo("monolith")) as monolith:
         path = tmp_path / "routing.yaml"
         write_config(path, {"monolith": monolith})
@@ -98,6 +101,14 @@ def test_an_invalid_file_at_reload_keeps_the_last_good_table_serving(tmp_path: P
     assert api.status_code == 422 and api.json()["problems"] == [problem]
     assert 'strangler_reloads_total{result="error"}' in metrics
     assert fixed["last_error"] is None and fixed["table"]["default"]["timeout"] == 9.0
+    # The operator reading the log sees where the file is wrong and which version keeps serving.
+    rejected = [record.getMessage() for record in caplog.records if record.name == "strangler.facade" and record.levelno == logging.ERROR]
+    for trigger in ("file change", "api"):
+        assert any(
+            message.startswith(f"reload ({trigger}) of {path} rejected; still serving version {good['version']}:")
+            and problem in message.splitlines()
+            for message in rejected
+        ), (trigger, rejected)
 
 
 def test_requests_in_flight_finish_on_the_table_they_started_with(tmp_path: Path) -> None:
