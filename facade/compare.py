@@ -3,7 +3,8 @@
 Pure: two `Reply` values and `CompareRules` in, a `Comparison` out. JSON bodies are compared as a
 typed tree and every difference is flattened to a path (`$.results[3].price`) with a kind; other
 content types are compared as text. Equal subtrees are skipped by one C-level equality test plus a
-canonical serialisation (so `true` never equals `1`), which keeps large, mostly equal bodies fast.
+serialisation of everything `==` called equal (so `true` never equals `1`), which keeps large,
+mostly equal bodies fast.
 """
 
 from __future__ import annotations
@@ -268,21 +269,21 @@ def _canon(value: Any) -> bytes:
 
 
 def _same(a: Any, b: Any) -> bool:
-    # `==` alone says True == 1 and 1 == 1.0; the serialised form separates bool from number
-    # (1 vs 1.0 then differ in form and are settled as equal numbers by the leaf comparison).
-    # Unsorted first: both sides usually list keys in the same order, and it is cheaper.
+    """Whether `a` and `b` are the same JSON, types included (`true` is not `1`, `1` is not `1.0`
+    here; the leaf comparison settles `1` against `1.0` as equal numbers)."""
+    kind = type(a)
+    if kind is not type(b):
+        return False
+    if kind is str or kind is int or kind is float or kind is bool or a is None:
+        return bool(a == b)
+    # `==` alone says True == 1 inside containers; the serialised form separates them. Unsorted
+    # first: both sides usually list keys in the same order, and it is cheaper.
     return a == b and (orjson.dumps(a) == orjson.dumps(b) or _canon(a) == _canon(b))
 
 
-def _same_documents(a: Any, b: Any, raw_a: bytes, raw_b: bytes) -> bool:
-    """`_same` for whole documents, cheaper: with `a == b`, only a boolean standing where the
-    other side has a number can hide, and that changes how often `true`/`false` occur in the
-    text (strings being equal on both sides). Unequal counts fall back to the exact check."""
-    if a != b:
-        return False
-    if raw_a.count(b"true") == raw_b.count(b"true") and raw_a.count(b"false") == raw_b.count(b"false"):
-        return True
-    return _same(a, b)
+def _all_same(xs: list[Any], ys: list[Any]) -> bool:
+    """`_same` for pairs already equal by `==`, proven for all of them with one serialisation."""
+    return orjson.dumps(xs) == orjson.dumps(ys) or _canon(xs) == _canon(ys)
 
 
 def _json_type(value: Any) -> str:
@@ -353,6 +354,8 @@ class _Differ:
 
     def walk_object(self, path: str, a: dict[str, Any], b: dict[str, Any]) -> None:
         for key, va in a.items():
+            if len(self.out) >= self.limit:
+                return
             vb = b.get(key, _ABSENT)
             if vb is _ABSENT:
                 sub = path + _key_segment(key)
@@ -372,16 +375,19 @@ class _Differ:
                 return
         unordered = any(p.matches(path) for p in self.rules.unordered)
         if len(a) == len(b) and not unordered:
-            # Unsorted serialisation first (cheap; keys usually come in the same order), then the
-            # canonical form only where it differs. Equal positions outside `pairs` mean the arrays
-            # are a permutation exactly when the differing positions hold the same multiset.
-            dumps = orjson.dumps
-            pairs = [i for i, (x, y) in enumerate(zip(a, b)) if dumps(x) != dumps(y)]
-            canon = {i: (_canon(a[i]), _canon(b[i])) for i in pairs}
-            pairs = [i for i in pairs if canon[i][0] != canon[i][1]]
+            # `==` per position finds the values that differ; the positions it calls equal are
+            # proven equal types included by one serialisation of all of them, and only when that
+            # fails (a boolean for a number, keys in another order) position by position.
+            pairs = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+            if len(pairs) < len(a):
+                differing = set(pairs)
+                equal = [i for i in range(len(a)) if i not in differing]
+                if not _all_same([a[i] for i in equal], [b[i] for i in equal]):
+                    pairs = sorted(differing | {i for i in equal if not _same(a[i], b[i])})
             if not pairs:
                 return
-            if Counter(canon[i][0] for i in pairs) == Counter(canon[i][1] for i in pairs):
+            canon = {i: (_canon(a[i]), _canon(b[i])) for i in pairs}
+            if Counter(ca for ca, _ in canon.values()) == Counter(cb for _, cb in canon.values()):
                 self.add(path, DiffKind.ARRAY_ORDER, a, b)
                 return
             for i in pairs:
@@ -408,14 +414,21 @@ class _Differ:
         kb = _index_by(b, key)
         if ka is None or kb is None:
             return False  # not every element carries the key: fall back to positions
+        equal = []
         for k, x in ka.items():
-            sub = f"{path}[{key}={k}]"
             y = kb.get(k, _ABSENT)
             if y is _ABSENT:
+                sub = f"{path}[{key}={k}]"
                 if not self.ignored(sub):
                     self.add(sub, DiffKind.MISSING, x, _ABSENT)
-            elif not _same(x, y):
-                self.walk(sub, x, y)
+            elif x == y:
+                equal.append(k)
+            elif len(self.out) < self.limit:
+                self.walk(f"{path}[{key}={k}]", x, y)
+        if equal and not _all_same([ka[k] for k in equal], [kb[k] for k in equal]):
+            for k in equal:
+                if not _same(ka[k], kb[k]):
+                    self.walk(f"{path}[{key}={k}]", ka[k], kb[k])
         for k, y in kb.items():
             if k not in ka:
                 sub = f"{path}[{key}={k}]"
@@ -525,7 +538,7 @@ def _compare_one(primary: Reply, primary_doc: Callable[[], Any], candidate: Repl
     a = primary_doc() if ja else _ABSENT
     b = _parse(candidate) if jb else _ABSENT
     if a is not _ABSENT and b is not _ABSENT:
-        if not _same_documents(a, b, primary.body, candidate.body):
+        if not _same(a, b):
             differ.walk("$", a, b)
     elif ja != jb and (a is not _ABSENT or b is not _ABSENT):
         differ.add("$", DiffKind.TYPE, primary.content_type or "none", candidate.content_type or "none")

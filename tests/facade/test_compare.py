@@ -54,6 +54,15 @@ def test_bool_and_number_are_different_types_but_int_and_float_are_equal_numbers
     assert kinds({"a": None}, {"a": "x"}) == {("$.a", "type")}
 
 
+def test_booleans_standing_for_numbers_are_found_even_when_they_balance_out() -> None:
+    # `==` holds for each pair below (True == 1), and both sides hold as many `true` as numbers.
+    assert kinds({"a": True, "b": 1}, {"a": 1, "b": True}) == {("$.a", "type"), ("$.b", "type")}
+    assert kinds({"r": [{"x": True}, {"x": 1}]}, {"r": [{"x": 1}, {"x": True}]}) == {("$.r", "array_order")}
+    assert kinds({"r": [False, 0, 5]}, {"r": [0, 0, 5]}) == {("$.r[0]", "type")}
+    keyed = CompareRules(array_keys={"$.r": "id"})
+    assert kinds({"r": [{"id": 1, "on": True}, {"id": 2, "on": 1}]}, {"r": [{"id": 1, "on": 1}, {"id": 2, "on": 1}]}, keyed) == {("$.r[id=1].on", "type")}
+
+
 def test_reordered_array_is_reported_once_as_array_order() -> None:
     assert kinds({"r": [1, 2, 3]}, {"r": [3, 1, 2]}) == {("$.r", "array_order")}
 
