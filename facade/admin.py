@@ -4,10 +4,12 @@
 - `GET routes`: the live table with `version`, `loaded_at`, `last_error` (problems as
   `file:line:col: message`), the last reload and the breaker states.
 - `GET metrics`: Prometheus text exposition.
-- `POST reload`: reload `routing.yaml` now; 200 with the new version, 422 with the problems.
+- `POST reload`: reload `routing.yaml` now; 200 with the new version, 422 (`invalid_config`) with the problems.
 - `GET <name>` for addons that expose a `snapshot()` (e.g. `shadow`).
 
-A bearer token is required on every endpoint unless the façade listens only on loopback.
+A bearer token is required on every endpoint unless the façade listens only on loopback. Every
+answer carries `X-Request-ID` (the client's, or a new one); errors are JSON like the proxy's:
+`{"error", "detail", "request_id"}`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from starlette.routing import Route
 
 from facade.breaker import STATE_NAMES
 from facade.metrics import CONTENT_TYPE, Metrics
-from facade.proxy import Proxy
+from facade.proxy import Proxy, request_id_for
 from facade.reload import Reloader
 
 __all__ = ["AdminAuth", "build_admin"]
@@ -32,30 +34,52 @@ __all__ = ["AdminAuth", "build_admin"]
 PREFIX = "/_strangler"
 
 
+def _error_response(request_id: str, status: int, reason: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An error the admin API answers itself, in the proxy's JSON shape."""
+    body = {"error": reason, "detail": detail, "request_id": request_id}
+    return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store", **(headers or {})})
+
+
 class AdminAuth:
-    """ASGI wrapper demanding `Authorization: Bearer <token>` when a token is required."""
+    """ASGI wrapper in front of the admin API: gives the request its id (kept in the scope's
+    state, sent back as `X-Request-ID`) and demands `Authorization: Bearer <token>` when a
+    token is required."""
 
     def __init__(self, app: Any, token: str | None) -> None:
         self.app = app
         self.token = token.encode("utf-8") if token is not None else None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if self.token is not None and scope["type"] == "http":
-            given = b""
-            for name, value in scope["headers"]:
-                if name == b"authorization":
-                    given = value
-                    break
-            scheme, _, credentials = given.partition(b" ")
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given: bytes | None = None
+        authorization: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                given = value
+            elif name == b"authorization" and authorization is None:
+                authorization = value
+        request_id = request_id_for(given)[0].decode("ascii")
+        scope.setdefault("state", {})["request_id"] = request_id
+        id_header = (b"x-request-id", request_id.encode("ascii"))
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), id_header]
+            await send(message)
+
+        if self.token is not None:
+            scheme, _, credentials = (authorization or b"").partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(credentials.strip(), self.token):
-                response = JSONResponse(
-                    {"error": "unauthorized", "detail": "the admin API needs 'Authorization: Bearer <token>' with the configured admin token"},
-                    status_code=401,
+                response = _error_response(
+                    request_id, 401, "unauthorized",
+                    "the admin API needs 'Authorization: Bearer <token>' with the configured admin token",
                     headers={"WWW-Authenticate": 'Bearer realm="strangler"'},
                 )
-                await response(scope, receive, send)
+                await response(scope, receive, send_with_id)
                 return
-        await self.app(scope, receive, send)
+        await self.app(scope, receive, send_with_id)
 
 
 def build_admin(
@@ -84,7 +108,16 @@ def build_admin(
 
     async def reload(request: Request) -> Response:
         result = await reloader.reload("api")
-        return JSONResponse(result.as_dict(), status_code=200 if result.ok else 422)
+        body = result.as_dict()
+        if result.ok:
+            return JSONResponse(body)
+        count = len(result.problems)
+        body.update(
+            error="invalid_config",
+            detail=f"{reloader.path} has {count} problem{'s' if count != 1 else ''}; still serving version {result.version}",
+            request_id=request.state.request_id,
+        )
+        return JSONResponse(body, status_code=422)
 
     def snapshot_endpoint(name: str, snapshot: Callable[[], Any]) -> Route:
         async def endpoint(request: Request) -> Response:
@@ -96,10 +129,13 @@ def build_admin(
         status = exc.status_code if isinstance(exc, HTTPException) else 404
         reason = "method_not_allowed" if status == 405 else "not_found"
         known = ", ".join(sorted({"health", "routes", "metrics", "reload", *snapshots}))
-        return JSONResponse(
-            {"error": reason, "detail": f"{request.method} {request.url.path} is not part of the admin API; endpoints: {known}"},
-            status_code=status,
-        )
+        detail = f"{request.method} {request.url.path} is not part of the admin API; endpoints: {known}"
+        headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else None  # 405's Allow
+        return _error_response(request.state.request_id, status, reason, detail, headers)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        detail = f"{request.method} {request.url.path} failed: {exc!r}; the façade's log has the traceback"
+        return _error_response(request.state.request_id, 500, "admin_error", detail)
 
     app = Starlette(
         routes=[
@@ -109,6 +145,6 @@ def build_admin(
             Route(f"{PREFIX}/reload", reload, methods=["POST"]),
             *(snapshot_endpoint(name, snapshot) for name, snapshot in snapshots.items()),
         ],
-        exception_handlers={404: not_found, 405: not_found},
+        exception_handlers={404: not_found, 405: not_found, Exception: server_error},
     )
     return AdminAuth(app, token)

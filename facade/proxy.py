@@ -46,7 +46,7 @@ from facade.client import Body, Upstream, UpstreamClient, UpstreamResponse
 from facade.errors import ClientGone, UpstreamError
 from facade.routing import Route, RouteTable, override, sticky_key
 
-__all__ = ["Deadlines", "Generation", "Proxy", "HOP_BY_HOP", "IDEMPOTENT_METHODS", "SAFE_METHODS"]
+__all__ = ["Deadlines", "Generation", "Proxy", "HOP_BY_HOP", "IDEMPOTENT_METHODS", "SAFE_METHODS", "request_id_for"]
 
 log = logging.getLogger("strangler.facade")
 
@@ -80,6 +80,13 @@ _TRACEPARENT = re.compile(rb"(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0
 _COOKIE_VALUE = re.compile(r"[0-9A-Za-z_-]{8,64}")
 # Ids for correlation and sticky assignment, not secrets: the fast generator is enough.
 _bits = random.getrandbits
+
+
+def request_id_for(given: bytes | None) -> tuple[bytes, bool]:
+    """The client's `X-Request-ID` when well-formed, else a new one: (id, whether it is new)."""
+    if given is None or not _REQUEST_ID.fullmatch(given):
+        return b"%032x" % _bits(128), True
+    return given, False
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -351,11 +358,7 @@ class Proxy:
             decoded = value.decode("latin-1")
             text[label] = decoded if previous is None else previous + ("; " if label == "cookie" else ", ") + decoded
 
-        if request_id is None or not _REQUEST_ID.fullmatch(request_id):
-            request_id = b"%032x" % _bits(128)
-            new_request_id = True
-        else:
-            new_request_id = False
+        request_id, new_request_id = request_id_for(request_id)
         request_id_text = request_id.decode("ascii")
 
         path: str = scope["path"]

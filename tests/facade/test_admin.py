@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx
@@ -72,6 +73,44 @@ def test_unknown_admin_paths_and_methods_answer_json(tmp_path: Path) -> None:
     assert bare.status_code == 404
     assert wrong_method.status_code == 405 and wrong_method.json()["error"] == "method_not_allowed"
     assert lookalike.status_code == 200 and lookalike.json()["upstream"] == "monolith"
+
+
+class BrokenSnapshot:
+    """An addon whose admin snapshot raises."""
+
+    admin_name = "broken"
+
+    def snapshot(self) -> object:
+        raise RuntimeError("the snapshot broke")
+
+
+def test_admin_errors_are_json_with_the_request_id(tmp_path: Path) -> None:
+    auth = {"Authorization": "Bearer s3cret"}
+    with serve(echo("monolith")) as up:
+        config = write_config(tmp_path / "routing.yaml", {"monolith": up})
+        env = {"STRANGLER_ADMIN_TOKEN": "s3cret"}
+        with facade(config, host="0.0.0.0", env=env, addons=[BrokenSnapshot()]) as (url, _):
+            denied = get(url + "/_strangler/routes", headers={"X-Request-ID": "ops-401"})
+            missing = get(url + "/_strangler/nothing", headers=auth)
+            malformed = get(url + "/_strangler/nothing", headers={**auth, "X-Request-ID": "has space"})
+            wrong_method = get(url + "/_strangler/reload", headers={**auth, "X-Request-ID": "ops-405"})
+            broken = get(url + "/_strangler/broken", headers={**auth, "X-Request-ID": "ops-500"})
+            health = get(url + "/_strangler/health", headers={**auth, "X-Request-ID": "ops-200"})
+    answers = [(denied, 401, "unauthorized"), (missing, 404, "not_found"), (malformed, 404, "not_found"),
+               (wrong_method, 405, "method_not_allowed"), (broken, 500, "admin_error")]
+    for response, status, reason in answers:
+        body = response.json()
+        assert (response.status_code, body["error"]) == (status, reason), response.text
+        assert body["request_id"] == response.headers["x-request-id"] and body["detail"]
+        assert response.headers["content-type"] == "application/json"
+    # The client's id is kept when well-formed; otherwise the façade makes one.
+    assert denied.json()["request_id"] == "ops-401" and denied.headers["www-authenticate"].startswith("Bearer")
+    assert wrong_method.json()["request_id"] == "ops-405" and wrong_method.headers["allow"] == "POST"
+    assert broken.json()["request_id"] == "ops-500" and "the snapshot broke" in broken.json()["detail"]
+    for made in (missing, malformed):
+        assert re.fullmatch("[0-9a-f]{32}", made.json()["request_id"])
+    assert missing.json()["request_id"] != malformed.json()["request_id"]
+    assert health.status_code == 200 and health.headers["x-request-id"] == "ops-200"
 
 
 def test_routes_and_metrics_show_the_live_state(tmp_path: Path) -> None:

@@ -99,6 +99,8 @@ def test_an_invalid_file_at_reload_keeps_the_last_good_table_serving(tmp_path: P
     assert broken["last_error"]["errors"][0]["line"] == int(line)
     assert still.status_code == 200
     assert api.status_code == 422 and api.json()["problems"] == [problem]
+    assert api.json()["error"] == "invalid_config" and api.json()["request_id"] == api.headers["x-request-id"]
+    assert f"still serving version {good['version']}" in api.json()["detail"]
     assert 'strangler_reloads_total{result="error"}' in metrics
     assert fixed["last_error"] is None and fixed["table"]["default"]["timeout"] == 9.0
     # The operator reading the log sees where the file is wrong and which version keeps serving.
