@@ -308,6 +308,35 @@ def test_secrets_never_reach_the_store_the_recording_or_the_report(tmp_path: Pat
             assert token not in content, f"{name} leaked into the {where}"
 
 
+def test_traffic_recorded_by_the_facade_replays_against_a_candidate(tmp_path: Path) -> None:
+    from scripts.shadow_cmd import run_replay
+
+    primary, candidate = Upstream(), Upstream(candidate=True, token_differs=True)
+    traffic = tmp_path / "traffic.jsonl"
+    # Recording only: nothing is mirrored live (sample 0), every request is recorded.
+    shadow = f'{{to: catalog, sample: 0, noise_sample: 0, redact: {{body_fields: [api_token]}}, record: {{sample: 100, file: "{traffic}"}}}}'
+    with facade(tmp_path / "live", primary, None, shadow=shadow) as (client, _):
+        for i in range(1, 11):
+            assert client.get(f"/api/products/{1 + i % 5}", headers={"authorization": SECRETS["authorization"]}).status_code == 200
+        wait_for(lambda: counters(client).get("recorded") == 10, timeout=30, what="10 recorded exchanges")
+    assert traffic.read_bytes().count(b"\n") == 10 and SECRETS["api_token"].encode() not in traffic.read_bytes()
+    store = ShadowStore(f"sqlite:///{tmp_path}/replay.db")
+    with serve(candidate.app()) as candidate_url:
+        summary = run_replay(traffic, candidate_url, store=store, rate=20.0)
+    assert (summary.total, summary.replayed, summary.failed) == (10, 10, 0)
+    assert summary.seconds >= 9 / 20  # paced: request i leaves i/rate seconds after the start
+    assert all(s[2].get("x-strangler-shadow") == "1" and "authorization" not in s[2] for s in candidate.seen)
+    report = make_report(store)
+    (ep,) = report.routes[0].endpoints
+    kinds = {f.field: set(f.kinds) for f in ep.fields}
+    assert ep.compared == 10 and ep.endpoint == "GET /api/products/{id}"
+    assert kinds["$.price"] == {"value"} and kinds["$.name"] == {"missing"} and kinds["$.tags"] == {"array_order"} and kinds["$.stock"] == {"type"}
+    # The candidate's own token differs from the primary's, but both are redacted alike.
+    assert "$.owner.api_token" not in kinds
+    store.close()
+    assert SECRETS["api_token"].encode() not in (tmp_path / "replay.db").read_bytes()
+
+
 def test_a_large_request_body_is_skipped_not_buffered(tmp_path: Path) -> None:
     primary, candidate = Upstream(), Upstream(candidate=True)
     shadow = "{to: catalog, methods: [POST], allow_writes: true, max_body: 64KB}"
