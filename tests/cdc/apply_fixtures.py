@@ -73,6 +73,18 @@ def create_catalog_store(url: str) -> None:
         raise AssertionError(f"catalog migrate failed: {proc.stderr}")
 
 
+def seed(legacy: str, n: int, start: int = 1) -> None:
+    """Products `start` .. `start + n - 1` (and category 1) in the legacy database."""
+    execute(legacy, "INSERT INTO catalog_category (id, name, slug) VALUES (1, 'Tools', 'tools') ON CONFLICT DO NOTHING")
+    execute(
+        legacy,
+        "INSERT INTO catalog_product (id, sku, name, slug, description, price, stock, is_active, category_id, attributes,"
+        " created_at, updated_at) SELECT g, 'SKU-' || g, 'Product ' || g, 'product-' || g, repeat('x', 50), (g %% 1000) + 0.99,"
+        " g %% 7, g %% 5 <> 0, 1, jsonb_build_object('n', g), %s, %s FROM generate_series(%s, %s) g",
+        (T0, T0, start, start + n - 1),
+    )
+
+
 def create_legacy(url: str) -> None:
     execute(url, LEGACY_DDL)
 
@@ -102,8 +114,15 @@ def legacy_and_target(pg: Any, request: pytest.FixtureRequest) -> Iterator[tuple
     import re
     import uuid
 
+    from cdc.slot import drop_slot
+
     base = re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:30] + "_" + uuid.uuid4().hex[:6]
-    yield _from_template(pg, base + "_l", "legacy"), _from_template(pg, base + "_t", "catalog")
+    urls = _from_template(pg, base + "_l", "legacy"), _from_template(pg, base + "_t", "catalog")
+    yield urls
+    # Slot names are the cluster's (strangler_catalog): leave none for the next test to find.
+    for url in urls:
+        for (slot,) in query(url, "SELECT slot_name::text FROM pg_replication_slots WHERE database = current_database()"):
+            drop_slot(url, slot, terminate=True)
 
 
 def spec_for(legacy: str | None, target: str | None, **env: str) -> SyncSpec:

@@ -199,7 +199,7 @@ def test_applier_writes_are_not_captured_again(legacy_and_target: tuple[str, str
     makes the capture ask as it does of older servers, which send Origin messages instead.
     """
     from cdc.capture import Capture, CaptureConfig
-    from cdc.slot import create_slot, drop_slot, ensure_publication
+    from cdc.slot import create_slot, ensure_publication
     from cdc.transport import MemoryTransport
     from tests.cdc.conftest import Collected
 
@@ -235,4 +235,3 @@ def test_applier_writes_are_not_captured_again(legacy_and_target: tuple[str, str
         transport.close()
         capture.join(timeout=20)
         capture.close()
-        drop_slot(target, slot, terminate=True)

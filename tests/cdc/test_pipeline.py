@@ -14,21 +14,10 @@ from cdc.slot import slot_state
 from cdc.spec import SyncSpec
 from cdc.status import status
 from cdc.verify import verify
-from tests.cdc.apply_fixtures import T0, execute, legacy_and_target, query, spec_for
+from tests.cdc.apply_fixtures import execute, legacy_and_target, query, seed, spec_for
 from tests.support import wait_for
 
 __all__ = ["legacy_and_target"]
-
-
-def seed(legacy: str, n: int, start: int = 1) -> None:
-    execute(legacy, "INSERT INTO catalog_category (id, name, slug) VALUES (1, 'Tools', 'tools') ON CONFLICT DO NOTHING")
-    execute(
-        legacy,
-        "INSERT INTO catalog_product (id, sku, name, slug, description, price, stock, is_active, category_id, attributes,"
-        " created_at, updated_at) SELECT g, 'SKU-' || g, 'Product ' || g, 'product-' || g, repeat('x', 50), (g %% 1000) + 0.99,"
-        " g %% 7, g %% 5 <> 0, 1, jsonb_build_object('n', g), %s, %s FROM generate_series(%s, %s) g",
-        (T0, T0, start, start + n - 1),
-    )
 
 
 @dataclass
