@@ -21,7 +21,13 @@ DEFAULT_RETAINED_WARNING = 1 << 30  # 1 GiB of WAL held back by the slot
 
 @dataclass(slots=True)
 class SyncStatus:
-    """What `strangler cdc status` reports."""
+    """What `strangler cdc status` reports.
+
+    `lag_bytes`: source WAL not yet behind the applied position or the slot's flush position;
+    `lag_seconds`: age of the last applied change's source commit (0 once the slot has flushed
+    everything; None before any streamed change was applied); `slot_retained_bytes`: WAL the
+    slot keeps on the source (a warning past the threshold).
+    """
 
     spec: str
     slot: str
@@ -49,6 +55,13 @@ def _lsn(text: str | None) -> int | None:
         return None
     high, _, low = text.partition("/")
     return (int(high, 16) << 32) | int(low, 16)
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n} bytes"
 
 
 def status(
@@ -96,7 +109,10 @@ def status(
             source.close()
     warnings: list[str] = []
     applied = checkpoint.position[0]
-    lag_bytes = max(0, source_lsn - applied) if source_lsn is not None else None
+    # The slot's flush position moves only past what the applier committed, and heartbeats move
+    # it past WAL with no changes for us (the applier's own writes, other databases' work).
+    done = max(applied, confirmed or 0)
+    lag_bytes = max(0, source_lsn - done) if source_lsn is not None else None
     caught_up = confirmed is not None and source_lsn is not None and confirmed >= source_lsn
     lag_seconds: float | None = None
     if checkpoint.source_ts_ms:
@@ -104,7 +120,7 @@ def status(
     retained = (source_lsn - restart) if (source_lsn is not None and restart is not None) else None
     if retained is not None and retained > retained_warning:
         warnings.append(
-            f"slot {spec.slot_name} retains {retained / (1 << 20):.0f} MiB of WAL (over {retained_warning / (1 << 20):.0f} MiB): "
+            f"slot {spec.slot_name} retains {_size(retained)} of WAL (over {_size(retained_warning)}): "
             "start the applier, or drop the slot with `strangler cdc drop` if this sync is abandoned"
         )
     if spec.source_url and not exists:

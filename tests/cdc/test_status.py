@@ -1,0 +1,59 @@
+"""`cdc status` against a real slot: lag in bytes and seconds, and the retained-WAL warning."""
+
+from __future__ import annotations
+
+import pytest
+
+from cdc.pipeline import run
+from cdc.spec import SyncSpec
+from cdc.status import SyncStatus, status
+from tests.cdc.apply_fixtures import execute, legacy_and_target, query, seed, spec_for
+
+__all__ = ["legacy_and_target"]
+
+
+def _catch_up(spec: SyncSpec) -> None:
+    run(spec, until_caught_up=True, idle_timeout=0.5, heartbeat_interval=0.3)
+
+
+def _wal(url: str) -> int:
+    high, low = str(query(url, "SELECT pg_current_wal_lsn()::text")[0][0]).split("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def _retains(st: SyncStatus) -> list[str]:
+    return [w for w in st.warnings if "retains" in w]
+
+
+def test_lag_and_retained_wal_while_the_applier_is_stopped_and_after_it_caught_up(
+    legacy_and_target: tuple[str, str]
+) -> None:
+    legacy, target = legacy_and_target
+    seed(legacy, 50)
+    spec = spec_for(legacy, target)
+    _catch_up(spec)
+    assert status(spec).lag_seconds is None  # only a snapshot applied: no streamed change to age
+    execute(legacy, "UPDATE catalog_product SET stock = 99 WHERE id = 1")
+    _catch_up(spec)
+    [(applied_ms,)] = query(target, "SELECT source_ts_ms FROM strangler.checkpoint WHERE name = %s", (spec.name,))
+    clock = lambda: applied_ms / 1000 + 42  # noqa: E731 - 42 s after the applied change's commit
+
+    before = _wal(legacy)
+    seed(legacy, 2000, start=51)  # the applier is stopped
+    written = _wal(legacy) - before
+    behind = status(spec, retained_warning=written // 2, now=clock)
+    assert not behind.slot_active and behind.slot_exists
+    # All of it is behind (less one byte: a flush position points just past a heartbeat's start).
+    assert behind.lag_bytes is not None and behind.lag_bytes >= written - 1
+    assert behind.lag_seconds == pytest.approx(42.0)
+    assert behind.slot_retained_bytes is not None and behind.slot_retained_bytes >= written
+    [warning] = _retains(behind)
+    assert f"slot {spec.slot_name} retains" in warning and "KiB of WAL (over" in warning and "start the applier" in warning
+    assert _retains(status(spec, now=clock)) == []  # under the default 1 GiB threshold
+
+    _catch_up(spec)
+    caught_up = status(spec, retained_warning=written // 2, now=clock)
+    assert caught_up.applied_position > behind.applied_position
+    assert caught_up.lag_bytes is not None and caught_up.lag_bytes < written // 10
+    # Measured from the commit of the newest change applied, the insert of the 2000 rows.
+    assert caught_up.lag_seconds is not None and caught_up.lag_seconds < behind.lag_seconds
