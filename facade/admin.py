@@ -89,6 +89,7 @@ def build_admin(
     metrics: Metrics,
     snapshots: dict[str, Callable[[], Any]],
     token: str | None,
+    after_reload: Callable[[], None] | None = None,
 ) -> AdminAuth:
     """The admin ASGI app (with its auth wrapper) over the façade's live parts."""
 
@@ -108,6 +109,8 @@ def build_admin(
 
     async def reload(request: Request) -> Response:
         result = await reloader.reload("api")
+        if after_reload is not None:
+            after_reload()
         body = result.as_dict()
         if result.ok:
             return JSONResponse(body)

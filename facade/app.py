@@ -12,8 +12,9 @@ import contextlib
 import ipaddress
 import logging
 import os
+import signal
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -122,13 +123,15 @@ def create_app(
     watch: bool = True,
     watch_interval: float = 0.5,
     access_log: TextIO | None = None,
+    after_api_reload: Callable[[], None] | None = None,
 ) -> FacadeApp:
     """Build the façade for `config_path`, to be served on `host`.
 
     `addons` run after the built-in metrics and access log; when None, a shadow addon is added
     if the file declares shadowing. `client` replaces the aiohttp upstream client. `env` (default
     `os.environ`) supplies `${VAR}` interpolation and the admin token. `access_log` is a stream
-    for the JSON access lines (buffered); without it they go to the `strangler.access` logger. Raises `ConfigError` for an
+    for the JSON access lines (buffered); without it they go to the `strangler.access` logger.
+    `after_api_reload` runs after each `POST /_strangler/reload` (a worker tells its siblings). Raises `ConfigError` for an
     invalid file and `AdminTokenMissing` when a non-loopback bind would leave the admin API open.
     """
     env = os.environ if env is None else env
@@ -160,7 +163,10 @@ def create_app(
     snapshots = {
         _addon_name(addon): getattr(addon, "snapshot") for addon in extra if callable(getattr(addon, "snapshot", None))
     }
-    admin = build_admin(proxy=proxy, reloader=reloader, metrics=metrics, snapshots=snapshots, token=token if not is_loopback(host) else None)
+    admin = build_admin(
+        proxy=proxy, reloader=reloader, metrics=metrics, snapshots=snapshots,
+        token=token if not is_loopback(host) else None, after_reload=after_api_reload,
+    )
     return FacadeApp(proxy=proxy, admin=admin, reloader=reloader, addons=manager, watch=watch)
 
 
@@ -186,4 +192,6 @@ def app_from_env() -> FacadeApp:
     return create_app(
         os.environ[CONFIG_ENV], host=os.environ.get(HOST_ENV, "127.0.0.1"), access_log=stream,
         watch=os.environ.get(WATCH_ENV, "1") != "0",
+        # A reload asked of one worker reaches all: the supervisor forwards SIGHUP to each.
+        after_api_reload=lambda: os.kill(os.getppid(), signal.SIGHUP),
     )

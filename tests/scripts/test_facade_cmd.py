@@ -80,12 +80,17 @@ def test_sighup_reloads_every_worker_in_place(tmp_path: Path) -> None:
             os.kill(process.pid, signal.SIGHUP)
             wait_for(lambda: upstreams_seen(url, 20) == {"catalog"}, timeout=30, what="every worker on the new table")
             assert worker_pids(process.pid) == before  # reloaded in place, not restarted
+            # POST /_strangler/reload reaches one worker, which has the supervisor tell them all.
+            write_routing(path, monolith, catalog, to="monolith")
+            assert httpx.post(f"{url}/_strangler/reload", timeout=10).json()["ok"] is True
+            wait_for(lambda: upstreams_seen(url, 20) == {"monolith"}, timeout=30, what="every worker reloaded by the API")
+            assert worker_pids(process.pid) == before
             # A broken file: every worker keeps its last good table.
             path.write_text("version: 1\nupstreams: {monolith: {url: nowhere}\n")
             os.kill(process.pid, signal.SIGHUP)
             wait_for(lambda: log_path.read_text().count("rejected; still serving version") == 2, timeout=30, what="both workers' reload problem in the log")
             assert f"{path}:3:1: this is not valid YAML" in log_path.read_text()
-            assert upstreams_seen(url, 20) == {"catalog"}
+            assert upstreams_seen(url, 20) == {"monolith"}
         finally:
             process.terminate()
             process.wait(timeout=20)
