@@ -11,7 +11,8 @@ Distributed mode (`transport="kafka"`): the applier consumes `<prefix>.<schema>.
 The snapshot is copied with SQL pushdown when the whole mapping has exact SQL equivalents
 (`COPY (SELECT mapped columns ...) TO STDOUT` piped into `COPY ... FROM STDIN`, chunked by key
 ranges, the checkpoint committed with each chunk); otherwise rows are read by the capture's
-`Snapshot`, mapped in Python and bulk-loaded with COPY.
+`Snapshot`, mapped in Python and bulk-loaded with COPY. A stop (SIGINT/SIGTERM) during the copy
+ends the run after the chunk in progress; the next run resumes after that chunk.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def _copy_pipe(source: Any, target: Any, select_sql: str, params: list[Any], tar
 
 def _pushdown_table(
     applier: Applier, source: Any, table: TableSpec, projection: tuple[list[str], list[str], list[Any]],
-    state: dict[str, Any], progress: ProgressFn | None, chunk_rows: int,
+    state: dict[str, Any], progress: ProgressFn | None, chunk_rows: int, stop: threading.Event | None,
 ) -> int:
     exprs, where, params = projection
     src = _q(table.source_schema, table.source_table)
@@ -136,13 +137,14 @@ def _pushdown_table(
     last = (state["tables"].get(table.source) or [None])[0]
     cols = ", ".join(_q(c) for c in table.target_columns)
     target_sql = f"COPY {_q(table.target_schema, table.target_table)} ({cols}) FROM STDIN"
-    done = int(state.get("rows", {}).get(table.source, 0))
+    done = before = int(state.get("rows", {}).get(table.source, 0))
     conn = applier.conn
     while True:
         with source.cursor() as cur:
-            lower = f"{key} > %s" if last is not None else "true"
+            # Qualified: a bare ORDER BY name would sort by the ::text output column, not the key.
+            lower = f"src.{key} > %s" if last is not None else "true"
             cur.execute(
-                f"SELECT {key}::text FROM {src} WHERE {lower} ORDER BY {key} OFFSET %s LIMIT 1",
+                f"SELECT src.{key}::text FROM {src} AS src WHERE {lower} ORDER BY src.{key} OFFSET %s LIMIT 1",
                 ([last] if last is not None else []) + [chunk_rows - 1],
             )
             row = cur.fetchone()
@@ -169,14 +171,14 @@ def _pushdown_table(
         applier.commit_snapshot_state(state)
         if progress is not None:
             progress(table.source, done, max(done, estimate))
-        if upper is None:
-            return done
+        if upper is None or (stop is not None and stop.is_set()):
+            return done - before
         last = upper
 
 
 def _python_table(
     applier: Applier, spec: SyncSpec, table: TableSpec, snapshot_name: str | None, state: dict[str, Any],
-    progress: ProgressFn | None, chunk_rows: int,
+    progress: ProgressFn | None, chunk_rows: int, stop: threading.Event | None,
 ) -> int:
     from cdc.slot import describe_tables
     from cdc.snapshot import Snapshot
@@ -191,24 +193,34 @@ def _python_table(
                     server_name=spec.topic_prefix, chunk_rows=chunk_rows, resume=resume,
                     progress=(lambda p: progress(p.table, p.rows_done, p.rows_estimated)) if progress else None)
     mapper = RowMapper(table)
-    done = int(state.get("rows", {}).get(table.source, 0))
-    for chunk in snap.chunks():
-        rows = [r for r in (mapper.map(row) for row in chunk.rows) if r is not None]
-        done += len(chunk.rows)
-        if chunk.last_key is not None:
-            state["tables"][table.source] = list(chunk.last_key)
-        state.setdefault("rows", {})[table.source] = done
-        if chunk.done:
-            state.setdefault("completed", []).append(table.source)
-        applier.copy_rows(table, rows, snapshot=state, position=(state["consistent_point"], 0))
-    return done
+    done = before = int(state.get("rows", {}).get(table.source, 0))
+    chunks = snap.chunks()
+    try:
+        for chunk in chunks:
+            rows = [r for r in (mapper.map(row) for row in chunk.rows) if r is not None]
+            done += len(chunk.rows)
+            if chunk.last_key is not None:
+                state["tables"][table.source] = list(chunk.last_key)
+            state.setdefault("rows", {})[table.source] = done
+            if chunk.done:
+                state.setdefault("completed", []).append(table.source)
+            applier.copy_rows(table, rows, snapshot=state, position=(state["consistent_point"], 0))
+            if stop is not None and stop.is_set():
+                break
+    finally:
+        chunks.close()
+    return done - before
 
 
 def snapshot_tables(
     applier: Applier, spec: SyncSpec, snapshot_name: str | None, state: dict[str, Any],
-    *, progress: ProgressFn | None = None, chunk_rows: int = SNAPSHOT_CHUNK_ROWS,
+    *, progress: ProgressFn | None = None, chunk_rows: int = SNAPSHOT_CHUNK_ROWS, stop: threading.Event | None = None,
 ) -> int:
-    """Copy every table not yet completed, inside `snapshot_name`; the checkpoint follows each chunk."""
+    """Copy every table not yet completed, inside `snapshot_name`; the checkpoint follows each chunk.
+
+    Returns the rows copied by this call. Once `stop` is set it returns after the chunk in
+    progress, the tables not all completed (the next `prepare` resumes after that chunk).
+    """
     source = psycopg2.connect(spec.source_url)
     total = 0
     try:
@@ -219,11 +231,13 @@ def snapshot_tables(
         for table in spec.tables:
             if table.source in state.get("completed", []):
                 continue
+            if stop is not None and stop.is_set():
+                break
             projection = sql_projection(table, _column_types(source, table))
             if projection is not None:
-                total += _pushdown_table(applier, source, table, projection, state, progress, chunk_rows)
+                total += _pushdown_table(applier, source, table, projection, state, progress, chunk_rows, stop)
             else:
-                total += _python_table(applier, spec, table, snapshot_name, state, progress, chunk_rows)
+                total += _python_table(applier, spec, table, snapshot_name, state, progress, chunk_rows, stop)
         source.rollback()
     finally:
         source.close()
@@ -236,9 +250,13 @@ def _initial_state(consistent_point: int) -> dict[str, Any]:
 
 def prepare(
     spec: SyncSpec, applier: Applier, *, progress: ProgressFn | None = None, chunk_rows: int = SNAPSHOT_CHUNK_ROWS,
-    slot_wait: float = 30.0,
+    slot_wait: float = 30.0, stop: threading.Event | None = None,
 ) -> int:
-    """Make sure the publication and slot exist and the snapshot is complete; returns rows copied."""
+    """Make sure the publication and slot exist and the snapshot is complete; returns rows copied.
+
+    When `stop` is set during the copy, returns after the chunk in progress with the snapshot
+    incomplete; the next call resumes it.
+    """
     from cdc.slot import create_slot, ensure_publication, exported_snapshot, slot_state
 
     if not spec.source_url:
@@ -270,15 +288,19 @@ def prepare(
         with create_slot(spec.source_url, spec.slot_name) as created:
             state = _initial_state(created.consistent_point)
             applier.reset_targets(state)
-            rows = snapshot_tables(applier, spec, created.snapshot_name, state, progress=progress, chunk_rows=chunk_rows)
+            rows = snapshot_tables(applier, spec, created.snapshot_name, state, progress=progress,
+                                   chunk_rows=chunk_rows, stop=stop)
     elif not checkpoint.snapshot_done:
         state = dict(checkpoint.snapshot)
         # The exported snapshot died with the crash: copy the rest as of a fresh snapshot; the
         # stream from the slot's older consistent point then brings those rows forward.
         with exported_snapshot(spec.source_url, f"{spec.slot_name}_resume") as fresh:
-            rows = snapshot_tables(applier, spec, fresh.snapshot_name, state, progress=progress, chunk_rows=chunk_rows)
+            rows = snapshot_tables(applier, spec, fresh.snapshot_name, state, progress=progress,
+                                   chunk_rows=chunk_rows, stop=stop)
     else:
         return 0
+    if any(t.source not in state.get("completed", []) for t in spec.tables):
+        return rows  # stopped part-way
     state["done"] = True
     applier.save_checkpoint(position=(state["consistent_point"], 0), snapshot=state)
     return rows
@@ -383,7 +405,7 @@ def run(
     stats = RunStats()
     with _signals(stop), Applier(spec, ordered=transport == "memory") as applier:
         if transport == "memory" or capture:
-            stats.snapshot_rows = prepare(spec, applier, progress=on_progress, chunk_rows=chunk_rows)
+            stats.snapshot_rows = prepare(spec, applier, progress=on_progress, chunk_rows=chunk_rows, stop=stop)
         if stop.is_set():
             return stats
         if transport == "memory":
