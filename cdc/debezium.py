@@ -14,7 +14,10 @@ semantic name:
 
 Without a schema values stay as JSON gives them (strings, numbers); the mapping turns them into
 the target's types. A precise-mode decimal without a schema is a base64 string whose scale is
-unknown: the sync spec's `scale:` on that column says how to read it (see `cdc.mapping`).
+unknown: the sync spec's `scale:` on that column says how to read it; a VariableScaleDecimal
+stays a `{"scale", "value"}` object, which `cents` and `scale:` columns read (see `cdc.mapping`).
+Times without a schema are bare numbers whose unit only the connector's settings tell: give
+their columns a schema (`value.converter.schemas.enable=true`).
 
 `__debezium_unavailable_value` (an unchanged TOASTed value) becomes `cdc.events.UNAVAILABLE`, in
 whichever encoding it arrives (plain string, or base64 of the placeholder for binary columns).

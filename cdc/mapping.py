@@ -25,11 +25,21 @@ __all__ = ["RowMapper", "to_decimal", "transform_value"]
 Transform = Callable[[Any], Any]
 
 
+def _unscaled(encoded: Any, scale: int, what: str) -> Decimal:
+    """Base64 of a big-endian two's complement unscaled integer, read with `scale`."""
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        raise MappingError(f"{encoded!r} is neither a number nor a base64 {what}") from None
+    return Decimal(int.from_bytes(raw, "big", signed=True)).scaleb(-scale)
+
+
 def to_decimal(value: Any, scale: int | None = None) -> Decimal:
     """A legacy numeric in any of the encodings it may arrive in, as a Decimal.
 
-    Decimal/int (pgoutput), float (Debezium `double` mode), numeric string (`string` mode), or a
-    base64 unscaled integer (Debezium `precise` mode without a schema) read with `scale`.
+    Decimal/int (pgoutput), float (Debezium `double` mode), numeric string (`string` mode), a
+    base64 unscaled integer (Debezium `precise` mode without a schema) read with `scale`, or
+    `{"scale": s, "value": base64}` (Debezium's VariableScaleDecimal without a schema).
     """
     if isinstance(value, Decimal):
         return value
@@ -48,11 +58,13 @@ def to_decimal(value: Any, scale: int | None = None) -> Decimal:
                     f"{value!r} is not a number; if it is a Debezium precise-mode decimal sent without a schema, "
                     "give the column's scale in the spec ({to: ..., transform: cents, scale: 2})"
                 ) from None
-            try:
-                raw = base64.b64decode(value, validate=True)
-            except (binascii.Error, ValueError):
-                raise MappingError(f"{value!r} is neither a number nor a base64 precise-mode decimal") from None
-            return Decimal(int.from_bytes(raw, "big", signed=True)).scaleb(-scale)
+            return _unscaled(value, scale, "precise-mode decimal")
+    if isinstance(value, Mapping) and set(value) == {"scale", "value"}:
+        try:
+            own_scale = int(value["scale"])
+        except (TypeError, ValueError):
+            raise MappingError(f"{value!r} is a VariableScaleDecimal with a scale that is not an integer") from None
+        return _unscaled(value["value"], own_scale, "VariableScaleDecimal value")
     raise MappingError(f"{value!r} ({type(value).__name__}) is not a number")
 
 

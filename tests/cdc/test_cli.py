@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,13 @@ PRICE_FIELDS = {
                 "parameters": {"scale": "2", "connect.decimal.precision": "10"}, "field": "price"},
     "string": {"type": "string", "optional": False, "field": "price"},
     "double": {"type": "double", "optional": False, "field": "price"},
+    # What precise mode sends for a numeric column without a declared scale.
+    "variable": {"type": "struct", "optional": False, "name": "io.debezium.data.VariableScaleDecimal", "version": 1,
+                 "fields": [{"type": "int32", "optional": False, "field": "scale"},
+                            {"type": "bytes", "optional": False, "field": "value"}], "field": "price"},
 }
-# 12.30 in each mode: base64 of 1230 (0x04CE) for precise, a string, a double.
-PRICE_VALUES = {"precise": "BM4=", "string": "12.30", "double": 12.3}
+# 12.30 in each mode: base64 of 1230 (0x04CE) for precise (with its scale for variable), a string, a double.
+PRICE_VALUES: dict[str, Any] = {"precise": "BM4=", "string": "12.30", "double": 12.3, "variable": {"scale": 2, "value": "BM4="}}
 
 
 def _fields(mode: str) -> list[dict[str, Any]]:
@@ -91,7 +97,7 @@ def test_apply_debezium_events_every_decimal_mode_with_and_without_schema(
 ) -> None:
     _, target = legacy_and_target
     for with_schema in (True, False):
-        for mode in ("precise", "string", "double"):
+        for mode in PRICE_VALUES:
             lines = _events(mode, with_schema)
             path = _write(tmp_path, lines)
             result = runner.invoke(app, ["cdc", "apply", "--spec", str(SYNC_YAML), "--from-file", str(path),
@@ -104,6 +110,95 @@ def test_apply_debezium_events_every_decimal_mode_with_and_without_schema(
             again = runner.invoke(app, ["cdc", "apply", "--spec", str(SYNC_YAML), "--from-file", str(path), "--target-url", target, "--json"])
             assert json.loads(again.stdout)["applied"] == 0
             execute(target, "TRUNCATE catalog.products, strangler.row_position, strangler.checkpoint")
+
+
+def _apply(spec: Path, path: Path, target: str) -> dict[str, int]:
+    result = runner.invoke(app, ["cdc", "apply", "--spec", str(spec), "--from-file", str(path), "--target-url", target, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def _truncate(lsn: int, with_schema: bool) -> dict[str, Any]:
+    """Debezium's truncate event: no before or after, no key."""
+    payload = {"op": "t", "ts_ms": 1714564800200, "source": {**SOURCE, "lsn": lsn, "sequence": json.dumps([str(lsn), str(lsn)])}}
+    if not with_schema:
+        return payload
+    return {"schema": {"type": "struct", "optional": False, "name": "legacy.public.catalog_product.Envelope", "fields": [
+        {"type": "struct", "fields": [], "optional": False, "field": "source"},
+        {"type": "string", "optional": False, "field": "op"}]}, "payload": payload}
+
+
+def test_apply_debezium_truncate_empties_the_service_table(legacy_and_target: tuple[str, str], tmp_path: Path) -> None:
+    _, target = legacy_and_target
+    for with_schema in (True, False):
+        e = lambda *a, **k: _envelope(*a, mode="string", with_schema=with_schema, **k)  # noqa: E731
+        lines = [e("c", 1100, after=_row(1, "string")), e("c", 1200, after=_row(2, "string")),
+                 _truncate(1300, with_schema), e("c", 1400, after=_row(3, "string"))]
+        path = _write(tmp_path, lines)
+        assert _apply(SYNC_YAML, path, target)["dead_lettered"] == 0
+        assert query(target, "SELECT id FROM catalog.products ORDER BY id") == [(3,)], with_schema
+        # Redelivered: the inserts before the truncate stay out, the truncate does not run again.
+        assert _apply(SYNC_YAML, path, target)["applied"] == 0
+        assert query(target, "SELECT id FROM catalog.products ORDER BY id") == [(3,)], with_schema
+        execute(target, "TRUNCATE catalog.products, strangler.row_position, strangler.table_position, strangler.checkpoint")
+
+
+SHIPPING_SPEC = """\
+version: 1
+name: shipping
+source: {topic_prefix: legacy}
+target: {url: ""}
+tables:
+  - source: public.shipping_shipment
+    target: shipping.shipments
+    key: [id]
+    columns: {id: id, shipped_at: shipped_at, confirmed_at: confirmed_at, due_on: due_on, weight_kg: weight_kg}
+"""
+
+SHIPPING_FIELDS = [
+    {"type": "int32", "optional": False, "field": "id"},
+    {"type": "int64", "optional": True, "name": "io.debezium.time.MicroTimestamp", "version": 1, "field": "shipped_at"},
+    {"type": "string", "optional": True, "name": "io.debezium.time.ZonedTimestamp", "version": 1, "field": "confirmed_at"},
+    {"type": "int32", "optional": True, "name": "io.debezium.time.Date", "version": 1, "field": "due_on"},
+    {**PRICE_FIELDS["variable"], "optional": True, "field": "weight_kg"},
+]
+
+
+def _shipment(op: str, lsn: int, after: dict[str, Any]) -> dict[str, Any]:
+    source = {**SOURCE, "table": "shipping_shipment", "lsn": lsn, "sequence": json.dumps([str(lsn), str(lsn)]),
+              "snapshot": "true" if op == "r" else "false"}
+    row = {"type": "struct", "optional": True, "name": "legacy.public.shipping_shipment.Value", "fields": SHIPPING_FIELDS}
+    return {"schema": {"type": "struct", "optional": False, "name": "legacy.public.shipping_shipment.Envelope", "fields": [
+        {**row, "field": "before"}, {**row, "field": "after"},
+        {"type": "struct", "fields": [], "optional": False, "field": "source"},
+        {"type": "string", "optional": False, "field": "op"}]},
+        "payload": {"before": None, "after": after, "op": op, "ts_ms": 1714564800300, "source": source}}
+
+
+def test_apply_debezium_temporal_and_variable_scale_values_into_their_column_types(
+    legacy_and_target: tuple[str, str], tmp_path: Path
+) -> None:
+    _, target = legacy_and_target
+    execute(target, "CREATE SCHEMA shipping; CREATE TABLE shipping.shipments (id int PRIMARY KEY, shipped_at timestamp,"
+                    " confirmed_at timestamptz, due_on date, weight_kg numeric)")
+    spec = tmp_path / "shipping.yaml"
+    spec.write_text(SHIPPING_SPEC)
+    path = _write(tmp_path, [
+        _shipment("r", 1000, {"id": 1, "shipped_at": 1714564800123456, "confirmed_at": "2024-05-01T14:00:00.5+02:00",
+                              "due_on": 19844, "weight_kg": {"scale": 3, "value": "MDk="}}),  # 12345
+        _shipment("c", 1100, {"id": 2, "shipped_at": -1000000, "confirmed_at": "1999-12-31T23:59:59Z",
+                              "due_on": -1, "weight_kg": {"scale": 0, "value": "/w=="}}),  # -1
+        _shipment("u", 1200, {"id": 1, "shipped_at": 1714564800123456, "confirmed_at": "2024-05-01T14:00:00.5+02:00",
+                              "due_on": None, "weight_kg": {"scale": 1, "value": "AQ=="}}),  # 0.1
+    ])
+    assert _apply(spec, path, target) == {"applied": 2, "skipped": 0, "dead_lettered": 0}  # row 1: its update wins
+    utc = dt.timezone.utc
+    assert query(target, "SELECT id, shipped_at, confirmed_at, due_on, weight_kg FROM shipping.shipments ORDER BY id") == [
+        (1, dt.datetime(2024, 5, 1, 12, 0, 0, 123456), dt.datetime(2024, 5, 1, 12, 0, 0, 500000, tzinfo=utc), None,
+         Decimal("0.1")),
+        (2, dt.datetime(1969, 12, 31, 23, 59, 59), dt.datetime(1999, 12, 31, 23, 59, 59, tzinfo=utc), dt.date(1969, 12, 31),
+         Decimal("-1")),
+    ]
 
 
 def test_apply_bad_file_names_the_line(legacy_and_target: tuple[str, str], tmp_path: Path) -> None:
