@@ -352,6 +352,7 @@ class Applier:
         result: ApplyResult,
         last: Position | None,
         snapshot: Mapping[str, Any] | None,
+        source_ts_ms: int = 0,
     ) -> None:
         if poison and self.spec.on_error == "stop":
             event, reason = poison[0]
@@ -378,6 +379,7 @@ class Applier:
                     new_pos = max(last or (0, 0), self._checkpoint.position)
                     snap = dict(snapshot) if snapshot is not None else dict(self._checkpoint.snapshot)
                     ts = max((o.event.source.ts_ms for o in ops), default=self._checkpoint.source_ts_ms)
+                    ts = max(ts, source_ts_ms)
                     cur.execute(
                         "INSERT INTO strangler.checkpoint (name, commit_lsn, lsn, snapshot, updated_at, source_ts_ms) "
                         "VALUES (%s, %s, %s, %s::jsonb, now(), %s) ON CONFLICT (name) DO UPDATE SET "
@@ -722,9 +724,12 @@ class Applier:
         position = (int(snapshot.get("consistent_point", 0)), 0)
         self._run([], [], ApplyResult(), position, snapshot)
 
-    def save_checkpoint(self, *, position: Position, snapshot: Mapping[str, Any]) -> None:
-        """Record the position and snapshot state (e.g. the snapshot's start) on its own."""
-        self._run([], [], ApplyResult(), position, snapshot)
+    def save_checkpoint(self, *, position: Position, snapshot: Mapping[str, Any], source_ts_ms: int = 0) -> None:
+        """Record the position and snapshot state (e.g. the snapshot's start) on its own.
+
+        `source_ts_ms`: the source time reached (a heartbeat's), when later than the checkpoint's.
+        """
+        self._run([], [], ApplyResult(), position, snapshot, source_ts_ms)
 
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})

@@ -259,14 +259,26 @@ class CaptureStats:
     last_commit_lsn: int = 0
     last_commit_ms: int = 0
     reconnects: int = 0
+    # (flush LSN, source time in ms) of the last heartbeat acknowledged: every change before it
+    # has been applied, so the applier is as far as that point of the source's WAL and clock.
+    last_heartbeat: tuple[int, int] | None = None
 
 
 class _Pending:
-    __slots__ = ("done", "flush_lsn")
+    __slots__ = ("done", "flush_lsn", "heartbeat_ms")
 
-    def __init__(self, flush_lsn: int | None, done: bool = False) -> None:
+    def __init__(self, flush_lsn: int | None, done: bool = False, heartbeat_ms: int | None = None) -> None:
         self.flush_lsn = flush_lsn
         self.done = done
+        self.heartbeat_ms = heartbeat_ms
+
+
+def _heartbeat_ms(content: bytes) -> int | None:
+    """The source's clock (ms since the epoch) our heartbeat carries; None for another content."""
+    try:
+        return int(content)
+    except ValueError:
+        return None
 
 
 class Capture:
@@ -323,7 +335,10 @@ class Capture:
     def _emit_heartbeat(self) -> None:
         assert self._conn is not None
         with self._conn.cursor() as cur:
-            cur.execute("SELECT pg_logical_emit_message(false, %s, now()::text)", (HEARTBEAT_PREFIX,))
+            cur.execute(
+                "SELECT pg_logical_emit_message(false, %s, (extract(epoch FROM clock_timestamp()) * 1000)::bigint::text)",
+                (HEARTBEAT_PREFIX,),
+            )
 
     def _primary_key(self, schema: str, table: str) -> tuple[str, ...] | None:
         assert self._conn is not None
@@ -465,7 +480,7 @@ class Capture:
                     if message.prefix == HEARTBEAT_PREFIX and not message.transactional:
                         stats.heartbeats_seen += 1
                         # Acknowledged once every batch before it is: flush just past its record.
-                        self._pending.append(_Pending(message.lsn + 1, done=True))
+                        self._pending.append(_Pending(message.lsn + 1, done=True, heartbeat_ms=_heartbeat_ms(message.content)))
                 elif isinstance(message, (StreamStart, StreamStop, StreamCommit, StreamAbort)):
                     raise CDCError(
                         "the server streams in-progress transactions, which this capture does not "
@@ -508,9 +523,12 @@ class Capture:
         pending = self._pending
         advance = 0
         while pending and pending[0].done:
-            flush_lsn = pending.popleft().flush_lsn
+            entry = pending.popleft()
+            flush_lsn = entry.flush_lsn
             if flush_lsn is not None:
                 advance = flush_lsn
+                if entry.heartbeat_ms is not None:
+                    self.stats.last_heartbeat = (flush_lsn, entry.heartbeat_ms)
         if advance > self.stats.flushed_lsn:
             self._stream.send_feedback(advance)
             self.stats.flushed_lsn = advance

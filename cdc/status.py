@@ -24,9 +24,10 @@ class SyncStatus:
     """What `strangler cdc status` reports.
 
     `lag_bytes`: source WAL not yet behind the applied position or the slot's flush position;
-    `lag_seconds`: age of the last applied change's source commit (0 once the slot has flushed
-    everything; None before any streamed change was applied); `slot_retained_bytes`: WAL the
-    slot keeps on the source (a warning past the threshold).
+    `lag_seconds`: how far behind the source's clock the applier is: the age of the last applied
+    change's commit, or of the last heartbeat after it (0 once the slot has flushed everything;
+    None before anything streamed was applied); `slot_retained_bytes`: WAL the slot keeps on
+    the source (a warning past the threshold).
     """
 
     spec: str

@@ -1,11 +1,14 @@
-"""Fixtures and helpers of the apply-side CDC tests (imported by their modules)."""
+"""Fixtures and helpers of the apply-side and pipeline CDC tests (imported by their modules)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ import psycopg2
 import pytest
 
 from cdc.events import ChangeEvent, Source
+from cdc.pipeline import RunStats, run
 from cdc.spec import SyncSpec, load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,6 +87,43 @@ def seed(legacy: str, n: int, start: int = 1) -> None:
         " g %% 7, g %% 5 <> 0, 1, jsonb_build_object('n', g), %s, %s FROM generate_series(%s, %s) g",
         (T0, T0, start, start + n - 1),
     )
+
+
+@dataclass
+class Background:
+    """A `cdc run` in a thread of the test."""
+
+    thread: threading.Thread
+    stop: threading.Event = field(default_factory=threading.Event)
+    stats: list[RunStats] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
+
+    def failure(self, timeout: float = 30.0) -> BaseException:
+        """The error the run stopped with (it must stop by itself within `timeout`)."""
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"the run did not stop within {timeout}s"
+        assert self.errors, "the run stopped without an error"
+        return self.errors.pop()
+
+
+@contextmanager
+def running(spec: SyncSpec, **kw: Any) -> Iterator[Background]:
+    def target() -> None:
+        try:
+            bg.stats.append(run(spec, stop=bg.stop, heartbeat_interval=0.5, **{"chunk_rows": 300, **kw}))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            bg.errors.append(exc)
+
+    bg = Background(threading.Thread(target=target, daemon=True))
+    bg.thread.start()
+    try:
+        yield bg
+    finally:
+        bg.stop.set()
+        bg.thread.join(30)
+        assert not bg.thread.is_alive()
+        if bg.errors:
+            raise bg.errors[0]
 
 
 def create_legacy(url: str) -> None:

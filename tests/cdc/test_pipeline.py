@@ -5,58 +5,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any
 
 import psycopg2
 
 from cdc.exceptions import SchemaChangedError
-from cdc.pipeline import RunStats, run
+from cdc.pipeline import run
 from cdc.slot import slot_state
 from cdc.spec import SyncSpec
 from cdc.status import status
 from cdc.verify import verify
-from tests.cdc.apply_fixtures import execute, legacy_and_target, query, seed, spec_for
+from tests.cdc.apply_fixtures import Background, execute, legacy_and_target, query, running, seed, spec_for
 from tests.support import wait_for
 
 __all__ = ["legacy_and_target"]
-
-
-@dataclass
-class Background:
-    """A `cdc run` in a thread of the test."""
-
-    thread: threading.Thread
-    stop: threading.Event = field(default_factory=threading.Event)
-    stats: list[RunStats] = field(default_factory=list)
-    errors: list[BaseException] = field(default_factory=list)
-
-    def failure(self, timeout: float = 30.0) -> BaseException:
-        """The error the run stopped with (it must stop by itself within `timeout`)."""
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), f"the run did not stop within {timeout}s"
-        assert self.errors, "the run stopped without an error"
-        return self.errors.pop()
-
-
-@contextmanager
-def running(spec: SyncSpec, **kw: Any) -> Iterator[Background]:
-    def target() -> None:
-        try:
-            bg.stats.append(run(spec, stop=bg.stop, heartbeat_interval=0.5, **{"chunk_rows": 300, **kw}))
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            bg.errors.append(exc)
-
-    bg = Background(threading.Thread(target=target, daemon=True))
-    bg.thread.start()
-    try:
-        yield bg
-    finally:
-        bg.stop.set()
-        bg.thread.join(30)
-        assert not bg.thread.is_alive()
-        if bg.errors:
-            raise bg.errors[0]
 
 
 def _count(target: str) -> int:

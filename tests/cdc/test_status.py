@@ -7,7 +7,9 @@ import pytest
 from cdc.pipeline import run
 from cdc.spec import SyncSpec
 from cdc.status import SyncStatus, status
-from tests.cdc.apply_fixtures import execute, legacy_and_target, query, seed, spec_for
+from cdc.verify import verify
+from tests.cdc.apply_fixtures import execute, legacy_and_target, query, running, seed, spec_for
+from tests.support import wait_for
 
 __all__ = ["legacy_and_target"]
 
@@ -21,6 +23,12 @@ def _wal(url: str) -> int:
     return (int(high, 16) << 32) + int(low, 16)
 
 
+def _checkpoint(target: str, spec: SyncSpec) -> tuple[int, int]:
+    """(applied commit LSN, source time in ms) of the checkpoint."""
+    [(lsn, ms)] = query(target, "SELECT commit_lsn, source_ts_ms FROM strangler.checkpoint WHERE name = %s", (spec.name,))
+    return int(lsn), int(ms)
+
+
 def _retains(st: SyncStatus) -> list[str]:
     return [w for w in st.warnings if "retains" in w]
 
@@ -32,11 +40,10 @@ def test_lag_and_retained_wal_while_the_applier_is_stopped_and_after_it_caught_u
     seed(legacy, 50)
     spec = spec_for(legacy, target)
     _catch_up(spec)
-    assert status(spec).lag_seconds is None  # only a snapshot applied: no streamed change to age
     execute(legacy, "UPDATE catalog_product SET stock = 99 WHERE id = 1")
     _catch_up(spec)
-    [(applied_ms,)] = query(target, "SELECT source_ts_ms FROM strangler.checkpoint WHERE name = %s", (spec.name,))
-    clock = lambda: applied_ms / 1000 + 42  # noqa: E731 - 42 s after the applied change's commit
+    _, applied_ms = _checkpoint(target, spec)
+    clock = lambda: applied_ms / 1000 + 42  # noqa: E731 - 42 s after the source time applied
 
     before = _wal(legacy)
     seed(legacy, 2000, start=51)  # the applier is stopped
@@ -55,5 +62,29 @@ def test_lag_and_retained_wal_while_the_applier_is_stopped_and_after_it_caught_u
     caught_up = status(spec, retained_warning=written // 2, now=clock)
     assert caught_up.applied_position > behind.applied_position
     assert caught_up.lag_bytes is not None and caught_up.lag_bytes < written // 10
-    # Measured from the commit of the newest change applied, the insert of the 2000 rows.
+    # Measured from the source time applied since: the insert of the 2000 rows, or a heartbeat.
     assert caught_up.lag_seconds is not None and caught_up.lag_seconds < behind.lag_seconds
+
+
+def test_heartbeats_move_an_idle_sync_on_so_its_lag_stays_small(legacy_and_target: tuple[str, str]) -> None:
+    legacy, target = legacy_and_target
+    seed(legacy, 10)
+    spec = spec_for(legacy, target)
+    with running(spec):  # heartbeats after 0.5 s without changes
+        wait_for(lambda: query(target, "SELECT count(*) FROM catalog.products") == [(10,)], timeout=30, what="snapshot")
+        execute(legacy, "UPDATE catalog_product SET stock = 99 WHERE id = 1")
+        wait_for(lambda: query(target, "SELECT stock FROM catalog.products WHERE id = 1") == [(99,)], timeout=30,
+                 what="the change")
+        change_lsn, change_ms = _checkpoint(target, spec)
+        assert change_ms > 0
+        # Nothing changes on the source from here; heartbeats alone move the checkpoint on.
+        wait_for(lambda: _checkpoint(target, spec)[1] > change_ms, timeout=30, what="a heartbeat in the checkpoint")
+    beat_lsn, beat_ms = _checkpoint(target, spec)
+    assert beat_lsn > change_lsn
+    execute(legacy, "CREATE TABLE side_note (note text)")  # WAL after the last flush: not caught up
+    an_hour_later = (change_ms + 3_600_000) / 1000
+    st = status(spec, now=lambda: an_hour_later)
+    assert st.applied_position[0] == beat_lsn
+    assert st.lag_seconds == pytest.approx(an_hour_later - beat_ms / 1000)  # from the heartbeat, not the change
+    assert st.lag_seconds < 3600
+    assert verify(spec, wait=10).identical
