@@ -12,6 +12,7 @@ from cdc.exceptions import CDCError
 from cdc.slot import create_slot, describe_tables, ensure_publication, exported_snapshot
 from cdc.snapshot import Snapshot, SnapshotProgress
 from tests.cdc.conftest import Running, SourceDB, insert_products
+from tests.support import wait_for
 
 PRODUCTS = "public.catalog_product"
 
@@ -150,5 +151,8 @@ def test_snapshot_needs_a_live_exported_snapshot(source: SourceDB) -> None:
     tables = ensure_publication(source.url, "p_gone", [PRODUCTS])
     with create_slot(source.url, source.slot_name()) as created:
         name = created.snapshot_name
+    # The snapshot dies with the walsender that exported it, which exits just after the close.
+    wait_for(lambda: source.scalar("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender' "
+                                   "AND datname = current_database()") == 0, what="the walsender to exit")
     with pytest.raises(CDCError, match="exported snapshot lives only while"):
         list(Snapshot(source.url, tables, snapshot_name=name, consistent_point=created.consistent_point).chunks())
