@@ -458,7 +458,7 @@ def _ensure_topics(bootstrap_servers: str, topics: list[str], config: Mapping[st
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    settings = {"bootstrap.servers": bootstrap_servers}
+    settings: dict[str, str | int | float | bool] = {"bootstrap.servers": bootstrap_servers}
     if "log_level" in config:
         settings["log_level"] = str(config["log_level"])
     admin = AdminClient(settings)

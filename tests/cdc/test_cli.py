@@ -59,7 +59,7 @@ def _row(pid: int, mode: str, **changes: Any) -> dict[str, Any]:
     return row
 
 
-def _envelope(op: str, lsn: int, mode: str, with_schema: bool, before: Any = None, after: Any = None) -> dict[str, Any]:
+def _envelope(op: str, lsn: int, *, mode: str, with_schema: bool, before: Any = None, after: Any = None) -> dict[str, Any]:
     payload = {"before": before, "after": after, "op": op, "ts_ms": 1714564800100, "transaction": None,
                "source": {**SOURCE, "lsn": lsn, "sequence": json.dumps([str(lsn - 8), str(lsn)]),
                           "snapshot": "true" if op == "r" else "false"}}
