@@ -109,10 +109,10 @@ def build_admin(
 
     async def reload(request: Request) -> Response:
         result = await reloader.reload("api")
-        if after_reload is not None:
-            after_reload()
         body = result.as_dict()
         if result.ok:
+            if after_reload is not None:
+                after_reload()
             return JSONResponse(body)
         count = len(result.problems)
         body.update(

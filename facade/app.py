@@ -37,6 +37,7 @@ CONFIG_ENV = "STRANGLER_FACADE_CONFIG"
 HOST_ENV = "STRANGLER_FACADE_HOST"
 ACCESS_LOG_ENV = "STRANGLER_FACADE_ACCESS_LOG"
 WATCH_ENV = "STRANGLER_FACADE_WATCH"
+SUPERVISOR_ENV = "STRANGLER_FACADE_SUPERVISOR"
 
 
 def is_loopback(host: str) -> bool:
@@ -187,11 +188,17 @@ def app_from_env() -> FacadeApp:
     """Factory for `uvicorn --factory` workers: the config path and bind host come from the
     environment the serve command sets (`STRANGLER_FACADE_CONFIG`, `STRANGLER_FACADE_HOST`,
     `STRANGLER_FACADE_ACCESS_LOG`: `stdout` for buffered lines on stdout, else the logger;
-    `STRANGLER_FACADE_WATCH`: `0` to not watch the file)."""
+    `STRANGLER_FACADE_WATCH`: `0` to not watch the file; `STRANGLER_FACADE_SUPERVISOR`: the pid
+    of `facade serve`'s worker supervisor)."""
     stream = sys.stdout if os.environ.get(ACCESS_LOG_ENV) == "stdout" else None
+    supervisor = int(os.environ.get(SUPERVISOR_ENV) or 0)
+    if supervisor:
+        # Until the reloader takes SIGHUP over at startup, a forwarded one must not end the worker.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # A reload asked of one worker reaches all: our supervisor forwards SIGHUP to each worker.
+    # Only ours: another process manager's parent may take SIGHUP as "restart everything".
+    broadcast = (lambda: os.kill(supervisor, signal.SIGHUP)) if supervisor and supervisor == os.getppid() else None
     return create_app(
         os.environ[CONFIG_ENV], host=os.environ.get(HOST_ENV, "127.0.0.1"), access_log=stream,
-        watch=os.environ.get(WATCH_ENV, "1") != "0",
-        # A reload asked of one worker reaches all: the supervisor forwards SIGHUP to each.
-        after_api_reload=lambda: os.kill(os.getppid(), signal.SIGHUP),
+        watch=os.environ.get(WATCH_ENV, "1") != "0", after_api_reload=broadcast,
     )

@@ -427,6 +427,8 @@ class _Differ:
                 self.walk(f"{path}[{key}={k}]", x, y)
         if equal and not _all_same([ka[k] for k in equal], [kb[k] for k in equal]):
             for k in equal:
+                if len(self.out) >= self.limit:
+                    break
                 if not _same(ka[k], kb[k]):
                     self.walk(f"{path}[{key}={k}]", ka[k], kb[k])
         for k, y in kb.items():

@@ -20,7 +20,10 @@ import orjson
 from facade.exceptions import FacadeError
 from facade.redact import REDACTED, Redactor
 
-__all__ = ["RecordedExchange", "RecorderError", "TrafficRecorder", "read_traffic"]
+__all__ = ["RECORD_BODY_CAP", "RecordedExchange", "RecorderError", "TrafficRecorder", "read_traffic"]
+
+# Request and response bodies in a traffic file are cut here (replay cuts the candidate's alike).
+RECORD_BODY_CAP = 64 * 1024
 
 log = logging.getLogger("strangler.shadow.recorder")
 

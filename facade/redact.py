@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -22,6 +22,8 @@ __all__ = ["ALWAYS_REDACTED", "REDACTED", "Redactor", "truncate"]
 
 REDACTED = "[REDACTED]"
 ALWAYS_REDACTED = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+# `"name": "[REDACTED]"` in a JSON text, as `Redactor.body` writes it.
+_REDACTED_FIELD = re.compile(rb'"((?:[^"\\]|\\.)*)"\s*:\s*"' + re.escape(REDACTED.encode()) + rb'"')
 
 
 def truncate(body: bytes, cap: int) -> tuple[bytes, bool]:
@@ -54,6 +56,14 @@ class Redactor:
         names = "|".join(re.escape(f) for f in sorted(self.body_fields))
         # "name": <string | scalar>   — also when the string is cut off by truncation.
         return re.compile(rf'("(?i:{names})"\s*:\s*)("(?:[^"\\]|\\.)*"?|[^,}}\]\s]+)')
+
+    def also_redacting_fields_redacted_in(self, body: bytes) -> Redactor:
+        """This redactor plus every body field that `body` (a redacted answer) shows redacted,
+        so another answer can be redacted the same way without the configuration behind it."""
+        fields = {m.decode("utf-8", "replace").lower() for m in _REDACTED_FIELD.findall(body)}
+        if fields <= self.body_fields:
+            return self
+        return replace(self, body_fields=self.body_fields | fields)
 
     def header_pairs(self, pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         return [(k, REDACTED if k.lower() in self.headers else v) for k, v in pairs]

@@ -25,7 +25,7 @@ from facade.compare import CompareRules, Comparison, Normalizer, Reply, compare,
 from facade.config import CompareConfig, RedactConfig, ShadowConfig, ShadowStoreConfig
 from facade.exceptions import FacadeError
 from facade.noise import NoiseModel, NoiseThresholds
-from facade.recorder import TrafficRecorder, redacted_exchange
+from facade.recorder import RECORD_BODY_CAP, TrafficRecorder, redacted_exchange
 from facade.redact import Redactor
 from facade.routing import canonical_path
 from facade.shadow_store import ComparisonRecord, DiffRecord, DropRecord, SampleRecord, ShadowStore, StoreWriter
@@ -763,7 +763,7 @@ class ShadowAddon:
             recorder = self._recorder_factory(config.record.file)
             self.recorders[config.record.file] = recorder
             self._owned(recorder.start())
-        redactor = Redactor.build(config.redact.headers, config.redact.body_fields, 64 * 1024)
+        redactor = Redactor.build(config.redact.headers, config.redact.body_fields, RECORD_BODY_CAP)
         path = _text_of(flow.raw_path)
         recorder.record(
             redacted_exchange(

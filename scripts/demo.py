@@ -170,19 +170,22 @@ def run_demo(
         env.legacy_db = _fresh_database(server, f"{db_prefix}_legacy")
         env.catalog_db = _fresh_database(server, f"{db_prefix}_catalog")
         _start_services(env, products, console)
-        _start_cdc(env, console)
-        if discrepancy:
-            console.print("[cyan]→[/cyan] deploying a catalog build with a deliberate bug (serve --demo-discrepancy)")
-            _restart_catalog(env, discrepancy=True)
-        _shadow_round(env, console, requests_per_step, "with-discrepancy" if discrepancy else "clean", discrepancy)
-        if discrepancy:
-            console.print("[cyan]→[/cyan] fixing the catalog service (restarting it without the demo bug)")
-            _restart_catalog(env, discrepancy=False)
-            _shadow_round(env, console, requests_per_step, "fixed", False)
-        _shift_reads(env, requests_per_step, console)
-        _verify(env, console)
-        _print_summary(env, console)
-        _drop_cdc(env)
+        try:
+            _start_cdc(env, console)
+            if discrepancy:
+                console.print("[cyan]→[/cyan] deploying a catalog build with a deliberate bug (serve --demo-discrepancy)")
+                _restart_catalog(env, discrepancy=True)
+            _shadow_round(env, console, requests_per_step, "with-discrepancy" if discrepancy else "clean", discrepancy)
+            if discrepancy:
+                console.print("[cyan]→[/cyan] fixing the catalog service (restarting it without the demo bug)")
+                _restart_catalog(env, discrepancy=False)
+                _shadow_round(env, console, requests_per_step, "fixed", False)
+            _shift_reads(env, requests_per_step, console)
+            _verify(env, console)
+            _print_summary(env, console)
+        finally:
+            # Also when interrupted: a slot left behind would hold WAL on the server forever.
+            _drop_cdc(env)
         return env
 
 
@@ -335,10 +338,13 @@ def _verify(env: DemoEnv, console: Console) -> None:
 
 def _drop_cdc(env: DemoEnv) -> None:
     """Stop the stream and remove its slot and publication, so no WAL is retained after the demo."""
+    from cdc.spec import load_spec
+    from scripts.cdc_cmd import drop
+
     for child in list(env.group.children):
         if child.name == "cdc":
             env.group.stop(child)
-    env.group.run("cdc-drop", python_module("scripts", "cdc", "drop", "--spec", str(SPEC_PATH)), env=_spec_env(env))
+    drop(load_spec(SPEC_PATH, env={**os.environ, **_spec_env(env)}))
 
 
 def _restart_catalog(env: DemoEnv, *, discrepancy: bool) -> None:

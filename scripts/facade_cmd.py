@@ -23,7 +23,7 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from facade.accesslog import ACCESS_LOGGER
-from facade.app import ACCESS_LOG_ENV, CONFIG_ENV, HOST_ENV, WATCH_ENV, create_app
+from facade.app import ACCESS_LOG_ENV, CONFIG_ENV, HOST_ENV, SUPERVISOR_ENV, WATCH_ENV, create_app
 
 __all__ = ["app", "logging_config", "serve_facade"]
 
@@ -37,7 +37,9 @@ class WorkerSupervisor(Multiprocess):
 
     Each worker reloads on SIGHUP itself (validate, swap, keep the last good table on a problem),
     so forwarding the signal reloads them all without dropping a connection; restarting them, as
-    uvicorn does by default, would close every kept-alive client connection.
+    uvicorn does by default, would close every kept-alive client connection. A worker ignores
+    SIGHUP from the moment it builds the app until its reloader listens; one still starting up
+    reads the new file anyway.
     """
 
     def handle_hup(self) -> None:
@@ -112,9 +114,14 @@ def serve_facade(
     os.environ[HOST_ENV] = host
     os.environ[ACCESS_LOG_ENV] = "stdout" if access_log else "off"
     os.environ[WATCH_ENV] = "1" if watch else "0"
+    os.environ[SUPERVISOR_ENV] = str(os.getpid())
     uv_config = uvicorn.Config("facade.app:app_from_env", factory=True, workers=workers, **options)
-    with contextlib.suppress(KeyboardInterrupt):
-        WorkerSupervisor(uv_config, sockets=[uv_config.bind_socket()]).run()
+    sock = uv_config.bind_socket()
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            WorkerSupervisor(uv_config, sockets=[sock]).run()
+    finally:
+        sock.close()
 
 
 @app.command("serve")

