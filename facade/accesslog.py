@@ -11,10 +11,11 @@ written together at most every `flush_interval` seconds, one write for many requ
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import TextIO
+
+import orjson
 
 from facade.addons import Flow
 
@@ -32,7 +33,6 @@ class AccessLog:
         self.flush_interval = flush_interval
         self._pending: list[str] = []
         self._handle: asyncio.TimerHandle | None = None
-        self._dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
         self._second = -1
         self._stamp = ""
 
@@ -51,7 +51,7 @@ class AccessLog:
             path += "?" + flow.query_string.decode("latin-1")
         duration = flow.duration
         upstream = flow.upstream_duration
-        return self._dumps(
+        return orjson.dumps(
             {
                 "ts": self._ts(),
                 "request_id": flow.request_id,
@@ -66,7 +66,7 @@ class AccessLog:
                 "bytes_out": flow.bytes_out,
                 "error": flow.error,
             }
-        )
+        ).decode()
 
     def request_finished(self, flow: Flow) -> None:
         if self.stream is None:
