@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import itertools
 import math
 import re
 from collections import Counter
@@ -249,11 +250,23 @@ def _sample(value: Any) -> str | None:
     if isinstance(value, str):
         text = value
     else:
+        # A sample shows the first SAMPLE_CHARS characters: a large array or object is cut to
+        # its first members before it is serialised, not after.
+        head = value
+        if isinstance(value, list) and len(value) > _SAMPLE_MEMBERS:
+            head = value[:_SAMPLE_MEMBERS]
+        elif isinstance(value, dict) and len(value) > _SAMPLE_MEMBERS:
+            head = dict(itertools.islice(value.items(), _SAMPLE_MEMBERS))
         try:
-            text = orjson.dumps(value).decode()
+            text = orjson.dumps(head).decode()
         except TypeError:
-            text = repr(value)
+            text = repr(head)
+        if head is not value:
+            text = text[:-1] + ",…" + text[-1]
     return text if len(text) <= SAMPLE_CHARS else text[: SAMPLE_CHARS - 1] + "…"
+
+
+_SAMPLE_MEMBERS = 50
 
 
 class _Absent:
