@@ -236,9 +236,22 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s shadow-worker %(levelname)s %(message)s", stream=sys.stderr)
     # Shadowing only gets the CPU the primary traffic leaves over: when the machine is busy the
     # worker falls behind, its queues fill, and the excess is dropped and counted.
+    _yield_cpu()
+    asyncio.run(_main())
+
+
+def _yield_cpu() -> None:
+    """Lowest CPU priority, also against other programs. Where Linux groups scheduling by session
+    (autogroup), a process's nice value only counts inside its session, so the worker takes a
+    session of its own and lowers that group's priority too; it still ends when the façade
+    closes the pipe."""
+    with contextlib.suppress(OSError):
+        os.setsid()
+    with contextlib.suppress(OSError):
+        with open("/proc/self/autogroup", "w") as autogroup:
+            autogroup.write(str(NICENESS))
     with contextlib.suppress(OSError):
         os.nice(NICENESS)
-    asyncio.run(_main())
 
 
 if __name__ == "__main__":
