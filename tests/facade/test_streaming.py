@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import threading
@@ -108,8 +109,43 @@ def _peak_rss(pid: int) -> tuple[int, int]:
     return values["VmRSS"], values["VmHWM"]
 
 
+SIZE_200_MB = 200 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def _facade_process(tmp_path: Path, config: Path) -> Iterator[tuple[str, int]]:
+    """`strangler facade serve` in a process of its own (so its memory can be read): URL and pid."""
+    port = free_port()
+    log_path = tmp_path / "facade.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "scripts", "facade", "serve", "--config", str(config), "--port", str(port), "--no-access-log"],
+            stdout=subprocess.DEVNULL, stderr=log,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def healthy() -> bool:
+            assert process.poll() is None, log_path.read_text()
+            try:
+                return get(url + "/_strangler/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(healthy, timeout=30, what="the façade process")
+        yield url, process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def _assert_bounded(before: int, peak: int, direction: str) -> None:
+    growth = peak - before
+    print(f"façade RSS {before / 2**20:.1f} MB before, peak {peak / 2**20:.1f} MB while streaming 200 MB ({direction})")
+    assert growth < 40 * 1024 * 1024, f"the façade grew by {growth / 2**20:.1f} MB while streaming 200 MB ({direction})"
+
+
 def test_a_200_mb_upload_streams_through_in_bounded_memory(tmp_path: Path) -> None:
-    size = 200 * 1024 * 1024
     received = {"bytes": 0}
 
     async def upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -127,39 +163,41 @@ def test_a_200_mb_upload_streams_through_in_bounded_memory(tmp_path: Path) -> No
 
     def body() -> Iterator[bytes]:
         chunk = b"z" * (1024 * 1024)
-        for _ in range(size // len(chunk)):
+        for _ in range(SIZE_200_MB // len(chunk)):
             yield chunk
 
     with serve(upstream) as up:
         config = write_config(tmp_path / "routing.yaml", {"monolith": up}, default_timeout="60s")
-        port = free_port()
-        log_path = tmp_path / "facade.log"
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "scripts", "facade", "serve", "--config", str(config), "--port", str(port), "--no-access-log"],
-                stdout=subprocess.DEVNULL, stderr=log,
-            )
-        try:
-            url = f"http://127.0.0.1:{port}"
-
-            def healthy() -> bool:
-                assert process.poll() is None, log_path.read_text()
-                try:
-                    return get(url + "/_strangler/health", timeout=1).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            wait_for(healthy, timeout=30, what="the façade process")
+        with _facade_process(tmp_path, config) as (url, pid):
             # Warm up the request path so its one-time allocations are not counted.
             post(url + "/warm", content=b"w" * (1024 * 1024))
-            before, _ = _peak_rss(process.pid)
+            before, _ = _peak_rss(pid)
             response = post(url + "/upload", content=body(), timeout=120)
-            _, peak = _peak_rss(process.pid)
-        finally:
-            process.terminate()
-            process.wait(timeout=15)
-    assert response.status_code == 200 and response.text == str(size)
-    assert received["bytes"] == size
-    growth = peak - before
-    print(f"façade RSS {before / 2**20:.1f} MB before, peak {peak / 2**20:.1f} MB while streaming 200 MB")
-    assert growth < 40 * 1024 * 1024, f"the façade grew by {growth / 2**20:.1f} MB while streaming 200 MB"
+            _, peak = _peak_rss(pid)
+    assert response.status_code == 200 and response.text == str(SIZE_200_MB)
+    assert received["bytes"] == SIZE_200_MB
+    _assert_bounded(before, peak, "upload")
+
+
+def test_a_200_mb_download_streams_through_in_bounded_memory(tmp_path: Path) -> None:
+    async def upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        size = SIZE_200_MB if scope["path"] == "/download" else 1024 * 1024
+        chunk = b"d" * (1024 * 1024)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(size).encode())]})
+        for sent in range(0, size, len(chunk)):
+            await send({"type": "http.response.body", "body": chunk, "more_body": sent + len(chunk) < size})
+
+    with serve(upstream) as up:
+        config = write_config(tmp_path / "routing.yaml", {"monolith": up}, default_timeout="60s")
+        with _facade_process(tmp_path, config) as (url, pid):
+            assert len(get(url + "/warm", timeout=30).content) == 1024 * 1024
+            before, _ = _peak_rss(pid)
+            received = 0
+            with httpx.stream("GET", url + "/download", timeout=120) as response:
+                for data in response.iter_raw():
+                    received += len(data)
+            _, peak = _peak_rss(pid)
+    assert response.status_code == 200 and received == SIZE_200_MB
+    _assert_bounded(before, peak, "download")
