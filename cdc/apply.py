@@ -218,6 +218,7 @@ class Applier:
         self.conn: Any = None
         self._checkpoint = Checkpoint()
         self._streamed_tables: set[str] = set()
+        self._tables: dict[tuple[str, str], TableSpec | None] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -297,6 +298,7 @@ class Applier:
         poison: list[tuple[ChangeEvent, str]] = []
         last = position
         cp = self._checkpoint.position
+        tables = self._tables
         for event in events:
             pos = event.position
             if last is None or pos > last:
@@ -304,7 +306,11 @@ class Applier:
             if self.ordered and event.op != "r" and pos <= cp:
                 result.skipped += 1
                 continue
-            table = self.spec.table_for(event.source.schema, event.source.table)
+            source = event.source
+            try:
+                table = tables[(source.schema, source.table)]
+            except KeyError:
+                table = tables[(source.schema, source.table)] = self.spec.table_for(source.schema, source.table)
             if table is None:
                 result.skipped += 1
                 continue
@@ -338,7 +344,7 @@ class Applier:
                 old_key = key
             if old_key != key:
                 out.append(_Op("delete", table, old_key, None, pos, False, event))
-        row = mapper.map(event.after)
+        row = mapper.map(event.after, raw_text=True)
         if row is None:
             out.append(_Op("delete", table, key, None, pos, snap, event))
         else:

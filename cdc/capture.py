@@ -12,7 +12,7 @@ import collections
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,11 +41,10 @@ from cdc.pgoutput import (
     TupleData,
     Type,
     Update,
-    convert_value,
-    converter_for,
     pg_time_to_unix_ms,
 )
 from cdc.replication import PsycopgReplicationStream, ReplicationError, ReplicationStream
+from cdc.textrow import RowLayout, TextRow
 from cdc.transport import MemoryTransport, Transport, TransportClosedError
 
 __all__ = ["HEARTBEAT_PREFIX", "Capture", "CaptureConfig", "CaptureStats", "EventBuilder", "pgoutput_options"]
@@ -89,50 +88,42 @@ def pgoutput_options(publication: str, *, server_version: int = 160000) -> dict[
 
 
 class _Table:
-    __slots__ = ("columns", "converted", "key_index", "key_names", "names", "oids", "schema", "name")
+    __slots__ = ("columns", "key_names", "layout", "schema", "single_key", "name")
 
     def __init__(self, relation: Relation, key_names: tuple[str, ...] | None) -> None:
         self.schema = relation.namespace
         self.name = relation.name
-        self.names = tuple(c.name for c in relation.columns)
-        self.oids = tuple(c.type_oid for c in relation.columns)
-        self.converted = tuple(
-            (index, c.name, convert)
-            for index, c in enumerate(relation.columns)
-            if (convert := converter_for(c.type_oid)) is not None
-        )
+        self.layout = RowLayout(relation.columns)
+        names = self.layout.names
         if not key_names:
             key_names = tuple(c.name for c in relation.columns if c.is_key)
-        missing = [k for k in key_names if k not in self.names]
+        missing = [k for k in key_names if k not in names]
         if not key_names or missing:
             raise CDCError(
                 f"table {self.schema}.{self.name} has no usable key columns in the stream; add a primary "
                 f"key or set REPLICA IDENTITY FULL on it"
             )
-        self.key_index = tuple(self.names.index(k) for k in key_names)
         self.key_names = tuple(key_names)
+        self.single_key = key_names[0] if len(key_names) == 1 else None
         key_set = set(key_names)
         self.columns = tuple(
             Column(c.name, TYPE_NAMES.get(c.type_oid, "text"), optional=c.name not in key_set, key=c.name in key_set)
             for c in relation.columns
         )
 
-    def row(self, values: TupleData) -> dict[str, Any]:
-        row = dict(zip(self.names, values))
-        try:
-            for index, name, convert in self.converted:
-                value = values[index]
-                if value.__class__ is str:
-                    row[name] = convert(value)
-        except (ValueError, ArithmeticError):
-            for oid, value in zip(self.oids, values):
-                convert_value(oid, value)  # raises the descriptive PgOutputError
-            raise
-        return row
+    def row(self, values: TupleData) -> TextRow:
+        """A full row image, converted to Python values as they are read."""
+        return TextRow(self.layout, values)
+
+    def key(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """The key columns of a row image."""
+        if self.single_key is not None:
+            return {self.single_key: row[self.single_key]}
+        return {name: row[name] for name in self.key_names}
 
     def key_of(self, values: TupleData) -> dict[str, Any]:
         """The key columns of a tuple (an old-key tuple carries only those)."""
-        return {self.names[i]: convert_value(self.oids[i], values[i]) for i in self.key_index}
+        return self.key(TextRow(self.layout, values))
 
 
 class EventBuilder:
@@ -205,28 +196,27 @@ class EventBuilder:
         if isinstance(message, Insert):
             table = self._tables.get(message.relation_oid) or self.table(message.relation_oid)
             after = table.row(message.new)
-            key = {name: after[name] for name in table.key_names}
+            key = table.key(after)
             source = Source(self.server_name, self.database, table.schema, table.name, lsn, self.commit_lsn,
                             self.xid, self.commit_ms, "false")
             return [ChangeEvent("c", source, key, None, after, now, table.columns)]
         if isinstance(message, Update):
             table = self._tables.get(message.relation_oid) or self.table(message.relation_oid)
-            after = table.row(message.new)
-            key_names = table.key_names
-            key = {name: after[name] for name in key_names}
+            after: Mapping[str, Any] = table.row(message.new)
+            key = table.key(after)
             source = Source(self.server_name, self.database, table.schema, table.name, lsn, self.commit_lsn,
                             self.xid, self.commit_ms, "false")
             if message.old is None:
                 return [ChangeEvent("u", source, key, dict(key), after, now, table.columns)]
             if message.old_kind == "O":
                 before = table.row(message.old)
-                # With REPLICA IDENTITY FULL the old row carries unchanged TOASTed values too.
-                for name, value in after.items():
-                    if value is UNAVAILABLE:
-                        after[name] = before.get(name, UNAVAILABLE)
+                if UNAVAILABLE in message.new:
+                    # With REPLICA IDENTITY FULL the old row carries unchanged TOASTed values too.
+                    after = {name: before.get(name, UNAVAILABLE) if value is UNAVAILABLE else value
+                             for name, value in after.items()}
             else:
                 before = table.key_of(message.old)
-            old_key = {name: before[name] for name in key_names}
+            old_key = table.key(before)
             if old_key != key:
                 return [
                     ChangeEvent("d", source, old_key, before, None, now, table.columns),
@@ -236,7 +226,7 @@ class EventBuilder:
         if isinstance(message, Delete):
             table = self.table(message.relation_oid)
             before = table.row(message.old) if message.old_kind == "O" else table.key_of(message.old)
-            key = {name: before[name] for name in table.key_names}
+            key = table.key(before)
             return [ChangeEvent("d", self._source(table, lsn), key, before, None, now, table.columns)]
         events = []
         for oid in message.relation_oids:

@@ -99,7 +99,7 @@ class Source:
 class ChangeEvent:
     """One row change (op c/u/d), snapshot row (r) or table truncate (t).
 
-    `key`, `before` and `after` hold Python values (int, Decimal, str, bool, aware datetime for
+    `key`, `before` and `after` map column names to Python values (int, Decimal, str, bool, aware datetime for
     timestamptz, naive datetime for timestamp, date, time, dict/list for json, bytes, UUID, None)
     or `UNAVAILABLE` for an unchanged TOASTed column. `columns`, when the producer knows them,
     carries the table's column types so the Debezium encoding (and its Connect schema) is exact.
@@ -108,8 +108,8 @@ class ChangeEvent:
     op: str
     source: Source
     key: dict[str, Any] | None
-    before: dict[str, Any] | None
-    after: dict[str, Any] | None
+    before: Mapping[str, Any] | None
+    after: Mapping[str, Any] | None
     ts_ms: int
     columns: tuple[Column, ...] | None = field(default=None, compare=False)
 

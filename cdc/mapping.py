@@ -19,6 +19,7 @@ from typing import Any
 from cdc.events import UNAVAILABLE
 from cdc.exceptions import MappingError, SchemaChangedError
 from cdc.spec import ColumnSpec, FilterSpec, TableSpec
+from cdc.textrow import NOT_PORTABLE, TextRow
 
 __all__ = ["RowMapper", "to_decimal", "transform_value"]
 
@@ -152,8 +153,8 @@ class RowMapper:
 
     def __init__(self, table: TableSpec) -> None:
         self.table = table
-        self._plan: list[tuple[str, str, Transform | None]] = [
-            (c.source, c.target, transform_value(c)) for c in table.columns
+        self._plan: list[tuple[str, str, Transform | None, bool]] = [
+            (c.source, c.target, transform_value(c), c.transform == "json" and c.function is None) for c in table.columns
         ]
         self._filters = [(f.column, _predicate(f), f) for f in table.filters]
         self._key_plan = [(k, t) for k, t in zip(table.key, table.target_key, strict=True)]
@@ -172,13 +173,25 @@ class RowMapper:
                 raise MappingError(f"filter {spec.op} {spec.value!r} cannot compare {value!r} in '{column}'") from exc
         return True
 
-    def map(self, row: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The service row for a full legacy row, or None when filtered out."""
+    def map(self, row: Mapping[str, Any], *, raw_text: bool = False) -> dict[str, Any] | None:
+        """The service row for a full legacy row, or None when filtered out.
+
+        `raw_text`: when `row` is a `TextRow` (our capture) and the table has no row transform,
+        columns copied unchanged (and `json` columns from a json/jsonb column) keep the server's
+        text output, which is valid input for the same column type: the applier writes it as it
+        is instead of converting it to Python and back (times with a zone offset only when in UTC).
+        """
         if self._filters and not self.accepts(row):
             return None
+        text = row if raw_text and isinstance(row, TextRow) and self.table.function is None else None
         out: dict[str, Any] = {}
-        for src, dst, fn in self._plan:
+        for src, dst, fn, as_json in self._plan:
             try:
+                if text is not None and (fn is None or (as_json and text.is_json(src))):
+                    raw = text.raw_portable(src)
+                    if raw is not NOT_PORTABLE:
+                        out[dst] = raw
+                        continue
                 value = row[src]
             except KeyError:
                 raise SchemaChangedError(

@@ -69,8 +69,15 @@ class ReplicationStream(Protocol):
 
 
 def open_replication_connection(dsn: str) -> psycopg2.extras.LogicalReplicationConnection:
+    """A logical replication connection whose session writes times in UTC.
+
+    pgoutput formats values with the walsender session's settings: in UTC, a timestamptz's text
+    (`... +00`) reads the same into any column type, so the applier can copy it as it is.
+    """
     try:
-        return psycopg2.connect(dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection)
+        options = psycopg2.extensions.parse_dsn(dsn).get("options", "")
+        return psycopg2.connect(dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection,
+                                options=f"{options} -c TimeZone=UTC".strip())
     except psycopg2.Error as exc:
         raise ReplicationError(
             f"cannot open a replication connection to {_safe(dsn)}: {str(exc).strip()}; the role needs "

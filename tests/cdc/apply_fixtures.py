@@ -6,7 +6,7 @@ import datetime as dt
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -17,8 +17,11 @@ import psycopg2
 import pytest
 
 from cdc.events import ChangeEvent, Source
+from cdc.pgoutput import RelationColumn
 from cdc.pipeline import RunStats, run
 from cdc.spec import SyncSpec, load_spec
+from cdc.textrow import RowLayout, TextRow
+from tests.cdc.pgoutput_encoder import pg_text
 
 ROOT = Path(__file__).resolve().parents[2]
 SYNC_YAML = ROOT / "extracted" / "catalog" / "sync.yaml"
@@ -188,10 +191,22 @@ def product(pid: int, **changes: Any) -> dict[str, Any]:
     return row
 
 
-def event(op: str, pid: int, lsn: int, *, before: dict[str, Any] | None = None, after: dict[str, Any] | None = None,
+def event(op: str, pid: int, lsn: int, *, before: Mapping[str, Any] | None = None, after: Mapping[str, Any] | None = None,
           table: str = "catalog_product") -> ChangeEvent:
     snapshot = "true" if op == "r" else "false"
     return ChangeEvent(
         op=op, source=source(table, lsn=0 if op == "r" else lsn, commit_lsn=lsn, snapshot=snapshot),
         key={"id": pid} if op != "t" else None, before=before, after=after, ts_ms=1_700_000_000_000,
     )
+
+
+LEGACY_PRODUCT = (("id", "int4", 23), ("sku", "varchar", 1043), ("name", "varchar", 1043), ("slug", "varchar", 1043),
+                  ("description", "text", 25), ("price", "numeric", 1700), ("stock", "int4", 23),
+                  ("is_active", "bool", 16), ("category_id", "int4", 23), ("attributes", "jsonb", 3802),
+                  ("created_at", "timestamptz", 1184), ("updated_at", "timestamptz", 1184))
+LAYOUT = RowLayout(tuple(RelationColumn(0, name, oid, -1) for name, _, oid in LEGACY_PRODUCT))
+
+
+def text_row(row: dict[str, object]) -> TextRow:
+    """A legacy row as our capture hands it on: the server's text output of each value."""
+    return TextRow(LAYOUT, tuple(pg_text(type_name, row[name]) for name, type_name, _ in LEGACY_PRODUCT))

@@ -3,6 +3,7 @@ TOAST placeholders, redelivery, dead letters and schema changes."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from dataclasses import replace
 from decimal import Decimal
@@ -13,7 +14,7 @@ from cdc.apply import Applier, ApplyError
 from cdc.events import UNAVAILABLE, ChangeEvent, Column
 from cdc.exceptions import SchemaChangedError
 from cdc.mapping import RowMapper
-from tests.cdc.apply_fixtures import event, execute, legacy_and_target, product, query, spec_for
+from tests.cdc.apply_fixtures import event, execute, legacy_and_target, product, query, spec_for, text_row
 
 __all__ = ["legacy_and_target"]
 
@@ -24,6 +25,20 @@ def _applier(target: str, **kw: object) -> Applier:
 
 def _products(target: str) -> list[tuple[object, ...]]:
     return query(target, "SELECT id, title, price_cents, description, active FROM catalog.products ORDER BY id")
+
+
+@pytest.mark.parametrize("count", [3, 100], ids=["values", "copy"])
+def test_text_rows_land_as_the_same_values(legacy_and_target: tuple[str, str], count: int) -> None:
+    # Copied columns go in as the server's text; escapes, an offset other than UTC and JSON included.
+    _, target = legacy_and_target
+    zoned = dt.datetime(2024, 5, 1, 14, 30, 0, 250, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    rows = [product(i, description=f"tab\there\nnew\\line {i}", created_at=zoned,
+                    attributes={"n": i, "q": "a\"b\tc"}) for i in range(1, count + 1)]
+    with _applier(target) as applier:
+        applier.apply([event("c", r["id"], 100 + r["id"], after=text_row(r)) for r in rows])
+    got = query(target, "SELECT id, title, price_cents, description, active, attributes, created_at, updated_at "
+                        "FROM catalog.products ORDER BY id")
+    assert got == [(r["id"], r["name"], 1999, r["description"], True, r["attributes"], zoned, r["updated_at"]) for r in rows]
 
 
 def test_insert_update_delete_and_checkpoint(legacy_and_target: tuple[str, str]) -> None:

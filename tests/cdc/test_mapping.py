@@ -13,7 +13,7 @@ from cdc.events import UNAVAILABLE
 from cdc.exceptions import MappingError, SchemaChangedError
 from cdc.mapping import RowMapper, to_decimal
 from cdc.spec import parse_spec
-from tests.cdc.apply_fixtures import product, spec_for
+from tests.cdc.apply_fixtures import product, spec_for, text_row
 
 SPEC = spec_for(None, None)
 PRODUCTS = RowMapper(SPEC.tables[1])
@@ -89,3 +89,13 @@ def test_cents_is_exact_for_two_place_decimals(value: Decimal) -> None:
     cents = PRODUCTS.map(product(1, price=value))["price_cents"]  # type: ignore[index]
     assert Decimal(cents) / 100 == value
     assert to_decimal(str(value)) == value
+
+
+def test_raw_text_keeps_the_server_text_of_copied_columns() -> None:
+    row = text_row(product(4, stock=7))
+    raw = PRODUCTS.map(row, raw_text=True)
+    assert raw is not None
+    assert raw["stock"] == "7" and raw["title"] == "Product 4" and raw["attributes"] == '{"color": "red"}'
+    assert raw["price_cents"] == 1999 and raw["created_at"] == "2024-05-01 12:00:00+00"
+    assert PRODUCTS.map(row) == PRODUCTS.map(product(4, stock=7))  # typed unless asked
+    assert PRODUCTS.map(text_row(product(5, sku="__internal-5")), raw_text=True) is None  # filters still apply

@@ -1,0 +1,99 @@
+"""A row image kept in pgoutput's text form, read as Python values on access.
+
+The capture hands every change on as a `TextRow`: a read-only mapping over the tuple the
+server sent. Reading a column (`row["price"]`, `.items()`, `dict(row)`) converts it by its type
+OID as `cdc.pgoutput.convert_value` does, once, so the Debezium encoding, filters, keys and
+transforms see the same typed values as before. `raw(name)` gives the value as sent, which is
+PostgreSQL's own text output: valid input for COPY and SQL literals, so the applier copies
+untransformed columns without converting them to Python and back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from cdc.pgoutput import Datum, RelationColumn, TupleData, convert_value, converter_for
+
+__all__ = ["NOT_PORTABLE", "RowLayout", "TextRow"]
+
+NOT_PORTABLE = object()
+
+# Times whose text carries the walsender session's zone offset.
+_ZONED_OIDS = frozenset({1184, 1266})  # timestamptz, timetz
+_JSON_OIDS = frozenset({114, 3802})
+
+
+class RowLayout:
+    """The columns of one relation: names, positions, type OIDs and converters (shared by its rows)."""
+
+    __slots__ = ("converters", "index", "json", "names", "oids", "zoned")
+
+    def __init__(self, columns: tuple[RelationColumn, ...]) -> None:
+        self.names = tuple(c.name for c in columns)
+        self.oids = tuple(c.type_oid for c in columns)
+        self.index = {name: i for i, name in enumerate(self.names)}
+        self.converters: tuple[Callable[[str], Any] | None, ...] = tuple(converter_for(oid) for oid in self.oids)
+        self.zoned = frozenset(i for i, c in enumerate(columns) if c.type_oid in _ZONED_OIDS)
+        self.json = frozenset(c.name for c in columns if c.type_oid in _JSON_OIDS)
+
+
+class TextRow(Mapping[str, Any]):
+    """Read-only mapping of column name to Python value over one pgoutput tuple."""
+
+    __slots__ = ("_cache", "_layout", "_values")
+
+    def __init__(self, layout: RowLayout, values: TupleData) -> None:
+        self._layout = layout
+        self._values = values
+        self._cache: dict[int, Any] | None = None
+
+    def __getitem__(self, name: str) -> Any:
+        i = self._layout.index[name]
+        value = self._values[i]
+        convert = self._layout.converters[i]
+        if convert is None or value.__class__ is not str:
+            return value
+        cache = self._cache
+        if cache is None:
+            cache = self._cache = {}
+        elif i in cache:
+            return cache[i]
+        try:
+            converted = convert(value)  # type: ignore[arg-type]
+        except (ValueError, ArithmeticError):
+            convert_value(self._layout.oids[i], value)  # raises the descriptive PgOutputError
+            raise
+        cache[i] = converted
+        return converted
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._layout.names)
+
+    def __len__(self) -> int:
+        return len(self._layout.names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._layout.index
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+    def raw(self, name: str) -> Datum:
+        """The column as the server sent it: text, None (NULL), `UNAVAILABLE` or bytes."""
+        return self._values[self._layout.index[name]]
+
+    def raw_portable(self, name: str) -> Datum | object:
+        """`raw(name)` when it means the same to any session, else `NOT_PORTABLE`.
+
+        A time with a zone offset qualifies only in UTC (the capture's session writes UTC): the
+        text of another offset would read differently into a column without a time zone.
+        """
+        i = self._layout.index[name]
+        value = self._values[i]
+        if i in self._layout.zoned and value.__class__ is str and not value.endswith("+00"):  # type: ignore[union-attr]
+            return NOT_PORTABLE
+        return value
+
+    def is_json(self, name: str) -> bool:
+        return name in self._layout.json
