@@ -19,7 +19,7 @@ from typing import Any
 from cdc.events import UNAVAILABLE
 from cdc.exceptions import MappingError, SchemaChangedError
 from cdc.spec import ColumnSpec, FilterSpec, TableSpec
-from cdc.textrow import NOT_PORTABLE, TextRow
+from cdc.textrow import RowLayout, TextRow, portable_time
 
 __all__ = ["RowMapper", "to_decimal", "transform_value"]
 
@@ -159,6 +159,7 @@ class RowMapper:
         self._filters = [(f.column, _predicate(f), f) for f in table.filters]
         self._key_plan = [(k, t) for k, t in zip(table.key, table.target_key, strict=True)]
         self._key_fns = {c.source: transform_value(c) for c in table.columns if c.source in table.key}
+        self._text_plans: dict[RowLayout, list[tuple[str, str, int, Transform | None, bool]]] = {}
 
     def accepts(self, row: Mapping[str, Any]) -> bool:
         """Whether the legacy row passes the spec's filters."""
@@ -183,15 +184,13 @@ class RowMapper:
         """
         if self._filters and not self.accepts(row):
             return None
-        text = row if raw_text and isinstance(row, TextRow) and self.table.function is None else None
+        if raw_text and isinstance(row, TextRow) and self.table.function is None:
+            plan = self._text_plan(row.layout)
+            if plan is not None:
+                return self._map_text(row, plan)
         out: dict[str, Any] = {}
-        for src, dst, fn, as_json in self._plan:
+        for src, dst, fn, _ in self._plan:
             try:
-                if text is not None and (fn is None or (as_json and text.is_json(src))):
-                    raw = text.raw_portable(src)
-                    if raw is not NOT_PORTABLE:
-                        out[dst] = raw
-                        continue
                 value = row[src]
             except KeyError:
                 raise SchemaChangedError(
@@ -200,12 +199,7 @@ class RowMapper:
                     "Fix the sync spec, then restart."
                 ) from None
             if fn is not None and value is not None and value is not UNAVAILABLE:
-                try:
-                    value = fn(value)
-                except MappingError as exc:
-                    raise MappingError(f"{self.table.source}.{src}: {exc}") from exc
-                except Exception as exc:  # noqa: BLE001 - a user transform failing is a poison row
-                    raise MappingError(f"{self.table.source}.{src}: transform failed on {value!r}: {exc}") from exc
+                value = self._transform(src, fn, value)
             out[dst] = value
         if self.table.function is not None:
             try:
@@ -214,6 +208,44 @@ class RowMapper:
                 raise MappingError(f"{self.table.source}: row transform {self.table.transform} failed: {exc}") from exc
             return result
         return out
+
+    def _map_text(self, row: TextRow, plan: list[tuple[str, str, int, Transform | None, bool]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        data = row.data
+        for src, dst, i, fn, zoned in plan:
+            value = data[i]
+            if fn is None and (not zoned or portable_time(value)):
+                out[dst] = value  # the server's text, as it is
+                continue
+            value = row[src]
+            if fn is not None and value is not None and value is not UNAVAILABLE:
+                value = self._transform(src, fn, value)
+            out[dst] = value
+        return out
+
+    def _transform(self, src: str, fn: Transform, value: Any) -> Any:
+        try:
+            return fn(value)
+        except MappingError as exc:
+            raise MappingError(f"{self.table.source}.{src}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - a user transform failing is a poison row
+            raise MappingError(f"{self.table.source}.{src}: transform failed on {value!r}: {exc}") from exc
+
+    def _text_plan(self, layout: RowLayout) -> list[tuple[str, str, int, Transform | None, bool]] | None:
+        """Per relation layout: (source, target, position, transform or None to keep the text, zoned).
+
+        None when a mapped column is missing (the generic path reports it)."""
+        plan = self._text_plans.get(layout)
+        if plan is None:
+            plan = []
+            for src, dst, fn, as_json in self._plan:
+                i = layout.index.get(src)
+                if i is None:
+                    return None
+                keep = fn is None or (as_json and i in layout.json)
+                plan.append((src, dst, i, None if keep else fn, i in layout.zoned))
+            self._text_plans[layout] = plan
+        return plan
 
     def key(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
         """The service table's key values for a legacy row (or key-only before image)."""

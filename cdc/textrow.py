@@ -15,7 +15,7 @@ from typing import Any
 
 from cdc.pgoutput import Datum, RelationColumn, TupleData, convert_value, converter_for
 
-__all__ = ["NOT_PORTABLE", "RowLayout", "TextRow"]
+__all__ = ["NOT_PORTABLE", "RowLayout", "TextRow", "portable_time"]
 
 NOT_PORTABLE = object()
 
@@ -35,23 +35,23 @@ class RowLayout:
         self.index = {name: i for i, name in enumerate(self.names)}
         self.converters: tuple[Callable[[str], Any] | None, ...] = tuple(converter_for(oid) for oid in self.oids)
         self.zoned = frozenset(i for i, c in enumerate(columns) if c.type_oid in _ZONED_OIDS)
-        self.json = frozenset(c.name for c in columns if c.type_oid in _JSON_OIDS)
+        self.json = frozenset(i for i, c in enumerate(columns) if c.type_oid in _JSON_OIDS)
 
 
 class TextRow(Mapping[str, Any]):
     """Read-only mapping of column name to Python value over one pgoutput tuple."""
 
-    __slots__ = ("_cache", "_layout", "_values")
+    __slots__ = ("_cache", "data", "layout")
 
     def __init__(self, layout: RowLayout, values: TupleData) -> None:
-        self._layout = layout
-        self._values = values
+        self.layout = layout
+        self.data = values  # as sent
         self._cache: dict[int, Any] | None = None
 
     def __getitem__(self, name: str) -> Any:
-        i = self._layout.index[name]
-        value = self._values[i]
-        convert = self._layout.converters[i]
+        i = self.layout.index[name]
+        value = self.data[i]
+        convert = self.layout.converters[i]
         if convert is None or value.__class__ is not str:
             return value
         cache = self._cache
@@ -62,38 +62,35 @@ class TextRow(Mapping[str, Any]):
         try:
             converted = convert(value)  # type: ignore[arg-type]
         except (ValueError, ArithmeticError):
-            convert_value(self._layout.oids[i], value)  # raises the descriptive PgOutputError
+            convert_value(self.layout.oids[i], value)  # raises the descriptive PgOutputError
             raise
         cache[i] = converted
         return converted
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._layout.names)
+        return iter(self.layout.names)
 
     def __len__(self) -> int:
-        return len(self._layout.names)
+        return len(self.layout.names)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._layout.index
+        return name in self.layout.index
 
     def __repr__(self) -> str:
         return repr(dict(self))
 
     def raw(self, name: str) -> Datum:
         """The column as the server sent it: text, None (NULL), `UNAVAILABLE` or bytes."""
-        return self._values[self._layout.index[name]]
+        return self.data[self.layout.index[name]]
 
     def raw_portable(self, name: str) -> Datum | object:
-        """`raw(name)` when it means the same to any session, else `NOT_PORTABLE`.
+        """`raw(name)` when it means the same to any session, else `NOT_PORTABLE`."""
+        i = self.layout.index[name]
+        value = self.data[i]
+        return value if i not in self.layout.zoned or portable_time(value) else NOT_PORTABLE
 
-        A time with a zone offset qualifies only in UTC (the capture's session writes UTC): the
-        text of another offset would read differently into a column without a time zone.
-        """
-        i = self._layout.index[name]
-        value = self._values[i]
-        if i in self._layout.zoned and value.__class__ is str and not value.endswith("+00"):  # type: ignore[union-attr]
-            return NOT_PORTABLE
-        return value
 
-    def is_json(self, name: str) -> bool:
-        return name in self._layout.json
+def portable_time(value: Datum) -> bool:
+    """Whether a time-with-zone datum reads the same into any column: UTC, as the capture's session
+    writes them (the text of another offset would read differently into a column without a zone)."""
+    return value.__class__ is not str or value.endswith("+00")  # type: ignore[union-attr]
