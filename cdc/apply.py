@@ -560,13 +560,16 @@ class Applier:
             (upserts if op.kind == "upsert" else deletes).append(op)
         # Deletes first: a row deleted and another inserted with its unique values in one batch.
         self._delete(cur, table, deletes)
+        if not deletes and self._insert_new(cur, table, upserts, positions):
+            self._streamed_tables.add(target)
+            return len(upserts)
         self._upsert(cur, table, upserts)
         if positions:
             upsert_positions = (
                 "ON CONFLICT (target_table, pk) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, lsn = EXCLUDED.lsn"
             )
             if len(positions) >= _COPY_THRESHOLD:
-                self._stage(cur, "strangler_pos_stage", "strangler.row_position", ("target_table", "pk", "commit_lsn", "lsn"), positions)
+                self._stage(cur, "strangler_pos_stage", "strangler.row_position", _POSITION_COLUMNS, positions)
                 cur.execute(
                     "INSERT INTO strangler.row_position (target_table, pk, commit_lsn, lsn) "
                     f"SELECT target_table, pk, commit_lsn, lsn FROM strangler_pos_stage {upsert_positions}"
@@ -580,6 +583,32 @@ class Applier:
                 )
             self._streamed_tables.add(target)
         return len(upserts) + len(deletes)
+
+    def _insert_new(self, cur: Any, table: TableSpec, ops: list[_Op], positions: list[tuple[str, str, int, int]]) -> bool:
+        """Streamed inserts COPYed straight into the table and the row guards; True if they went in.
+
+        An insert normally creates its row, and the upsert's staging table and ON CONFLICT are then
+        wasted work. Should a row or its guard exist already (a key inserted again after a delete,
+        a redelivery), the COPY fails and is undone, and the caller upserts instead.
+        """
+        if len(ops) < _COPY_THRESHOLD or len(positions) != len(ops):
+            return False
+        cols = tuple(ops[0].row or ())
+        rows = []
+        for op in ops:
+            row = op.row
+            if op.event.op != "c" or op.snapshot or row is None or tuple(row) != cols or UNAVAILABLE in row.values():
+                return False
+            rows.append(tuple(row.values()))
+        cur.execute("SAVEPOINT strangler_insert")
+        try:
+            _copy(cur, _ident(table.target_schema, table.target_table), cols, rows)
+            _copy(cur, "strangler.row_position", _POSITION_COLUMNS, positions)
+        except psycopg2.errors.UniqueViolation:
+            cur.execute("ROLLBACK TO SAVEPOINT strangler_insert")
+            return False
+        cur.execute("RELEASE SAVEPOINT strangler_insert")
+        return True
 
     def _upsert(self, cur: Any, table: TableSpec, ops: list[_Op]) -> None:
         if not ops:
@@ -632,13 +661,7 @@ class Applier:
         # One round trip; survives rollbacks (which would drop a table created in the same transaction).
         cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_ident(stage)} (LIKE {like}) ON COMMIT DELETE ROWS; "
                     f"DELETE FROM {_ident(stage)}")
-        buf = io.StringIO()
-        fmt = _COPY_BY_TYPE.get
-        buf.writelines(
-            "\t".join([(fmt(type(v)) or _copy_text)(v) for v in row]) + "\n" for row in rows
-        )
-        buf.seek(0)
-        cur.copy_expert(f"COPY {_ident(stage)} ({', '.join(_ident(c) for c in cols)}) FROM STDIN", buf)
+        _copy(cur, _ident(stage), cols, rows)
 
     def _delete(self, cur: Any, table: TableSpec, ops: list[_Op]) -> None:
         if not ops:
@@ -736,6 +759,18 @@ class Applier:
         `source_ts_ms`: the source time reached (a heartbeat's), when later than the checkpoint's.
         """
         self._run([], [], ApplyResult(), position, snapshot, source_ts_ms)
+
+
+_POSITION_COLUMNS = ("target_table", "pk", "commit_lsn", "lsn")
+
+
+def _copy(cur: Any, name: str, cols: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+    """COPY rows of Python values (or the source's text) into the table `name` (quoted)."""
+    buf = io.StringIO()
+    fmt = _COPY_BY_TYPE.get
+    buf.writelines("\t".join([(fmt(type(v)) or _copy_text)(v) for v in row]) + "\n" for row in rows)
+    buf.seek(0)
+    cur.copy_expert(f"COPY {name} ({', '.join(_ident(c) for c in cols)}) FROM STDIN", buf)
 
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
