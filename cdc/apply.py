@@ -706,13 +706,13 @@ class Applier:
                     cur.execute("SAVEPOINT strangler_copy")
                     buf.seek(0)
                     try:
-                        cur.copy_expert(f"COPY {name} ({col_list}) FROM STDIN", buf)
+                        cur.copy_expert(f"COPY {name} ({col_list}) FROM STDIN", buf, size=_COPY_CHUNK)
                         cur.execute("RELEASE SAVEPOINT strangler_copy")
                     except psycopg2.errors.UniqueViolation:
                         cur.execute("ROLLBACK TO SAVEPOINT strangler_copy")
                         buf.seek(0)
                         cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS strangler_load (LIKE {name}) ON COMMIT DELETE ROWS")
-                        cur.copy_expert(f"COPY strangler_load ({col_list}) FROM STDIN", buf)
+                        cur.copy_expert(f"COPY strangler_load ({col_list}) FROM STDIN", buf, size=_COPY_CHUNK)
                         updates = [c for c in cols if c not in table.target_key]
                         cur.execute(
                             f"INSERT INTO {name} ({col_list}) SELECT {col_list} FROM strangler_load "
@@ -762,6 +762,9 @@ class Applier:
 
 
 _POSITION_COLUMNS = ("target_table", "pk", "commit_lsn", "lsn")
+# psycopg2 sends COPY data in chunks of this many characters, releasing the GIL around each: with
+# the capture thread busy, taking it back costs up to a switch interval (5 ms) per chunk.
+_COPY_CHUNK = 1 << 20
 
 
 def _copy(cur: Any, name: str, cols: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
@@ -770,7 +773,7 @@ def _copy(cur: Any, name: str, cols: Sequence[str], rows: list[tuple[Any, ...]])
     fmt = _COPY_BY_TYPE.get
     buf.writelines("\t".join([(fmt(type(v)) or _copy_text)(v) for v in row]) + "\n" for row in rows)
     buf.seek(0)
-    cur.copy_expert(f"COPY {name} ({', '.join(_ident(c) for c in cols)}) FROM STDIN", buf)
+    cur.copy_expert(f"COPY {name} ({', '.join(_ident(c) for c in cols)}) FROM STDIN", buf, size=_COPY_CHUNK)
 
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
