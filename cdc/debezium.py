@@ -37,7 +37,15 @@ from typing import Any
 from cdc.events import UNAVAILABLE, ChangeEvent, Source
 from cdc.exceptions import CDCError
 
-__all__ = ["DebeziumFormatError", "PLACEHOLDER", "parse_envelope", "parse_record", "record_columns"]
+__all__ = [
+    "DebeziumFormatError",
+    "PLACEHOLDER",
+    "decode_decimal_bytes",
+    "decode_variable_scale",
+    "parse_envelope",
+    "parse_record",
+    "record_columns",
+]
 
 PLACEHOLDER = "__debezium_unavailable_value"
 _PLACEHOLDER_B64 = base64.b64encode(PLACEHOLDER.encode()).decode()
@@ -61,14 +69,25 @@ def _is_placeholder(value: Any) -> bool:
     return False
 
 
-def decode_decimal_bytes(encoded: str, scale: int) -> Decimal:
+def decode_decimal_bytes(encoded: Any, scale: int) -> Decimal:
     """Connect's Decimal: base64 of the unscaled value, big-endian two's complement."""
     try:
         raw = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError) as exc:
+    except (binascii.Error, ValueError, TypeError) as exc:
         raise DebeziumFormatError(f"decimal value {encoded!r} is not base64; expected Debezium's precise mode") from exc
     unscaled = int.from_bytes(raw, "big", signed=True)
     return Decimal(unscaled).scaleb(-scale)
+
+
+def decode_variable_scale(value: Any) -> Decimal:
+    """Debezium's VariableScaleDecimal: `{"scale": s, "value": base64 unscaled}`."""
+    if not isinstance(value, Mapping) or "scale" not in value or "value" not in value:
+        raise DebeziumFormatError(f"VariableScaleDecimal {value!r} is not a {{scale, value}} object")
+    try:
+        scale = int(value["scale"])
+    except (TypeError, ValueError):
+        raise DebeziumFormatError(f"VariableScaleDecimal {value!r} has a scale that is not an integer") from None
+    return decode_decimal_bytes(value["value"], scale)
 
 
 def _time_of_day(value: int, per_second: int) -> dt.time:
@@ -106,9 +125,7 @@ def _convert(value: Any, field: Mapping[str, Any]) -> Any:
                 return Decimal(value)
         return Decimal(str(value))
     if name == "io.debezium.data.VariableScaleDecimal":
-        if not isinstance(value, Mapping):
-            raise DebeziumFormatError(f"VariableScaleDecimal {value!r} is not a {{scale, value}} object")
-        return decode_decimal_bytes(value["value"], int(value["scale"]))
+        return decode_variable_scale(value)
     if name == "io.debezium.time.Timestamp":
         return _EPOCH + dt.timedelta(milliseconds=int(value))
     if name == "io.debezium.time.MicroTimestamp":

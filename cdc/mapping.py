@@ -9,13 +9,12 @@ column missing from a full row raises `SchemaChangedError` (the legacy column wa
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from cdc.debezium import DebeziumFormatError, decode_decimal_bytes, decode_variable_scale
 from cdc.events import UNAVAILABLE
 from cdc.exceptions import MappingError, SchemaChangedError
 from cdc.spec import ColumnSpec, FilterSpec, TableSpec
@@ -24,15 +23,6 @@ from cdc.textrow import RowLayout, TextRow, portable_time
 __all__ = ["RowMapper", "to_decimal", "transform_value"]
 
 Transform = Callable[[Any], Any]
-
-
-def _unscaled(encoded: Any, scale: int, what: str) -> Decimal:
-    """Base64 of a big-endian two's complement unscaled integer, read with `scale`."""
-    try:
-        raw = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError, TypeError):
-        raise MappingError(f"{encoded!r} is neither a number nor a base64 {what}") from None
-    return Decimal(int.from_bytes(raw, "big", signed=True)).scaleb(-scale)
 
 
 def to_decimal(value: Any, scale: int | None = None) -> Decimal:
@@ -59,13 +49,15 @@ def to_decimal(value: Any, scale: int | None = None) -> Decimal:
                     f"{value!r} is not a number; if it is a Debezium precise-mode decimal sent without a schema, "
                     "give the column's scale in the spec ({to: ..., transform: cents, scale: 2})"
                 ) from None
-            return _unscaled(value, scale, "precise-mode decimal")
+            try:
+                return decode_decimal_bytes(value, scale)
+            except DebeziumFormatError:
+                raise MappingError(f"{value!r} is neither a number nor a base64 precise-mode decimal") from None
     if isinstance(value, Mapping) and set(value) == {"scale", "value"}:
         try:
-            own_scale = int(value["scale"])
-        except (TypeError, ValueError):
-            raise MappingError(f"{value!r} is a VariableScaleDecimal with a scale that is not an integer") from None
-        return _unscaled(value["value"], own_scale, "VariableScaleDecimal value")
+            return decode_variable_scale(value)
+        except DebeziumFormatError as exc:
+            raise MappingError(str(exc)) from None
     raise MappingError(f"{value!r} ({type(value).__name__}) is not a number")
 
 

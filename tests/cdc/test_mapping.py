@@ -99,3 +99,15 @@ def test_raw_text_keeps_the_server_text_of_copied_columns() -> None:
     assert raw["price_cents"] == 1999 and raw["created_at"] == "2024-05-01 12:00:00+00"
     assert PRODUCTS.map(row) == PRODUCTS.map(product(4, stock=7))  # typed unless asked
     assert PRODUCTS.map(text_row(product(5, sku="__internal-5")), raw_text=True) is None  # filters still apply
+
+
+def test_variable_scale_decimals_read_with_the_debezium_decoder() -> None:
+    # 1230 at scale 2, as Debezium's VariableScaleDecimal without a schema.
+    assert to_decimal({"scale": 2, "value": "BM4="}) == Decimal("12.30")
+    assert PRODUCTS.map(product(1, price={"scale": 2, "value": "BM4="}))["price_cents"] == 1230  # type: ignore[index]
+    with pytest.raises(MappingError, match="scale that is not an integer"):
+        to_decimal({"scale": "x", "value": "BM4="})
+    with pytest.raises(MappingError, match="not base64"):
+        to_decimal({"scale": 2, "value": "!!"})
+    with pytest.raises(MappingError, match="neither a number nor a base64"):
+        to_decimal("!!", 2)
