@@ -78,6 +78,7 @@ class AckBatch(Protocol):
 
     events: list[ChangeEvent]
     position: tuple[int, int]
+    heartbeat_ms: int | None
 
     def ack(self) -> None: ...
 
@@ -279,7 +280,8 @@ class Applier:
 
     def apply_batch(self, batch: AckBatch, *, snapshot: Mapping[str, Any] | None = None) -> ApplyResult:
         """Apply a transport batch in one transaction, then acknowledge it."""
-        result = self.apply(batch.events, position=batch.position, snapshot=snapshot)
+        result = self.apply(batch.events, position=batch.position, snapshot=snapshot,
+                            source_ts_ms=batch.heartbeat_ms or 0)
         batch.ack()
         return result
 
@@ -289,8 +291,11 @@ class Applier:
         *,
         position: Position | None = None,
         snapshot: Mapping[str, Any] | None = None,
+        source_ts_ms: int = 0,
     ) -> ApplyResult:
-        """Apply events (in stream order) in one target transaction, with the checkpoint."""
+        """Apply events (in stream order) in one target transaction, with the checkpoint.
+
+        `source_ts_ms`: the source's clock reached (a heartbeat's), when later than the events'."""
         if self.conn is None:
             self.open()
         result = ApplyResult()
@@ -319,7 +324,7 @@ class Applier:
                 ops.extend(self._ops(table, event))
             except MappingError as exc:
                 poison.append((event, str(exc)))
-        self._run(ops, poison, result, last, snapshot)
+        self._run(ops, poison, result, last, snapshot, source_ts_ms)
         return result
 
     def _ops(self, table: TableSpec, event: ChangeEvent) -> list[_Op]:

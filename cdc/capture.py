@@ -249,18 +249,14 @@ class CaptureStats:
     last_commit_lsn: int = 0
     last_commit_ms: int = 0
     reconnects: int = 0
-    # (flush LSN, source time in ms) of the last heartbeat acknowledged: every change before it
-    # has been applied, so the applier is as far as that point of the source's WAL and clock.
-    last_heartbeat: tuple[int, int] | None = None
 
 
 class _Pending:
-    __slots__ = ("done", "flush_lsn", "heartbeat_ms")
+    __slots__ = ("done", "flush_lsn")
 
-    def __init__(self, flush_lsn: int | None, done: bool = False, heartbeat_ms: int | None = None) -> None:
+    def __init__(self, flush_lsn: int | None, done: bool = False) -> None:
         self.flush_lsn = flush_lsn
         self.done = done
-        self.heartbeat_ms = heartbeat_ms
 
 
 def _heartbeat_ms(content: bytes) -> int | None:
@@ -469,8 +465,11 @@ class Capture:
                 elif isinstance(message, LogicalMessage):
                     if message.prefix == HEARTBEAT_PREFIX and not message.transactional:
                         stats.heartbeats_seen += 1
-                        # Acknowledged once every batch before it is: flush just past its record.
-                        self._pending.append(_Pending(message.lsn + 1, done=True, heartbeat_ms=_heartbeat_ms(message.content)))
+                        # Through the transport behind every batch before it: once applied, the slot
+                        # and the applier's checkpoint move just past its record.
+                        at = message.lsn + 1
+                        self._publish([], final=True, flush_lsn=at, position=(at, 0),
+                                      heartbeat_ms=_heartbeat_ms(message.content))
                 elif isinstance(message, (StreamStart, StreamStop, StreamCommit, StreamAbort)):
                     raise CDCError(
                         "the server streams in-progress transactions, which this capture does not "
@@ -486,7 +485,8 @@ class Capture:
             self._stream.close()
 
     def _publish(
-        self, events: list[Any], *, final: bool, flush_lsn: int | None = None, position: tuple[int, int] | None = None
+        self, events: list[Any], *, final: bool, flush_lsn: int | None = None, position: tuple[int, int] | None = None,
+        heartbeat_ms: int | None = None,
     ) -> None:
         pending = _Pending(flush_lsn)
         self._pending.append(pending)
@@ -501,11 +501,12 @@ class Capture:
         at = position or events[-1].position
         transport = self.transport
         if not isinstance(transport, MemoryTransport):
-            transport.publish(events, at, on_durable, final=final)
+            transport.publish(events, at, on_durable, final=final, heartbeat_ms=heartbeat_ms)
             return
         # While the applier is behind, keep the replication connection alive (the server drops
         # a silent client after wal_sender_timeout) and pass on the acknowledgements that come.
-        while not transport.publish(events, at, on_durable, final=final, timeout=self._keepalive_every):
+        while not transport.publish(events, at, on_durable, final=final, heartbeat_ms=heartbeat_ms,
+                                    timeout=self._keepalive_every):
             self._flush_acks()
             self._stream.send_feedback(self.stats.flushed_lsn)
 
@@ -517,8 +518,6 @@ class Capture:
             flush_lsn = entry.flush_lsn
             if flush_lsn is not None:
                 advance = flush_lsn
-                if entry.heartbeat_ms is not None:
-                    self.stats.last_heartbeat = (flush_lsn, entry.heartbeat_ms)
         if advance > self.stats.flushed_lsn:
             self._stream.send_feedback(advance)
             self.stats.flushed_lsn = advance

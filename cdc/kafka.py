@@ -124,8 +124,14 @@ class KafkaTransport:
         on_durable: Callable[[], None],
         *,
         final: bool = True,
+        heartbeat_ms: int | None = None,
     ) -> None:
-        """Produce the batch; `on_durable` runs once the broker acknowledged all of its records."""
+        """Produce the batch; `on_durable` runs once the broker acknowledged all of its records.
+
+        A heartbeat has no records: it is durable at once (the slot moves past it) and does not
+        reach the appliers. Topics are ordered per table only, so its position would not mean
+        that every change before it was applied; the appliers' checkpoints move with records.
+        """
         if self._closed.is_set():
             raise TransportClosedError("the Kafka transport is closed")
         if self._delivery_error is not None:

@@ -342,10 +342,11 @@ def stream(
         got = False
         batches = transport.batches(0.2)
         for first in batches:
-            got = True
             group = _take(batches, first, pending, spec.batch_size)
             events = [e for b in group for e in b.events]
-            result = applier.apply(events, position=max(b.position for b in group))
+            got = got or any(b.heartbeat_ms is None for b in group)  # heartbeats alone are idleness
+            beat = max((b.heartbeat_ms for b in group if b.heartbeat_ms is not None), default=0)
+            result = applier.apply(events, position=max(b.position for b in group), source_ts_ms=beat)
             for b in group:
                 b.ack()
             stats.applied += result.applied
@@ -433,11 +434,6 @@ def _run_memory(
     def health() -> None:
         if cap.error is not None:
             raise cap.error
-        beat = cap.stats.last_heartbeat
-        if beat is not None and beat[0] > applier.checkpoint.position[0] and queue.pending() == 0:
-            # Everything before the heartbeat is applied: moving the checkpoint to it keeps the
-            # lag in bytes and seconds of an idle source small (cdc status, verify).
-            applier.save_checkpoint(position=(beat[0], 0), snapshot=applier.checkpoint.snapshot, source_ts_ms=beat[1])
 
     cap.start()
     try:

@@ -27,23 +27,36 @@ class TransportClosedError(CDCError):
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Events of one source transaction, or one chunk of it (`final` False until its last chunk)."""
+    """Events of one source transaction, or one chunk of it (`final` False until its last chunk).
+
+    A heartbeat is a batch without events: every change before `position` was published before
+    it, and `heartbeat_ms` is the source's clock there; applying it moves the checkpoint of an
+    idle source forward (lag in bytes and seconds).
+    """
 
     events: list[ChangeEvent]
     position: Position
     ack: Callable[[], None]
     final: bool = True
+    heartbeat_ms: int | None = None
 
 
 class Transport(Protocol):
     """The seam between capture and apply."""
 
     def publish(
-        self, batch_events: list[ChangeEvent], position: Position, on_durable: Callable[[], None], *, final: bool = True
+        self,
+        batch_events: list[ChangeEvent],
+        position: Position,
+        on_durable: Callable[[], None],
+        *,
+        final: bool = True,
+        heartbeat_ms: int | None = None,
     ) -> object:
         """Hand a batch over; `on_durable` is called once the applier has committed it.
 
-        The return value is the transport's own business (callers ignore it)."""
+        `heartbeat_ms` (with no events): a heartbeat, see `Batch`. The return value is the
+        transport's own business (callers ignore it)."""
 
     def batches(self, timeout: float) -> Iterator[Batch]:
         """Yield batches in order; stop after `timeout` seconds without one, or once closed."""
@@ -75,10 +88,11 @@ class MemoryTransport:
         on_durable: Callable[[], None],
         *,
         final: bool = True,
+        heartbeat_ms: int | None = None,
         timeout: float | None = None,
     ) -> bool:
         """Queue the batch, waiting while the queue is full; False if `timeout` ran out first."""
-        batch = Batch(list(batch_events), position, on_durable, final)
+        batch = Batch(list(batch_events), position, on_durable, final, heartbeat_ms)
         with self._cond:
             deadline = None if timeout is None else time.monotonic() + timeout
             while len(self._queue) >= self._max and not self._closed:
