@@ -5,8 +5,9 @@ position guards, any dead letters and the checkpoint; `apply_batch` acknowledges
 batch only after that commit. Killed anywhere, the next run resumes from the checkpoint and a
 redelivered or older event is a no-op:
 
-- `strangler.checkpoint(name, commit_lsn, lsn, snapshot jsonb)`: the last applied position and
-  the snapshot's progress;
+- `strangler.checkpoint(name, commit_lsn, lsn, snapshot jsonb, source_ts_ms, in_process)`: the
+  last applied position, the snapshot's progress, the source time reached, and whether the
+  slot's flush position follows this applier's commits (in-process capture; not over Kafka);
 - `strangler.row_position(target_table, pk, commit_lsn, lsn)` (pk: the key as JSON text): the position of the last
   streamed change applied to each row (deletes keep theirs, so a late older insert cannot
   resurrect a row);
@@ -48,8 +49,10 @@ CREATE TABLE IF NOT EXISTS strangler.checkpoint (
     lsn bigint NOT NULL DEFAULT 0,
     snapshot jsonb NOT NULL DEFAULT '{}'::jsonb,
     updated_at timestamptz NOT NULL DEFAULT now(),
-    source_ts_ms bigint NOT NULL DEFAULT 0
+    source_ts_ms bigint NOT NULL DEFAULT 0,
+    in_process boolean NOT NULL DEFAULT true
 );
+ALTER TABLE strangler.checkpoint ADD COLUMN IF NOT EXISTS in_process boolean NOT NULL DEFAULT true;
 CREATE TABLE IF NOT EXISTS strangler.row_position (
     target_table text NOT NULL,
     pk text NOT NULL,
@@ -100,6 +103,8 @@ class Checkpoint:
     position: Position = (0, 0)
     snapshot: Mapping[str, Any] = field(default_factory=dict)
     source_ts_ms: int = 0
+    # The slot's flush position moves only past what this applier committed (memory transport).
+    in_process: bool = True
 
     @property
     def snapshot_done(self) -> bool:
@@ -195,7 +200,9 @@ class Applier:
     `connect` opens the target connection (default: psycopg2 on `spec.target_url`). `ordered`
     says the transport delivers one totally ordered stream (memory transport, a file): events at
     or before the checkpoint are then skipped as a whole; with Kafka (one partition per table)
-    only the per-row guards decide.
+    only the per-row guards decide. `in_process` (default: `ordered`) says the capture feeding
+    this applier acknowledges the slot only after its commits; the checkpoint records it for
+    `cdc status`.
     """
 
     def __init__(
@@ -205,6 +212,7 @@ class Applier:
         connect: Callable[[], Any] | None = None,
         ordered: bool = True,
         use_origin: bool = True,
+        in_process: bool | None = None,
     ) -> None:
         if connect is None and not spec.target_url:
             raise CDCError(
@@ -214,6 +222,7 @@ class Applier:
         self._connect = connect or (lambda: psycopg2.connect(spec.target_url))
         self.ordered = ordered
         self.use_origin = use_origin
+        self.in_process = ordered if in_process is None else in_process
         self.mappers = {t.source: RowMapper(t) for t in spec.tables}
         self.guard = SchemaGuard(spec)
         self.conn: Any = None
@@ -392,13 +401,15 @@ class Applier:
                     ts = max((o.event.source.ts_ms for o in ops), default=self._checkpoint.source_ts_ms)
                     ts = max(ts, source_ts_ms)
                     cur.execute(
-                        "INSERT INTO strangler.checkpoint (name, commit_lsn, lsn, snapshot, updated_at, source_ts_ms) "
-                        "VALUES (%s, %s, %s, %s::jsonb, now(), %s) ON CONFLICT (name) DO UPDATE SET "
+                        "INSERT INTO strangler.checkpoint (name, commit_lsn, lsn, snapshot, updated_at, source_ts_ms, "
+                        "in_process) VALUES (%s, %s, %s, %s::jsonb, now(), %s, %s) ON CONFLICT (name) DO UPDATE SET "
                         "commit_lsn = EXCLUDED.commit_lsn, lsn = EXCLUDED.lsn, snapshot = EXCLUDED.snapshot, "
-                        "updated_at = now(), source_ts_ms = GREATEST(strangler.checkpoint.source_ts_ms, EXCLUDED.source_ts_ms)",
-                        (self.spec.name, new_pos[0], new_pos[1], json.dumps(snap, default=str), ts),
+                        "updated_at = now(), source_ts_ms = GREATEST(strangler.checkpoint.source_ts_ms, EXCLUDED.source_ts_ms), "
+                        "in_process = EXCLUDED.in_process",
+                        (self.spec.name, new_pos[0], new_pos[1], json.dumps(snap, default=str), ts, self.in_process),
                     )
-                    new_cp = Checkpoint(position=new_pos, snapshot=snap, source_ts_ms=max(ts, self._checkpoint.source_ts_ms))
+                    new_cp = Checkpoint(position=new_pos, snapshot=snap, source_ts_ms=max(ts, self._checkpoint.source_ts_ms),
+                                        in_process=self.in_process)
             conn.commit()
         except psycopg2.Error as exc:
             try:
@@ -725,16 +736,18 @@ class Applier:
                             + ", ".join(f"{_ident(c)} = EXCLUDED.{_ident(c)}" for c in updates)
                         )
                 cur.execute(
-                    "INSERT INTO strangler.checkpoint (name, commit_lsn, lsn, snapshot, updated_at) "
-                    "VALUES (%s, %s, %s, %s::jsonb, now()) ON CONFLICT (name) DO UPDATE SET "
-                    "commit_lsn = EXCLUDED.commit_lsn, lsn = EXCLUDED.lsn, snapshot = EXCLUDED.snapshot, updated_at = now()",
-                    (self.spec.name, position[0], position[1], json.dumps(dict(snapshot), default=str)),
+                    "INSERT INTO strangler.checkpoint (name, commit_lsn, lsn, snapshot, updated_at, in_process) "
+                    "VALUES (%s, %s, %s, %s::jsonb, now(), %s) ON CONFLICT (name) DO UPDATE SET "
+                    "commit_lsn = EXCLUDED.commit_lsn, lsn = EXCLUDED.lsn, snapshot = EXCLUDED.snapshot, updated_at = now(), "
+                    "in_process = EXCLUDED.in_process",
+                    (self.spec.name, position[0], position[1], json.dumps(dict(snapshot), default=str), self.in_process),
                 )
             conn.commit()
         except psycopg2.Error as exc:
             conn.rollback()
             raise ApplyError(f"loading snapshot rows into {table.target} failed: {str(exc).strip()}") from exc
-        self._checkpoint = Checkpoint(position=position, snapshot=dict(snapshot), source_ts_ms=self._checkpoint.source_ts_ms)
+        self._checkpoint = Checkpoint(position=position, snapshot=dict(snapshot), source_ts_ms=self._checkpoint.source_ts_ms,
+                                      in_process=self.in_process)
         return n
 
     def reset_targets(self, snapshot: Mapping[str, Any]) -> None:
@@ -819,7 +832,11 @@ def _copy_text(value: Any) -> str:
 def ensure_schema(conn: Any) -> None:
     """Create the applier's bookkeeping tables in the target (idempotent)."""
     with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass('strangler.dead_letter') IS NOT NULL AND to_regclass('strangler.table_position') IS NOT NULL")
+        cur.execute(
+            "SELECT to_regclass('strangler.dead_letter') IS NOT NULL AND to_regclass('strangler.table_position') IS NOT NULL "
+            "AND EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('strangler.checkpoint') "
+            "AND attname = 'in_process')"
+        )
         if not cur.fetchone()[0]:
             cur.execute("SELECT pg_advisory_xact_lock(hashtext('strangler.ddl'))")
             cur.execute(DDL)
@@ -832,9 +849,15 @@ def load_checkpoint(conn: Any, name: str) -> Checkpoint:
         if not cur.fetchone()[0]:
             conn.rollback()
             return Checkpoint()
-        cur.execute("SELECT commit_lsn, lsn, snapshot, source_ts_ms FROM strangler.checkpoint WHERE name = %s", (name,))
+        # in_process through to_jsonb: a target whose applier predates the column still reads.
+        cur.execute(
+            "SELECT commit_lsn, lsn, snapshot, source_ts_ms, to_jsonb(c) -> 'in_process' FROM strangler.checkpoint c "
+            "WHERE name = %s",
+            (name,),
+        )
         row = cur.fetchone()
     conn.rollback()
     if row is None:
         return Checkpoint()
-    return Checkpoint(position=(int(row[0]), int(row[1])), snapshot=row[2] or {}, source_ts_ms=int(row[3]))
+    return Checkpoint(position=(int(row[0]), int(row[1])), snapshot=row[2] or {}, source_ts_ms=int(row[3]),
+                      in_process=row[4] is not False)

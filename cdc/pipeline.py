@@ -404,7 +404,8 @@ def run(
     if transport not in ("memory", "kafka"):
         raise CDCError(f"unknown transport {transport!r}; use memory or kafka")
     stats = RunStats()
-    with _signals(stop), Applier(spec, ordered=transport == "memory") as applier:
+    in_process = transport == "memory"
+    with _signals(stop), Applier(spec, ordered=in_process, in_process=in_process) as applier:
         if transport == "memory" or capture:
             stats.snapshot_rows = prepare(spec, applier, progress=on_progress, chunk_rows=chunk_rows, stop=stop)
         if stop.is_set():

@@ -23,11 +23,16 @@ DEFAULT_RETAINED_WARNING = 1 << 30  # 1 GiB of WAL held back by the slot
 class SyncStatus:
     """What `strangler cdc status` reports.
 
-    `lag_bytes`: source WAL not yet behind the applied position or the slot's flush position;
+    `lag_bytes`: source WAL not yet behind the applied position (or, when the capture runs in
+    the applier's process, the slot's flush position, which then follows the applier's commits);
     `lag_seconds`: how far behind the source's clock the applier is: the age of the last applied
-    change's commit, or of the last heartbeat after it (0 once the slot has flushed everything;
-    None before anything streamed was applied); `slot_retained_bytes`: WAL the slot keeps on
-    the source (a warning past the threshold).
+    change's commit, or of the last heartbeat after it (0 once an in-process slot has flushed
+    everything; None before anything streamed was applied); `slot_retained_bytes`: WAL the slot
+    keeps on the source (a warning past the threshold).
+
+    Heartbeats reach only an in-process applier (memory transport). Over Kafka the checkpoint
+    moves with applied changes alone, so while the source is idle both lags grow with WAL and
+    time that carry no changes for this sync.
     """
 
     spec: str
@@ -110,11 +115,14 @@ def status(
             source.close()
     warnings: list[str] = []
     applied = checkpoint.position[0]
-    # The slot's flush position moves only past what the applier committed, and heartbeats move
-    # it past WAL with no changes for us (the applier's own writes, other databases' work).
-    done = max(applied, confirmed or 0)
+    # In process, the slot's flush position moves only past what the applier committed, and
+    # heartbeats move it past WAL with no changes for us (the applier's own writes, other
+    # databases' work). Over Kafka the capture acknowledges the slot once Kafka has a batch,
+    # whether or not an applier consumed it: only the applied position counts.
+    slot_done = confirmed if checkpoint.in_process else None
+    done = max(applied, slot_done or 0)
     lag_bytes = max(0, source_lsn - done) if source_lsn is not None else None
-    caught_up = confirmed is not None and source_lsn is not None and confirmed >= source_lsn
+    caught_up = slot_done is not None and source_lsn is not None and slot_done >= source_lsn
     lag_seconds: float | None = None
     if checkpoint.source_ts_ms:
         lag_seconds = 0.0 if caught_up else max(0.0, now() - checkpoint.source_ts_ms / 1000)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cdc.apply import Applier
 from cdc.pipeline import run
 from cdc.spec import SyncSpec
 from cdc.status import SyncStatus, status
@@ -92,3 +93,25 @@ def test_heartbeats_move_an_idle_sync_on_so_its_lag_stays_small(legacy_and_targe
     assert st.lag_seconds == pytest.approx(an_hour_later - beat_ms / 1000)  # from the heartbeat, not the change
     assert st.lag_seconds is not None and st.lag_seconds < 3600
     assert verify(spec, wait=10).identical
+
+
+def test_a_kafka_fed_applier_lags_by_its_applied_position_not_the_slot(legacy_and_target: tuple[str, str]) -> None:
+    legacy, target = legacy_and_target
+    seed(legacy, 10)
+    spec = spec_for(legacy, target)
+    _catch_up(spec)
+    before = _wal(legacy)
+    seed(legacy, 2000, start=11)  # the applier is stopped ...
+    written = _wal(legacy) - before
+    # ... while a capture feeding Kafka acknowledged the slot once Kafka had the changes.
+    end = _wal(legacy)
+    wait_for(lambda: query(legacy, "SELECT pg_current_wal_flush_lsn() >= %s::pg_lsn", (f"{end >> 32:X}/{end & 0xFFFFFFFF:X}",))
+             == [(True,)], what="the WAL flushed")  # a slot advances only up to flushed WAL
+    execute(legacy, "SELECT pg_replication_slot_advance(%s, pg_current_wal_flush_lsn())", (spec.slot_name,))
+    assert _under(status(spec), written // 10) is not None  # in process, a flushed slot means applied
+    with Applier(spec, ordered=False) as kafka_applier:  # records that the slot does not follow it
+        checkpoint = kafka_applier.checkpoint
+        kafka_applier.save_checkpoint(position=checkpoint.position, snapshot=checkpoint.snapshot)
+    st = status(spec)
+    assert st.lag_bytes is not None and st.lag_bytes >= written - 1
+    assert st.lag_seconds is not None and st.lag_seconds > 0
