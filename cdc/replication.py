@@ -21,6 +21,7 @@ from cdc.exceptions import CDCError
 __all__ = [
     "PsycopgReplicationStream",
     "RawMessage",
+    "XLogData",
     "ReplicationError",
     "ReplicationStream",
     "format_lsn",
@@ -46,8 +47,18 @@ def format_lsn(lsn: int) -> str:
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
+class XLogData(Protocol):
+    """One XLogData message as a stream returns it: its payload and the WAL position it starts at."""
+
+    @property
+    def payload(self) -> bytes: ...
+
+    @property
+    def data_start(self) -> int: ...
+
+
 class RawMessage(NamedTuple):
-    """One XLogData message: its payload and the WAL position it starts at."""
+    """One XLogData message: its payload and the WAL position it starts at (an `XLogData`)."""
 
     payload: bytes
     data_start: int
@@ -60,7 +71,7 @@ class ReplicationStream(Protocol):
 
     def start(self, slot: str, options: Mapping[str, str], start_lsn: int = 0) -> None: ...
 
-    def read(self, timeout: float) -> RawMessage | None:
+    def read(self, timeout: float) -> XLogData | None:
         """The next message, waiting at most `timeout` seconds (None when none came)."""
 
     def send_feedback(self, flush_lsn: int) -> None: ...
@@ -120,7 +131,7 @@ class PsycopgReplicationStream:
             self.close()
             raise ReplicationError(f"cannot start replication from slot {slot!r}: {str(exc).strip()}") from exc
 
-    def read(self, timeout: float) -> RawMessage | None:
+    def read(self, timeout: float) -> XLogData | None:
         cursor = self._cursor
         if cursor is None:
             raise ReplicationError("the replication stream is not started; call start() first")
@@ -136,9 +147,9 @@ class PsycopgReplicationStream:
                 message = cursor.read_message()
         except psycopg2.Error as exc:
             raise ReplicationError(f"replication stream failed: {str(exc).strip()}") from exc
-        if message is None:
-            return None
-        return RawMessage(message.payload, message.data_start, message.wal_end, message.send_time)
+        # psycopg2's ReplicationMessage as it is: copying it (and building its send_time
+        # datetime) cost ~2% of the capture's time per message.
+        return message  # type: ignore[no-any-return]
 
     def send_feedback(self, flush_lsn: int) -> None:
         if self._cursor is None:
