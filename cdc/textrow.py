@@ -2,8 +2,8 @@
 
 The capture hands every change on as a `TextRow`: a read-only mapping over the tuple the
 server sent. Reading a column (`row["price"]`, `.items()`, `dict(row)`) converts it by its type
-OID as `cdc.pgoutput.convert_value` does, once, so the Debezium encoding, filters, keys and
-transforms see the same typed values as before. `raw(name)` gives the value as sent, which is
+OID as `cdc.pgoutput.convert_value` does (JSON only once: it is mutable), so the Debezium
+encoding, filters, keys and transforms see the same typed values as before. `raw(name)` gives the value as sent, which is
 PostgreSQL's own text output: valid input for COPY and SQL literals, so the applier copies
 untransformed columns without converting them to Python and back.
 """
@@ -54,17 +54,18 @@ class TextRow(Mapping[str, Any]):
         convert = self.layout.converters[i]
         if convert is None or value.__class__ is not str:
             return value
-        cache = self._cache
-        if cache is None:
-            cache = self._cache = {}
-        elif i in cache:
-            return cache[i]
+        mutable = i in self.layout.json
+        if mutable and self._cache is not None and i in self._cache:
+            return self._cache[i]
         try:
             converted = convert(value)  # type: ignore[arg-type]
         except (ValueError, ArithmeticError):
             convert_value(self.layout.oids[i], value)  # raises the descriptive PgOutputError
             raise
-        cache[i] = converted
+        if mutable:  # parsed JSON: read once, so every reader sees (and changes) the same object
+            if self._cache is None:
+                self._cache = {}
+            self._cache[i] = converted
         return converted
 
     def __iter__(self) -> Iterator[str]:
