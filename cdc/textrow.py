@@ -15,9 +15,7 @@ from typing import Any
 
 from cdc.pgoutput import Datum, RelationColumn, TupleData, convert_value, converter_for
 
-__all__ = ["NOT_PORTABLE", "RowLayout", "TextRow", "portable_time"]
-
-NOT_PORTABLE = object()
+__all__ = ["RowLayout", "TextRow", "portable_time"]
 
 # Times whose text carries the walsender session's zone offset.
 _ZONED_OIDS = frozenset({1184, 1266})  # timestamptz, timetz
@@ -84,14 +82,11 @@ class TextRow(Mapping[str, Any]):
         """The column as the server sent it: text, None (NULL), `UNAVAILABLE` or bytes."""
         return self.data[self.layout.index[name]]
 
-    def raw_portable(self, name: str) -> Datum | object:
-        """`raw(name)` when it means the same to any session, else `NOT_PORTABLE`."""
-        i = self.layout.index[name]
-        value = self.data[i]
-        return value if i not in self.layout.zoned or portable_time(value) else NOT_PORTABLE
-
 
 def portable_time(value: Datum) -> bool:
     """Whether a time-with-zone datum reads the same into any column: UTC, as the capture's session
-    writes them (the text of another offset would read differently into a column without a zone)."""
-    return value.__class__ is not str or value.endswith("+00")  # type: ignore[union-attr]
+    writes them (the text of another offset would read differently into a column without a zone),
+    or an infinity."""
+    if value.__class__ is not str:
+        return True
+    return value.endswith("+00") or value in ("infinity", "-infinity")  # type: ignore[union-attr]

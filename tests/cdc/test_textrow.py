@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from cdc.events import UNAVAILABLE
 from cdc.pgoutput import PgOutputError, RelationColumn, convert_value
-from cdc.textrow import NOT_PORTABLE, RowLayout, TextRow
+from cdc.textrow import RowLayout, TextRow, portable_time
 from tests.cdc.pgoutput_encoder import pg_text
 
 OIDS = {"int4": 23, "text": 25, "numeric": 1700, "bool": 16, "jsonb": 3802, "timestamptz": 1184, "bytea": 17}
@@ -42,13 +42,11 @@ def test_values_read_as_python_values_once() -> None:
 
 
 def test_raw_text_is_portable_except_times_outside_utc() -> None:
-    utc = TextRow(PRODUCT, ("1", "a", "1.00", "f", "{}", "2024-05-01 12:00:00+00", "\\x01"))
-    assert utc.raw_portable("created_at") == "2024-05-01 12:00:00+00"
-    assert utc.raw_portable("picture") == "\\x01"
+    assert portable_time("2024-05-01 12:00:00+00") and portable_time(None) and portable_time(UNAVAILABLE)
+    assert portable_time("infinity") and not portable_time("2024-05-01 14:00:00+02")
     zoned = TextRow(PRODUCT, ("1", "a", "1.00", "f", "{}", "2024-05-01 14:00:00+02", UNAVAILABLE))
-    assert zoned.raw_portable("created_at") is NOT_PORTABLE
     assert zoned["created_at"] == dt.datetime(2024, 5, 1, 12, tzinfo=dt.timezone.utc)
-    assert zoned.raw_portable("picture") is UNAVAILABLE and zoned["picture"] is UNAVAILABLE
+    assert zoned.raw("picture") is UNAVAILABLE and zoned["picture"] is UNAVAILABLE
 
 
 def test_unreadable_value_raises_when_read() -> None:
