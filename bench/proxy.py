@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 from collections.abc import Callable
@@ -76,6 +77,7 @@ class Settings:
     threads: int
     monolith: bool
     shadow: bool
+    shadow_only: bool
     nginx_access_log: bool
     products: int
     keep: bool
@@ -103,6 +105,25 @@ class Scenario:
         return {"upstream": self.upstream, "scenario": self.name, "rate": self.rate, "latency": self.latency}
 
 
+@dataclass(frozen=True)
+class Paired:
+    """Round-by-round comparison of a scenario with the one it was interleaved against."""
+
+    against: str
+    rate_ratios: list[float]
+    p50_deltas: list[float]
+
+    @staticmethod
+    def median(values: list[float]) -> float | None:
+        return statistics.median(values) if values else None
+
+    def spread(self) -> str:
+        if not self.rate_ratios:
+            return ""
+        return (f"median of {len(self.rate_ratios)} paired rounds; rounds ranged "
+                f"{min(self.rate_ratios) * 100:.0f}–{max(self.rate_ratios) * 100:.0f}%")
+
+
 @dataclass
 class Run:
     """Everything one invocation started and measured."""
@@ -114,6 +135,7 @@ class Run:
     script: Path
     scenarios: list[Scenario] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    paired: dict[tuple[str, str], Paired] = field(default_factory=dict)
 
     def say(self, message: str) -> None:
         self.console.print(f"[dim]{message}[/dim]")
@@ -154,23 +176,29 @@ class Run:
             )
         return scenario
 
-    def measure_interleaved(self, upstream: str, targets: list[tuple[str, str]], rounds: int = 3) -> None:
+    def measure_interleaved(self, upstream: str, targets: list[tuple[str, str]], rounds: int = 12) -> None:
         """Alternate short runs over `targets` (all running) and keep each one's median run, so
-        a load change on a shared machine hits both sides of a ratio alike."""
+        a load change on a shared machine hits both sides of a ratio alike.
+
+        The order flips every round (A B, B A, ...) so neither side always runs second, and each
+        round's numbers are kept as a pair: `paired` holds, per target after the first, the ratio
+        of its rate to the first target's and the difference of its c=1 p50, round by round."""
         s = self.settings
-        each = max(2.0, s.duration / 2)
+        each = max(1.5, s.duration / 6)
         for name, url in targets:
             self.say(f"  {upstream} / {name}: {url} ({rounds} interleaved rounds of {each:g} s)")
             if s.warmup > 0:
                 run_wrk(url, connections=s.connections, threads=s.threads, duration=s.warmup, script=self.script)
         rates: dict[str, list[WrkResult]] = {name: [] for name, _ in targets}
         latencies: dict[str, list[WrkResult]] = {name: [] for name, _ in targets}
-        for _ in range(rounds):
-            for name, url in targets:
+        for round_ in range(rounds):
+            order = targets if round_ % 2 == 0 else targets[::-1]
+            for name, url in order:
                 rates[name].append(run_wrk(url, connections=s.connections, threads=s.threads, duration=each,
                                            script=self.script))
-            for name, url in targets:
+            for name, url in order:
                 latencies[name].append(run_wrk(url, connections=1, threads=1, duration=each, script=self.script))
+        first = targets[0][0]
         for name, _ in targets:
             rate = sorted(rates[name], key=lambda r: r.rps)[rounds // 2]
             latency = sorted(latencies[name], key=lambda r: r.p50_ms)[rounds // 2]
@@ -178,6 +206,12 @@ class Run:
             errors = sum(r.error_count for r in rates[name] + latencies[name])
             if errors:
                 self.notes.append(f"{upstream} / {name}: wrk counted {errors} errors")
+            if name != first:
+                self.paired[(upstream, name)] = Paired(
+                    first,
+                    [b.rps / a.rps for a, b in zip(rates[first], rates[name]) if a.rps],
+                    [b.p50_ms - a.p50_ms for a, b in zip(latencies[first], latencies[name])],
+                )
 
     def find(self, upstream: str, name: str) -> Scenario | None:
         for scenario in self.scenarios:
@@ -305,9 +339,28 @@ def measure_shadow(run: Run, base_url: str, candidate_url: str) -> None:
                 run.measure(CHEAP, name, url, pid=child.process.pid)
         else:
             run.measure_interleaved(CHEAP, [(name, url) for name, (url, _) in zip(names, started)])
+        run.notes.append(shadow_summary(started[1][0]))
     finally:
         for _, child in started:
             run.processes.stop(child)
+
+
+def shadow_summary(url: str) -> str:
+    """What the shadowing façade's worker made of the load, from its admin API."""
+    import httpx
+
+    admin = url.removesuffix(PATH) + "/_strangler/shadow"
+    try:
+        numbers = httpx.get(admin, timeout=5).json()["routes"]["catalog-read"]
+    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        return f"shadow: could not read {admin}: {exc}"
+    dropped = numbers["dropped"]
+    return (
+        f"shadow worker: sampled {numbers['sampled']:,}, mirrored {numbers['sent']:,}, compared "
+        f"{numbers['compared']:,}, dropped {dropped['queue_full']:,} (queue full) and {dropped.get('cpu_budget', 0):,} "
+        f"(over the worker's CPU budget), failed {numbers['failed']:,}, "
+        f"timed out {numbers['timed_out']:,}"
+    )
 
 
 def start_monolith(run: Run) -> tuple[str, Callable[[], None]]:
@@ -376,8 +429,14 @@ def proxy_ratios(run: Run) -> list[Ratio]:
             ))
     off, on = "façade ×1 shadow off", "façade ×1 shadow 100%"
     if run.find(CHEAP, on):
-        ratios.append(Ratio("shadow 100% / off req/s", div(rate(CHEAP, on), rate(CHEAP, off)), "%", 0.90))
-        ratios.append(Ratio("shadow: added p50 at c=1", sub(p50(CHEAP, on), p50(CHEAP, off)), "ms", 0.2, "at_most"))
+        pair = run.paired.get((CHEAP, on))
+        if pair is not None:
+            ratios.append(Ratio("shadow 100% / off req/s", pair.median(pair.rate_ratios), "%", 0.90, note=pair.spread()))
+            ratios.append(Ratio("shadow: added p50 at c=1", pair.median(pair.p50_deltas), "ms", 0.2, "at_most",
+                                note=f"median of {len(pair.p50_deltas)} paired rounds"))
+        else:
+            ratios.append(Ratio("shadow 100% / off req/s", div(rate(CHEAP, on), rate(CHEAP, off)), "%", 0.90))
+            ratios.append(Ratio("shadow: added p50 at c=1", sub(p50(CHEAP, on), p50(CHEAP, off)), "ms", 0.2, "at_most"))
     return ratios
 
 
@@ -575,6 +634,7 @@ def main(
     clients: bool = typer.Option(False, "--clients", help="Only the HTTP client micro-benchmark: raw ASGI proxy with httpx vs aiohttp."),
     monolith: bool = typer.Option(True, "--monolith/--no-monolith", help="Also measure with the sample monolith as upstream."),
     shadow: bool = typer.Option(True, "--shadow/--no-shadow", help="Also measure the façade shadowing 100% vs not."),
+    shadow_only: bool = typer.Option(False, "--shadow-only", help="Only the shadow part (façade shadowing 100% vs off, cheap upstream)."),
     nginx_access_log: bool = typer.Option(True, "--nginx-access-log/--no-nginx-access-log", help="nginx proxy writes a buffered access log, as the façade writes its own."),
     products: int = typer.Option(200, help="Products seeded into the monolith's database."),
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout (tables go to stderr)."),
@@ -606,8 +666,8 @@ def main(
     if quick:
         duration, warmup = min(duration, 3.0), 0.0
     settings = Settings(
-        duration=duration, warmup=warmup, connections=connections, threads=threads, monolith=monolith,
-        shadow=shadow, nginx_access_log=nginx_access_log, products=products, keep=keep, profile=profile,
+        duration=duration, warmup=warmup, connections=connections, threads=threads, monolith=monolith and not shadow_only,
+        shadow=shadow or shadow_only, shadow_only=shadow_only, nginx_access_log=nginx_access_log, products=products, keep=keep, profile=profile,
     )
     signals_as_interrupt()
     try:
@@ -646,8 +706,9 @@ def execute(settings: Settings, console: Console, *, clients_only: bool) -> dict
                 ratios = measure_clients(run, cheap)
                 title = "raw ASGI proxy: HTTP clients"
             else:
-                console.print("[bold]cheap upstream[/bold]")
-                measure_upstream(run, CHEAP, cheap, candidate, scaling=True)
+                if not settings.shadow_only:
+                    console.print("[bold]cheap upstream[/bold]")
+                    measure_upstream(run, CHEAP, cheap, candidate, scaling=True)
                 if settings.shadow:
                     console.print("[bold]shadow[/bold]")
                     measure_shadow(run, cheap, candidate)

@@ -176,7 +176,7 @@ def _default_addons(config: FacadeConfig) -> list[object]:
         return []
     from facade.shadow import ShadowAddon
 
-    return [ShadowAddon(store_config=config.shadow_store)]
+    return [ShadowAddon(store_config=config.shadow_store, worker_config=config.shadow_worker)]
 
 
 def _addon_name(addon: object) -> str:

@@ -58,6 +58,7 @@ __all__ = [
     "RouteConfig",
     "ShadowConfig",
     "ShadowStoreConfig",
+    "ShadowWorkerConfig",
     "StickyConfig",
     "UpstreamConfig",
     "check_file",
@@ -468,6 +469,20 @@ class ShadowStoreConfig(_Model):
     max_body: Size = Field(default=64 * 1024, description="Sample bodies are truncated to this size.")
 
 
+class ShadowWorkerConfig(_Model):
+    """The shadow worker process all shadowed routes share (read when the façade starts)."""
+
+    cpu: Percent = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "Percent of one CPU core the worker may use. Beyond it, sampled requests are dropped and "
+            "counted as `cpu_budget` until the worker is back within budget, so shadowing never takes "
+            "the CPU the primary traffic needs."
+        ),
+    )
+
+
 class RouteConfig(_Model):
     """One entry of `routes:`: which requests (match), where to (weighted upstreams), how."""
 
@@ -512,6 +527,7 @@ class FacadeConfig(_Model):
     routes: tuple[RouteConfig, ...] = Field(default=(), description="Matched in declared order; the first match wins.")
     default: DefaultRoute = Field(description="Required: where unmatched requests go.")
     shadow_store: ShadowStoreConfig = ShadowStoreConfig()
+    shadow_worker: ShadowWorkerConfig = ShadowWorkerConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -22,7 +22,7 @@ import yarl
 from multidict import CIMultiDict
 
 from facade.compare import CompareRules, Comparison, Normalizer, Reply, compare, compare_all
-from facade.config import CompareConfig, RedactConfig, ShadowConfig, ShadowStoreConfig
+from facade.config import CompareConfig, RedactConfig, ShadowConfig, ShadowStoreConfig, ShadowWorkerConfig
 from facade.exceptions import FacadeError
 from facade.noise import NoiseModel, NoiseThresholds
 from facade.recorder import RECORD_BODY_CAP, TrafficRecorder, redacted_exchange
@@ -273,6 +273,7 @@ class ShadowCounters:
     recorded: int = 0
     dropped_queue_full: int = 0
     dropped_body_too_large: int = 0
+    dropped_cpu_budget: int = 0
     skipped_writes: int = 0
     skipped_primary_failed: int = 0
     timed_out: int = 0
@@ -288,7 +289,11 @@ class ShadowCounters:
             "mismatched": self.mismatched,
             "noise_probes": self.noise_probes,
             "recorded": self.recorded,
-            "dropped": {"queue_full": self.dropped_queue_full, "body_too_large": self.dropped_body_too_large},
+            "dropped": {
+                "queue_full": self.dropped_queue_full,
+                "body_too_large": self.dropped_body_too_large,
+                "cpu_budget": self.dropped_cpu_budget,
+            },
             "skipped_writes": self.skipped_writes,
             "skipped_primary_failed": self.skipped_primary_failed,
             "timed_out": self.timed_out,
@@ -407,6 +412,8 @@ class ShadowEngine:
         self.writer: StoreWriter | None = None
         self.routes: dict[str, _RouteShadow] = {}
         self._drops: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._open = asyncio.Event()
+        self._open.set()
 
     async def start(self) -> None:
         c = self.store_config
@@ -451,14 +458,24 @@ class ShadowEngine:
             return
         rs.queue.put_nowait(build_job(info, raw))
 
-    def drop(self, route_id: str, reason: str, count: int = 1) -> None:
+    def drop(self, route_id: str, reason: str, count: int = 1, *, counted: bool = False) -> None:
+        """Count a drop and keep it for the store; `counted`: the caller's counters have it already."""
         rs = self.routes.get(route_id)
-        if rs is not None:
+        if rs is not None and not counted:
             if reason == "queue_full":
                 rs.counters.dropped_queue_full += count
             elif reason == "body_too_large":
                 rs.counters.dropped_body_too_large += count
+            elif reason == "cpu_budget":
+                rs.counters.dropped_cpu_budget += count
         self._drops[(route_id, reason)] += count
+
+    def pause(self) -> None:
+        """Start no new shadow until `resume` (jobs wait in their queues; in-flight ones finish)."""
+        self._open.clear()
+
+    def resume(self) -> None:
+        self._open.set()
 
     def _take_drops(self) -> list[DropRecord]:
         now = time.time()
@@ -477,6 +494,8 @@ class ShadowEngine:
 
     async def _work(self, rs: _RouteShadow) -> None:
         while True:
+            if not self._open.is_set():
+                await self._open.wait()
             job = await rs.queue.get()
             try:
                 await self._shadow(rs, job)
@@ -585,6 +604,7 @@ class ShadowAddon:
         *,
         store: ShadowStore | None = None,
         store_config: ShadowStoreConfig | None = None,
+        worker_config: ShadowWorkerConfig | None = None,
         client: ShadowClient | None = None,
         response_cap: int = 4 * 1024 * 1024,
         recorder_factory: Callable[[str], TrafficRecorder] | None = None,
@@ -598,7 +618,11 @@ class ShadowAddon:
             else:
                 from facade.shadow_worker import ProcessSink
 
-                sink = ProcessSink(store_config=store_config or ShadowStoreConfig(), response_cap=response_cap)
+                sink = ProcessSink(
+                    store_config=store_config or ShadowStoreConfig(),
+                    response_cap=response_cap,
+                    cpu_budget=(worker_config or ShadowWorkerConfig()).cpu,
+                )
         self.sink: ShadowSink = sink
         self._recorder_factory = recorder_factory or TrafficRecorder
         self.recorders: dict[str, TrafficRecorder] = {}
@@ -635,12 +659,15 @@ class ShadowAddon:
             mine = local.as_dict()
             for key in ("sampled", "recorded", "skipped_writes", "skipped_primary_failed"):
                 merged[key] = mine[key]
+            theirs = worker.get("dropped", {})
             merged["dropped"] = {
-                "queue_full": mine["dropped"]["queue_full"] + worker.get("dropped", {}).get("queue_full", 0),
+                "queue_full": mine["dropped"]["queue_full"] + theirs.get("queue_full", 0),
                 "body_too_large": mine["dropped"]["body_too_large"],
+                "cpu_budget": theirs.get("cpu_budget", 0),
             }
             routes[route_id] = merged
-        return {"routes": routes, "store": self.sink.store_stats()}
+        worker = getattr(self.sink, "worker_stats", None)
+        return {"routes": routes, "store": self.sink.store_stats(), "worker": worker() if worker else None}
 
     def collect(self) -> Iterable[Any]:
         """Prometheus collector (register it on the façade's registry): the live numbers by route."""

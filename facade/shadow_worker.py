@@ -6,6 +6,12 @@ the worker's stdin and returns at once. The worker (`python -m facade.shadow_wor
 comparison, the store writer) and writes its live counters back on stdout a few times a second.
 So shadowing costs the façade a copy and a pickle per request, and its CPU-heavy parts run on
 another core. Frames are a 4-byte big-endian length and a pickle; both ends are this module.
+
+The worker runs at the lowest CPU priority and keeps to a CPU budget (`shadow_worker.cpu`, a
+share of one core): the processor time it has used is a token bucket, and while it is over, it
+starts no new shadow and tells the façade, which then drops sampled requests without even
+pickling them and counts them as `cpu_budget`. A small or virtual machine is where this matters:
+there, CPU a background process takes is CPU the primary traffic loses, whatever its priority.
 """
 
 from __future__ import annotations
@@ -30,8 +36,33 @@ log = logging.getLogger("strangler.shadow.worker")
 
 FRAME = struct.Struct("!I")
 REPORT_INTERVAL = 0.1
+PRESSURE_INTERVAL = 0.02  # how often the worker checks its budget and queues
 DRAIN_TIMEOUT = 5.0
 NICENESS = 19
+BUDGET_BURST = 1.0  # seconds of budget the worker may spend at once after being idle
+
+
+class CpuBudget:
+    """A token bucket over this process's CPU time (all threads): `percent` of one core.
+
+    `within()` is called every tick; it adds the budget earned since the last call, takes away
+    the CPU time used, and says whether the balance is still non-negative. Unused budget is kept
+    for at most `burst` seconds' worth, so an idle worker can take a burst but not a long spree.
+    """
+
+    def __init__(self, percent: float, *, burst: float = BUDGET_BURST,
+                 clock: Any = time.monotonic, cpu: Any = time.process_time) -> None:
+        self.share = percent / 100
+        self.cap = self.share * burst
+        self._clock, self._cpu = clock, cpu
+        self._at, self._used = clock(), cpu()
+        self.balance = self.cap
+
+    def within(self) -> bool:
+        now, used = self._clock(), self._cpu()
+        self.balance = min(self.cap, self.balance + (now - self._at) * self.share - (used - self._used))
+        self._at, self._used = now, used
+        return self.balance >= 0
 
 
 def _frame(message: tuple[Any, ...]) -> bytes:
@@ -53,12 +84,18 @@ class ProcessSink:
     """Hands shadow jobs to a worker process through a pipe; never blocks the caller.
 
     The pipe's write backlog is bounded (`max_backlog` bytes): beyond it a job is dropped and
-    counted as `queue_full`, as a full route queue in the worker would be.
+    counted as `queue_full`, as a full route queue in the worker would be, and so is a job for a
+    route whose queue the worker reports half full. While the worker says it is over its CPU budget (`cpu_budget`, percent of one core; None: no budget), jobs are
+    dropped here, before any copy, and counted as `cpu_budget`.
     """
 
-    def __init__(self, *, store_config: ShadowStoreConfig, response_cap: int, max_backlog: int = 4 * 1024 * 1024, python: str | None = None) -> None:
+    def __init__(self, *, store_config: ShadowStoreConfig, response_cap: int, cpu_budget: float | None = None,
+                 max_backlog: int = 4 * 1024 * 1024, python: str | None = None) -> None:
         self.store_config = store_config
         self.response_cap = response_cap
+        self.cpu_budget = cpu_budget
+        self.paused = False  # the worker is over its CPU budget
+        self._full: frozenset[str] = frozenset()  # routes whose queue in the worker is half full
         self.max_backlog = max_backlog
         self.python = python or sys.executable
         self._proc: asyncio.subprocess.Process | None = None
@@ -76,7 +113,7 @@ class ProcessSink:
         self._proc = await asyncio.create_subprocess_exec(
             self.python, "-m", "facade.shadow_worker", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
         )
-        self._write(("init", self.store_config.model_dump(mode="json"), self.response_cap))
+        self._write(("init", self.store_config.model_dump(mode="json"), self.response_cap, self.cpu_budget))
         self._reader = asyncio.get_running_loop().create_task(self._read(), name="shadow-worker-reader")
 
     def _write(self, message: tuple[Any, ...]) -> bool:
@@ -109,21 +146,31 @@ class ProcessSink:
 
     def submit(self, info: RouteInfo, raw: RawJob) -> None:
         route_id = info.route_id
-        if self._broken or self._backlog() > self.max_backlog:
-            self._local_drops[(route_id, "queue_full")] += 1
-            self._pending_drops[(route_id, "queue_full")] += 1
+        if self.paused:
+            self._drop_here(route_id, "cpu_budget")
+            return
+        if self._broken or route_id in self._full or self._backlog() > self.max_backlog:
+            self._drop_here(route_id, "queue_full")
             return
         key = self._keys.get(id(info))
         if key is None or key[0] is not info:
             key = (info, len(self._keys) + 1)
             self._keys[id(info)] = key
             self._write(("route", key[1], info.route_id, info.config.model_dump(mode="json"), info.segments, info.candidate_base))
-        if self._pending_drops:
-            for (route, reason), n in self._pending_drops.items():
-                self._write(("drop", route, reason, n))
-            self._pending_drops.clear()
+        self._send_pending_drops()
         if not self._write(("job", key[1], raw)):
             self._local_drops[(route_id, "queue_full")] += 1
+
+    def _drop_here(self, route_id: str, reason: str) -> None:
+        # Counted here; the worker only stores it (sent with the next frames).
+        self._local_drops[(route_id, reason)] += 1
+        self._pending_drops[(route_id, reason)] += 1
+
+    def _send_pending_drops(self) -> None:
+        if self._pending_drops and not self._broken:
+            for (route, reason), n in self._pending_drops.items():
+                self._write(("stored_drop", route, reason, n))
+            self._pending_drops.clear()
 
     def drop(self, route_id: str, reason: str) -> None:
         self._write(("drop", route_id, reason, 1))
@@ -140,6 +187,10 @@ class ProcessSink:
     def store_stats(self) -> dict[str, int] | None:
         return self._store
 
+    def worker_stats(self) -> dict[str, Any]:
+        """The worker's budget and whether it is over it now (shown at `/_strangler/shadow`)."""
+        return {"cpu_budget": self.cpu_budget, "over_budget": self.paused, "running": self._proc is not None and not self._broken}
+
     async def _read(self) -> None:
         proc = self._proc
         assert proc is not None and proc.stdout is not None
@@ -149,11 +200,16 @@ class ProcessSink:
                 return
             if message[0] == "counters":
                 self._remote, self._store = message[1], message[2]
+            elif message[0] == "pressure":
+                self.paused, self._full = message[1], frozenset(message[2])
+                if not self.paused:
+                    self._send_pending_drops()
 
     async def stop(self) -> None:
         proc = self._proc
         if proc is None:
             return
+        self._send_pending_drops()
         self._flush()
         if proc.stdin is not None and not proc.stdin.is_closing():
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -177,6 +233,9 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         return
     engine = ShadowEngine(store_config=ShadowStoreConfig.model_validate(init[1]), response_cap=init[2])
     await engine.start()
+    budget = CpuBudget(init[3]) if len(init) > 3 and init[3] is not None else None
+    over = draining = False
+    full: frozenset[str] = frozenset()
     routes: dict[int, RouteInfo] = {}
     last: Any = None
 
@@ -187,9 +246,27 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             last = snapshot
             writer.write(_frame(("counters", *snapshot)))
 
+    def pressure() -> None:
+        """Tell the façade when the worker goes over its CPU budget or a route's queue is half
+        full, and when that ends: the façade then drops those jobs before copying them."""
+        nonlocal over, full
+        if draining:
+            return
+        now_over = budget is not None and not budget.within()
+        now_full = frozenset(r for r, rs in engine.routes.items() if rs.queue.qsize() * 2 >= rs.queue.maxsize)
+        if now_over == over and now_full == full:
+            return
+        if now_over != over:
+            (engine.pause if now_over else engine.resume)()
+        over, full = now_over, now_full
+        writer.write(_frame(("pressure", over, sorted(full))))
+
     async def reporter() -> None:
+        ticks = round(REPORT_INTERVAL / PRESSURE_INTERVAL)
         while True:
-            await asyncio.sleep(REPORT_INTERVAL)
+            for _ in range(ticks):
+                await asyncio.sleep(PRESSURE_INTERVAL)
+                pressure()
             report()
 
     ticker = asyncio.get_running_loop().create_task(reporter())
@@ -206,7 +283,11 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 routes[key] = RouteInfo(route_id, ShadowConfig.model_validate(config), tuple(segments), candidate_base)
             elif kind == "drop":
                 engine.drop(message[1], message[2], message[3])
+            elif kind == "stored_drop":
+                engine.drop(message[1], message[2], message[3], counted=True)
         # The façade is stopping: let queued shadows finish for a bounded time.
+        draining = True
+        engine.resume()
         deadline = time.monotonic() + DRAIN_TIMEOUT
         for rs in engine.routes.values():
             with contextlib.suppress(TimeoutError):
@@ -252,6 +333,10 @@ def _yield_cpu() -> None:
             autogroup.write(str(NICENESS))
     with contextlib.suppress(OSError):
         os.nice(NICENESS)
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ class Upstream:
         return Starlette(routes=[Route("/api/products/{id:int}", product, methods=methods), Route("/plain/{x}", plain)])
 
 
-def routing(tmp: Path, primary: str, candidate: str, *, shadow: str, sandbox: bool = False) -> Path:
+def routing(tmp: Path, primary: str, candidate: str, *, shadow: str, sandbox: bool = False, extra: str = "") -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / "routing.yaml"
     path.write_text(
@@ -126,19 +126,19 @@ routes:
     to: {{monolith: 100}}
 default: {{to: monolith}}
 shadow_store: {{url: "sqlite:///{tmp}/shadow.db"}}
-"""
+{extra}"""
     )
     return path
 
 
 @contextmanager
-def facade(tmp: Path, primary: Upstream, candidate: Upstream | None, *, shadow: str, sandbox: bool = False) -> Iterator[tuple[httpx.Client, str]]:
+def facade(tmp: Path, primary: Upstream, candidate: Upstream | None, *, shadow: str, sandbox: bool = False, extra: str = "") -> Iterator[tuple[httpx.Client, str]]:
     from facade.app import create_app
 
     with ExitStack() as stack:
         primary_url = stack.enter_context(serve(primary.app()))
         candidate_url = stack.enter_context(serve(candidate.app())) if candidate else f"http://127.0.0.1:{free_port()}"
-        config = routing(tmp, primary_url, candidate_url, shadow=shadow, sandbox=sandbox)
+        config = routing(tmp, primary_url, candidate_url, shadow=shadow, sandbox=sandbox, extra=extra)
         url = stack.enter_context(serve(create_app(config)))
         client = stack.enter_context(httpx.Client(base_url=url, timeout=10))
         yield client, url
@@ -242,6 +242,44 @@ def test_queue_full_drops_are_counted_and_stored(tmp_path: Path) -> None:
         store.close()
 
 
+def test_a_worker_over_its_cpu_budget_sheds_shadows_and_counts_them(tmp_path: Path) -> None:
+    # 2% of a core is 20 ms of CPU a second, far less than a burst of 100 mirrored comparisons
+    # needs: the worker goes over its budget and says so; while it is over, the façade drops
+    # sampled requests itself, counts them as `cpu_budget` and the store keeps the count.
+    primary, candidate = Upstream(), Upstream(candidate=True)
+    shadow = "{to: catalog, sample: 100, noise_sample: 0, queue: 1000, timeout: 5s}"
+    with facade(tmp_path, primary, candidate, shadow=shadow, extra="shadow_worker: {cpu: 2}\n") as (client, _):
+        for _ in range(100):
+            assert client.get("/api/products/1").status_code == 200
+        worker = wait_for(lambda: (w := client.get("/_strangler/shadow").json()["worker"])["over_budget"] and w,
+                          timeout=30, what="the worker over its CPU budget")
+        assert worker["cpu_budget"] == 2
+        for _ in range(50):
+            assert client.get("/api/products/1").status_code == 200
+        live = wait_for(lambda: (c := counters(client))["sent"] > 0 and c, timeout=30, what="mirrored shadows")
+        assert live["sampled"] == 150
+        assert live["dropped"]["cpu_budget"] >= 40, live
+    store = ShadowStore(f"sqlite:///{tmp_path}/shadow.db")
+    assert _dropped(store, "cpu_budget") == live["dropped"]["cpu_budget"]
+    store.close()
+
+
+def test_the_cpu_budget_is_a_token_bucket_over_process_time() -> None:
+    from facade.shadow_worker import CpuBudget
+
+    now, used = [0.0], [0.0]
+    budget = CpuBudget(10, burst=1.0, clock=lambda: now[0], cpu=lambda: used[0])
+    assert budget.within() and budget.balance == pytest.approx(0.1)  # starts with a full burst
+    used[0] = 0.15  # spent more than the burst without time passing
+    assert not budget.within()
+    now[0] = 0.4  # 0.4 s earns 0.04 CPU-s: -0.05 + 0.04 is still short
+    assert not budget.within()
+    now[0] = 1.0  # another 0.06 earned: back to +0.05
+    assert budget.within() and budget.balance == pytest.approx(0.05)
+    now[0] = 100.0  # a long idle spell saves no more than one burst
+    assert budget.within() and budget.balance == pytest.approx(0.1)
+
+
 def test_mirrored_requests_in_flight_stay_within_the_cap(tmp_path: Path) -> None:
     primary, candidate = Upstream(), Upstream(candidate=True, delay=0.5)
     shadow = "{to: catalog, sample: 100, noise_sample: 0, queue: 100, inflight: 3, timeout: 5s}"
@@ -253,9 +291,9 @@ def test_mirrored_requests_in_flight_stay_within_the_cap(tmp_path: Path) -> None
     assert candidate.peak == 3, f"{candidate.peak} mirrored requests at once; the cap is 3"
 
 
-def _dropped(store: ShadowStore) -> int:
+def _dropped(store: ShadowStore, reason: str | None = None) -> int:
     try:
-        return sum(d["count"] for d in store.load().drops)
+        return sum(d["count"] for d in store.load().drops if reason is None or d["reason"] == reason)
     except Exception:  # noqa: BLE001 - the tables appear with the first write
         return 0
 
