@@ -2,17 +2,22 @@
 
 Pure: two `Reply` values and `CompareRules` in, a `Comparison` out. JSON bodies are compared as a
 typed tree and every difference is flattened to a path (`$.results[3].price`) with a kind; other
-content types are compared as text. Equal subtrees are skipped by one C-level equality test plus a
+content types are compared as text. Equal subtrees are skipped by C-level equality tests plus a
 serialisation of everything `==` called equal (so `true` never equals `1`), which keeps large,
-mostly equal bodies fast.
+mostly equal bodies fast. A probe of a few objects' key order picks that serialisation: unsorted
+when both sides list keys alike, sorted (or as it is, for a side that sorts its keys) otherwise;
+the probe only ever costs time, the bytes decide.
 """
 
 from __future__ import annotations
 
 import difflib
 import enum
+import functools
+import gc
 import itertools
 import math
+import operator
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -241,6 +246,8 @@ def field_of(path: str) -> str:
 
 
 def _key_segment(key: str) -> str:
+    if key.isascii() and key.isalnum():
+        return "." + key
     return "." + key if _PLAIN_KEY.match(key) else "[" + orjson.dumps(key).decode() + "]"
 
 
@@ -249,6 +256,8 @@ def _sample(value: Any) -> str | None:
         return None
     if isinstance(value, str):
         text = value
+    elif type(value) is int:
+        text = str(value)  # what orjson writes, for less
     else:
         # A sample shows the first SAMPLE_CHARS characters: a large array or object is cut to
         # its first members before it is serialised, not after.
@@ -274,11 +283,71 @@ class _Absent:
 
 
 _ABSENT: Any = _Absent()
-_CANON_OPTS = orjson.OPT_SORT_KEYS
+_dumps = orjson.dumps
+_canon: Callable[[Any], bytes] = functools.partial(orjson.dumps, option=orjson.OPT_SORT_KEYS)
+_PROBE_MIN = 16  # members above which a container's key order is probed before it is serialised
+_PROBE_NODES = 12  # containers one probe looks at
 
 
-def _canon(value: Any) -> bytes:
-    return orjson.dumps(value, option=_CANON_OPTS)
+def _key_orders(a: Any, b: Any) -> tuple[bool, bool, bool]:
+    """A guess, from a few objects near the top and along the first and last array members: do both
+    sides list keys in the same order, does `a` list them sorted, does `b`?
+
+    The guess only picks the serialisation that proves two values the same; a wrong guess costs
+    time, never a wrong answer.
+    """
+    agree = sorted_a = sorted_b = True
+    todo = [(a, b)]
+    for _ in range(_PROBE_NODES):
+        if not todo:
+            break
+        x, y = todo.pop()
+        kind = type(x)
+        if kind is not type(y):
+            continue
+        if kind is dict:
+            kx, ky = list(x), list(y)
+            agree = agree and kx == ky
+            sorted_a = sorted_a and kx == sorted(kx)
+            sorted_b = sorted_b and ky == sorted(ky)
+            if not (agree or sorted_a or sorted_b):
+                break
+            todo.extend((v, y[k]) for k, v in x.items() if (type(v) is dict or type(v) is list) and k in y)
+        elif kind is list and x and y:
+            todo.append((x[-1], y[-1]))
+            todo.append((x[0], y[0]))
+    return agree, sorted_a, sorted_b
+
+
+def _canon_equal(a: Any, b: Any, sorted_a: bool, sorted_b: bool) -> bool:
+    """Whether the sorted-key serialisations of `a` and `b` are equal. A side that lists its keys
+    sorted already is serialised as it is, which is cheaper: equal bytes prove the same JSON whichever
+    option made them, and unequal ones are made again sorted."""
+    ba = _dumps(a) if sorted_a else _canon(a)
+    bb = _dumps(b) if sorted_b else _canon(b)
+    if ba == bb:
+        return True
+    if not (sorted_a or sorted_b) or len(ba) != len(bb):
+        return False  # the order of keys never changes the length
+    return (_canon(a) if sorted_a else ba) == (_canon(b) if sorted_b else bb)
+
+
+def _serialise_same(a: Any, b: Any) -> bool:
+    """Whether `a` and `b` serialise to the same bytes, unsorted or else sorted. Sorting keys never
+    changes the length, so unequal lengths unsorted settle it without sorting."""
+    ba, bb = _dumps(a), _dumps(b)
+    return ba == bb or (len(ba) == len(bb) and _canon(a) == _canon(b))
+
+
+def _identical(a: Any, b: Any) -> bool:
+    """Whether containers `a` and `b`, equal by `==`, are the same JSON types included: `==` says
+    `True == 1`, their serialisations tell them apart. Unsorted serialisation is cheaper but depends
+    on key order, so large containers whose keys are not in the same order go straight to sorted."""
+    if len(a) > _PROBE_MIN:
+        agree, sorted_a, sorted_b = _key_orders(a, b)
+        if not agree:
+            return _canon_equal(a, b, sorted_a, sorted_b)
+    return _serialise_same(a, b)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -287,16 +356,70 @@ def _same(a: Any, b: Any) -> bool:
     kind = type(a)
     if kind is not type(b):
         return False
-    if kind is str or kind is int or kind is float or kind is bool or a is None:
-        return bool(a == b)
-    # `==` alone says True == 1 inside containers; the serialised form separates them. Unsorted
-    # first: both sides usually list keys in the same order, and it is cheaper.
-    return a == b and (orjson.dumps(a) == orjson.dumps(b) or _canon(a) == _canon(b))
+    if kind is dict or kind is list:
+        return a == b and _identical(a, b)
+    return bool(a == b)
 
 
-def _all_same(xs: list[Any], ys: list[Any]) -> bool:
-    """`_same` for pairs already equal by `==`, proven for all of them with one serialisation."""
-    return orjson.dumps(xs) == orjson.dumps(ys) or _canon(xs) == _canon(ys)
+def _same_document(a: Any, b: Any) -> bool:
+    """`_same` for two whole bodies, choosing the proof by a probe of their key order."""
+    kind = type(a)
+    if kind is not type(b) or (kind is not dict and kind is not list):
+        return _same(a, b)
+    agree, sorted_a, sorted_b = _key_orders(a, b)
+    if agree:
+        # `==` fails fast on a difference; equal bodies then serialise to the same bytes unsorted.
+        return a == b and _serialise_same(a, b)
+    # Keys in another order (one side sorts them, say): the sorted serialisations decide alone, as
+    # `==` first would cost as much again on equal bodies, the common case.
+    return _canon_equal(a, b, sorted_a, sorted_b)
+
+
+def _unlike(a: list[Any], b: list[Any]) -> tuple[list[int], dict[int, tuple[bytes, bytes]]]:
+    """The positions where equal-length arrays hold values that are not `_same`, ascending, and the
+    sorted serialisations of the containers among them."""
+    n = len(a)
+    if not n:
+        return [], {}
+    canon: dict[int, tuple[bytes, bytes]] = {}
+    first = a[0]
+    if type(first) is dict or type(first) is list:
+        # One serialisation per member and side: equal bytes prove a pair the same. Unequal bytes
+        # may still be the same JSON with keys in another order, so they are settled one by one.
+        agree, sorted_a, sorted_b = _key_orders(a, b)
+        enc_a = _dumps if agree or sorted_a else _canon
+        enc_b = _dumps if agree or sorted_b else _canon
+        pairs = []
+        for i in itertools.compress(range(n), map(operator.ne, map(enc_a, a), map(enc_b, b))):
+            x, y = a[i], b[i]
+            kind = type(x)
+            if kind is not type(y):
+                pairs.append(i)
+            elif kind is dict or kind is list:
+                cx, cy = _canon(x), _canon(y)
+                if cx != cy:
+                    canon[i] = (cx, cy)
+                    pairs.append(i)
+            elif x != y:
+                pairs.append(i)
+        return pairs, canon
+    # Scalars: `!=` finds the values that differ; the positions it calls equal are proven equal
+    # types included by one serialisation of all of them (the others blanked), and only when that
+    # fails (a boolean for a number, `1` for `1.0`) position by position.
+    differing = list(itertools.compress(range(n), map(operator.ne, a, b)))
+    if len(differing) < n:
+        xs, ys = a, b
+        if differing:
+            xs, ys = list(a), list(b)
+            for i in differing:
+                xs[i] = ys[i] = None
+        if not _identical(xs, ys):
+            known = set(differing)
+            differing = [i for i in range(n) if i in known or not _same(a[i], b[i])]
+    return differing, canon
+
+
+_JSON_TYPES: dict[type, str] = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object"}
 
 
 def _json_type(value: Any) -> str:
@@ -314,19 +437,30 @@ def _json_type(value: Any) -> str:
 
 
 class _Differ:
-    __slots__ = ("rules", "out", "limit")
+    __slots__ = ("rules", "out", "limit", "_ignore", "_segments", "_normalised")
 
     def __init__(self, rules: _Compiled, limit: int) -> None:
         self.rules = rules
         self.out: list[Difference] = []
         self.limit = limit
+        self._ignore = rules.ignore
+        self._segments: dict[str, str] = {}
+        # Normalised texts, when no normaliser depends on the path: values such as timestamps
+        # repeat in every element of a large array.
+        self._normalised: dict[str, str] | None = {} if all(where is None for _, _, where in rules.normalize) else None
 
     def add(self, path: str, kind: DiffKind, a: Any, b: Any) -> None:
         if len(self.out) < self.limit:
             self.out.append(Difference(path, kind, _sample(a), _sample(b)))
 
     def ignored(self, path: str) -> bool:
-        return any(p.matches(path) for p in self.rules.ignore)
+        return any(p.matches(path) for p in self._ignore)
+
+    def segment(self, key: str) -> str:
+        seg = self._segments.get(key)
+        if seg is None:
+            seg = self._segments[key] = _key_segment(key)
+        return seg
 
     def tolerance(self, path: str) -> float:
         for pattern, value in self.rules.tolerances:
@@ -335,15 +469,25 @@ class _Differ:
         return self.rules.tolerance
 
     def normalise(self, path: str, text: str) -> str:
+        cache = self._normalised
+        if cache is not None:
+            done = cache.get(text)
+            if done is None:
+                done = cache[text] = self._normalise(path, text)
+            return done
+        return self._normalise(path, text)
+
+    def _normalise(self, path: str, text: str) -> str:
         for regex, replacement, where in self.rules.normalize:
             if where is None or where.matches(path):
                 text = regex.sub(replacement, text)
         return text
 
     def walk(self, path: str, a: Any, b: Any) -> None:
-        if len(self.out) >= self.limit or self.ignored(path):
+        if len(self.out) >= self.limit or (self._ignore and self.ignored(path)):
             return
-        ta, tb = _json_type(a), _json_type(b)
+        ta = _JSON_TYPES.get(type(a)) or _json_type(a)
+        tb = _JSON_TYPES.get(type(b)) or _json_type(b)
         if ta != tb:
             if ta == "string" or tb == "string":
                 # A normaliser may map both sides onto the same text (e.g. a number to a mask).
@@ -357,7 +501,7 @@ class _Differ:
         elif ta == "array":
             self.walk_array(path, a, b)
         elif ta == "number":
-            if a != b and abs(a - b) > self.tolerance(path):
+            if a != b and abs(a - b) > (self.tolerance(path) if self.rules.tolerances else self.rules.tolerance):
                 self.add(path, DiffKind.VALUE, a, b)
         elif ta == "string":
             if a != b and (not self.rules.normalize or self.normalise(path, a) != self.normalise(path, b)):
@@ -366,21 +510,49 @@ class _Differ:
             self.add(path, DiffKind.VALUE, a, b)
 
     def walk_object(self, path: str, a: dict[str, Any], b: dict[str, Any]) -> None:
-        for key, va in a.items():
-            if len(self.out) >= self.limit:
+        out, limit = self.out, self.limit
+        keys = list(a)
+        if keys == list(b):
+            # The same keys in the same order, the usual case: one C-level pass finds the members
+            # that differ by `!=`, one serialisation of the others (those blanked) proves them the
+            # same types included. If it does not, the member-by-member loop below decides.
+            va, vb = list(a.values()), list(b.values())
+            differing = list(itertools.compress(range(len(keys)), map(operator.ne, va, vb)))
+            proven = True
+            if len(differing) < len(keys):
+                xs, ys = va.copy(), vb.copy()
+                for i in differing:
+                    xs[i] = ys[i] = None
+                proven = _serialise_same(xs, ys)
+            if proven:
+                for i in differing:
+                    if len(out) >= limit:
+                        return
+                    self.walk(path + self.segment(keys[i]), va[i], vb[i])
                 return
-            vb = b.get(key, _ABSENT)
+        ignore, get = self._ignore, b.get
+        missing = 0
+        for key, va in a.items():
+            if len(out) >= limit:
+                return
+            vb = get(key, _ABSENT)
             if vb is _ABSENT:
-                sub = path + _key_segment(key)
-                if not self.ignored(sub):
+                missing += 1
+                sub = path + self.segment(key)
+                if not (ignore and self.ignored(sub)):
                     self.add(sub, DiffKind.MISSING, va, _ABSENT)
-            elif not _same(va, vb):
-                self.walk(path + _key_segment(key), va, vb)
-        for key, vb in b.items():
-            if key not in a:
-                sub = path + _key_segment(key)
-                if not self.ignored(sub):
-                    self.add(sub, DiffKind.EXTRA, _ABSENT, vb)
+                continue
+            kind = type(va)
+            # `_same` inlined: this loop runs for every member of every object that differs.
+            if kind is type(vb) and va == vb and ((kind is not dict and kind is not list) or _identical(va, vb)):
+                continue
+            self.walk(path + self.segment(key), va, vb)
+        if len(b) > len(a) - missing:  # `b` has keys that `a` lacks
+            for key, vb in b.items():
+                if key not in a:
+                    sub = path + self.segment(key)
+                    if not (ignore and self.ignored(sub)):
+                        self.add(sub, DiffKind.EXTRA, _ABSENT, vb)
 
     def walk_array(self, path: str, a: list[Any], b: list[Any]) -> None:
         for pattern, key in self.rules.array_keys:
@@ -388,18 +560,12 @@ class _Differ:
                 return
         unordered = any(p.matches(path) for p in self.rules.unordered)
         if len(a) == len(b) and not unordered:
-            # `==` per position finds the values that differ; the positions it calls equal are
-            # proven equal types included by one serialisation of all of them, and only when that
-            # fails (a boolean for a number, keys in another order) position by position.
-            pairs = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
-            if len(pairs) < len(a):
-                differing = set(pairs)
-                equal = [i for i in range(len(a)) if i not in differing]
-                if not _all_same([a[i] for i in equal], [b[i] for i in equal]):
-                    pairs = sorted(differing | {i for i in equal if not _same(a[i], b[i])})
+            pairs, canon = _unlike(a, b)
             if not pairs:
                 return
-            canon = {i: (_canon(a[i]), _canon(b[i])) for i in pairs}
+            for i in pairs:
+                if i not in canon:
+                    canon[i] = (_canon(a[i]), _canon(b[i]))
             if Counter(ca for ca, _ in canon.values()) == Counter(cb for _, cb in canon.values()):
                 self.add(path, DiffKind.ARRAY_ORDER, a, b)
                 return
@@ -418,40 +584,56 @@ class _Differ:
                 self.walk(f"{path}[*]", x, y)
             return
         self.add(path, DiffKind.ARRAY_LENGTH, len(a), len(b))
-        for i, (x, y) in enumerate(zip(a, b)):
-            if not _same(x, y):
-                self.walk(f"{path}[{i}]", x, y)
+        common_length = min(len(a), len(b))
+        for i in _unlike(a[:common_length], b[:common_length])[0]:
+            self.walk(f"{path}[{i}]", a[i], b[i])
 
     def walk_keyed(self, path: str, key: str, a: list[Any], b: list[Any]) -> bool:
-        ka = _index_by(a, key)
-        kb = _index_by(b, key)
-        if ka is None or kb is None:
+        names_a = _key_values(a, key)
+        names_b = _key_values(b, key)
+        if names_a is None or names_b is None:
             return False  # not every element carries the key: fall back to positions
+        # An element is named by its key's text: a string as it is, anything else as JSON (`7`,
+        # `true`). Integer keys on both sides name themselves: their text matches the same way.
+        numbered = _all_ints(names_a) and _all_ints(names_b)
+        if not numbered:
+            names_a, names_b = _key_names(names_a), _key_names(names_b)
+        ka, kb = dict(zip(names_a, a)), dict(zip(names_b, b))
+        out, limit, ignore = self.out, self.limit, self._ignore
         equal = []
+        missing = 0
         for k, x in ka.items():
+            if len(out) >= limit:
+                return True  # nothing more can be recorded, here or anywhere else
             y = kb.get(k, _ABSENT)
             if y is _ABSENT:
+                missing += 1
                 sub = f"{path}[{key}={k}]"
-                if not self.ignored(sub):
+                if not (ignore and self.ignored(sub)):
                     self.add(sub, DiffKind.MISSING, x, _ABSENT)
             elif x == y:
                 equal.append(k)
-            elif len(self.out) < self.limit:
+            elif ignore:
                 self.walk(f"{path}[{key}={k}]", x, y)
-        if equal and not _all_same([ka[k] for k in equal], [kb[k] for k in equal]):
+            else:
+                self.walk_object(f"{path}[{key}={k}]", x, y)  # what `walk` would do: both are objects
+        if equal and not _identical([ka[k] for k in equal], [kb[k] for k in equal]):
             for k in equal:
-                if len(self.out) >= self.limit:
+                if len(out) >= limit:
                     break
                 if not _same(ka[k], kb[k]):
                     self.walk(f"{path}[{key}={k}]", ka[k], kb[k])
-        for k, y in kb.items():
-            if k not in ka:
-                sub = f"{path}[{key}={k}]"
-                if not self.ignored(sub):
-                    self.add(sub, DiffKind.EXTRA, _ABSENT, y)
+        if len(kb) > len(ka) - missing:  # `b` has elements that `a` lacks
+            for k, y in kb.items():
+                if k not in ka:
+                    sub = f"{path}[{key}={k}]"
+                    if not (ignore and self.ignored(sub)):
+                        self.add(sub, DiffKind.EXTRA, _ABSENT, y)
         order_a = [k for k in ka if k in kb]
         order_b = [k for k in kb if k in ka]
         if order_a != order_b and not any(p.matches(path) for p in self.rules.unordered):
+            if numbered:
+                order_a, order_b = list(map(str, order_a)), list(map(str, order_b))
             self.add(path, DiffKind.ARRAY_ORDER, order_a, order_b)
         return True
 
@@ -467,14 +649,21 @@ def _leftovers(items: list[Any], canon: list[bytes], common: Counter[bytes]) -> 
     return out
 
 
-def _index_by(items: list[Any], key: str) -> dict[str, Any] | None:
-    index: dict[str, Any] = {}
-    for item in items:
-        if not isinstance(item, dict) or key not in item:
-            return None
-        value = item[key]
-        index[value if isinstance(value, str) else orjson.dumps(value).decode()] = item
-    return index
+def _key_values(items: list[Any], key: str) -> list[Any] | None:
+    try:
+        return list(map(operator.itemgetter(key), items))
+    except (KeyError, TypeError):
+        return None  # an element is not an object, or lacks the key
+
+
+def _all_ints(values: list[Any]) -> bool:
+    return set(map(type, values)) <= {int}
+
+
+def _key_names(values: list[Any]) -> list[Any]:
+    if set(map(type, values)) <= {str}:
+        return values
+    return [v if type(v) is str else orjson.dumps(v).decode() for v in values]
 
 
 def _is_json(reply: Reply) -> bool:
@@ -526,7 +715,17 @@ def compare_all(primary: Reply, others: Sequence[Reply], rules: CompareRules | N
             parsed.append(_parse(primary) if _is_json(primary) else _ABSENT)
         return parsed[0]
 
-    return [_compare_one(primary, primary_doc, other, compiled, limit) for other in others]
+    # Parsing a large body allocates tens of thousands of containers, and the collections they
+    # trigger would traverse them for nothing: parsed JSON holds no cycles. Paused, not turned off:
+    # the collector runs again as before once the comparison is done.
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        return [_compare_one(primary, primary_doc, other, compiled, limit) for other in others]
+    finally:
+        if paused:
+            gc.enable()
 
 
 def _compare_one(primary: Reply, primary_doc: Callable[[], Any], candidate: Reply, compiled: _Compiled, limit: int) -> Comparison:
@@ -553,7 +752,7 @@ def _compare_one(primary: Reply, primary_doc: Callable[[], Any], candidate: Repl
     a = primary_doc() if ja else _ABSENT
     b = _parse(candidate) if jb else _ABSENT
     if a is not _ABSENT and b is not _ABSENT:
-        if not _same(a, b):
+        if not _same_document(a, b):
             differ.walk("$", a, b)
     elif ja != jb and (a is not _ABSENT or b is not _ABSENT):
         differ.add("$", DiffKind.TYPE, primary.content_type or "none", candidate.content_type or "none")
