@@ -470,6 +470,9 @@ class ShadowEngine:
                 rs.counters.dropped_cpu_budget += count
         self._drops[(route_id, reason)] += count
 
+    def refuse(self, route_id: str) -> bool:
+        return False  # a full queue is seen at `submit`
+
     def pause(self) -> None:
         """Start no new shadow until `resume` (jobs wait in their queues; in-flight ones finish)."""
         self._open.clear()
@@ -579,6 +582,11 @@ class ShadowSink(Protocol):
     def submit(self, info: RouteInfo, raw: RawJob) -> None: ...
 
     def drop(self, route_id: str, reason: str) -> None: ...
+
+    def refuse(self, route_id: str) -> bool:
+        """Whether a request just sampled for `route_id` is dropped at once (counted by the sink),
+        before anything of it is captured."""
+        ...
 
     def counters(self) -> dict[str, dict[str, Any]]: ...
 
@@ -714,6 +722,13 @@ class ShadowAddon:
         noise = False
         if shadow:
             counters.sampled += 1
+            if self.sink.refuse(route.id):
+                # The worker is over its CPU budget or this route's queue is filling: drop now,
+                # so the request costs no capture at all.
+                shadow = False
+                if not record:
+                    return
+        if shadow:
             noise = method in SAFE_METHODS and config.noise_sample > 0 and (
                 config.noise_sample >= 100 or sample_bucket(flow.request_id, "noise:" + route.id) < config.noise_sample * 100
             )

@@ -39,7 +39,7 @@ REPORT_INTERVAL = 0.1
 PRESSURE_INTERVAL = 0.02  # how often the worker checks its budget and queues
 DRAIN_TIMEOUT = 5.0
 NICENESS = 19
-BUDGET_BURST = 1.0  # seconds of budget the worker may spend at once after being idle
+BUDGET_BURST = 3.0  # seconds' worth of budget the worker may spend at once after being idle
 
 
 class CpuBudget:
@@ -160,6 +160,15 @@ class ProcessSink:
         self._send_pending_drops()
         if not self._write(("job", key[1], raw)):
             self._local_drops[(route_id, "queue_full")] += 1
+
+    def refuse(self, route_id: str) -> bool:
+        if self.paused:
+            self._drop_here(route_id, "cpu_budget")
+            return True
+        if route_id in self._full:
+            self._drop_here(route_id, "queue_full")
+            return True
+        return False
 
     def _drop_here(self, route_id: str, reason: str) -> None:
         # Counted here; the worker only stores it (sent with the next frames).
