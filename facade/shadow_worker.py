@@ -85,8 +85,9 @@ class ProcessSink:
 
     The pipe's write backlog is bounded (`max_backlog` bytes): beyond it a job is dropped and
     counted as `queue_full`, as a full route queue in the worker would be, and so is a job for a
-    route whose queue the worker reports half full. While the worker says it is over its CPU budget (`cpu_budget`, percent of one core; None: no budget), jobs are
-    dropped here, before any copy, and counted as `cpu_budget`.
+    route whose queue the worker reports half full. While the worker says it is over its CPU
+    budget (`cpu_budget`, percent of one core; None: no budget), jobs are dropped here, before
+    any copy, and counted as `cpu_budget`.
     """
 
     def __init__(self, *, store_config: ShadowStoreConfig, response_cap: int, cpu_budget: float | None = None,
@@ -146,10 +147,9 @@ class ProcessSink:
 
     def submit(self, info: RouteInfo, raw: RawJob) -> None:
         route_id = info.route_id
-        if self.paused:
-            self._drop_here(route_id, "cpu_budget")
+        if self.refuse(route_id):  # the worker's state may have changed since the request began
             return
-        if self._broken or route_id in self._full or self._backlog() > self.max_backlog:
+        if self._broken or self._backlog() > self.max_backlog:
             self._drop_here(route_id, "queue_full")
             return
         key = self._keys.get(id(info))
@@ -242,7 +242,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         return
     engine = ShadowEngine(store_config=ShadowStoreConfig.model_validate(init[1]), response_cap=init[2])
     await engine.start()
-    budget = CpuBudget(init[3]) if len(init) > 3 and init[3] is not None else None
+    budget = CpuBudget(init[3]) if init[3] is not None else None
     over = draining = False
     full: frozenset[str] = frozenset()
     routes: dict[int, RouteInfo] = {}
