@@ -51,6 +51,7 @@ class Upstream:
     inflight: int = 0
     retired: bool = False
     handle: Any = None
+    host_header: bool = True  # H1Client writes the upstream's Host; False: the headers carry one
 
 
 class UpstreamResponse(Protocol):
@@ -433,7 +434,7 @@ class _Pool:
         self.port = url.port or (443 if url.scheme == "https" else 80)
         self.ssl = ssl.create_default_context() if url.scheme == "https" else None
         netloc = config.url.split("://", 1)[1].split("/", 1)[0]
-        self.host_line = b"host: " + netloc.encode("idna" if not netloc.isascii() else "ascii") + b"\r\n"
+        self.host_line = b"host: " + netloc.encode("idna" if not netloc.isascii() else "ascii") + b"\r\n" if upstream.host_header else b""
         self.limit = config.pool
         self.connect_timeout = config.connect_timeout
         self.read_timeout = config.timeout

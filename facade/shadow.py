@@ -17,12 +17,10 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import aiohttp
-import yarl
-from multidict import CIMultiDict
-
+from facade.client import H1Client, Upstream
 from facade.compare import CompareRules, Comparison, Normalizer, Reply, compare, compare_all
-from facade.config import CompareConfig, RedactConfig, ShadowConfig, ShadowStoreConfig, ShadowWorkerConfig
+from facade.config import CompareConfig, RedactConfig, ShadowConfig, ShadowStoreConfig, ShadowWorkerConfig, UpstreamConfig
+from facade.errors import UpstreamError, UpstreamTimeout
 from facade.exceptions import FacadeError
 from facade.noise import NoiseModel, NoiseThresholds
 from facade.recorder import RECORD_BODY_CAP, TrafficRecorder, redacted_exchange
@@ -31,7 +29,7 @@ from facade.routing import canonical_path
 from facade.shadow_store import ComparisonRecord, DiffRecord, DropRecord, SampleRecord, ShadowStore, StoreWriter
 
 __all__ = [
-    "AiohttpShadowClient",
+    "H1ShadowClient",
     "RouteRules",
     "ShadowAddon",
     "ShadowClient",
@@ -192,47 +190,60 @@ class ShadowClient(Protocol):
     async def close(self) -> None: ...
 
 
-class AiohttpShadowClient:
-    """`ShadowClient` over its own aiohttp session: shadow traffic never shares the primary's pool."""
+class H1ShadowClient:
+    """`ShadowClient` over the façade's own HTTP/1.1 client (`facade.client.H1Client`).
+
+    Its pools are its own, one per scheme and host, so shadow traffic never shares the primary's
+    connections. The request keeps the client's Host (the mirrored headers carry it), the
+    response is read up to `cap` bytes (a truncated connection is closed, not reused), and the
+    whole exchange is bounded by `timeout`. Per request it costs well under half of aiohttp's
+    client, which is most of what a shadow worker spends.
+    """
 
     def __init__(self, *, limit: int = 200) -> None:
         self._limit = limit
-        self._session: aiohttp.ClientSession | None = None
+        self._client = H1Client()
+        self._upstreams: dict[tuple[str, float], Upstream] = {}
 
-    def _get(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._limit),
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
-            )
-        return self._session
+    def _upstream(self, base: str, timeout: float) -> Upstream:
+        upstream = self._upstreams.get((base, timeout))
+        if upstream is None:
+            config = UpstreamConfig(name=base, url=base, connect_timeout=min(timeout, 5.0), timeout=timeout, pool=self._limit)
+            upstream = self._upstreams[(base, timeout)] = Upstream(base, config, host_header=False)
+        return upstream
 
     async def send(self, method: str, url: str, headers: Sequence[tuple[str, str]], body: bytes, *, timeout: float, cap: int) -> Reply:
+        scheme, _, rest = url.partition("://")
+        netloc, slash, path = rest.partition("/")
+        target = (slash + path or "/").encode("latin-1")
+        pairs = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        if not any(k == b"host" for k, _ in pairs):
+            pairs.insert(0, (b"host", netloc.encode("idna")))
         try:
             async with asyncio.timeout(timeout):
-                async with self._get().request(
-                    method, yarl.URL(url, encoded=True), headers=CIMultiDict(headers), data=body or None, allow_redirects=False
-                ) as response:
-                    chunks: list[bytes] = []
-                    size = 0
-                    truncated = False
-                    async for chunk in response.content.iter_chunked(64 * 1024):
+                response = await self._client.request(self._upstream(f"{scheme}://{netloc}", timeout), method, target, pairs, body or None)
+                chunks: list[bytes] = []
+                size = 0
+                truncated = False
+                try:
+                    while chunk := await response.read():
                         if size + len(chunk) > cap:
                             chunks.append(chunk[: cap - size])
                             truncated = True
                             break
                         chunks.append(chunk)
                         size += len(chunk)
-                    headers_out = {k.lower(): v for k, v in response.headers.items()}
-                    return Reply(response.status, headers_out, b"".join(chunks), truncated)
-        except aiohttp.ClientError as exc:
-            raise ShadowSendError(f"{method} {url}: {exc.__class__.__name__}: {exc}") from exc
+                finally:
+                    response.close(reuse=not truncated)
+        except UpstreamTimeout as exc:
+            raise TimeoutError(str(exc)) from exc
+        except UpstreamError as exc:
+            raise ShadowSendError(f"{method} {url}: {exc}") from exc
+        head = _header_map([(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in response.headers])
+        return Reply(response.status, head, b"".join(chunks), truncated)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._client.aclose()
 
 
 class ShadowSendError(FacadeError):
@@ -407,7 +418,7 @@ class ShadowEngine:
     ) -> None:
         self.store_config = store_config or ShadowStoreConfig()
         self.store = store
-        self.client: ShadowClient = client or AiohttpShadowClient()
+        self.client: ShadowClient = client or H1ShadowClient()
         self.response_cap = response_cap
         self.writer: StoreWriter | None = None
         self.routes: dict[str, _RouteShadow] = {}

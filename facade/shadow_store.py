@@ -323,6 +323,17 @@ def _safe(url: str) -> str:
         return "<invalid url>"
 
 
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL: a report can read while the writer writes, and a commit appends to the log instead of
+    # rewriting pages under a rollback journal. synchronous=NORMAL: a commit does not wait for
+    # fsync (the database stays consistent; a power cut can lose the last batches, which are
+    # statistics, not data). Together they make a batch commit several times cheaper.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
 def _engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
@@ -331,7 +342,10 @@ def _engine(url: str) -> Engine:
     if parsed.drivername.startswith("sqlite"):
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        return sa.create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = sa.create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30})
+        if parsed.database and parsed.database != ":memory:":
+            sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg2")
     try:
