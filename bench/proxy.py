@@ -25,6 +25,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -334,33 +335,52 @@ def measure_shadow(run: Run, base_url: str, candidate_url: str) -> None:
             except BenchError as exc:
                 run.notes.append(f"{name} skipped: the façade did not start: {exc}")
                 return
+        before = shadow_numbers(started[1][0])
+        t0 = time.monotonic()
         if run.settings.profile:
             for name, (url, child) in zip(names, started):
                 run.measure(CHEAP, name, url, pid=child.process.pid)
         else:
             run.measure_interleaved(CHEAP, [(name, url) for name, (url, _) in zip(names, started)])
-        run.notes.append(shadow_summary(started[1][0]))
+        run.notes.append(shadow_summary(started[1][0], before, time.monotonic() - t0))
     finally:
         for _, child in started:
             run.processes.stop(child)
 
 
-def shadow_summary(url: str) -> str:
-    """What the shadowing façade's worker made of the load, from its admin API."""
+def shadow_numbers(url: str) -> dict[str, Any] | str:
+    """The shadowing façade's `/_strangler/shadow` (route and worker), or why it could not be read."""
     import httpx
 
     admin = url.removesuffix(PATH) + "/_strangler/shadow"
     try:
-        numbers = httpx.get(admin, timeout=5).json()["routes"]["catalog-read"]
+        body = httpx.get(admin, timeout=5).json()
+        return {"route": body["routes"]["catalog-read"], "worker": body.get("worker") or {}}
     except (httpx.HTTPError, KeyError, ValueError) as exc:
         return f"shadow: could not read {admin}: {exc}"
-    dropped = numbers["dropped"]
-    return (
+
+
+def shadow_summary(url: str, before: dict[str, Any] | str, elapsed: float) -> str:
+    """What the shadowing façade's worker made of the load, and the CPU it used for it."""
+    after = shadow_numbers(url)
+    if isinstance(after, str):
+        return after
+    numbers, dropped = after["route"], after["route"]["dropped"]
+    text = (
         f"shadow worker: sampled {numbers['sampled']:,}, mirrored {numbers['sent']:,}, compared "
         f"{numbers['compared']:,}, dropped {dropped['queue_full']:,} (queue full) and {dropped.get('cpu_budget', 0):,} "
         f"(over the worker's CPU budget), failed {numbers['failed']:,}, "
         f"timed out {numbers['timed_out']:,}"
     )
+    if isinstance(before, dict) and "cpu_seconds" in after["worker"]:
+        cpu = after["worker"]["cpu_seconds"] - before["worker"].get("cpu_seconds", 0.0)
+        jobs = numbers["sent"] - before["route"]["sent"]
+        text += (
+            # The worker also works through its queue while the other façade is measured.
+            f"; worker CPU {cpu:.2f} s in the {elapsed:.0f} s measured ({100 * cpu / elapsed:.1f}% of a core, budget "
+            f"{after['worker'].get('cpu_budget')}%)" + (f", {1e6 * cpu / jobs:.0f} µs per mirrored request" if jobs else "")
+        )
+    return text
 
 
 def start_monolith(run: Run) -> tuple[str, Callable[[], None]]:

@@ -473,10 +473,10 @@ class ShadowWorkerConfig(_Model):
     """The shadow worker process all shadowed routes share (read when the façade starts)."""
 
     cpu: Percent = Field(
-        default=10.0,
-        gt=0,
+        default=5.0,
+        ge=1,
         description=(
-            "Percent of one CPU core the worker may use. Beyond it, sampled requests are dropped and "
+            "Percent of one CPU core the worker may use (at least 1). Beyond it, sampled requests are dropped and "
             "counted as `cpu_budget` until the worker is back within budget, so shadowing never takes "
             "the CPU the primary traffic needs."
         ),

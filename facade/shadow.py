@@ -425,11 +425,12 @@ class ShadowEngine:
         self._drops: collections.Counter[tuple[str, str]] = collections.Counter()
         self._open = asyncio.Event()
         self._open.set()
+        self.on_change: Callable[[], None] | None = None  # called when a job is done or a batch stored
 
     async def start(self) -> None:
         c = self.store_config
         self.store = self.store or ShadowStore(c.url, retention=c.retention, max_rows=c.max_rows)
-        self.writer = StoreWriter(self.store, drops_source=self._take_drops)
+        self.writer = StoreWriter(self.store, drops_source=self._take_drops, on_written=self._changed)
         await self.writer.start()
 
     async def stop(self) -> None:
@@ -480,6 +481,8 @@ class ShadowEngine:
             elif reason == "cpu_budget":
                 rs.counters.dropped_cpu_budget += count
         self._drops[(route_id, reason)] += count
+        if self.writer is not None:
+            self.writer.poke()
 
     def refuse(self, route_id: str) -> bool:
         return False  # a full queue is seen at `submit`
@@ -520,6 +523,11 @@ class ShadowEngine:
                 log.exception("shadow comparison failed on route %s for %s", rs.route_id, job.request_line)
             finally:
                 rs.queue.task_done()
+                self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     async def _shadow(self, rs: _RouteShadow, job: ShadowJob) -> None:
         timeout = rs.config.timeout

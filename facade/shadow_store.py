@@ -358,8 +358,10 @@ class StoreWriter:
     """Batches records and writes them on a worker thread; never blocks the caller.
 
     `submit` appends to a bounded buffer (overflow is counted in `lost`); a task owned by the
-    writer flushes every `interval` seconds or when `batch` records are waiting, and applies
-    retention every `prune_every` seconds. `stop()` flushes what is left.
+    writer flushes `interval` seconds after the first record arrives or as soon as `batch` records
+    are waiting (`poke()` asks the same for drops waiting at `drops_source`), and applies retention
+    every `prune_every` seconds; `on_written` is called after each batch stored. An idle writer
+    sets no timers but that one. `stop()` flushes what is left.
     """
 
     def __init__(
@@ -371,9 +373,11 @@ class StoreWriter:
         capacity: int = 10_000,
         prune_every: float = 300.0,
         drops_source: Callable[[], list[DropRecord]] | None = None,
+        on_written: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self._drops_source = drops_source
+        self._on_written = on_written
         self.batch = batch
         self.interval = interval
         self.prune_every = prune_every
@@ -385,6 +389,7 @@ class StoreWriter:
         self._capacity = capacity
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._last_prune = 0.0
 
@@ -399,6 +404,13 @@ class StoreWriter:
         self._records.append(record)
         if len(self._records) >= self.batch:
             self._wake.set()
+        else:
+            self.poke()
+
+    def poke(self) -> None:
+        """Flush within `interval` (something is waiting); no-op before `start()`."""
+        if self._timer is None and self._task is not None and not self._wake.is_set():
+            self._timer = asyncio.get_running_loop().call_later(self.interval, self._wake.set)
 
     def submit_drops(self, records: Iterable[DropRecord]) -> None:
         self._drops.extend(records)
@@ -416,6 +428,8 @@ class StoreWriter:
             try:
                 await asyncio.to_thread(self.store.write, batch, dropped)
                 self.written += len(batch)
+                if self._on_written is not None:
+                    self._on_written()
             except Exception:  # noqa: BLE001 - a store outage must not stop the façade
                 self.failed += len(batch)
                 log.exception("shadow store write failed; %d comparisons lost", len(batch))
@@ -431,10 +445,13 @@ class StoreWriter:
     async def _run(self) -> None:
         while not self._closing:
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
+                await asyncio.wait_for(self._wake.wait(), timeout=self.prune_every)
             except TimeoutError:
                 pass
             self._wake.clear()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             await self.flush()
 
     async def stop(self) -> None:

@@ -3,8 +3,8 @@
 The façade's hooks hand each sampled request to `ProcessSink`, which writes it as one frame to
 the worker's stdin and returns at once. The worker (`python -m facade.shadow_worker`) runs a
 `ShadowEngine` (bounded per-route queues, in-flight caps, candidate and noise requests,
-comparison, the store writer) and writes its live counters back on stdout a few times a second.
-So shadowing costs the façade a copy and a pickle per request, and its CPU-heavy parts run on
+comparison, the store writer) and writes its live counters back on stdout within 0.1 s of a
+change. So shadowing costs the façade a copy and a pickle per request, and its CPU-heavy parts run on
 another core. Frames are a 4-byte big-endian length and a pickle; both ends are this module.
 
 The worker runs at the lowest CPU priority and keeps to a CPU budget (`shadow_worker.cpu`, a
@@ -36,18 +36,22 @@ log = logging.getLogger("strangler.shadow.worker")
 
 FRAME = struct.Struct("!I")
 REPORT_INTERVAL = 0.1
-PRESSURE_INTERVAL = 0.02  # how often the worker checks its budget and queues
+MIN_RECHECK = 0.005  # shortest wait before an over-budget worker looks at its budget again
 DRAIN_TIMEOUT = 5.0
 NICENESS = 19
-BUDGET_BURST = 3.0  # seconds' worth of budget the worker may spend at once after being idle
+BUDGET_BURST = 0.5  # seconds' worth of budget an idle worker saves: the share holds over any second
 
 
 class CpuBudget:
     """A token bucket over this process's CPU time (all threads): `percent` of one core.
 
-    `within()` is called every tick; it adds the budget earned since the last call, takes away
-    the CPU time used, and says whether the balance is still non-negative. Unused budget is kept
+    `within()` is called as jobs come and go; it adds the budget earned since the last call,
+    takes away the CPU time used, and says whether the worker may go on. Unused budget is kept
     for at most `burst` seconds' worth, so an idle worker can take a burst but not a long spree.
+    Once over (a negative balance), the worker is within again only when half the burst has been
+    earned back, and `wait()` gives the time until the whole burst is: waking up to look costs
+    CPU too (on a small VM a few hundred microseconds), and without the margin a worker on a
+    small budget could spend all it earns on waking up to check.
     """
 
     def __init__(self, percent: float, *, burst: float = BUDGET_BURST,
@@ -57,12 +61,18 @@ class CpuBudget:
         self._clock, self._cpu = clock, cpu
         self._at, self._used = clock(), cpu()
         self.balance = self.cap
+        self.over = False
 
     def within(self) -> bool:
         now, used = self._clock(), self._cpu()
         self.balance = min(self.cap, self.balance + (now - self._at) * self.share - (used - self._used))
         self._at, self._used = now, used
-        return self.balance >= 0
+        self.over = self.balance < (self.cap / 2 if self.over else 0)
+        return not self.over
+
+    def wait(self) -> float:
+        """Seconds an over-budget worker should wait before it looks again (0 when within)."""
+        return max(0.0, (self.cap - self.balance) / self.share) if self.over else 0.0
 
 
 def _frame(message: tuple[Any, ...]) -> bytes:
@@ -104,6 +114,7 @@ class ProcessSink:
         self._keys: dict[int, tuple[RouteInfo, int]] = {}
         self._remote: dict[str, dict[str, Any]] = {}
         self._store: dict[str, int] | None = None
+        self._cpu_seconds = 0.0  # processor time the worker has used, as it last reported
         self._local_drops: collections.Counter[tuple[str, str]] = collections.Counter()
         self._pending_drops: collections.Counter[tuple[str, str]] = collections.Counter()
         self._broken = False
@@ -197,8 +208,14 @@ class ProcessSink:
         return self._store
 
     def worker_stats(self) -> dict[str, Any]:
-        """The worker's budget and whether it is over it now (shown at `/_strangler/shadow`)."""
-        return {"cpu_budget": self.cpu_budget, "over_budget": self.paused, "running": self._proc is not None and not self._broken}
+        """The worker's budget, whether it is over it now and the CPU seconds it has used (shown at
+        `/_strangler/shadow`)."""
+        return {
+            "cpu_budget": self.cpu_budget,
+            "over_budget": self.paused,
+            "cpu_seconds": round(self._cpu_seconds, 3),
+            "running": self._proc is not None and not self._broken,
+        }
 
     async def _read(self) -> None:
         proc = self._proc
@@ -208,7 +225,7 @@ class ProcessSink:
             if message is None:
                 return
             if message[0] == "counters":
-                self._remote, self._store = message[1], message[2]
+                self._remote, self._store, self._cpu_seconds = message[1], message[2], message[3]
             elif message[0] == "pressure":
                 self.paused, self._full = message[1], frozenset(message[2])
                 if not self.paused:
@@ -247,21 +264,31 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     full: frozenset[str] = frozenset()
     routes: dict[int, RouteInfo] = {}
     last: Any = None
+    loop = asyncio.get_running_loop()
+    # No ticking: the budget and the queues are looked at when a job is queued or done, and,
+    # while over budget, once more when the budget will have refilled. An idle worker wakes for
+    # nothing (on a small VM, 50 wake-ups a second cost a few percent of a core).
+    recheck: asyncio.TimerHandle | None = None
+    reporting: asyncio.TimerHandle | None = None
 
     def report(force: bool = False) -> None:
-        nonlocal last
+        nonlocal last, reporting
+        reporting = None
         snapshot = (engine.counters(), engine.store_stats())
         if force or snapshot != last:
             last = snapshot
-            writer.write(_frame(("counters", *snapshot)))
+            writer.write(_frame(("counters", *snapshot, time.process_time())))
 
     def pressure() -> None:
         """Tell the façade when the worker goes over its CPU budget or a route's queue is half
         full, and when that ends: the façade then drops those jobs before copying them."""
-        nonlocal over, full
+        nonlocal over, full, recheck
         if draining:
             return
         now_over = budget is not None and not budget.within()
+        if now_over and recheck is None:
+            assert budget is not None
+            recheck = loop.call_later(max(MIN_RECHECK, budget.wait()), rechecked)
         now_full = frozenset(r for r, rs in engine.routes.items() if rs.queue.qsize() * 2 >= rs.queue.maxsize)
         if now_over == over and now_full == full:
             return
@@ -270,15 +297,18 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         over, full = now_over, now_full
         writer.write(_frame(("pressure", over, sorted(full))))
 
-    async def reporter() -> None:
-        ticks = round(REPORT_INTERVAL / PRESSURE_INTERVAL)
-        while True:
-            for _ in range(ticks):
-                await asyncio.sleep(PRESSURE_INTERVAL)
-                pressure()
-            report()
+    def rechecked() -> None:
+        nonlocal recheck
+        recheck = None
+        pressure()
 
-    ticker = asyncio.get_running_loop().create_task(reporter())
+    def changed() -> None:
+        nonlocal reporting
+        pressure()
+        if reporting is None:
+            reporting = loop.call_later(REPORT_INTERVAL, report)
+
+    engine.on_change = changed
     try:
         while True:
             message = await _read_frame(reader)
@@ -294,6 +324,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 engine.drop(message[1], message[2], message[3])
             elif kind == "stored_drop":
                 engine.drop(message[1], message[2], message[3], counted=True)
+            changed()
         # The façade is stopping: let queued shadows finish for a bounded time.
         draining = True
         engine.resume()
@@ -302,9 +333,9 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(rs.queue.join(), timeout=max(0.0, deadline - time.monotonic()))
     finally:
-        ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ticker
+        for handle in (recheck, reporting):
+            if handle is not None:
+                handle.cancel()
         await engine.stop()
         report(force=True)
         with contextlib.suppress(ConnectionError):
@@ -342,8 +373,6 @@ def _yield_cpu() -> None:
             autogroup.write(str(NICENESS))
     with contextlib.suppress(OSError):
         os.nice(NICENESS)
-    with contextlib.suppress(OSError, AttributeError):
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     with contextlib.suppress(OSError, AttributeError):
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 

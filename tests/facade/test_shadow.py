@@ -247,7 +247,7 @@ def test_queue_full_drops_are_counted_and_stored(tmp_path: Path) -> None:
 
 
 def test_a_worker_over_its_cpu_budget_sheds_shadows_and_counts_them(tmp_path: Path) -> None:
-    # 1% of a core is 10 ms of CPU a second (30 ms at once after idling), far less than a few
+    # 1% of a core is 10 ms of CPU a second (5 ms at once after idling), far less than a few
     # hundred mirrored comparisons need: the worker goes over its budget and says so; while it
     # is over, the façade drops sampled requests itself, counts them as `cpu_budget` and the
     # store keeps the count.
@@ -273,6 +273,7 @@ def test_a_worker_over_its_cpu_budget_sheds_shadows_and_counts_them(tmp_path: Pa
         live = wait_for(lambda: (c := counters(client))["sent"] > 0 and c, timeout=30, what="mirrored shadows")
         assert live["sampled"] == sent + 50
         assert live["dropped"]["cpu_budget"] >= 40, live
+        assert client.get("/_strangler/shadow").json()["worker"]["cpu_seconds"] > 0  # came with the counters
     store = ShadowStore(f"sqlite:///{tmp_path}/shadow.db")
     assert _dropped(store, "cpu_budget") == live["dropped"]["cpu_budget"]
     store.close()
@@ -288,8 +289,13 @@ def test_the_cpu_budget_is_a_token_bucket_over_process_time() -> None:
     assert not budget.within()
     now[0] = 0.4  # 0.4 s earns 0.04 CPU-s: -0.05 + 0.04 is still short
     assert not budget.within()
-    now[0] = 1.0  # another 0.06 earned: back to +0.05
-    assert budget.within() and budget.balance == pytest.approx(0.05)
+    now[0] = 0.6  # 0.02 more: +0.01 is no longer in debt, but not yet half a burst back
+    assert not budget.within() and budget.balance == pytest.approx(0.01)
+    assert budget.wait() == pytest.approx(0.9)  # looks again once the whole burst is back
+    now[0] = 1.0
+    assert budget.within() and budget.balance == pytest.approx(0.05) and budget.wait() == 0
+    used[0] = 0.19  # within again, so only a debt makes it over
+    assert budget.within() and budget.balance == pytest.approx(0.01)
     now[0] = 100.0  # a long idle spell saves no more than one burst
     assert budget.within() and budget.balance == pytest.approx(0.1)
 
