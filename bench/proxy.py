@@ -9,7 +9,8 @@ One run, everything on 127.0.0.1, every run bounded in time:
   log), through the façade with one worker (routing, metrics, access log on) and, on the cheap
   upstream, with two workers;
 - each scenario: a high-concurrency run for requests/s and a concurrency-1 run for p50/p99;
-- shadow: the façade mirroring 100% of the route to a second cheap upstream vs not mirroring;
+- shadow: the façade mirroring 100% of the route to a second cheap upstream vs not mirroring,
+  in interleaved rounds with a second shadow-off façade as an A/A control (the run's noise);
 - `--clients`: a minimal raw ASGI proxy with httpx.AsyncClient vs aiohttp.ClientSession, to pick
   the façade's HTTP client by numbers.
 
@@ -66,6 +67,8 @@ from bench._harness import (  # noqa: E402
 PATH = "/api/products/1"
 CHEAP = "cheap"
 MONOLITH = "monolith"
+OFF, ON = "façade ×1 shadow off", "façade ×1 shadow 100%"
+CONTROL = "façade ×1 shadow off, again"  # the A/A control: what a ratio reads when nothing differs
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,8 @@ class Settings:
     products: int
     keep: bool
     profile: bool = False
+    rounds: int = 30
+    control: bool = True
 
 
 @dataclass
@@ -185,7 +190,7 @@ class Run:
         round's numbers are kept as a pair: `paired` holds, per target after the first, the ratio
         of its rate to the first target's and the difference of its c=1 p50, round by round."""
         s = self.settings
-        each = max(1.5, s.duration / 6)
+        each = max(1, round(s.duration / 10))  # wrk takes whole seconds
         for name, url in targets:
             self.say(f"  {upstream} / {name}: {url} ({rounds} interleaved rounds of {each:g} s)")
             if s.warmup > 0:
@@ -325,12 +330,13 @@ def measure_shadow(run: Run, base_url: str, candidate_url: str) -> None:
         run.notes.append(f"shadow scenarios skipped: routing.yaml with shadow is not accepted yet ({problem})")
         return
     store = run.tmp / "shadow.db"
-    names = ("façade ×1 shadow off", "façade ×1 shadow 100%")
+    names = [OFF, ON] + ([CONTROL] if run.settings.control else [])
     started: list[tuple[str, Any]] = []
     try:
-        for shadow, name in zip((False, True), names):
+        for i, name in enumerate(names):
+            shadow = name == ON
             try:
-                started.append(start_facade(run, f"facade-shadow-{int(shadow)}", base_url, candidate_url,
+                started.append(start_facade(run, f"facade-shadow-{i}", base_url, candidate_url,
                                             workers=1, shadow=shadow, store=store))
             except BenchError as exc:
                 run.notes.append(f"{name} skipped: the façade did not start: {exc}")
@@ -341,7 +347,8 @@ def measure_shadow(run: Run, base_url: str, candidate_url: str) -> None:
             for name, (url, child) in zip(names, started):
                 run.measure(CHEAP, name, url, pid=child.process.pid)
         else:
-            run.measure_interleaved(CHEAP, [(name, url) for name, (url, _) in zip(names, started)])
+            run.measure_interleaved(CHEAP, [(name, url) for name, (url, _) in zip(names, started)],
+                                    rounds=run.settings.rounds)
         run.notes.append(shadow_summary(started[1][0], before, time.monotonic() - t0))
     finally:
         for _, child in started:
@@ -447,16 +454,19 @@ def proxy_ratios(run: Run) -> list[Ratio]:
                 f"{label}: façade ×2 / ×1 req/s", div(rate(upstream, "façade ×2"), rate(upstream, "façade ×1")), "×",
                 note="2 cores shared with wrk and the upstream: the ceiling is below 2",
             ))
-    off, on = "façade ×1 shadow off", "façade ×1 shadow 100%"
-    if run.find(CHEAP, on):
-        pair = run.paired.get((CHEAP, on))
+    if run.find(CHEAP, ON):
+        pair = run.paired.get((CHEAP, ON))
         if pair is not None:
             ratios.append(Ratio("shadow 100% / off req/s", pair.median(pair.rate_ratios), "%", 0.90, note=pair.spread()))
             ratios.append(Ratio("shadow: added p50 at c=1", pair.median(pair.p50_deltas), "ms", 0.2, "at_most",
                                 note=f"median of {len(pair.p50_deltas)} paired rounds"))
         else:
-            ratios.append(Ratio("shadow 100% / off req/s", div(rate(CHEAP, on), rate(CHEAP, off)), "%", 0.90))
-            ratios.append(Ratio("shadow: added p50 at c=1", sub(p50(CHEAP, on), p50(CHEAP, off)), "ms", 0.2, "at_most"))
+            ratios.append(Ratio("shadow 100% / off req/s", div(rate(CHEAP, ON), rate(CHEAP, OFF)), "%", 0.90))
+            ratios.append(Ratio("shadow: added p50 at c=1", sub(p50(CHEAP, ON), p50(CHEAP, OFF)), "ms", 0.2, "at_most"))
+        control = run.paired.get((CHEAP, CONTROL))
+        if control is not None:
+            ratios.append(Ratio("A/A control: off again / off req/s", control.median(control.rate_ratios), "%",
+                                note="two identical façades: the noise of this run; " + control.spread()))
     return ratios
 
 
@@ -655,6 +665,8 @@ def main(
     monolith: bool = typer.Option(True, "--monolith/--no-monolith", help="Also measure with the sample monolith as upstream."),
     shadow: bool = typer.Option(True, "--shadow/--no-shadow", help="Also measure the façade shadowing 100% vs not."),
     shadow_only: bool = typer.Option(False, "--shadow-only", help="Only the shadow part (façade shadowing 100% vs off, cheap upstream)."),
+    rounds: int = typer.Option(30, min=2, help="Interleaved rounds of the shadow part (each a rate and a c=1 run per façade)."),
+    control: bool = typer.Option(True, "--control/--no-control", help="Interleave a second shadow-off façade in the shadow part: its ratio to the first shows the run's noise."),
     nginx_access_log: bool = typer.Option(True, "--nginx-access-log/--no-nginx-access-log", help="nginx proxy writes a buffered access log, as the façade writes its own."),
     products: int = typer.Option(200, help="Products seeded into the monolith's database."),
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout (tables go to stderr)."),
@@ -687,7 +699,7 @@ def main(
         duration, warmup = min(duration, 3.0), 0.0
     settings = Settings(
         duration=duration, warmup=warmup, connections=connections, threads=threads, monolith=monolith and not shadow_only,
-        shadow=shadow or shadow_only, shadow_only=shadow_only, nginx_access_log=nginx_access_log, products=products, keep=keep, profile=profile,
+        shadow=shadow or shadow_only, shadow_only=shadow_only, rounds=rounds, control=control, nginx_access_log=nginx_access_log, products=products, keep=keep, profile=profile,
     )
     signals_as_interrupt()
     try:
