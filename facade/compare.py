@@ -4,16 +4,14 @@ Pure: two `Reply` values and `CompareRules` in, a `Comparison` out. JSON bodies 
 typed tree and every difference is flattened to a path (`$.results[3].price`) with a kind; other
 content types are compared as text. Equal subtrees are skipped by C-level equality tests plus a
 serialisation of everything `==` called equal (so `true` never equals `1`), which keeps large,
-mostly equal bodies fast. A probe of a few objects' key order picks that serialisation: unsorted
-when both sides list keys alike, sorted (or as it is, for a side that sorts its keys) otherwise;
-the probe only ever costs time, the bytes decide.
+mostly equal bodies fast. Those proofs, and the key-order probe that picks the serialisation,
+live in `facade.jsonequal`.
 """
 
 from __future__ import annotations
 
 import difflib
 import enum
-import functools
 import gc
 import itertools
 import math
@@ -27,6 +25,7 @@ from typing import Any
 import orjson
 
 from facade.exceptions import FacadeError
+from facade.jsonequal import canonical, identical, same, same_document, serialise_same, unlike
 
 __all__ = [
     "CompareError",
@@ -283,142 +282,6 @@ class _Absent:
 
 
 _ABSENT: Any = _Absent()
-_dumps = orjson.dumps
-_canon: Callable[[Any], bytes] = functools.partial(orjson.dumps, option=orjson.OPT_SORT_KEYS)
-_PROBE_MIN = 16  # members above which a container's key order is probed before it is serialised
-_PROBE_NODES = 12  # containers one probe looks at
-
-
-def _key_orders(a: Any, b: Any) -> tuple[bool, bool, bool]:
-    """A guess, from a few objects near the top and along the first and last array members: do both
-    sides list keys in the same order, does `a` list them sorted, does `b`?
-
-    The guess only picks the serialisation that proves two values the same; a wrong guess costs
-    time, never a wrong answer.
-    """
-    agree = sorted_a = sorted_b = True
-    todo = [(a, b)]
-    for _ in range(_PROBE_NODES):
-        if not todo:
-            break
-        x, y = todo.pop()
-        kind = type(x)
-        if kind is not type(y):
-            continue
-        if kind is dict:
-            kx, ky = list(x), list(y)
-            agree = agree and kx == ky
-            sorted_a = sorted_a and kx == sorted(kx)
-            sorted_b = sorted_b and ky == sorted(ky)
-            if not (agree or sorted_a or sorted_b):
-                break
-            todo.extend((v, y[k]) for k, v in x.items() if (type(v) is dict or type(v) is list) and k in y)
-        elif kind is list and x and y:
-            todo.append((x[-1], y[-1]))
-            todo.append((x[0], y[0]))
-    return agree, sorted_a, sorted_b
-
-
-def _canon_equal(a: Any, b: Any, sorted_a: bool, sorted_b: bool) -> bool:
-    """Whether the sorted-key serialisations of `a` and `b` are equal. A side that lists its keys
-    sorted already is serialised as it is, which is cheaper: equal bytes prove the same JSON whichever
-    option made them, and unequal ones are made again sorted."""
-    ba = _dumps(a) if sorted_a else _canon(a)
-    bb = _dumps(b) if sorted_b else _canon(b)
-    if ba == bb:
-        return True
-    if not (sorted_a or sorted_b) or len(ba) != len(bb):
-        return False  # the order of keys never changes the length
-    return (_canon(a) if sorted_a else ba) == (_canon(b) if sorted_b else bb)
-
-
-def _serialise_same(a: Any, b: Any) -> bool:
-    """Whether `a` and `b` serialise to the same bytes, unsorted or else sorted. Sorting keys never
-    changes the length, so unequal lengths unsorted settle it without sorting."""
-    ba, bb = _dumps(a), _dumps(b)
-    return ba == bb or (len(ba) == len(bb) and _canon(a) == _canon(b))
-
-
-def _identical(a: Any, b: Any) -> bool:
-    """Whether containers `a` and `b`, equal by `==`, are the same JSON types included: `==` says
-    `True == 1`, their serialisations tell them apart. Unsorted serialisation is cheaper but depends
-    on key order, so large containers whose keys are not in the same order go straight to sorted."""
-    if len(a) > _PROBE_MIN:
-        agree, sorted_a, sorted_b = _key_orders(a, b)
-        if not agree:
-            return _canon_equal(a, b, sorted_a, sorted_b)
-    return _serialise_same(a, b)
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Whether `a` and `b` are the same JSON, types included (`true` is not `1`, `1` is not `1.0`
-    here; the leaf comparison settles `1` against `1.0` as equal numbers)."""
-    kind = type(a)
-    if kind is not type(b):
-        return False
-    if kind is dict or kind is list:
-        return a == b and _identical(a, b)
-    return bool(a == b)
-
-
-def _same_document(a: Any, b: Any) -> bool:
-    """`_same` for two whole bodies, choosing the proof by a probe of their key order."""
-    kind = type(a)
-    if kind is not type(b) or (kind is not dict and kind is not list):
-        return _same(a, b)
-    agree, sorted_a, sorted_b = _key_orders(a, b)
-    if agree:
-        # `==` fails fast on a difference; equal bodies then serialise to the same bytes unsorted.
-        return a == b and _serialise_same(a, b)
-    # Keys in another order (one side sorts them, say): the sorted serialisations decide alone, as
-    # `==` first would cost as much again on equal bodies, the common case.
-    return _canon_equal(a, b, sorted_a, sorted_b)
-
-
-def _unlike(a: list[Any], b: list[Any]) -> tuple[list[int], dict[int, tuple[bytes, bytes]]]:
-    """The positions where equal-length arrays hold values that are not `_same`, ascending, and the
-    sorted serialisations of the containers among them."""
-    n = len(a)
-    if not n:
-        return [], {}
-    canon: dict[int, tuple[bytes, bytes]] = {}
-    first = a[0]
-    if type(first) is dict or type(first) is list:
-        # One serialisation per member and side: equal bytes prove a pair the same. Unequal bytes
-        # may still be the same JSON with keys in another order, so they are settled one by one.
-        agree, sorted_a, sorted_b = _key_orders(a, b)
-        enc_a = _dumps if agree or sorted_a else _canon
-        enc_b = _dumps if agree or sorted_b else _canon
-        pairs = []
-        for i in itertools.compress(range(n), map(operator.ne, map(enc_a, a), map(enc_b, b))):
-            x, y = a[i], b[i]
-            kind = type(x)
-            if kind is not type(y):
-                pairs.append(i)
-            elif kind is dict or kind is list:
-                cx, cy = _canon(x), _canon(y)
-                if cx != cy:
-                    canon[i] = (cx, cy)
-                    pairs.append(i)
-            elif x != y:
-                pairs.append(i)
-        return pairs, canon
-    # Scalars: `!=` finds the values that differ; the positions it calls equal are proven equal
-    # types included by one serialisation of all of them (the others blanked), and only when that
-    # fails (a boolean for a number, `1` for `1.0`) position by position.
-    differing = list(itertools.compress(range(n), map(operator.ne, a, b)))
-    if len(differing) < n:
-        xs, ys = a, b
-        if differing:
-            xs, ys = list(a), list(b)
-            for i in differing:
-                xs[i] = ys[i] = None
-        if not _identical(xs, ys):
-            known = set(differing)
-            differing = [i for i in range(n) if i in known or not _same(a[i], b[i])]
-    return differing, canon
-
-
 _JSON_TYPES: dict[type, str] = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object"}
 
 
@@ -523,7 +386,7 @@ class _Differ:
                 xs, ys = va.copy(), vb.copy()
                 for i in differing:
                     xs[i] = ys[i] = None
-                proven = _serialise_same(xs, ys)
+                proven = serialise_same(xs, ys)
             if proven:
                 for i in differing:
                     if len(out) >= limit:
@@ -543,8 +406,8 @@ class _Differ:
                     self.add(sub, DiffKind.MISSING, va, _ABSENT)
                 continue
             kind = type(va)
-            # `_same` inlined: this loop runs for every member of every object that differs.
-            if kind is type(vb) and va == vb and ((kind is not dict and kind is not list) or _identical(va, vb)):
+            # `same` inlined: this loop runs for every member of every object that differs.
+            if kind is type(vb) and va == vb and ((kind is not dict and kind is not list) or identical(va, vb)):
                 continue
             self.walk(path + self.segment(key), va, vb)
         if len(b) > len(a) - missing:  # `b` has keys that `a` lacks
@@ -560,12 +423,12 @@ class _Differ:
                 return
         unordered = any(p.matches(path) for p in self.rules.unordered)
         if len(a) == len(b) and not unordered:
-            pairs, canon = _unlike(a, b)
+            pairs, canon = unlike(a, b)
             if not pairs:
                 return
             for i in pairs:
                 if i not in canon:
-                    canon[i] = (_canon(a[i]), _canon(b[i]))
+                    canon[i] = (canonical(a[i]), canonical(b[i]))
             if Counter(ca for ca, _ in canon.values()) == Counter(cb for _, cb in canon.values()):
                 self.add(path, DiffKind.ARRAY_ORDER, a, b)
                 return
@@ -573,7 +436,7 @@ class _Differ:
                 self.walk(f"{path}[{i}]", a[i], b[i])
             return
         if unordered:
-            ca, cb = [_canon(x) for x in a], [_canon(y) for y in b]
+            ca, cb = [canonical(x) for x in a], [canonical(y) for y in b]
             common = Counter(ca) & Counter(cb)
             left_a = _leftovers(a, ca, common)
             left_b = _leftovers(b, cb, common)
@@ -585,7 +448,7 @@ class _Differ:
             return
         self.add(path, DiffKind.ARRAY_LENGTH, len(a), len(b))
         common_length = min(len(a), len(b))
-        for i in _unlike(a[:common_length], b[:common_length])[0]:
+        for i in unlike(a[:common_length], b[:common_length])[0]:
             self.walk(f"{path}[{i}]", a[i], b[i])
 
     def walk_keyed(self, path: str, key: str, a: list[Any], b: list[Any]) -> bool:
@@ -617,11 +480,11 @@ class _Differ:
                 self.walk(f"{path}[{key}={k}]", x, y)
             else:
                 self.walk_object(f"{path}[{key}={k}]", x, y)  # what `walk` would do: both are objects
-        if equal and not _identical([ka[k] for k in equal], [kb[k] for k in equal]):
+        if equal and not identical([ka[k] for k in equal], [kb[k] for k in equal]):
             for k in equal:
                 if len(out) >= limit:
                     break
-                if not _same(ka[k], kb[k]):
+                if not same(ka[k], kb[k]):
                     self.walk(f"{path}[{key}={k}]", ka[k], kb[k])
         if len(kb) > len(ka) - missing:  # `b` has elements that `a` lacks
             for k, y in kb.items():
@@ -752,7 +615,7 @@ def _compare_one(primary: Reply, primary_doc: Callable[[], Any], candidate: Repl
     a = primary_doc() if ja else _ABSENT
     b = _parse(candidate) if jb else _ABSENT
     if a is not _ABSENT and b is not _ABSENT:
-        if not _same_document(a, b):
+        if not same_document(a, b):
             differ.walk("$", a, b)
     elif ja != jb and (a is not _ABSENT or b is not _ABSENT):
         differ.add("$", DiffKind.TYPE, primary.content_type or "none", candidate.content_type or "none")

@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -229,7 +230,12 @@ def _start_services(env: DemoEnv, products: int, console: Console) -> None:
     env.routing_path = env.work_dir / "routing.yaml"
     shutil.copyfile(Path(__file__).resolve().parent.parent / "routing.yaml", env.routing_path)
     with open(env.routing_path, "a", encoding="utf-8") as routing:
-        routing.write(f'\n# Added by the demo: its own shadow store.\nshadow_store: {{url: "sqlite:///{env.work_dir}/shadow.db"}}\n')
+        # The demo's own shadow store, and half a core for the shadow worker (the default is 5%,
+        # meant for a busy primary): the demo wants every one of its few mirrored reads compared.
+        routing.write(
+            f'\n# Added by the demo: its own shadow store, every mirrored read compared.\n'
+            f'shadow_store: {{url: "sqlite:///{env.work_dir}/shadow.db"}}\nshadow_worker: {{cpu: 50}}\n'
+        )
     facade = group.start(
         "facade",
         python_module("scripts", "facade", "serve", "--config", str(env.routing_path), "--port", str(facade_port)),
@@ -402,8 +408,12 @@ def _shadow_round(env: DemoEnv, console: Console, requests: int, label: str, dis
         label, discrepancy, str(report_path), report.compared, report.mismatch_rate, report.mismatch_rate_raw,
         real, noise,
     ))
+    dropped = Counter[str]()
+    for route in report.routes:
+        dropped.update(route.dropped)
+    shed = "".join(f", {n} dropped ({reason.replace('_', ' ')})" for reason, n in sorted(dropped.items()) if n)
     console.print(
-        f"[green]✓[/green] shadow report ({label}): {report.compared} compared, "
+        f"[green]✓[/green] shadow report ({label}): {report.compared} compared{shed}, "
         f"mismatch rate {report.mismatch_rate:.1%} with noise removed ({report.mismatch_rate_raw:.1%} raw)"
     )
     for name in real[:5]:
