@@ -88,6 +88,7 @@ class Settings:
     profile: bool = False
     rounds: int = 30
     control: bool = True
+    shadow_cpu: float | None = None
 
 
 @dataclass
@@ -186,9 +187,10 @@ class Run:
         """Alternate short runs over `targets` (all running) and keep each one's median run, so
         a load change on a shared machine hits both sides of a ratio alike.
 
-        The order flips every round (A B, B A, ...) so neither side always runs second, and each
-        round's numbers are kept as a pair: `paired` holds, per target after the first, the ratio
-        of its rate to the first target's and the difference of its c=1 p50, round by round."""
+        The order rotates every round (A B C, B C A, C A B, ...) so each target runs in each
+        position and after each other target alike, and each round's numbers are kept as a pair:
+        `paired` holds, per target after the first, the ratio of its rate to the first target's and
+        the difference of its c=1 p50, round by round."""
         s = self.settings
         each = max(1, round(s.duration / 10))  # wrk takes whole seconds
         for name, url in targets:
@@ -198,7 +200,8 @@ class Run:
         rates: dict[str, list[WrkResult]] = {name: [] for name, _ in targets}
         latencies: dict[str, list[WrkResult]] = {name: [] for name, _ in targets}
         for round_ in range(rounds):
-            order = targets if round_ % 2 == 0 else targets[::-1]
+            shift = round_ % len(targets)
+            order = targets[shift:] + targets[:shift]
             for name, url in order:
                 rates[name].append(run_wrk(url, connections=s.connections, threads=s.threads, duration=each,
                                            script=self.script))
@@ -229,7 +232,8 @@ class Run:
 # -- the façade's configuration --------------------------------------------------------------------
 
 
-def routing_yaml(primary: str, candidate: str, *, shadow: bool, store: Path | None = None) -> str:
+def routing_yaml(primary: str, candidate: str, *, shadow: bool, store: Path | None = None,
+                 shadow_cpu: float | None = None) -> str:
     """A routing.yaml with one matched route (weights 100/0) and the default route.
 
     The bench request `GET /api/products/1` matches route `catalog-read` and goes to `monolith`,
@@ -237,6 +241,8 @@ def routing_yaml(primary: str, candidate: str, *, shadow: bool, store: Path | No
     """
     shadow_block = "    shadow: {to: catalog, sample: 100}\n" if shadow else ""
     store_block = f'shadow_store: {{url: "sqlite:///{store}"}}\n' if store else ""
+    if shadow and shadow_cpu is not None:
+        store_block += f"shadow_worker: {{cpu: {shadow_cpu:g}}}\n"
     return f"""version: 1
 admin:
   token_env: STRANGLER_ADMIN_TOKEN
@@ -276,7 +282,8 @@ def facade_problem(config_text: str, where: Path) -> str | None:
 def start_facade(run: Run, name: str, upstream_url: str, candidate_url: str, *, workers: int,
                  shadow: bool = False, store: Path | None = None) -> tuple[str, Any]:
     config = run.tmp / f"{name}.routing.yaml"
-    config.write_text(routing_yaml(upstream_url, candidate_url, shadow=shadow, store=store))
+    config.write_text(routing_yaml(upstream_url, candidate_url, shadow=shadow, store=store,
+                                   shadow_cpu=run.settings.shadow_cpu))
     port = free_port()
     child = run.processes.start(
         name,
@@ -666,6 +673,7 @@ def main(
     shadow: bool = typer.Option(True, "--shadow/--no-shadow", help="Also measure the façade shadowing 100% vs not."),
     shadow_only: bool = typer.Option(False, "--shadow-only", help="Only the shadow part (façade shadowing 100% vs off, cheap upstream)."),
     rounds: int = typer.Option(30, min=2, help="Interleaved rounds of the shadow part (each a rate and a c=1 run per façade)."),
+    shadow_cpu: float = typer.Option(None, "--shadow-cpu", min=1, max=100, help="The shadowing façade's shadow_worker.cpu (percent of one core); default: the façade's default."),
     control: bool = typer.Option(True, "--control/--no-control", help="Interleave a second shadow-off façade in the shadow part: its ratio to the first shows the run's noise."),
     nginx_access_log: bool = typer.Option(True, "--nginx-access-log/--no-nginx-access-log", help="nginx proxy writes a buffered access log, as the façade writes its own."),
     products: int = typer.Option(200, help="Products seeded into the monolith's database."),
@@ -699,7 +707,7 @@ def main(
         duration, warmup = min(duration, 3.0), 0.0
     settings = Settings(
         duration=duration, warmup=warmup, connections=connections, threads=threads, monolith=monolith and not shadow_only,
-        shadow=shadow or shadow_only, shadow_only=shadow_only, rounds=rounds, control=control, nginx_access_log=nginx_access_log, products=products, keep=keep, profile=profile,
+        shadow=shadow or shadow_only, shadow_only=shadow_only, rounds=rounds, control=control, shadow_cpu=shadow_cpu, nginx_access_log=nginx_access_log, products=products, keep=keep, profile=profile,
     )
     signals_as_interrupt()
     try:
