@@ -241,8 +241,7 @@ def routing_yaml(primary: str, candidate: str, *, shadow: bool, store: Path | No
     """
     shadow_block = "    shadow: {to: catalog, sample: 100}\n" if shadow else ""
     store_block = f'shadow_store: {{url: "sqlite:///{store}"}}\n' if store else ""
-    if shadow and shadow_cpu is not None:
-        store_block += f"shadow_worker: {{cpu: {shadow_cpu:g}}}\n"
+    worker_block = f"shadow_worker: {{cpu: {shadow_cpu:g}}}\n" if shadow and shadow_cpu is not None else ""
     return f"""version: 1
 admin:
   token_env: STRANGLER_ADMIN_TOKEN
@@ -261,7 +260,7 @@ routes:
     retries: {{attempts: 2, replay_buffer: 64KB}}
     fallback: monolith
 {shadow_block}default: {{to: monolith, timeout: 30s}}
-{store_block}"""
+{store_block}{worker_block}"""
 
 
 def facade_problem(config_text: str, where: Path) -> str | None:

@@ -174,16 +174,17 @@ def failure_record(
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "content-length", "proxy-authenticate", "proxy-authorization"}
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"content-length",
+     b"proxy-authenticate", b"proxy-authorization"}
 )
-SHADOW_HEADER = ("x-strangler-shadow", "1")
+SHADOW_HEADER = (b"x-strangler-shadow", b"1")
 INLINE_COMPARE_BYTES = 64 * 1024  # larger bodies are compared on a worker thread
 
 
 class ShadowClient(Protocol):
     """Sends one mirrored request; the only network boundary of the shadow addon."""
 
-    async def send(self, method: str, url: str, headers: Sequence[tuple[str, str]], body: bytes, *, timeout: float, cap: int) -> Reply:
+    async def send(self, method: str, url: str, headers: Sequence[tuple[bytes, bytes]], body: bytes, *, timeout: float, cap: int) -> Reply:
         """The answer, its body cut at `cap` bytes (`Reply.truncated`); raises TimeoutError on timeout."""
         ...
 
@@ -212,11 +213,11 @@ class H1ShadowClient:
             upstream = self._upstreams[(base, timeout)] = Upstream(base, config, host_header=False)
         return upstream
 
-    async def send(self, method: str, url: str, headers: Sequence[tuple[str, str]], body: bytes, *, timeout: float, cap: int) -> Reply:
+    async def send(self, method: str, url: str, headers: Sequence[tuple[bytes, bytes]], body: bytes, *, timeout: float, cap: int) -> Reply:
         scheme, _, rest = url.partition("://")
         netloc, slash, path = rest.partition("/")
         target = (slash + path or "/").encode("latin-1")
-        pairs = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        pairs = list(headers)
         if not any(k == b"host" for k, _ in pairs):
             pairs.insert(0, (b"host", netloc.encode("idna")))
         try:
@@ -338,7 +339,7 @@ class ShadowJob:
     endpoint: str
     method: str
     request_line: str
-    headers: list[tuple[str, str]]
+    headers: list[tuple[bytes, bytes]]  # lower-case names, as sent
     body: bytes
     candidate_url: str
     primary_url: str
@@ -369,8 +370,8 @@ def build_job(info: RouteInfo, raw: RawJob) -> ShadowJob:
     path = raw_path.decode("latin-1")
     query = raw_query.decode("latin-1")
     target = path + ("?" + query if query else "")
-    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in req_headers]
-    headers = [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP and k.lower() != SHADOW_HEADER[0]]
+    # The façade's header names are lower-case already; the pairs stay bytes to the wire.
+    headers = [(k, v) for k, v in req_headers if k not in HOP_BY_HOP and k != SHADOW_HEADER[0]]
     headers.append(SHADOW_HEADER)
     redacted_query = Redactor.build(body_fields=info.config.redact.body_fields).query(query) if query else ""
     return ShadowJob(

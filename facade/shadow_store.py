@@ -340,10 +340,11 @@ def _engine(url: str) -> Engine:
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises ArgumentError and friends
         raise ShadowStoreError(f"shadow store URL {url!r} is not a SQLAlchemy URL; write sqlite:///path/shadow.db or postgresql://user@host/db") from exc
     if parsed.drivername.startswith("sqlite"):
-        if parsed.database and parsed.database != ":memory:":
+        on_disk = bool(parsed.database) and parsed.database != ":memory:"
+        if on_disk:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30})
-        if parsed.database and parsed.database != ":memory:":
+        if on_disk:
             sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if parsed.drivername == "postgresql":

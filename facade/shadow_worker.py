@@ -4,8 +4,8 @@ The façade's hooks hand each sampled request to `ProcessSink`, which writes it 
 the worker's stdin and returns at once. The worker (`python -m facade.shadow_worker`) runs a
 `ShadowEngine` (bounded per-route queues, in-flight caps, candidate and noise requests,
 comparison, the store writer) and writes its live counters back on stdout within 0.1 s of a
-change. So shadowing costs the façade a copy and a pickle per request, and its CPU-heavy parts run on
-another core. Frames are a 4-byte big-endian length and a pickle; both ends are this module.
+change. So shadowing costs the façade a copy and a pickle per request, and its CPU-heavy parts
+run on another core. Frames are a 4-byte big-endian length and a pickle; both ends are this module.
 
 The worker runs at the lowest CPU priority and keeps to a CPU budget (`shadow_worker.cpu`, a
 share of one core): the processor time it has used is a token bucket, and while it is over, it
