@@ -11,6 +11,7 @@ One run, everything on 127.0.0.1, every run bounded in time:
 - each scenario: a high-concurrency run for requests/s and a concurrency-1 run for p50/p99;
 - shadow: the façade mirroring 100% of the route to a second cheap upstream vs not mirroring,
   in interleaved rounds with a second shadow-off façade as an A/A control (the run's noise);
+  each round's shadow rate is taken against the mean of both shadow-off façades in that round;
 - `--clients`: a minimal raw ASGI proxy with httpx.AsyncClient vs aiohttp.ClientSession, to pick
   the façade's HTTP client by numbers.
 
@@ -183,14 +184,17 @@ class Run:
             )
         return scenario
 
-    def measure_interleaved(self, upstream: str, targets: list[tuple[str, str]], rounds: int = 12) -> None:
+    def measure_interleaved(self, upstream: str, targets: list[tuple[str, str]], rounds: int = 12,
+                            references: dict[str, tuple[str, ...]] | None = None) -> None:
         """Alternate short runs over `targets` (all running) and keep each one's median run, so
         a load change on a shared machine hits both sides of a ratio alike.
 
         The order rotates every round (A B C, B C A, C A B, ...) so each target runs in each
         position and after each other target alike, and each round's numbers are kept as a pair:
         `paired` holds, per target after the first, the ratio of its rate to the first target's and
-        the difference of its c=1 p50, round by round."""
+        the difference of its c=1 p50, round by round. `references` names, per target, other
+        targets to compare it with instead, by their mean in each round (two identical
+        references halve the noise of the reference side)."""
         s = self.settings
         each = max(1, round(s.duration / 10))  # wrk takes whole seconds
         for name, url in targets:
@@ -215,11 +219,14 @@ class Run:
             errors = sum(r.error_count for r in rates[name] + latencies[name])
             if errors:
                 self.notes.append(f"{upstream} / {name}: wrk counted {errors} errors")
-            if name != first:
+            against = (references or {}).get(name, (first,))
+            if name not in against:
+                base_rates = [statistics.fmean(rates[ref][i].rps for ref in against) for i in range(rounds)]
+                base_p50s = [statistics.fmean(latencies[ref][i].p50_ms for ref in against) for i in range(rounds)]
                 self.paired[(upstream, name)] = Paired(
-                    first,
-                    [b.rps / a.rps for a, b in zip(rates[first], rates[name]) if a.rps],
-                    [b.p50_ms - a.p50_ms for a, b in zip(latencies[first], latencies[name])],
+                    " and ".join(against),
+                    [b.rps / a for a, b in zip(base_rates, rates[name]) if a],
+                    [b.p50_ms - a for a, b in zip(base_p50s, latencies[name])],
                 )
 
     def find(self, upstream: str, name: str) -> Scenario | None:
@@ -353,8 +360,10 @@ def measure_shadow(run: Run, base_url: str, candidate_url: str) -> None:
             for name, (url, child) in zip(names, started):
                 run.measure(CHEAP, name, url, pid=child.process.pid)
         else:
+            # Shadowing is judged against both shadow-off façades (their mean in each round); the
+            # control against the first alone, which shows what a ratio reads when nothing differs.
             run.measure_interleaved(CHEAP, [(name, url) for name, (url, _) in zip(names, started)],
-                                    rounds=run.settings.rounds)
+                                    rounds=run.settings.rounds, references={ON: tuple(n for n in names if n != ON)})
         run.notes.append(shadow_summary(started[1][0], before, time.monotonic() - t0))
     finally:
         for _, child in started:
@@ -463,7 +472,9 @@ def proxy_ratios(run: Run) -> list[Ratio]:
     if run.find(CHEAP, ON):
         pair = run.paired.get((CHEAP, ON))
         if pair is not None:
-            ratios.append(Ratio("shadow 100% / off req/s", pair.median(pair.rate_ratios), "%", 0.90, note=pair.spread()))
+            against = "; against both shadow-off façades, their mean per round" if CONTROL in pair.against else ""
+            ratios.append(Ratio("shadow 100% / off req/s", pair.median(pair.rate_ratios), "%", 0.90,
+                                note=pair.spread() + against))
             ratios.append(Ratio("shadow: added p50 at c=1", pair.median(pair.p50_deltas), "ms", 0.2, "at_most",
                                 note=f"median of {len(pair.p50_deltas)} paired rounds"))
         else:

@@ -332,6 +332,19 @@ class _Tee:
 
 
 @dataclass(slots=True)
+class _Plan:
+    """A route's shadow settings as the request hook reads them (rebuilt when the route is)."""
+
+    route: Any
+    config: ShadowConfig
+    counters: ShadowCounters
+    sample: float
+    methods: frozenset[str]  # empty when nothing is sampled
+    to: str
+    record: float  # the recording sample in hundredths of a percent, -1 when not recording
+
+
+@dataclass(slots=True)
 class ShadowJob:
     """Everything a worker needs to mirror one request and judge the answer (picklable)."""
 
@@ -657,6 +670,7 @@ class ShadowAddon:
         self.local: dict[str, ShadowCounters] = {}
         self.configs: dict[str, ShadowConfig] = {}
         self._infos: dict[int, tuple[Any, RouteInfo]] = {}
+        self._plans: dict[int, _Plan] = {}
         self._starting: set[asyncio.Task[None]] = set()
         self._running = False
 
@@ -721,37 +735,44 @@ class ShadowAddon:
 
     # hooks -------------------------------------------------------------------------------------
 
+    def _plan(self, route: Any, config: ShadowConfig) -> _Plan:
+        plan = _Plan(route, config, self._local(route.id, config), config.sample,
+                     frozenset(config.methods) if config.sample > 0 else frozenset(), config.to,
+                     config.record.sample * 100 if config.record is not None else -1.0)
+        self._plans[id(route)] = plan
+        return plan
+
     def request_started(self, flow: Any) -> None:
+        # Runs for every request of a shadowed route, also while the worker sheds load: the
+        # common path is a few attribute reads and one counter.
         route = flow.route
         config: ShadowConfig | None = route.config.shadow
         if config is None or not self._running:
             return
+        plan = self._plans.get(id(route))
+        if plan is None or plan.route is not route:
+            plan = self._plan(route, config)
         method = flow.method
-        shadow = config.sample > 0 and flow.upstream != config.to and method in config.methods
-        if shadow and config.sample < 100:
-            shadow = sample_bucket(flow.sticky_key or flow.request_id, route.id) < config.sample * 100
+        shadow = method in plan.methods and flow.upstream != plan.to
+        if shadow and plan.sample < 100:
+            shadow = sample_bucket(flow.sticky_key or flow.request_id, route.id) < plan.sample * 100
         if shadow and method not in SAFE_METHODS:
-            upstream = flow.table.upstreams.get(config.to)
+            upstream = flow.table.upstreams.get(plan.to)
             if not (config.allow_writes or getattr(upstream, "sandbox", False)):
-                self._local(route.id, config).skipped_writes += 1
+                plan.counters.skipped_writes += 1
                 shadow = False
-        record = config.record is not None and sample_bucket(flow.request_id, "record:" + route.id) < config.record.sample * 100
-        if not shadow and not record:
-            return
-        counters = self._local(route.id, config)
-        noise = False
+        record = plan.record >= 0 and sample_bucket(flow.request_id, "record:" + route.id) < plan.record
         if shadow:
-            counters.sampled += 1
+            plan.counters.sampled += 1
             if self.sink.refuse(route.id):
                 # The worker is over its CPU budget or this route's queue is filling: drop now,
                 # so the request costs no capture at all.
                 shadow = False
-                if not record:
-                    return
-        if shadow:
-            noise = method in SAFE_METHODS and config.noise_sample > 0 and (
-                config.noise_sample >= 100 or sample_bucket(flow.request_id, "noise:" + route.id) < config.noise_sample * 100
-            )
+        if not shadow and not record:
+            return
+        noise = shadow and method in SAFE_METHODS and config.noise_sample > 0 and (
+            config.noise_sample >= 100 or sample_bucket(flow.request_id, "noise:" + route.id) < config.noise_sample * 100
+        )
         flow.state["shadow"] = _Tee(shadow=shadow, record=record, noise=noise, max_body=config.max_body, cap=self.response_cap)
 
     def request_chunk(self, flow: Any, data: bytes) -> None:

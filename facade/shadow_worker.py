@@ -17,7 +17,6 @@ there, CPU a background process takes is CPU the primary traffic loses, whatever
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import os
@@ -40,6 +39,7 @@ MIN_RECHECK = 0.005  # shortest wait before an over-budget worker looks at its b
 DRAIN_TIMEOUT = 5.0
 NICENESS = 19
 BUDGET_BURST = 0.5  # seconds' worth of budget an idle worker saves: the share holds over any second
+DROP_REASONS = ("queue_full", "cpu_budget")  # the drops the façade side counts itself
 
 
 class CpuBudget:
@@ -115,8 +115,12 @@ class ProcessSink:
         self._remote: dict[str, dict[str, Any]] = {}
         self._store: dict[str, int] | None = None
         self._cpu_seconds = 0.0  # processor time the worker has used, as it last reported
-        self._local_drops: collections.Counter[tuple[str, str]] = collections.Counter()
-        self._pending_drops: collections.Counter[tuple[str, str]] = collections.Counter()
+        # Jobs dropped here, by reason and route: those the worker has been told of (or never will
+        # be: it is gone), and those still to tell it, with the next frames it gets. Plain dicts:
+        # a drop is counted on the request path, for most requests while the worker sheds load.
+        self._told_drops: dict[str, dict[str, int]] = {reason: {} for reason in DROP_REASONS}
+        self._pending_drops: dict[str, dict[str, int]] = {reason: {} for reason in DROP_REASONS}
+        self._pending = False
         self._broken = False
         self._batch: list[bytes] = []
         self._flush_scheduled = False
@@ -170,7 +174,8 @@ class ProcessSink:
             self._write(("route", key[1], info.route_id, info.config.model_dump(mode="json"), info.segments, info.candidate_base))
         self._send_pending_drops()
         if not self._write(("job", key[1], raw)):
-            self._local_drops[(route_id, "queue_full")] += 1
+            told = self._told_drops["queue_full"]
+            told[route_id] = told.get(route_id, 0) + 1
 
     def refuse(self, route_id: str) -> bool:
         if self.paused:
@@ -183,25 +188,32 @@ class ProcessSink:
 
     def _drop_here(self, route_id: str, reason: str) -> None:
         # Counted here; the worker only stores it (sent with the next frames).
-        self._local_drops[(route_id, reason)] += 1
-        self._pending_drops[(route_id, reason)] += 1
+        pending = self._pending_drops[reason]
+        pending[route_id] = pending.get(route_id, 0) + 1
+        self._pending = True
 
     def _send_pending_drops(self) -> None:
-        if self._pending_drops and not self._broken:
-            for (route, reason), n in self._pending_drops.items():
-                self._write(("stored_drop", route, reason, n))
-            self._pending_drops.clear()
+        if self._pending and not self._broken:
+            for reason, routes in self._pending_drops.items():
+                told = self._told_drops[reason]
+                for route, n in routes.items():
+                    self._write(("stored_drop", route, reason, n))
+                    told[route] = told.get(route, 0) + n
+                routes.clear()
+            self._pending = False
 
     def drop(self, route_id: str, reason: str) -> None:
         self._write(("drop", route_id, reason, 1))
 
     def counters(self) -> dict[str, dict[str, Any]]:
         out = {route: dict(values) for route, values in self._remote.items()}
-        for (route, reason), n in self._local_drops.items():
-            entry = out.setdefault(route, {})
-            dropped = dict(entry.get("dropped", {}))
-            dropped[reason] = dropped.get(reason, 0) + n
-            entry["dropped"] = dropped
+        for counts in (self._told_drops, self._pending_drops):
+            for reason, routes in counts.items():
+                for route, n in routes.items():
+                    entry = out.setdefault(route, {})
+                    dropped = dict(entry.get("dropped", {}))
+                    dropped[reason] = dropped.get(reason, 0) + n
+                    entry["dropped"] = dropped
         return out
 
     def store_stats(self) -> dict[str, int] | None:
@@ -270,6 +282,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     # nothing (on a small VM, 50 wake-ups a second cost a few percent of a core).
     recheck: asyncio.TimerHandle | None = None
     reporting: asyncio.TimerHandle | None = None
+    looking = False
 
     def report(force: bool = False) -> None:
         nonlocal last, reporting
@@ -303,7 +316,16 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         pressure()
 
     def changed() -> None:
-        nonlocal reporting
+        # Once per loop iteration, however many frames or finished jobs it brought: a budget
+        # check reads the process's CPU clock, a system call.
+        nonlocal looking
+        if not looking:
+            looking = True
+            loop.call_soon(look)
+
+    def look() -> None:
+        nonlocal looking, reporting
+        looking = False
         pressure()
         if reporting is None:
             reporting = loop.call_later(REPORT_INTERVAL, report)
