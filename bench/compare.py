@@ -68,24 +68,27 @@ def parse_both(a: bytes, b: bytes) -> None:
         gc.enable()
 
 
+def timed(fn: Callable[[], Any]) -> tuple[float, float]:
+    """CPU time of this thread (on a shared machine, the cost) and wall-clock time of one call, in ms."""
+    t0, c0 = time.perf_counter(), time.thread_time()
+    fn()
+    return (time.thread_time() - c0) * 1000, (time.perf_counter() - t0) * 1000
+
+
 def time_case(fn: Callable[[], Any], reference: Callable[[], Any], repeat: int) -> dict[str, float]:
-    """CPU time (this thread only: on a shared machine the CPU time is the cost) and wall-clock time
-    of `fn`, each run paired with a run of `reference`, in alternating order. The host's speed swings
-    within seconds, so the ratio is taken per pair and its median reported."""
+    """Times of `fn`, each run paired with a run of `reference`, in alternating order. The host's
+    speed swings within seconds, so the ratio is taken per pair and its median reported."""
     fn(), reference()  # warm up
-    wall, cpu, ref_cpu, ratios = [], [], [], []
+    cpu, wall, ref_cpu, ratios = [], [], [], []
     for i in range(repeat):
-        order = (fn, reference) if i % 2 == 0 else (reference, fn)
-        took = {}
-        for f in order:
-            t0, c0 = time.perf_counter(), time.thread_time()
-            f()
-            took[f] = ((time.thread_time() - c0) * 1000, (time.perf_counter() - t0) * 1000)
-        cpu.append(took[fn][0])
-        wall.append(took[fn][1])
-        ref_cpu.append(took[reference][0])
-        if took[reference][0] > 0:
-            ratios.append(took[fn][0] / took[reference][0])
+        if i % 2:
+            ref, run = timed(reference), timed(fn)
+        else:
+            run, ref = timed(fn), timed(reference)
+        cpu.append(run[0])
+        wall.append(run[1])
+        ref_cpu.append(ref[0])
+        ratios.append(run[0] / ref[0])
     wall.sort()
     return {
         "median_ms": statistics.median(wall),
@@ -93,7 +96,7 @@ def time_case(fn: Callable[[], Any], reference: Callable[[], Any], repeat: int) 
         "min_ms": wall[0],
         "cpu_median_ms": statistics.median(cpu),
         "parse_cpu_median_ms": statistics.median(ref_cpu),
-        "ratio_to_parse": statistics.median(ratios) if ratios else float("nan"),
+        "ratio_to_parse": statistics.median(ratios),
     }
 
 
