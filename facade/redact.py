@@ -18,12 +18,20 @@ import orjson
 
 from facade.compare import Difference
 
-__all__ = ["ALWAYS_REDACTED", "REDACTED", "Redactor", "truncate"]
+__all__ = ["ALWAYS_REDACTED", "REDACTED", "Redactor", "scrub_urls", "truncate"]
 
 REDACTED = "[REDACTED]"
 ALWAYS_REDACTED = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 # `"name": "[REDACTED]"` in a JSON text, as `Redactor.body` writes it.
 _REDACTED_FIELD = re.compile(rb'"((?:[^"\\]|\\.)*)"\s*:\s*"' + re.escape(REDACTED.encode()) + rb'"')
+# The query of any URL in a text: an error message may quote the URL it failed on.
+_URL_QUERY = re.compile(r"""(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#'"]*)\?[^\s#'"]*""")
+
+
+def scrub_urls(text: str) -> str:
+    """`text` with the query of every URL in it redacted (the configured fields are unknown where
+    errors are made, so the whole query goes)."""
+    return _URL_QUERY.sub(r"\1?" + REDACTED, text)
 
 
 def truncate(body: bytes, cap: int) -> tuple[bytes, bool]:

@@ -24,7 +24,7 @@ from facade.errors import UpstreamError, UpstreamTimeout
 from facade.exceptions import FacadeError
 from facade.noise import NoiseModel, NoiseThresholds
 from facade.recorder import RECORD_BODY_CAP, TrafficRecorder, redacted_exchange
-from facade.redact import Redactor
+from facade.redact import Redactor, scrub_urls
 from facade.routing import canonical_path
 from facade.shadow_store import ComparisonRecord, DiffRecord, DropRecord, SampleRecord, ShadowStore, StoreWriter
 
@@ -153,7 +153,8 @@ def judge(
 def failure_record(
     *, route: str, endpoint: str, primary_status: int, primary_ms: float | None, outcome: str, error: str, source: str = "live", ts: float | None = None
 ) -> ComparisonRecord:
-    """A shadow that produced no candidate answer (`outcome` is `timeout` or `failed`)."""
+    """A shadow that produced no candidate answer (`outcome` is `timeout` or `failed`). The error is
+    stored without the query of any URL it quotes: a query can carry a token."""
     return ComparisonRecord(
         ts=time.time() if ts is None else ts,
         route=route,
@@ -166,7 +167,7 @@ def failure_record(
         match_denoised=False,
         outcome=outcome,
         source=source,
-        error=error[:500],
+        error=scrub_urls(error)[:500],
     )
 
 
@@ -239,7 +240,7 @@ class H1ShadowClient:
         except UpstreamTimeout as exc:
             raise TimeoutError(str(exc)) from exc
         except UpstreamError as exc:
-            raise ShadowSendError(f"{method} {url}: {exc}") from exc
+            raise ShadowSendError(scrub_urls(f"{method} {url}: {exc}")) from exc
         head = _header_map([(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in response.headers])
         return Reply(response.status, head, b"".join(chunks), truncated)
 

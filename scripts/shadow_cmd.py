@@ -18,6 +18,8 @@ from facade.noise import NoiseThresholds
 from facade.shadow_store import ComparisonRecord, ShadowStore, StoreWriter
 from scripts.shadow_replay import (
     ReplaySummary,
+    count_exchanges,
+    is_sandbox,
     load_exchanges,
     load_optional_config,
     open_store,
@@ -25,13 +27,13 @@ from scripts.shadow_replay import (
     resolve_target,
     rules_by_route,
 )
-from scripts.shadow_report import Report, build_report, parse_rate, parse_since, render
+from scripts.shadow_report import Report, build_report, gate, parse_rate, parse_since, render
 
 app = typer.Typer(no_args_is_help=True, help="Shadow traffic: comparison reports and offline replay.")
 
 
 class ShadowFailed(FacadeError):
-    """The mismatch rate is above the `--fail-over` limit."""
+    """The candidate fails the `--fail-over` gate: too many mismatches or unanswered shadows, or none compared."""
 
 
 def make_report(
@@ -69,7 +71,7 @@ def report(
     route: str = typer.Option(None, "--route", help="Only this route id."),
     fmt: str = typer.Option("md", "--format", help="Output format: html, md or json."),
     output: Path = typer.Option(None, "-o", "--output", help="Write to this file instead of standard output."),
-    fail_over: str = typer.Option(None, "--fail-over", help="Exit 1 when the mismatch rate (noise removed) is above this rate, e.g. 0.05 or 5%."),
+    fail_over: str = typer.Option(None, "--fail-over", help="Exit 1 when the mismatch rate (noise removed) or the candidate error rate is above this rate, e.g. 0.05 or 5%, or when nothing was compared."),
 ) -> None:
     """Per route and endpoint: match rates with and without noise, status matrix, top differing fields, latency, drops."""
     limit = parse_rate(fail_over) if fail_over is not None else None
@@ -86,8 +88,9 @@ def report(
         typer.echo(f"wrote {output} ({result.compared} compared, mismatch rate {100 * result.mismatch_rate:.1f}% with noise removed)", err=True)
     else:
         typer.echo(text, nl=False)
-    if limit is not None and result.mismatch_rate > limit:
-        raise ShadowFailed(f"mismatch rate {100 * result.mismatch_rate:.2f}% is above --fail-over {100 * limit:.2f}%")
+    reasons = gate(result, limit) if limit is not None else []
+    if reasons:
+        raise ShadowFailed("; ".join(reasons))
 
 
 def run_replay(
@@ -100,12 +103,16 @@ def run_replay(
     timeout: float = 10.0,
     concurrency: int = 4,
     route: str | None = None,
+    allow_writes: bool = False,
     show_progress: bool = False,
 ) -> ReplaySummary:
-    """Replay a traffic file against a candidate and store the comparisons."""
+    """Replay a traffic file against a candidate and store the comparisons. Write methods go only
+    to an upstream `routing.yaml` declares a sandbox, or with `allow_writes`."""
     base_url = resolve_target(against, config)
     exchanges = load_exchanges(traffic, route)
+    total = count_exchanges(traffic, route) if show_progress else None
     rules = rules_by_route(config)
+    writes = allow_writes or is_sandbox(against, config)
 
     async def go() -> ReplaySummary:
         writer = StoreWriter(store)
@@ -114,12 +121,14 @@ def run_replay(
             with Progress(
                 TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=Console(stderr=True), disable=not show_progress
             ) as progress:
-                task = progress.add_task("replay", total=len(exchanges))
+                task = progress.add_task("replay", total=total)
 
                 def done(_: ComparisonRecord | None) -> None:
                     progress.advance(task)
 
-                return await replay_exchanges(exchanges, base_url, writer=writer, rules=rules, rate=rate, timeout=timeout, concurrency=concurrency, on_done=done)
+                return await replay_exchanges(
+                    exchanges, base_url, writer=writer, rules=rules, rate=rate, timeout=timeout, concurrency=concurrency, allow_writes=writes, on_done=done
+                )
         finally:
             await writer.stop()
 
@@ -135,17 +144,24 @@ def replay(
     concurrency: int = typer.Option(4, "--concurrency", help="Requests in flight at once."),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for each candidate answer."),
     route: str = typer.Option(None, "--route", help="Only replay requests recorded for this route id."),
+    allow_writes: bool = typer.Option(
+        False, "--allow-writes", help="Also replay POST, PUT, PATCH and DELETE (default: only to an upstream routing.yaml marks `sandbox: true`)."
+    ),
     store: str = typer.Option(None, "--store", help="Shadow store SQLAlchemy URL; default from --config, else sqlite:///.strangler/shadow.db."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Replay recorded requests against a candidate, compare with the recorded primary answers, fill the shadow store."""
     cfg = load_optional_config(config)
     shadow_store = open_store(store, cfg)
-    summary = run_replay(traffic, against, config=cfg, store=shadow_store, rate=rate, timeout=timeout, concurrency=concurrency, route=route, show_progress=not as_json)
+    summary = run_replay(
+        traffic, against, config=cfg, store=shadow_store, rate=rate, timeout=timeout, concurrency=concurrency, route=route,
+        allow_writes=allow_writes, show_progress=not as_json,
+    )
     if as_json:
         typer.echo(json.dumps(asdict(summary)))
     else:
         typer.echo(
             f"replayed {summary.replayed} of {summary.total} in {summary.seconds:.1f}s: {summary.matched} matched, "
-            f"{summary.mismatched} differ, {summary.failed} failed, {summary.timed_out} timed out, {summary.skipped} skipped (truncated body)"
+            f"{summary.mismatched} differ, {summary.failed} failed, {summary.timed_out} timed out, {summary.skipped} skipped (truncated body), "
+            f"{summary.skipped_writes} writes skipped{' (not a sandbox: pass --allow-writes to send them)' if summary.skipped_writes else ''}"
         )

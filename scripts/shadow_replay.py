@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,11 +18,11 @@ from facade.compare import Reply
 from facade.config import FacadeConfig, load_config
 from facade.exceptions import FacadeError
 from facade.noise import NoiseModel
-from facade.recorder import RECORD_BODY_CAP, RecordedExchange, read_traffic
+from facade.recorder import RECORD_BODY_CAP, RecordedExchange, RecorderError, read_traffic
 from facade.shadow import RouteRules, failure_record, judge, route_rules
 from facade.shadow_store import ComparisonRecord, ShadowStore, StoreWriter
 
-__all__ = ["ReplayError", "ReplaySummary", "replay_exchanges", "resolve_target", "rules_by_route"]
+__all__ = ["ReplayError", "ReplaySummary", "count_exchanges", "is_sandbox", "load_exchanges", "replay_exchanges", "resolve_target", "rules_by_route"]
 
 
 class ReplayError(FacadeError):
@@ -35,12 +35,19 @@ class ReplaySummary:
 
     total: int = 0
     replayed: int = 0
-    skipped: int = 0
+    skipped: int = 0  # recorded with a truncated request body: cannot be sent as it was
+    skipped_writes: int = 0  # a write method, and the target is neither a sandbox nor opted in
     matched: int = 0
     mismatched: int = 0
     failed: int = 0
     timed_out: int = 0
     seconds: float = 0.0
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+# The most of a candidate's answer replay reads, as the façade's live shadowing does: a larger
+# answer is compared as the truncated text it is, never held whole.
+CANDIDATE_BODY_CAP = 4 * 1024 * 1024
 
 
 def resolve_target(against: str, config: FacadeConfig | None) -> str:
@@ -55,6 +62,12 @@ def resolve_target(against: str, config: FacadeConfig | None) -> str:
     return upstream.url.rstrip("/")
 
 
+def is_sandbox(against: str, config: FacadeConfig | None) -> bool:
+    """Whether `against` names an upstream that `routing.yaml` declares a sandbox (a bare URL is not)."""
+    upstream = config.upstreams.get(against) if config is not None and "://" not in against else None
+    return bool(getattr(upstream, "sandbox", False))
+
+
 def rules_by_route(config: FacadeConfig | None, *, max_body: int = RECORD_BODY_CAP) -> dict[str, RouteRules]:
     if config is None:
         return {}
@@ -62,7 +75,7 @@ def rules_by_route(config: FacadeConfig | None, *, max_body: int = RECORD_BODY_C
 
 
 async def replay_exchanges(
-    exchanges: Sequence[RecordedExchange],
+    exchanges: Iterable[RecordedExchange],
     base_url: str,
     *,
     writer: StoreWriter,
@@ -70,43 +83,61 @@ async def replay_exchanges(
     rate: float | None = None,
     timeout: float = 10.0,
     concurrency: int = 4,
+    allow_writes: bool = False,
     on_done: Callable[[ComparisonRecord | None], None] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> ReplaySummary:
-    """Replay `exchanges` against `base_url` at most `rate` per second; store every comparison."""
-    summary = ReplaySummary(total=len(exchanges))
+    """Replay `exchanges` against `base_url` at most `rate` per second; store every comparison.
+
+    `exchanges` is read as it is replayed (a file of any size stays on disk): `concurrency`
+    workers take the next exchange each. Write methods are replayed only with `allow_writes`,
+    for a candidate that may take them (a sandbox); otherwise they are counted and skipped.
+    """
+    summary = ReplaySummary()
     default = route_rules(max_body=RECORD_BODY_CAP)
     models: dict[str, NoiseModel] = {}
-    gate = asyncio.Semaphore(concurrency)
+    source = iter(exchanges)
     started = time.monotonic()
 
-    async def one(index: int, ex: RecordedExchange, client: httpx.AsyncClient) -> None:
-        if rate:
-            # Pacing for the rate limit: request i leaves at start + i/rate.
-            await asyncio.sleep(max(0.0, started + index / rate - time.monotonic()))
-        async with gate:
-            record: ComparisonRecord | None = None
-            if ex.body_truncated:
-                summary.skipped += 1
-            else:
-                record = await _send(ex, client, rules.get(ex.route, default), models.setdefault(ex.route, NoiseModel(rules.get(ex.route, default).thresholds)))
-                summary.replayed += 1
-                if record.outcome == "timeout":
-                    summary.timed_out += 1
-                elif record.outcome == "failed":
-                    summary.failed += 1
-                elif record.match_denoised:
-                    summary.matched += 1
-                else:
-                    summary.mismatched += 1
-                writer.submit(record)
+    async def one(ex: RecordedExchange, client: httpx.AsyncClient) -> ComparisonRecord | None:
+        if ex.body_truncated:
+            summary.skipped += 1
+            return None
+        if ex.method not in SAFE_METHODS and not allow_writes:
+            summary.skipped_writes += 1
+            return None
+        route_rules_ = rules.get(ex.route, default)
+        record = await _send(ex, client, route_rules_, models.setdefault(ex.route, NoiseModel(route_rules_.thresholds)))
+        summary.replayed += 1
+        if record.outcome == "timeout":
+            summary.timed_out += 1
+        elif record.outcome == "failed":
+            summary.failed += 1
+        elif record.match_denoised:
+            summary.matched += 1
+        else:
+            summary.mismatched += 1
+        writer.submit(record)
+        return record
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        for ex in source:  # shared: each worker takes the next one
+            index = summary.total
+            summary.total += 1
+            if rate:
+                # Pacing for the rate limit: request i leaves at start + i/rate.
+                await asyncio.sleep(max(0.0, started + index / rate - time.monotonic()))
+            record = await one(ex, client)
             if on_done is not None:
                 on_done(record)
 
     async with httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport, follow_redirects=False) as client:
-        async with asyncio.TaskGroup() as group:
-            for i, ex in enumerate(exchanges):
-                group.create_task(one(i, ex, client))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(max(1, concurrency)):
+                    group.create_task(worker(client))
+        except* RecorderError as failed:
+            raise failed.exceptions[0] from None  # a broken line: its message names it
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -116,7 +147,8 @@ async def _send(ex: RecordedExchange, client: httpx.AsyncClient, rules: RouteRul
     request_line = f"{ex.method} {ex.target}"
     t0 = time.perf_counter()
     try:
-        response = await client.request(ex.method, ex.target, headers=headers, content=ex.body or None)
+        async with client.stream(ex.method, ex.target, headers=headers, content=ex.body or None) as response:
+            content, truncated = await _read_capped(response, CANDIDATE_BODY_CAP)
     except httpx.TimeoutException as exc:
         return failure_record(route=ex.route, endpoint=ex.endpoint, primary_status=ex.status, primary_ms=ex.duration_ms, outcome="timeout", error=repr(exc), source="replay")
     except httpx.HTTPError as exc:
@@ -130,8 +162,8 @@ async def _send(ex: RecordedExchange, client: httpx.AsyncClient, rules: RouteRul
     if redactor is not rules.redactor:
         rules = replace(rules, redactor=redactor)
     candidate_headers = redactor.header_map({k.lower(): v for k, v in response.headers.items()})
-    candidate_body, cut = redactor.body(response.content, candidate_headers.get("content-type", ""))
-    candidate = Reply(response.status_code, candidate_headers, candidate_body, cut)
+    candidate_body, cut = redactor.body(content, candidate_headers.get("content-type", ""))
+    candidate = Reply(response.status_code, candidate_headers, candidate_body, cut or truncated)
     return judge(
         route=ex.route,
         endpoint=ex.endpoint,
@@ -147,8 +179,34 @@ async def _send(ex: RecordedExchange, client: httpx.AsyncClient, rules: RouteRul
     )
 
 
-def load_exchanges(traffic: Path, route: str | None = None) -> list[RecordedExchange]:
-    return [ex for ex in read_traffic(traffic) if route is None or ex.route == route]
+async def _read_capped(response: httpx.Response, cap: int) -> tuple[bytes, bool]:
+    """At most `cap` bytes of the body, and whether there was more (the rest is not read)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        if size + len(chunk) > cap:
+            chunks.append(chunk[: cap - size])
+            return b"".join(chunks), True
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks), False
+
+
+def load_exchanges(traffic: Path, route: str | None = None) -> Iterator[RecordedExchange]:
+    """The exchanges of a traffic file (for one route, if given), read as they are used."""
+    return (ex for ex in read_traffic(traffic) if route is None or ex.route == route)
+
+
+def count_exchanges(traffic: Path, route: str | None = None) -> int | None:
+    """How many exchanges a traffic file holds (for one route, if given), for a progress bar; None
+    when the file cannot be read through, which the replay itself then reports."""
+    try:
+        if route is None:
+            with traffic.open("rb") as handle:
+                return sum(1 for line in handle if line.strip())
+        return sum(1 for _ in load_exchanges(traffic, route))
+    except (OSError, RecorderError):
+        return None
 
 
 def open_store(store_url: str | None, config: FacadeConfig | None) -> ShadowStore:

@@ -127,6 +127,40 @@ class Report:
     def mismatch_rate_raw(self) -> float:
         return 1 - self.matched / self.compared if self.compared else 0.0
 
+    @property
+    def errors(self) -> int:
+        """Shadowed requests the candidate never answered in time (timed out or failed)."""
+        return sum(sum(r.errors.values()) for r in self.routes)
+
+    @property
+    def error_rate(self) -> float:
+        """Share of shadowed requests the candidate did not answer (0 when none were sent)."""
+        attempted = self.compared + self.errors
+        return self.errors / attempted if attempted else 0.0
+
+
+def gate(report: Report, limit: float) -> list[str]:
+    """Why `report` fails a pipeline gate at `limit`, or nothing when it passes.
+
+    A candidate passes only when it was compared at all, when its mismatch rate (noise removed) is
+    within `limit`, and when it answered: a candidate that is down or times out compares nothing,
+    and a mismatch rate over what little it answered would prove nothing about the rest.
+    """
+    reasons = []
+    if not report.compared:
+        reasons.append(
+            f"no requests were compared ({report.errors} candidate errors); check that shadowing is on "
+            "for the route and that the candidate answers, or widen --since"
+        )
+    elif report.mismatch_rate > limit:
+        reasons.append(f"mismatch rate {100 * report.mismatch_rate:.2f}% is above --fail-over {100 * limit:.2f}%")
+    if report.errors and report.error_rate > limit:
+        reasons.append(
+            f"the candidate did not answer {100 * report.error_rate:.2f}% of shadowed requests "
+            f"({report.errors} timed out or failed), above --fail-over {100 * limit:.2f}%"
+        )
+    return reasons
+
 
 def parse_since(text: str | None, *, now: float) -> float | None:
     """`1h`, `30m`, `2d`, `1w`, or an ISO 8601 time → epoch seconds; None for no bound."""
@@ -319,6 +353,8 @@ def report_dict(report: Report) -> dict[str, Any]:
     out = asdict(report)
     out["mismatch_rate"] = report.mismatch_rate
     out["mismatch_rate_raw"] = report.mismatch_rate_raw
+    out["errors"] = report.errors
+    out["error_rate"] = report.error_rate
     for r_out, r in zip(out["routes"], report.routes):
         r_out["mismatch_rate"] = r.mismatch_rate
         r_out["timeline"] = [{"start": t, "compared": n, "mismatched": bad} for t, n, bad in r.timeline]
@@ -345,7 +381,8 @@ def render_markdown(report: Report) -> str:
         + ".",
         "",
         f"**{report.compared}** requests compared; match rate **{_pct(1 - report.mismatch_rate if report.compared else None)}** "
-        f"with noise removed, {_pct(1 - report.mismatch_rate_raw if report.compared else None)} raw.",
+        f"with noise removed, {_pct(1 - report.mismatch_rate_raw if report.compared else None)} raw; "
+        f"{report.errors} unanswered by the candidate ({_pct(report.error_rate if report.errors else 0.0)}).",
         "",
     ]
     for r in report.routes:

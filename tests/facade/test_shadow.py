@@ -86,7 +86,7 @@ class Upstream:
             if request.method != "GET":
                 return JSONResponse({"ok": True}, status_code=201)
             response = JSONResponse(self.product(int(request.path_params["id"])))
-            response.set_cookie("csrftoken", SECRETS["set_cookie"].split("=", 1)[1])
+            response.set_cookie("csrftoken", SECRETS["set_cookie"].split("=", 1)[1] + ("-c" if self.token_differs else ""))
             return response
 
         async def plain(request: Request) -> Response:
@@ -356,14 +356,35 @@ def test_secrets_never_reach_the_store_the_recording_or_the_report(tmp_path: Pat
     store = stored(tmp_path, 5)
     report = make_report(store)
     store.close()
-    assert report.compared == 5 and any(f.field == "$.owner.api_token" for f in report.routes[0].endpoints[0].fields)
-    files = {"store": (tmp_path / "shadow.db").read_bytes(), "recording": traffic.read_bytes()}
+    fields = {f.field for f in report.routes[0].endpoints[0].fields}
+    # The candidate's token and cookie differ from the primary's: the differences are stored, their values are not.
+    assert report.compared == 5 and {"$.owner.api_token", "headers.set-cookie"} <= fields
+    store_files = [p for p in tmp_path.iterdir() if p.name.startswith("shadow.db")]  # the WAL too, if any
+    files = {p.name: p.read_bytes() for p in store_files} | {"recording": traffic.read_bytes()}
     files |= {fmt: render(report, fmt).encode() for fmt in ("html", "md", "json")}
     assert all(files.values())
+    # What is scanned holds the redacted data: the marker where each secret was.
+    assert b"[REDACTED]" in b"".join(p.read_bytes() for p in store_files) and b"[REDACTED]" in files["recording"]
     for where, content in files.items():
         for name, secret in SECRETS.items():
             token = secret.split("=", 1)[-1].removeprefix("Bearer ").encode()
             assert token not in content, f"{name} leaked into the {where}"
+
+
+def test_a_token_in_the_query_stays_out_of_a_failed_shadow_error(tmp_path: Path) -> None:
+    # A candidate that is down: the error stored for each shadow quotes the URL it failed on.
+    shadow = "{to: catalog, noise_sample: 0, timeout: 2s}"
+    with facade(tmp_path, Upstream(), None, shadow=shadow) as (client, _):
+        for i in range(1, 4):
+            assert client.get(f"/api/products/{i}?api_token={SECRETS['api_token']}&page=2").status_code == 200
+        wait_for(lambda: counters(client).get("failed") == 3, timeout=30, what="3 failed shadows")
+    store = stored(tmp_path, 3)
+    rows = store.load().comparisons
+    store.close()
+    assert [r["outcome"] for r in rows] == ["failed"] * 3 and all(r["error"] for r in rows)
+    for path in tmp_path.iterdir():
+        if path.name.startswith("shadow.db"):
+            assert SECRETS["api_token"].encode() not in path.read_bytes(), f"the token leaked into {path.name}"
 
 
 def test_traffic_recorded_by_the_facade_replays_against_a_candidate(tmp_path: Path) -> None:

@@ -36,10 +36,14 @@ def candidate_app(seen: list[dict[str, str]]) -> Starlette:
             body["price"] = 9.99  # a type difference
         return JSONResponse(body)
 
-    return Starlette(routes=[Route("/api/products/{id}", product)])
+    async def write(request: Request) -> JSONResponse:
+        seen.append(dict(request.headers) | {"method": request.method})
+        return JSONResponse(primary_product(int(request.path_params["id"])))
+
+    return Starlette(routes=[Route("/api/products/{id}", product, methods=["GET"]), Route("/api/products/{id}", write, methods=["POST", "PUT", "DELETE"])])
 
 
-def record_traffic(path: Path, n: int) -> None:
+def record_traffic(path: Path, n: int, methods: tuple[str, ...] = ("GET",)) -> None:
     redactor = Redactor.build(body_fields=["password", "api_token"])
 
     async def go() -> None:
@@ -52,7 +56,7 @@ def record_traffic(path: Path, n: int) -> None:
                     ts=1000.0 + i,
                     route="catalog-read",
                     endpoint=EP,
-                    method="GET",
+                    method=methods[i % len(methods)],
                     path=f"/api/products/{i}",
                     query="password=pw1234567" if i == 0 else "",
                     headers=[("authorization", SECRET), ("accept", "application/json"), ("host", "shop.example")],
@@ -129,3 +133,69 @@ def test_bad_inputs_are_explained(tmp_path: Path) -> None:
     broken.write_text("{}\n")
     with pytest.raises(RecorderError, match=r"broken.jsonl:1"):
         list(read_traffic(broken))
+
+
+def test_replay_sends_writes_only_to_a_sandbox_or_when_allowed(tmp_path: Path) -> None:
+    from facade.config import parse_config
+
+    traffic = tmp_path / "traffic.jsonl"
+    record_traffic(traffic, 8, methods=("GET", "POST", "PUT", "DELETE"))
+    seen: list[dict[str, str]] = []
+    with serve(candidate_app(seen)) as url:
+        config = parse_config(
+            f"""version: 1
+upstreams:
+  monolith: {{url: "http://127.0.0.1:9"}}
+  catalog: {{url: "{url}"}}
+  staging: {{url: "{url}", sandbox: true}}
+default: {{to: monolith}}
+"""
+        )
+        runs = {}
+        for name, against, allow in (("url", url, False), ("upstream", "catalog", False), ("sandbox", "staging", False), ("opt-in", url, True)):
+            before = len(seen)
+            summary = run_replay(traffic, against, config=config, store=ShadowStore(f"sqlite:///{tmp_path}/{name}.db"), allow_writes=allow)
+            runs[name] = (summary.replayed, summary.skipped_writes, sorted(h.get("method", "GET") for h in seen[before:]))
+    assert runs["url"] == runs["upstream"] == (2, 6, ["GET", "GET"])
+    writes = ["DELETE", "DELETE", "GET", "GET", "POST", "POST", "PUT", "PUT"]
+    assert runs["sandbox"] == runs["opt-in"] == (8, 0, writes)
+
+
+def test_cli_replay_shows_progress_and_says_why_writes_were_skipped(tmp_path: Path) -> None:
+    traffic = tmp_path / "traffic.jsonl"
+    record_traffic(traffic, 4, methods=("GET", "POST"))
+    with serve(candidate_app([])) as url:
+        result = CliRunner().invoke(cli.app, ["shadow", "replay", "--traffic", str(traffic), "--against", url, "--store", f"sqlite:///{tmp_path}/s.db"])
+    assert result.exit_code == 0, result.output
+    assert "replaying" in result.output and "4/4" in result.output
+    assert "replayed 2 of 4" in result.output and "2 writes skipped (not a sandbox: pass --allow-writes" in result.output
+
+
+def test_replay_reads_no_more_of_an_answer_than_its_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from starlette.responses import StreamingResponse
+
+    from scripts import shadow_replay
+
+    monkeypatch.setattr(shadow_replay, "CANDIDATE_BODY_CAP", 64 * 1024)
+    produced = [0]
+
+    async def endless(request: Request) -> StreamingResponse:
+        async def chunks():  # 256 MB, if anyone read it all; it stops once the reader hangs up
+            for _ in range(4096):
+                if await request.is_disconnected():
+                    return
+                produced[0] += 65536
+                yield b"x" * 65536
+
+        return StreamingResponse(chunks(), media_type="application/json")
+
+    traffic = tmp_path / "traffic.jsonl"
+    record_traffic(traffic, 1)
+    store = ShadowStore(f"sqlite:///{tmp_path}/s.db")
+    with serve(Starlette(routes=[Route("/api/products/{id}", endless)])) as url:
+        summary = run_replay(traffic, url, store=store)
+    assert (summary.replayed, summary.mismatched) == (1, 1)
+    assert produced[0] < 64 * 1024 * 1024, f"{produced[0]} bytes produced: the answer was read past its cap"
+    (row,) = store.load().comparisons
+    store.close()
+    assert row["outcome"] == "compared" and not row["match"]

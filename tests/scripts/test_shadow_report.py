@@ -156,3 +156,35 @@ def test_empty_report_renders() -> None:
     report = build_report(StoreData(), now=0.0)
     assert report.mismatch_rate == 0.0
     assert "<svg" in render(report, "html") and "0" in render(report, "md")
+
+
+def test_gate_fails_a_candidate_that_does_not_answer(tmp_path: Path) -> None:
+    """A candidate that is down compares nothing, and one that mostly times out is judged on what it
+    answered: neither may pass `--fail-over` on a mismatch rate of 0 %."""
+    now = time.time()
+    down, flaky = f"sqlite:///{tmp_path / 'down.db'}", f"sqlite:///{tmp_path / 'flaky.db'}"
+    seed(down, n=0, now=now)
+    store = ShadowStore(down)
+    store.write([failure_record(route="catalog-read", endpoint=EP, primary_status=200, primary_ms=1.0, outcome="failed", error="ConnectError", ts=now - i) for i in range(9)], [])
+    store.close()
+    seed(flaky, n=0, now=now)
+    rules = route_rules(CompareConfig(), RedactConfig())
+    store = ShadowStore(flaky)
+    body = product(1, stamp="fixed")
+    ok = judge(route="catalog-read", endpoint=EP, request_line="GET /api/products/1", primary=Reply(200, JSON, body), candidate=Reply(200, JSON, body),
+               second=None, rules=rules, model=NoiseModel(rules.thresholds), primary_ms=1.0, candidate_ms=1.0, ts=now - 1)
+    store.write([ok], [])
+    store.close()
+
+    runner = CliRunner()
+    result = runner.invoke(cli.app, ["shadow", "report", "--store", down, "--format", "json", "--fail-over", "5%"])
+    assert isinstance(result.exception, ShadowFailed), result.output
+    assert "no requests were compared (10 candidate errors)" in str(result.exception)
+    assert "did not answer 100.00%" in str(result.exception)
+    assert json.loads(result.stdout)["error_rate"] == 1.0
+    # One timeout and one answer, which matched: a mismatch rate of 0 % does not pass the gate.
+    result = runner.invoke(cli.app, ["shadow", "report", "--store", flaky, "--format", "md", "--fail-over", "5%"])
+    assert isinstance(result.exception, ShadowFailed), result.output
+    assert "mismatch rate" not in str(result.exception) and "did not answer 50.00%" in str(result.exception)
+    assert "1 unanswered by the candidate (50.0%)" in result.stdout
+    assert runner.invoke(cli.app, ["shadow", "report", "--store", flaky, "--format", "md", "--fail-over", "60%"]).exit_code == 0
