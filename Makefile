@@ -30,6 +30,7 @@ test-tools:
 
 test: $(STAMP) test-tools
 	$(BIN)/python -m pytest
+	@test ! -f test-artifacts/shadow_report.png || echo "screenshot of the rendered shadow report: test-artifacts/shadow_report.png"
 
 bench: $(STAMP)
 	$(BIN)/python bench/proxy.py

@@ -433,6 +433,22 @@ def test_a_large_request_body_is_skipped_not_buffered(tmp_path: Path) -> None:
     assert [(s[1], s[3]) for s in candidate.seen] == [("/api/products/2", 5)]
 
 
+def test_a_user_is_consistently_in_or_out_of_the_sample_on_a_route_with_one_upstream(tmp_path: Path) -> None:
+    # `catalog-read` has one upstream and no sticky source: the assignment cookie names the user.
+    primary, candidate = Upstream(), Upstream(candidate=True)
+    with facade(tmp_path, primary, candidate, shadow="{to: catalog, sample: 50, noise_sample: 0}") as (client, _):
+        for round_ in range(2):
+            for user in range(40):
+                headers = {"cookie": f"strangler_id=user{user:04d}", "x-request-id": f"r{round_}-{user}"}
+                assert client.get("/api/products/1", headers=headers).status_code == 200
+        wait_for(lambda: (c := counters(client)) and c["compared"] == c["sampled"], timeout=30, what="the sampled shadows compared")
+    mirrored: dict[str, int] = {}
+    for _, _, headers, _ in candidate.seen:
+        mirrored[headers["cookie"]] = mirrored.get(headers["cookie"], 0) + 1
+    assert set(mirrored.values()) == {2}, mirrored  # both of a user's requests, or neither
+    assert 5 <= len(mirrored) <= 35  # about half of the 40 users
+
+
 # --- the hooks alone, on real flows from a real route table -----------------------------------
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import json
 import os
 import re
 import shutil
@@ -28,6 +30,20 @@ FLAGS = [
     "--disable-sync",
     "--window-size=1280,2000",
 ]
+
+
+# Appended to a copy of the report: every chart, series, bar and table as laid out, into the DOM.
+MEASURE = """<pre id="layout"></pre><script>
+const out = [];
+for (const what of ["svg.chart", "polyline.series", "rect.bar", "table"]) {
+  for (const el of document.querySelectorAll(what)) {
+    const box = el.getBoundingClientRect(), style = getComputedStyle(el);
+    out.push({what, width: box.width, height: box.height, rows: el.rows ? el.rows.length : 0, stroke: style.stroke,
+              visible: style.display !== "none" && style.visibility !== "hidden" && Number(style.opacity) > 0 && box.width > 0 && box.height > 0});
+  }
+}
+document.getElementById("layout").textContent = JSON.stringify(out);
+</script>"""
 
 
 def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -57,6 +73,22 @@ def test_html_report_renders_charts_and_tables_in_chromium(tmp_path: Path) -> No
     dumped = chromium(tmp_path, "--dump-dom", page.as_uri())
     assert dumped.returncode == 0, dumped.stderr[-2000:]
     dom = dumped.stdout
+    # The report carries no script; a copy with one measures what the browser laid out and painted:
+    # charts, their series and bars, and the tables, each visible with a size on the page.
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.read_text(encoding="utf-8").replace("</body>", MEASURE + "</body>"), encoding="utf-8")
+    measured = chromium(tmp_path, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri())
+    assert measured.returncode == 0, measured.stderr[-2000:]
+    layout = json.loads(html.unescape(re.search(r'<pre id="layout">(.*?)</pre>', measured.stdout, re.S).group(1)))
+    charts = [b for b in layout if b["what"] == "svg.chart"]
+    assert len(charts) == 2 and all(b["visible"] and b["width"] > 200 and b["height"] > 80 for b in charts), charts
+    (series,) = [b for b in layout if b["what"] == "polyline.series"]
+    assert series["visible"] and series["width"] > 50 and series["stroke"] not in ("none", "rgba(0, 0, 0, 0)"), series
+    bars = [b for b in layout if b["what"] == "rect.bar"]
+    assert len(bars) == 6 and all(b["visible"] and b["height"] > 0 and b["width"] > 0 for b in bars), bars
+    assert len({round(b["width"], 1) for b in bars}) > 1  # bars as long as their values, not all alike
+    tables = [b for b in layout if b["what"] == "table"]
+    assert len(tables) >= 4 and all(b["visible"] and b["height"] > 20 and b["rows"] >= 2 for b in tables), tables
     assert len(re.findall(r'<svg class="chart"', dom)) == 2
     assert re.search(r'<polyline class="series" points="[\d., ]+"', dom)  # the mismatch-rate line
     assert len(re.findall(r'<rect class="bar"', dom)) == 6  # p50/p95/p99 × primary/candidate
