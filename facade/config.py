@@ -466,6 +466,9 @@ class ShadowStoreConfig(_Model):
     url: str = "sqlite:///.strangler/shadow.db"
     retention: Duration = 7 * 86400.0
     max_rows: int = Field(default=100_000, ge=1)
+    max_size: Size | None = Field(
+        default=None, description="Oldest comparisons are deleted while the store holds more than this (e.g. 500MB); a SQLite file shrinks to match."
+    )
     max_body: Size = Field(default=64 * 1024, description="Sample bodies are truncated to this size.")
 
 

@@ -444,7 +444,7 @@ class ShadowEngine:
 
     async def start(self) -> None:
         c = self.store_config
-        self.store = self.store or ShadowStore(c.url, retention=c.retention, max_rows=c.max_rows)
+        self.store = self.store or ShadowStore(c.url, retention=c.retention, max_rows=c.max_rows, max_size=c.max_size)
         self.writer = StoreWriter(self.store, drops_source=self._take_drops, on_written=self._changed)
         await self.writer.start()
 

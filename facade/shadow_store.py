@@ -170,12 +170,14 @@ class ShadowStore:
         *,
         retention: float = 7 * 86400.0,
         max_rows: int = 100_000,
+        max_size: int | None = None,
         samples_per_field: int = 3,
         engine: Engine | None = None,
     ) -> None:
         self.url = url
         self.retention = retention
         self.max_rows = max_rows
+        self.max_size = max_size
         self.samples_per_field = samples_per_field
         self._sample_counts: dict[tuple[str, str], int] = {}
         self.engine = engine or _engine(url)
@@ -263,7 +265,7 @@ class ShadowStore:
         return self._sample_counts.get((endpoint, field_name), 0) < self.samples_per_field
 
     def prune(self, now: float | None = None) -> int:
-        """Apply retention by age and by row count; returns the comparisons deleted."""
+        """Apply retention by age, by row count and by size; returns the comparisons deleted."""
         now = time.time() if now is None else now
         cutoff = now - self.retention
         deleted = 0
@@ -273,17 +275,63 @@ class ShadowStore:
             deleted += conn.execute(comparisons.delete().where(comparisons.c.ts < cutoff)).rowcount or 0
             conn.execute(samples.delete().where(samples.c.ts < cutoff))
             conn.execute(drops.delete().where(drops.c.ts < cutoff))
-            edge = conn.execute(
-                sa.select(comparisons.c.id).order_by(comparisons.c.id.desc()).offset(self.max_rows).limit(1)
-            ).scalar_one_or_none()
-            if edge is not None:
-                conn.execute(differences.delete().where(differences.c.comparison_id <= edge))
-                deleted += conn.execute(comparisons.delete().where(comparisons.c.id <= edge)).rowcount or 0
-                oldest = conn.execute(sa.select(sa.func.min(comparisons.c.ts))).scalar_one_or_none()
-                if oldest is not None:
-                    conn.execute(samples.delete().where(samples.c.ts < oldest))
+            deleted += self._keep_newest(conn, self.max_rows)
+            if self.max_size is not None:
+                used = self._used_bytes(conn)
+                if used is not None and used > self.max_size:
+                    # Rows are about alike in size: keep the share of them that fits in 90 % of
+                    # the limit, so the next batches do not cross it again at once.
+                    total = conn.execute(sa.select(sa.func.count()).select_from(comparisons)).scalar_one()
+                    deleted += self._keep_newest(conn, int(total * 0.9 * self.max_size / used))
+        if deleted and self.max_size is not None and self.engine.dialect.name == "sqlite":
+            raw = self.engine.raw_connection()  # give the freed pages back to the file system
+            try:
+                # The pragma frees a page per step, and sqlite3's execute() takes one step for a
+                # statement without rows; executescript() runs it to the end.
+                raw.driver_connection.executescript("PRAGMA incremental_vacuum; PRAGMA wal_checkpoint(TRUNCATE);")
+            finally:
+                raw.close()
         self._sample_counts.clear()
         return deleted
+
+    def _keep_newest(self, conn: sa.Connection, keep: int) -> int:
+        """Delete all but the newest `keep` comparisons, with their differences and the older samples."""
+        edge = conn.execute(sa.select(comparisons.c.id).order_by(comparisons.c.id.desc()).offset(keep).limit(1)).scalar_one_or_none()
+        if edge is None:
+            return 0
+        conn.execute(differences.delete().where(differences.c.comparison_id <= edge))
+        deleted = conn.execute(comparisons.delete().where(comparisons.c.id <= edge)).rowcount or 0
+        oldest = conn.execute(sa.select(sa.func.min(comparisons.c.ts))).scalar_one_or_none()
+        if oldest is not None:
+            conn.execute(samples.delete().where(samples.c.ts < oldest))
+        return deleted
+
+    def size(self) -> int | None:
+        """Bytes the store's tables hold (an estimate on PostgreSQL), or None where unknown."""
+        with self.engine.connect() as conn:
+            return self._used_bytes(conn)
+
+    def _used_bytes(self, conn: sa.Connection) -> int | None:
+        dialect = self.engine.dialect.name
+        if dialect == "sqlite":
+            page = conn.exec_driver_sql("PRAGMA page_size").scalar_one()
+            pages = conn.exec_driver_sql("PRAGMA page_count").scalar_one()
+            free = conn.exec_driver_sql("PRAGMA freelist_count").scalar_one()
+            return (pages - free) * page
+        if dialect == "postgresql":
+            # Deleted rows keep their space until VACUUM reuses it: count the live share only.
+            names = [t.name for t in metadata.sorted_tables]
+            return int(
+                conn.execute(
+                    sa.text(
+                        "SELECT coalesce(sum(pg_total_relation_size(relid) * CASE WHEN n_live_tup + n_dead_tup > 0 "
+                        "THEN n_live_tup::float / (n_live_tup + n_dead_tup) ELSE 1 END), 0) "
+                        "FROM pg_stat_user_tables WHERE relname = ANY(:names)"
+                    ),
+                    {"names": names},
+                ).scalar_one()
+            )
+        return None
 
     def load(self, *, since: float | None = None, route: str | None = None) -> StoreData:
         """Everything recorded since `since` (epoch seconds), optionally for one route."""
@@ -329,6 +377,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # fsync (the database stays consistent; a power cut can lose the last batches, which are
     # statistics, not data). Together they make a batch commit several times cheaper.
     cursor = dbapi_connection.cursor()
+    # Only a new, empty database takes this: pages freed by retention can then go back to the
+    # file system (`PRAGMA incremental_vacuum`), so a size limit shrinks the file.
+    cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()

@@ -212,7 +212,7 @@ def count_exchanges(traffic: Path, route: str | None = None) -> int | None:
 def open_store(store_url: str | None, config: FacadeConfig | None) -> ShadowStore:
     if store_url is None and config is not None:
         s = config.shadow_store
-        return ShadowStore(s.url, retention=s.retention, max_rows=s.max_rows)
+        return ShadowStore(s.url, retention=s.retention, max_rows=s.max_rows, max_size=s.max_size)
     return ShadowStore(store_url or "sqlite:///.strangler/shadow.db")
 
 

@@ -77,6 +77,41 @@ def test_retention_by_age_and_rows(tmp_path: Path) -> None:
     store.close()
 
 
+def big(ts: float, i: int) -> ComparisonRecord:
+    """A comparison with a 16 KB sample body, under a field of its own (so every sample is kept)."""
+    field = f"$.f{i}"
+    sample = SampleRecord(field, "value", field, "GET /api/products/1", '"1.00"', '"2.00"', primary_body="x" * 16384)
+    return ComparisonRecord(ts, "catalog-read", EP, 200, 200, 1.0, 2.0, False, False, differences=(DiffRecord(field, field, "value"),), samples=(sample,))
+
+
+def test_retention_by_size_keeps_the_newest_and_shrinks_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = ShadowStore(f"sqlite:///{path}", max_size=1024 * 1024)
+    store.create()
+    store.write([big(1000.0 + i, i) for i in range(200)])
+    before = store.size()
+    assert before is not None and before > 3 * 1024 * 1024
+    deleted = store.prune(now=1300.0)
+    data = store.load()
+    assert deleted == 200 - len(data.comparisons) and 0 < len(data.comparisons) < 200
+    assert store.size() <= 1024 * 1024
+    assert [c["ts"] for c in data.comparisons] == [1000.0 + i for i in range(200 - len(data.comparisons), 200)]  # the newest
+    assert all(s["ts"] >= data.comparisons[0]["ts"] for s in data.samples)
+    assert store.prune(now=1300.0) == 0  # under the limit now: nothing more goes
+    store.close()
+    assert path.stat().st_size <= 1.2 * 1024 * 1024, f"the file kept {path.stat().st_size} bytes"
+
+
+def test_postgresql_store_measures_its_size(database: str) -> None:
+    store = ShadowStore(database)
+    try:
+        store.create()
+        store.write([big(1000.0 + i, i) for i in range(20)])
+        assert store.size() > 0
+    finally:
+        store.close()
+
+
 def test_bad_url_is_explained() -> None:
     with pytest.raises(ShadowStoreError, match="not a SQLAlchemy URL"):
         ShadowStore("not a url")
