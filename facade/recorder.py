@@ -1,16 +1,19 @@
 """Traffic recording for offline replay: requests with their primary responses, one JSON per line.
 
-Everything is redacted (`facade.redact`) and truncated before it is written. `TrafficRecorder`
-buffers lines in memory (bounded; overflow is counted) and appends them to the file from a worker
-thread, so recording never blocks the request path. `read_traffic` reads a file back.
+Everything is redacted (`facade.redact`) and truncated before it is written. The façade's hooks
+only capture a sampled exchange and hand it on (`ShadowSink.record`); `Recordings` redacts it where
+the shadow work runs (the worker process, unless shadowing is inline), so redacting a large body
+never holds up the façade's event loop. `TrafficRecorder` buffers lines in memory (bounded;
+overflow is counted) and appends them to the file from a thread. `read_traffic` reads a file back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ import orjson
 from facade.exceptions import FacadeError
 from facade.redact import REDACTED, Redactor
 
-__all__ = ["RECORD_BODY_CAP", "RecordedExchange", "RecorderError", "TrafficRecorder", "read_traffic"]
+__all__ = ["RECORD_BODY_CAP", "RecordedExchange", "RecorderError", "Recordings", "TrafficRecorder", "read_traffic", "redacted_exchange"]
 
 # Request and response bodies in a traffic file are cut here (replay cuts the candidate's alike).
 RECORD_BODY_CAP = 64 * 1024
@@ -155,41 +158,64 @@ def read_traffic(path: str | Path) -> Iterator[RecordedExchange]:
 
 
 class TrafficRecorder:
-    """Appends recorded exchanges to a JSONL file from a worker task; never blocks the caller."""
+    """Appends recorded exchanges to a JSONL file from a worker task; never blocks the caller.
 
-    def __init__(self, path: str | Path, *, capacity: int = 5000, interval: float = 0.5) -> None:
+    What cannot be written (the buffer is full, the file cannot be appended to, the recorder is
+    stopping) is counted in `lost`, by route in `lost_by_route`, and `on_lost` is called.
+    """
+
+    def __init__(self, path: str | Path, *, capacity: int = 5000, interval: float = 0.5,
+                 on_lost: Callable[[], None] | None = None) -> None:
         self.path = Path(path)
         self.capacity = capacity
         self.interval = interval
+        self.on_lost = on_lost
         self.recorded = 0
-        self.lost = 0
-        self._lines: list[bytes] = []
+        self.lost_by_route: collections.Counter[str] = collections.Counter()
+        self._lines: list[tuple[str, bytes]] = []
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._wake = asyncio.Event()
 
-    async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"traffic-recorder-{self.path.name}")
+    @property
+    def lost(self) -> int:
+        return self.lost_by_route.total()
 
-    def record(self, exchange: RecordedExchange) -> None:
-        if len(self._lines) >= self.capacity:
-            self.lost += 1
-            return
-        self._lines.append(exchange.to_line())
+    async def start(self) -> None:
+        self._start()
+
+    def _start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"traffic-recorder-{self.path.name}")
+
+    def record(self, exchange: RecordedExchange) -> bool:
+        """Queue one exchange for the file (starts the writer task on first use, so call it from
+        the event loop); False, and counted as lost, when it cannot be taken."""
+        if self._closing or len(self._lines) >= self.capacity:
+            self._lose([exchange.route])
+            return False
+        self._start()
+        self._lines.append((exchange.route, exchange.to_line()))
+        return True
+
+    def _lose(self, routes: Iterable[str]) -> None:
+        self.lost_by_route.update(routes)
+        if self.on_lost is not None:
+            self.on_lost()
 
     async def flush(self) -> None:
         if not self._lines:
             return
         lines, self._lines = self._lines, []
         try:
-            await asyncio.to_thread(self._append, lines)
+            await asyncio.to_thread(self._append, [line for _, line in lines])
             self.recorded += len(lines)
         except OSError:
-            self.lost += len(lines)
             log.exception("cannot append to traffic file %s", self.path)
+            self._lose(route for route, _ in lines)
 
     def _append(self, lines: list[bytes]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("ab") as handle:
             handle.writelines(lines)
 
@@ -208,3 +234,48 @@ class TrafficRecorder:
             await self._task
             self._task = None
         await self.flush()
+
+
+class Recordings:
+    """The traffic files of every route's `shadow.record`: redacts each exchange and queues it.
+
+    `add` takes what the façade captured (the keyword arguments of `redacted_exchange` but the
+    redactor) with the route's redaction settings; redactors are built once per setting. An
+    exchange that cannot be redacted or written is logged and counted (`lost_by_route`), never
+    raised: a bad body must not stop the recording of the next one.
+    """
+
+    def __init__(self, on_lost: Callable[[], None] | None = None) -> None:
+        self.on_lost = on_lost
+        self.recorders: dict[str, TrafficRecorder] = {}
+        self._redactors: dict[tuple[tuple[str, ...], tuple[str, ...]], Redactor] = {}
+        self._failed: collections.Counter[str] = collections.Counter()
+
+    def add(self, file: str, redact_headers: Sequence[str], redact_fields: Sequence[str], captured: dict[str, Any]) -> bool:
+        key = (tuple(redact_headers), tuple(redact_fields))
+        try:
+            redactor = self._redactors.get(key)
+            if redactor is None:
+                redactor = self._redactors[key] = Redactor.build(key[0], key[1], RECORD_BODY_CAP)
+            exchange = redacted_exchange(redactor, **captured)
+        except Exception:  # noqa: BLE001 - e.g. a body nested too deep to walk; the next one goes on
+            log.exception("cannot record an exchange of route %s; it is left out of %s", captured.get("route"), file)
+            self._failed[str(captured.get("route"))] += 1
+            if self.on_lost is not None:
+                self.on_lost()
+            return False
+        recorder = self.recorders.get(file)
+        if recorder is None:
+            recorder = self.recorders[file] = TrafficRecorder(file, on_lost=self.on_lost)
+        return recorder.record(exchange)
+
+    def lost_by_route(self) -> collections.Counter[str]:
+        """Exchanges handed to `add` that did not reach their file, by route."""
+        total = collections.Counter(self._failed)
+        for recorder in self.recorders.values():
+            total.update(recorder.lost_by_route)
+        return total
+
+    async def stop(self) -> None:
+        for recorder in self.recorders.values():
+            await recorder.stop()

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,7 +23,7 @@ from facade.config import CompareConfig, RedactConfig, ShadowConfig, ShadowStore
 from facade.errors import UpstreamError, UpstreamTimeout
 from facade.exceptions import FacadeError
 from facade.noise import NoiseModel, NoiseThresholds
-from facade.recorder import RECORD_BODY_CAP, TrafficRecorder, redacted_exchange
+from facade.recorder import Recordings
 from facade.redact import Redactor, scrub_urls
 from facade.routing import canonical_path
 from facade.shadow_store import ComparisonRecord, DiffRecord, DropRecord, SampleRecord, ShadowStore, StoreWriter
@@ -284,6 +284,8 @@ class ShadowCounters:
     mismatched: int = 0
     noise_probes: int = 0
     recorded: int = 0
+    record_dropped: int = 0
+    record_lost: int = 0
     dropped_queue_full: int = 0
     dropped_body_too_large: int = 0
     dropped_cpu_budget: int = 0
@@ -302,6 +304,8 @@ class ShadowCounters:
             "mismatched": self.mismatched,
             "noise_probes": self.noise_probes,
             "recorded": self.recorded,
+            "record_dropped": self.record_dropped,
+            "record_lost": self.record_lost,
             "dropped": {
                 "queue_full": self.dropped_queue_full,
                 "body_too_large": self.dropped_body_too_large,
@@ -436,6 +440,7 @@ class ShadowEngine:
         self.client: ShadowClient = client or H1ShadowClient()
         self.response_cap = response_cap
         self.writer: StoreWriter | None = None
+        self.recordings = Recordings(on_lost=self._changed)
         self.routes: dict[str, _RouteShadow] = {}
         self._drops: collections.Counter[tuple[str, str]] = collections.Counter()
         self._open = asyncio.Event()
@@ -457,6 +462,7 @@ class ShadowEngine:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             rs.workers.clear()
+        await self.recordings.stop()
         if self.writer is not None:
             await self.writer.stop()
         await self.client.close()
@@ -484,6 +490,9 @@ class ShadowEngine:
             self.drop(info.route_id, "queue_full")
             return
         rs.queue.put_nowait(build_job(info, raw))
+
+    def record(self, file: str, redact_headers: Sequence[str], redact_fields: Sequence[str], captured: dict[str, Any]) -> bool:
+        return self.recordings.add(file, redact_headers, redact_fields, captured)
 
     def drop(self, route_id: str, reason: str, count: int = 1, *, counted: bool = False) -> None:
         """Count a drop and keep it for the store; `counted`: the caller's counters have it already."""
@@ -516,9 +525,10 @@ class ShadowEngine:
         return drops
 
     def counters(self) -> dict[str, dict[str, Any]]:
-        return {
-            route_id: {"queued": rs.queue.qsize(), **rs.counters.as_dict()} for route_id, rs in self.routes.items()
-        }
+        out = {route_id: {"queued": rs.queue.qsize(), **rs.counters.as_dict()} for route_id, rs in self.routes.items()}
+        for route_id, lost in self.recordings.lost_by_route().items():
+            out.setdefault(route_id, {"queued": 0, **ShadowCounters().as_dict()})["record_lost"] = lost
+        return out
 
     def store_stats(self) -> dict[str, int] | None:
         w = self.writer
@@ -617,6 +627,11 @@ class ShadowSink(Protocol):
 
     def drop(self, route_id: str, reason: str) -> None: ...
 
+    def record(self, file: str, redact_headers: Sequence[str], redact_fields: Sequence[str], captured: dict[str, Any]) -> bool:
+        """Redact one captured exchange and append it to `file` (`facade.recorder.Recordings.add`);
+        False when it cannot be taken (the worker is gone or far behind)."""
+        ...
+
     def refuse(self, route_id: str) -> bool:
         """Whether a request just sampled for `route_id` is dropped at once (counted by the sink),
         before anything of it is captured."""
@@ -649,7 +664,6 @@ class ShadowAddon:
         worker_config: ShadowWorkerConfig | None = None,
         client: ShadowClient | None = None,
         response_cap: int = 4 * 1024 * 1024,
-        recorder_factory: Callable[[str], TrafficRecorder] | None = None,
         inline: bool = False,
         sink: ShadowSink | None = None,
     ) -> None:
@@ -666,13 +680,10 @@ class ShadowAddon:
                     cpu_budget=(worker_config or ShadowWorkerConfig()).cpu,
                 )
         self.sink: ShadowSink = sink
-        self._recorder_factory = recorder_factory or TrafficRecorder
-        self.recorders: dict[str, TrafficRecorder] = {}
         self.local: dict[str, ShadowCounters] = {}
         self.configs: dict[str, ShadowConfig] = {}
         self._infos: dict[int, tuple[Any, RouteInfo]] = {}
         self._plans: dict[int, _Plan] = {}
-        self._starting: set[asyncio.Task[None]] = set()
         self._running = False
 
     async def start(self) -> None:
@@ -681,10 +692,6 @@ class ShadowAddon:
 
     async def stop(self) -> None:
         self._running = False
-        for task in list(self._starting):
-            await task
-        for recorder in self.recorders.values():
-            await recorder.stop()
         await self.sink.stop()
 
     def snapshot(self) -> dict[str, Any]:
@@ -700,7 +707,7 @@ class ShadowAddon:
                 if key != "dropped":
                     merged[key] = value
             mine = local.as_dict()
-            for key in ("sampled", "recorded", "skipped_writes", "skipped_primary_failed"):
+            for key in ("sampled", "recorded", "record_dropped", "skipped_writes", "skipped_primary_failed"):
                 merged[key] = mine[key]
             theirs = worker.get("dropped", {})
             merged["dropped"] = {
@@ -719,7 +726,8 @@ class ShadowAddon:
         events = CounterMetricFamily("strangler_shadow_events", "Shadowed requests by route and event.", labels=["route", "event"])
         queued = GaugeMetricFamily("strangler_shadow_queued", "Shadow jobs waiting in the route's queue.", labels=["route"])
         for route_id, numbers in self.snapshot()["routes"].items():
-            for event in ("sampled", "sent", "compared", "matched", "mismatched", "noise_probes", "timed_out", "failed", "compare_errors", "skipped_writes"):
+            for event in ("sampled", "sent", "compared", "matched", "mismatched", "noise_probes", "recorded", "record_dropped",
+                          "record_lost", "timed_out", "failed", "compare_errors", "skipped_writes"):
                 events.add_metric([route_id, event], numbers.get(event, 0))
             for reason, n in numbers["dropped"].items():
                 events.add_metric([route_id, "dropped_" + reason], n)
@@ -841,40 +849,31 @@ class ShadowAddon:
         self.sink.submit(info[1], raw)
 
     def _record(self, route: Any, config: ShadowConfig, flow: Any, tee: _Tee, response_body: bytes) -> None:
+        # Only captured here: redaction (parsing and rewriting the bodies) runs in the sink, off
+        # the façade's event loop when the sink is the worker process.
         assert config.record is not None
-        recorder = self.recorders.get(config.record.file)
-        if recorder is None:
-            recorder = self._recorder_factory(config.record.file)
-            self.recorders[config.record.file] = recorder
-            self._owned(recorder.start())
-        redactor = Redactor.build(config.redact.headers, config.redact.body_fields, RECORD_BODY_CAP)
         path = _text_of(flow.raw_path)
-        recorder.record(
-            redacted_exchange(
-                redactor,
-                ts=time.time(),
-                route=route.id,
-                endpoint=route.endpoint(flow.method, path),
-                method=flow.method,
-                path=path,
-                query=_text_of(flow.query_string),
-                headers=[(_text_of(k), _text_of(v)) for k, v in flow.request_headers],
-                body=b"".join(tee.request),
-                body_truncated=tee.too_large,
-                status=flow.status,
-                response_headers=[(_text_of(k).lower(), _text_of(v)) for k, v in (flow.response_headers or ())],
-                response_body=response_body,
-                response_truncated=tee.response_truncated,
-                duration_ms=flow.duration * 1000 if flow.duration is not None else None,
-            )
-        )
-        self.local[route.id].recorded += 1
-
-    def _owned(self, coro: Coroutine[Any, Any, None]) -> None:
-        # Recorder start-up is quick (mkdir + task); keep the task so stop() can await it.
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
-        self._starting.add(task)
-        task.add_done_callback(self._starting.discard)
+        captured = {
+            "ts": time.time(),
+            "route": route.id,
+            "endpoint": route.endpoint(flow.method, path),
+            "method": flow.method,
+            "path": path,
+            "query": _text_of(flow.query_string),
+            "headers": [(_text_of(k), _text_of(v)) for k, v in flow.request_headers],
+            "body": b"".join(tee.request),
+            "body_truncated": tee.too_large,
+            "status": flow.status,
+            "response_headers": [(_text_of(k).lower(), _text_of(v)) for k, v in (flow.response_headers or ())],
+            "response_body": response_body,
+            "response_truncated": tee.response_truncated,
+            "duration_ms": flow.duration * 1000 if flow.duration is not None else None,
+        }
+        counters = self.local[route.id]
+        if self.sink.record(config.record.file, config.redact.headers, config.redact.body_fields, captured):
+            counters.recorded += 1
+        else:
+            counters.record_dropped += 1
 
 
 def _text_of(value: bytes | str) -> str:

@@ -5,7 +5,8 @@ the worker's stdin and returns at once. The worker (`python -m facade.shadow_wor
 `ShadowEngine` (bounded per-route queues, in-flight caps, candidate and noise requests,
 comparison, the store writer) and writes its live counters back on stdout within 0.1 s of a
 change. So shadowing costs the façade a copy and a pickle per request, and its CPU-heavy parts
-run on another core. Frames are a 4-byte big-endian length and a pickle; both ends are this module.
+run on another core. Exchanges sampled for recording (`shadow.record`) come the same way, and the
+worker redacts them and appends them to the traffic file. Frames are a 4-byte big-endian length and a pickle; both ends are this module.
 
 The worker runs at the lowest CPU priority and keeps to a CPU budget (`shadow_worker.cpu`, a
 share of one core): the processor time it has used is a token bucket, and while it is over, it
@@ -24,6 +25,7 @@ import pickle
 import struct
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from facade.config import ShadowConfig, ShadowStoreConfig
@@ -205,6 +207,14 @@ class ProcessSink:
     def drop(self, route_id: str, reason: str) -> None:
         self._write(("drop", route_id, reason, 1))
 
+    def record(self, file: str, redact_headers: Sequence[str], redact_fields: Sequence[str], captured: dict[str, Any]) -> bool:
+        # Not subject to the CPU budget (the record sample is the user's own bound), only to the
+        # pipe's backlog, like a job. The bodies go whole (up to the response cap): cutting them
+        # before redaction could cut a secret field's name off its value.
+        if self._broken or self._backlog() > self.max_backlog:
+            return False
+        return self._write(("record", file, tuple(redact_headers), tuple(redact_fields), captured))
+
     def counters(self) -> dict[str, dict[str, Any]]:
         out = {route: dict(values) for route, values in self._remote.items()}
         for counts in (self._told_drops, self._pending_drops):
@@ -346,6 +356,8 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 engine.drop(message[1], message[2], message[3])
             elif kind == "stored_drop":
                 engine.drop(message[1], message[2], message[3], counted=True)
+            elif kind == "record":
+                engine.record(*message[1:])
             changed()
         # The façade is stopping: let queued shadows finish for a bounded time.
         draining = True

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from starlette.applications import Starlette
@@ -21,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from facade.recorder import read_traffic
 from facade.shadow_store import ShadowStore
 from scripts.postgres import free_port
 from scripts.shadow_cmd import make_report
@@ -36,6 +38,9 @@ SECRETS = {
 }
 
 
+DEEP_ID = 999
+
+
 class Upstream:
     """A small JSON service that can play the primary or a (deliberately imperfect) candidate."""
 
@@ -49,6 +54,11 @@ class Upstream:
         self.peak = 0
 
     def product(self, i: int) -> dict[str, Any]:
+        if i == DEEP_ID:
+            deep: dict[str, Any] = {"api_token": SECRETS["api_token"]}
+            for _ in range(400):  # valid JSON, but too deep to redact and serialise again
+                deep = {"a": deep}
+            return deep
         body: dict[str, Any] = {
             "id": i,
             "name": f"Product {i}",
@@ -414,6 +424,44 @@ def test_traffic_recorded_by_the_facade_replays_against_a_candidate(tmp_path: Pa
     assert "$.owner.api_token" not in kinds
     store.close()
     assert SECRETS["api_token"].encode() not in (tmp_path / "replay.db").read_bytes()
+
+
+def test_recorded_exchanges_are_redacted_by_the_worker_not_on_the_facades_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from facade.redact import Redactor
+
+    # Redacting parses and rewrites whole bodies: in the façade's process it would hold up
+    # every other request on its event loop. Spy on it here; the worker process is not spied on.
+    redacted_here: list[int] = []
+    original = Redactor.body
+
+    def spy(self: Redactor, body: bytes, content_type: str = "") -> tuple[bytes, bool]:
+        redacted_here.append(len(body))
+        return original(self, body, content_type)
+
+    monkeypatch.setattr(Redactor, "body", spy)
+    traffic = tmp_path / "traffic.jsonl"
+    shadow = f'{{to: catalog, sample: 0, noise_sample: 0, redact: {{body_fields: [api_token]}}, record: {{sample: 100, file: "{traffic}"}}}}'
+    with facade(tmp_path, Upstream(), None, shadow=shadow) as (client, _):
+        for i in range(1, 6):
+            assert client.get(f"/api/products/{i}").status_code == 200
+        wait_for(lambda: counters(client).get("recorded") == 5, timeout=30, what="5 recorded exchanges")
+        assert counters(client).get("record_dropped", 0) == 0
+    records = list(read_traffic(traffic))
+    assert [r.target for r in records] == [f"/api/products/{i}" for i in range(1, 6)]
+    assert all(orjson.loads(r.response_body)["owner"]["api_token"] == "[REDACTED]" for r in records)
+    assert redacted_here == []
+
+
+def test_an_exchange_that_cannot_be_redacted_is_counted_lost_and_recording_goes_on(tmp_path: Path) -> None:
+    traffic = tmp_path / "traffic.jsonl"
+    shadow = f'{{to: catalog, sample: 0, noise_sample: 0, redact: {{body_fields: [api_token]}}, record: {{sample: 100, file: "{traffic}"}}}}'
+    with facade(tmp_path, Upstream(), None, shadow=shadow) as (client, _):
+        deep = client.get(f"/api/products/{DEEP_ID}")
+        assert deep.status_code == 200 and SECRETS["api_token"].encode() in deep.content  # the client is served
+        assert client.get("/api/products/1").status_code == 200
+        wait_for(lambda: counters(client).get("record_lost") == 1 and counters(client).get("recorded") == 2, timeout=30, what="one exchange lost")
+    assert [r.target for r in read_traffic(traffic)] == ["/api/products/1"]
+    assert SECRETS["api_token"].encode() not in traffic.read_bytes()
 
 
 def test_a_large_request_body_is_skipped_not_buffered(tmp_path: Path) -> None:
