@@ -448,8 +448,7 @@ class ShadowEngine:
         self.on_change: Callable[[], None] | None = None  # called when a job is done or a batch stored
 
     async def start(self) -> None:
-        c = self.store_config
-        self.store = self.store or ShadowStore(c.url, retention=c.retention, max_rows=c.max_rows, max_size=c.max_size)
+        self.store = self.store or ShadowStore.from_config(self.store_config)
         self.writer = StoreWriter(self.store, drops_source=self._take_drops, on_written=self._changed)
         await self.writer.start()
 

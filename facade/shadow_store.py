@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from facade.config import ShadowStoreConfig
 from facade.exceptions import FacadeError
 
 __all__ = [
@@ -263,6 +264,11 @@ class ShadowStore:
     def wants_sample(self, endpoint: str, field_name: str) -> bool:
         """Cheap hint for callers: False once this process knows the field has enough samples."""
         return self._sample_counts.get((endpoint, field_name), 0) < self.samples_per_field
+
+    @classmethod
+    def from_config(cls, config: ShadowStoreConfig) -> ShadowStore:
+        """The store `routing.yaml`'s `shadow_store:` describes, with its retention limits."""
+        return cls(config.url, retention=config.retention, max_rows=config.max_rows, max_size=config.max_size)
 
     def prune(self, now: float | None = None) -> int:
         """Apply retention by age, by row count and by size; returns the comparisons deleted."""

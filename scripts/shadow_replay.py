@@ -19,7 +19,7 @@ from facade.config import FacadeConfig, load_config
 from facade.exceptions import FacadeError
 from facade.noise import NoiseModel
 from facade.recorder import RECORD_BODY_CAP, RecordedExchange, RecorderError, read_traffic
-from facade.shadow import RouteRules, failure_record, judge, route_rules
+from facade.shadow import SAFE_METHODS, RouteRules, failure_record, judge, route_rules
 from facade.shadow_store import ComparisonRecord, ShadowStore, StoreWriter
 
 __all__ = ["ReplayError", "ReplaySummary", "count_exchanges", "is_sandbox", "load_exchanges", "replay_exchanges", "resolve_target", "rules_by_route"]
@@ -44,7 +44,6 @@ class ReplaySummary:
     seconds: float = 0.0
 
 
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # The most of a candidate's answer replay reads, as the façade's live shadowing does: a larger
 # answer is compared as the truncated text it is, never held whole.
 CANDIDATE_BODY_CAP = 4 * 1024 * 1024
@@ -65,7 +64,7 @@ def resolve_target(against: str, config: FacadeConfig | None) -> str:
 def is_sandbox(against: str, config: FacadeConfig | None) -> bool:
     """Whether `against` names an upstream that `routing.yaml` declares a sandbox (a bare URL is not)."""
     upstream = config.upstreams.get(against) if config is not None and "://" not in against else None
-    return bool(getattr(upstream, "sandbox", False))
+    return upstream is not None and upstream.sandbox
 
 
 def rules_by_route(config: FacadeConfig | None, *, max_body: int = RECORD_BODY_CAP) -> dict[str, RouteRules]:
@@ -211,8 +210,7 @@ def count_exchanges(traffic: Path, route: str | None = None) -> int | None:
 
 def open_store(store_url: str | None, config: FacadeConfig | None) -> ShadowStore:
     if store_url is None and config is not None:
-        s = config.shadow_store
-        return ShadowStore(s.url, retention=s.retention, max_rows=s.max_rows, max_size=s.max_size)
+        return ShadowStore.from_config(config.shadow_store)
     return ShadowStore(store_url or "sqlite:///.strangler/shadow.db")
 
 
