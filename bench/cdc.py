@@ -40,7 +40,7 @@ from rich.table import Table  # noqa: E402
 from cdc.apply import Applier  # noqa: E402
 from cdc.pipeline import _copy_pipe, prepare, run  # noqa: E402
 from cdc.spec import SyncSpec, load_spec  # noqa: E402
-from scripts.postgres import EmbeddedPostgres  # noqa: E402
+from common.postgres import EmbeddedPostgres  # noqa: E402
 
 LEGACY_DDL = """
 CREATE TABLE catalog_category (id serial PRIMARY KEY, name varchar(100) NOT NULL,

@@ -407,7 +407,7 @@ def shadow_summary(url: str, before: dict[str, Any] | str, elapsed: float) -> st
 
 def start_monolith(run: Run) -> tuple[str, Callable[[], None]]:
     """A seeded monolith on an embedded PostgreSQL; returns its base URL and how to stop the database."""
-    from scripts.postgres import EmbeddedPostgres
+    from common.postgres import EmbeddedPostgres
 
     if not (ROOT / "monolith" / "__main__.py").exists():
         raise BenchError("monolith/__main__.py does not exist yet, so `python -m monolith` cannot run")

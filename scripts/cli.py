@@ -9,7 +9,7 @@ import typer
 from cdc.exceptions import CDCError
 from facade.exceptions import FacadeError
 from scripts import cdc_cmd, demo, facade_cmd, routes_cmd, shadow_cmd
-from scripts.postgres import PostgresError
+from common.postgres import PostgresError
 
 KNOWN_ERRORS: tuple[type[Exception], ...] = (FacadeError, CDCError, PostgresError)
 

@@ -30,8 +30,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
-from scripts.postgres import free_port, resolve_server
-from scripts.processes import ProcessError, ProcessGroup, python_module
+from common.postgres import free_port, resolve_server
+from common.processes import ProcessError, ProcessGroup, python_module
 
 STEPS = (0, 10, 50, 100)
 ROUTE_ID = "catalog-read"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.postgres import EmbeddedPostgres
+from common.postgres import EmbeddedPostgres
 
 
 @pytest.fixture(scope="session")

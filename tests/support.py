@@ -10,7 +10,7 @@ from typing import Any
 
 import uvicorn
 
-from scripts.postgres import free_port
+from common.postgres import free_port
 
 __all__ = ["free_port", "serve", "wait_for"]
 

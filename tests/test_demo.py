@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from scripts.demo import STEPS
-from scripts.postgres import EmbeddedPostgres
+from common.postgres import EmbeddedPostgres
 from tests.support import wait_for
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import psycopg2
 
-from scripts.postgres import EmbeddedPostgres
+from common.postgres import EmbeddedPostgres
 
 
 def test_embedded_cluster_has_logical_replication(pg: EmbeddedPostgres) -> None:

@@ -16,7 +16,7 @@ from extracted.catalog.copy import copy_from_legacy
 from extracted.catalog.migrate import migrate
 from monolith.app import create_app as create_monolith_app
 from monolith.seed import SeedSizes
-from scripts.postgres import EmbeddedPostgres
+from common.postgres import EmbeddedPostgres
 from tests.monolith.conftest import seeded_database
 from tests.support import serve
 

@@ -10,7 +10,7 @@ import pytest
 
 from extracted.catalog.app import create_app
 from extracted.catalog.sessions import Identity, MonolithSessions
-from scripts.postgres import free_port
+from common.postgres import free_port
 from tests.extracted.conftest import Pair
 from tests.monolith.conftest import scalar
 from tests.support import serve

@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from facade.recorder import read_traffic
 from facade.shadow_store import ShadowStore
-from scripts.postgres import free_port
+from common.postgres import free_port
 from scripts.shadow_cmd import make_report
 from scripts.shadow_report import render
 from tests.support import serve, wait_for

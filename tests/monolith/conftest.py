@@ -15,7 +15,7 @@ from monolith.app import create_app
 from monolith.db import make_engine
 from monolith.migrate import migrate
 from monolith.seed import SeedSizes, seed
-from scripts.postgres import EmbeddedPostgres
+from common.postgres import EmbeddedPostgres
 from tests.support import serve
 
 SMALL = SeedSizes(products=300, categories=8, users=3, orders=20, seed=7, inactive_percent=4)

@@ -13,7 +13,7 @@ from monolith.db import make_engine
 from monolith.exceptions import MonolithError
 from monolith.migrate import migrate
 from monolith.seed import SeedSizes, seed
-from scripts.postgres import EmbeddedPostgres
+from common.postgres import EmbeddedPostgres
 from tests.monolith.conftest import SMALL, scalar, seeded_database
 
 TABLES = ["accounts_user", "catalog_category", "catalog_product", "django_session", "orders_order", "orders_orderitem"]

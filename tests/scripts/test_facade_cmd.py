@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from scripts.postgres import free_port
+from common.postgres import free_port
 from tests.support import serve, wait_for
 
 

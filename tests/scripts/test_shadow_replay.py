@@ -106,7 +106,7 @@ def test_replay_compares_against_recorded_answers_and_fills_the_store(tmp_path: 
 
 
 def test_replay_against_a_down_candidate_counts_failures(tmp_path: Path) -> None:
-    from scripts.postgres import free_port
+    from common.postgres import free_port
 
     traffic = tmp_path / "traffic.jsonl"
     record_traffic(traffic, 2)

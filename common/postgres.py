@@ -14,10 +14,11 @@ import pwd
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
+
+from common.waiting import TimedOut, wait_until
 
 DEFAULT_DATA_DIR = Path(".strangler") / "postgres"
 ENV_DATABASE_URL = "STRANGLER_DATABASE_URL"
@@ -216,21 +217,26 @@ class EmbeddedPostgres:
     def _wait_ready(self, timeout: float) -> None:
         import psycopg2
 
-        deadline = time.monotonic() + timeout
         last_error = ""
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
+            nonlocal last_error
             assert self._process is not None
             if self._process.poll() is not None:
                 log = (self.data_dir / "server.log").read_text(errors="replace")[-2000:]
                 raise PostgresError(f"PostgreSQL exited at start (code {self._process.returncode}):\n{log}")
             try:
                 psycopg2.connect(self.url(), connect_timeout=2).close()
-                return
+                return True
             except psycopg2.OperationalError as exc:
                 last_error = str(exc).strip()
-                time.sleep(0.05)
-        self.stop()
-        raise PostgresError(f"PostgreSQL did not accept connections within {timeout:.0f}s: {last_error}")
+                return False
+
+        try:
+            wait_until(ready, timeout, 0.05, what="PostgreSQL to accept connections")
+        except TimedOut:
+            self.stop()
+            raise PostgresError(f"PostgreSQL did not accept connections within {timeout:.0f}s: {last_error}") from None
 
 
 class ExternalPostgres:

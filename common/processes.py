@@ -7,11 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from common.waiting import TimedOut, wait_until
 
 
 class ProcessError(Exception):
@@ -63,20 +64,21 @@ class ProcessGroup:
         return child
 
     def wait_healthy(self, child: Child, url: str, *, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def healthy() -> bool:
             if child.process.poll() is not None:
                 raise ProcessError(
                     f"{child.name} exited with code {child.process.returncode}; last lines of "
                     f"{child.log_path}:\n{child.tail()}"
                 )
             try:
-                if httpx.get(url, timeout=1.0).status_code < 500:
-                    return
+                return httpx.get(url, timeout=1.0).status_code < 500
             except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise ProcessError(f"{child.name} did not answer {url} within {timeout:.0f}s; see {child.log_path}")
+                return False
+
+        try:
+            wait_until(healthy, timeout, 0.1, what=f"{child.name} at {url}")
+        except TimedOut as exc:
+            raise ProcessError(f"{child.name} did not answer {url} within {timeout:.0f}s; see {child.log_path}") from exc
 
     def stop(self, child: Child, timeout: float = 10.0) -> None:
         if child.process.poll() is None:
