@@ -424,7 +424,7 @@ def _shadow_round(env: DemoEnv, console: Console, requests: int, label: str, dis
 
 
 def _shift_reads(env: DemoEnv, requests_per_step: int, console: Console) -> None:
-    from scripts.routes_cmd import shift_weights
+    from facade.edit import shift_weights
 
     for weight in STEPS:
         before = _route_version(env)
