@@ -19,14 +19,20 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/strangler demo
 
-# Headless Chromium renders the shadow report in its test; installed from Debian's packages
-# when we may (root with apt-get), otherwise that one test says how to get it.
+# The programs the suite runs, as program:Debian-package: headless Chromium renders the shadow
+# report; nginx and wrk drive the bench harness tests. Installed with apt-get when we may (root);
+# otherwise the tests that need one fail saying how to install it.
+TEST_TOOLS := chromium:chromium nginx:nginx wrk:wrk
+
 test-tools:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing chromium (Debian package) for the report rendering test"; \
-	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "note: chromium not found; install it to run the report rendering test"; fi; }
+	@missing=""; for pair in $(TEST_TOOLS); do tool=$${pair%%:*}; \
+	  command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $${pair#*:}"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "note: the tests need$$missing; install with: sudo apt-get update && sudo apt-get install -y$$missing" >&2; \
+	  exit 0; fi; \
+	echo "installing$$missing (Debian packages) for the tests"; \
+	apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install --reinstall -y -qq$$missing >/dev/null
 
 test: $(STAMP) test-tools
 	$(BIN)/python -m pytest
