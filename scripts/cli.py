@@ -10,9 +10,10 @@ import typer
 from cdc.exceptions import CDCError
 from facade.exceptions import FacadeError
 from scripts import cdc_cmd, demo, facade_cmd, routes_cmd, shadow_cmd
+from common.extras import MissingExtraError
 from common.postgres import PostgresError
 
-KNOWN_ERRORS: tuple[type[Exception], ...] = (FacadeError, CDCError, PostgresError)
+KNOWN_ERRORS: tuple[type[Exception], ...] = (FacadeError, CDCError, PostgresError, MissingExtraError)
 
 app = typer.Typer(
     name="strangler",
