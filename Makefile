@@ -4,19 +4,21 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
 
 .PHONY: demo test install test-tools bench clean
+.PRECIOUS: $(VENV)/.installed-%
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# One virtualenv; each target installs the extras of pyproject.toml it needs: `demo` (embedded
+# PostgreSQL, the catalog service's migrations, the monolith's forms) or `test` (every extra).
+$(VENV)/.installed-%: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	$(BIN)/pip install --quiet -e '.[$*]'
+	touch $@
 
-install: $(STAMP)
+install: $(VENV)/.installed-test
 
-demo: $(STAMP)
+demo: $(VENV)/.installed-demo
 	$(BIN)/strangler demo
 
 # The programs the suite runs, as program:Debian-package: headless Chromium renders the shadow
@@ -34,11 +36,11 @@ test-tools:
 	echo "installing$$missing (Debian packages) for the tests"; \
 	apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install --reinstall -y -qq$$missing >/dev/null
 
-test: $(STAMP) test-tools
+test: $(VENV)/.installed-test test-tools
 	$(BIN)/python -m pytest
 	@test ! -f test-artifacts/shadow_report.png || echo "screenshot of the rendered shadow report: test-artifacts/shadow_report.png"
 
-bench: $(STAMP)
+bench: $(VENV)/.installed-test
 	$(BIN)/python bench/proxy.py
 	$(BIN)/python bench/cdc.py
 
