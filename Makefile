@@ -36,8 +36,9 @@ test-tools:
 	echo "installing$$missing (Debian packages) for the tests"; \
 	apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install --reinstall -y -qq$$missing >/dev/null
 
+# `make test PYTEST_ARGS='-x tests/bench'` runs a part of the suite the same way.
 test: $(VENV)/.installed-test test-tools
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	@test ! -f test-artifacts/shadow_report.png || echo "screenshot of the rendered shadow report: test-artifacts/shadow_report.png"
 
 bench: $(VENV)/.installed-test
