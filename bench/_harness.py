@@ -39,6 +39,7 @@ __all__ = [
     "install_hint",
     "install_tools",
     "load_average",
+    "nginx_command",
     "nginx_proxy_config",
     "nginx_upstream_config",
     "parse_wrk_output",

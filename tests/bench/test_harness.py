@@ -15,6 +15,7 @@ from bench._harness import (
     Processes,
     Ratio,
     free_port,
+    nginx_command,
     nginx_proxy_config,
     nginx_upstream_config,
     parse_wrk_output,
@@ -147,6 +148,13 @@ def test_wrk_command_names_the_binary_it_is_given() -> None:
     args = wrk_command("http://127.0.0.1:1/", connections=8, threads=2, duration=1, script=None, wrk="/opt/wrk")
 
     assert args == ["/opt/wrk", "-t2", "-c8", "-d1s", "--timeout=5s", "--latency", "http://127.0.0.1:1/"]
+
+
+def test_nginx_command_runs_the_given_binary_on_the_config_with_its_prefix(tmp_path: Path) -> None:
+    args = nginx_command(tmp_path, tmp_path / "proxy.conf", nginx="/opt/nginx")
+
+    assert args == ["/opt/nginx", "-p", f"{tmp_path}/", "-c", str(tmp_path / "proxy.conf"),
+                    "-e", str(tmp_path / "proxy.error.log")]
 
 
 def test_a_missing_tool_is_named_with_its_install_command() -> None:
