@@ -9,6 +9,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from facade.shadow_store import ShadowStore
 from scripts.shadow_cmd import make_report
 from scripts.shadow_report import render
