@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 from alembic import command
 from alembic.config import Config
 from alembic.script import Script, ScriptDirectory
@@ -196,7 +197,7 @@ def check_migrations(
         name = SCRATCH_PREFIX + uuid.uuid4().hex[:10]
         try:
             scratch_url = create_database(server_url, name, exist_ok=False)
-        except Exception as exc:  # psycopg2's errors, translated at this boundary
+        except (psycopg2.Error, PostgresError) as exc:
             raise CatalogError(
                 f"cannot create a scratch database on {label}: {_first_line(exc)}; "
                 "check --database-url (a role that may CREATE DATABASE), or leave it out to use a private PostgreSQL"
@@ -229,7 +230,6 @@ def _scratch_server(database_url: str | None) -> Iterator[tuple[str, str]]:
 
 
 def _drop_database(server_url: str, name: str) -> None:
-    import psycopg2
     from psycopg2 import sql
 
     try:
@@ -392,8 +392,11 @@ def _phrase(diff: tuple[Any, ...]) -> str:
     kind = diff[0]
     if kind in ("add_column", "remove_column"):
         return f"{kind} {diff[1]}.{diff[2]}.{diff[3].name}"
+    if kind == "modify_nullable":
+        null = {True: "NULL", False: "NOT NULL"}
+        return f"{kind} {diff[1]}.{diff[2]}.{diff[3]} ({null.get(diff[5])} → {null.get(diff[6])})"
     if kind.startswith("modify_"):
-        return f"{kind} {diff[1]}.{diff[2]}.{diff[3]} ({diff[5]!r} → {diff[6]!r})"
+        return f"{kind} {diff[1]}.{diff[2]}.{diff[3]} ({diff[5]} → {diff[6]})"
     obj = diff[1]
     table = getattr(obj, "table", None)
     name = getattr(obj, "name", None) or obj

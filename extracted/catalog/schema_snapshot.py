@@ -38,7 +38,13 @@ _QUERIES = (
         FROM pg_namespace n WHERE {_USER_SCHEMA.format(ns='n')}""",
     f"""SELECT CASE c.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' WHEN 'S' THEN 'sequence'
                               WHEN 'f' THEN 'foreign table' WHEN 'c' THEN 'type' ELSE 'table' END,
-               n.nspname || '.' || c.relname, n.nspname || '.' || c.relname,
+               n.nspname || '.' || c.relname,
+               coalesce((SELECT tn.nspname || '.' || t.relname  -- a serial's or identity's sequence: its table's
+                         FROM pg_depend d JOIN pg_class t ON t.oid = d.refobjid
+                         JOIN pg_namespace tn ON tn.oid = t.relnamespace
+                         WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                           AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i') LIMIT 1),
+                        n.nspname || '.' || c.relname),
                concat_ws(' ',
                    CASE c.relkind WHEN 'p' THEN 'partitioned by ' || pg_get_partkeydef(c.oid) END,
                    CASE WHEN c.relispartition THEN 'partition ' || pg_get_expr(c.relpartbound, c.oid) END,

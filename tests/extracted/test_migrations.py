@@ -12,12 +12,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import psycopg2
 import pytest
-from sqlalchemy import Column, Integer, MetaData
+from sqlalchemy import BigInteger, Column, Integer, MetaData, Table
 from typer.testing import CliRunner
 
 from alembic.script import Script
@@ -141,6 +142,7 @@ def test_sql_names_the_revisions_it_knows(unreachable_url: str) -> None:
         (["--from", "0001"], "FAILED: --from 0001 goes with --sql"),
         (["--check", "--to", "0001"], "FAILED: --to 0001 does not go with --check"),
         (["--sql", "--json"], "FAILED: --json goes with --check"),
+        (["--sql", "--migrations", "/"], "FAILED: / is not an Alembic migrations directory (no env.py in it)"),
     ],
 )
 def test_options_that_do_not_go_together_are_refused(args: list[str], message: str) -> None:
@@ -231,31 +233,54 @@ def test_check_fails_on_a_downgrade_that_raises(pg: EmbeddedPostgres, tmp_path: 
     )
 
 
-def test_check_fails_on_a_model_change_without_a_migration(pg: EmbeddedPostgres) -> None:
+def _changed_models(change: str) -> MetaData:
     changed = MetaData(schema="catalog")
     for table in Base.metadata.tables.values():
         table.to_metadata(changed)
-    changed.tables["catalog.products"].append_column(Column("weight_grams", Integer, nullable=True))
-    report = check_migrations(pg.url(), metadata=changed)
+    products = changed.tables["catalog.products"]
+    if change == "new column":
+        products.append_column(Column("weight_grams", Integer, nullable=True))
+    else:
+        products.c.stock.type = BigInteger()
+        Table("tags", changed, Column("id", Integer, primary_key=True), schema="catalog")
+    return changed
+
+
+@pytest.mark.parametrize(
+    ("change", "found"),
+    [
+        ("new column", "add_column catalog.products.weight_grams"),
+        ("new type and table", "add_table catalog.tags; modify_type catalog.products.stock (INTEGER → BIGINT)"),
+    ],
+)
+def test_check_fails_on_a_model_change_without_a_migration(pg: EmbeddedPostgres, change: str, found: str) -> None:
+    report = check_migrations(pg.url(), metadata=_changed_models(change))
     assert not report.ok
     assert [stage.name for stage in report.failures] == ["models match migrations (alembic check)"]
-    assert report.failures[0].detail.startswith(
-        "the models differ from the migrations at head: add_column catalog.products.weight_grams; add a revision"
+    assert report.failures[0].detail == (
+        f"the models differ from the migrations at head: {found}; add a revision (alembic -c "
+        "extracted/catalog/alembic.ini -x url=... revision --autogenerate -m '...') or change the models back"
     )
     assert all(stage.ok for stage in report.stages[:-1])
 
 
-def test_check_on_a_private_postgres_leaves_nothing_behind(tmp_path: Path) -> None:
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
+def test_check_on_a_private_postgres_leaves_nothing_behind() -> None:
+    # Not under pytest's tmp_path: pytest closes /tmp/pytest-of-<user> to others at every session
+    # start, and the cluster may run as an unprivileged user who must reach its data directory.
+    tmpdir = Path(tempfile.mkdtemp(prefix="strangler-test-migrate-check-"))
+    env = {**os.environ, "TMPDIR": str(tmpdir)}
     env.pop("STRANGLER_CATALOG_DATABASE_URL", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "extracted.catalog", "migrate", "--check"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.splitlines()[-1].startswith("migrations OK: ")
-    assert "(a private embedded PostgreSQL), dropped" in result.stdout
-    assert list(tmp_path.iterdir()) == []  # its data directory is gone with it
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "extracted.catalog", "migrate", "--check"],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.splitlines()[-1].startswith("migrations OK: ")
+        assert "(a private embedded PostgreSQL), dropped" in result.stdout
+        assert list(tmpdir.iterdir()) == []  # its data directory is gone with it
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def test_ctrl_c_drops_the_scratch_database(pg: EmbeddedPostgres, tmp_path: Path) -> None:
