@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -109,6 +110,11 @@ def _run_check(database_url: str | None, migrations: Path | None, json_output: b
         mark = {True: "✓", False: "✗", None: "·"}[stage.ok]
         typer.echo(f"{mark} {stage.name}" + (f": {stage.detail}" if stage.detail else ""))
 
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # A `kill` (or a CI timeout) cleans up as Ctrl-C does: the scratch database is dropped.
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         report = check_migrations(database_url, migrations=migrations, on_stage=None if json_output else show)
     except KeyboardInterrupt:

@@ -116,10 +116,16 @@ def migration_sql(from_rev: str | None = None, to_rev: str | None = None, *, mig
     output = io.StringIO()
     config = alembic_config(migrations=migrations, output=output)
     span = f"{start or 'base'}:{end or 'base'}"
-    if order[end] >= order[start]:
-        command.upgrade(config, span, sql=True)
-    else:
-        command.downgrade(config, span, sql=True)
+    try:
+        if order[end] >= order[start]:
+            command.upgrade(config, span, sql=True)
+        else:
+            command.downgrade(config, span, sql=True)
+    except Exception as exc:  # a revision's own code may raise anything; say which range and why
+        raise CatalogError(
+            f"cannot write the SQL of {span} offline: {type(exc).__name__}: {_first_line(exc)}; "
+            "a revision that reads the database (op.get_bind()) can only run online"
+        ) from exc
     return output.getvalue()
 
 

@@ -126,6 +126,15 @@ def test_sql_script_builds_the_schema_the_online_migration_builds(pg: EmbeddedPo
     assert [str(d) for d in compare(empty, left)] == ["schema catalog is left behind"]
 
 
+def test_sql_of_a_revision_that_reads_the_database_says_it_runs_online_only(tmp_path: Path) -> None:
+    candidate = _candidate(tmp_path, '    op.get_bind().execute(sa.text("SELECT 1")).scalar_one()', "    pass")
+    result = CliRunner().invoke(cli, ["migrate", "--sql", "--migrations", str(candidate)])
+    assert result.exit_code == 1
+    assert result.output.startswith("FAILED: cannot write the SQL of base:9000 offline: ")
+    assert result.output.strip().endswith("a revision that reads the database (op.get_bind()) can only run online")
+    assert len(result.output.strip().splitlines()) == 1
+
+
 def test_sql_names_the_revisions_it_knows(unreachable_url: str) -> None:
     result = CliRunner().invoke(cli, ["migrate", "--sql", "--from", "0x7", "--database-url", unreachable_url])
     assert result.exit_code == 1
@@ -283,7 +292,8 @@ def test_check_on_a_private_postgres_leaves_nothing_behind() -> None:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def test_ctrl_c_drops_the_scratch_database(pg: EmbeddedPostgres, tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_an_interrupted_check_drops_the_scratch_database(pg: EmbeddedPostgres, tmp_path: Path, signum: int) -> None:
     reached = tmp_path / "reached"
     candidate = _candidate(
         tmp_path,
@@ -300,7 +310,7 @@ def test_ctrl_c_drops_the_scratch_database(pg: EmbeddedPostgres, tmp_path: Path)
     try:
         wait_until(reached.exists, 60, what="the candidate revision to start")
         assert len(_scratch_databases(pg) - before) == 1
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         stdout, stderr = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
