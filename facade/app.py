@@ -28,6 +28,7 @@ from facade.errors import AdminTokenMissing
 from facade.metrics import Metrics
 from facade.proxy import Proxy
 from facade.reload import Reloader, load_table
+from facade.traffic import TrafficRecorder
 
 __all__ = ["FacadeApp", "admin_token", "app_from_env", "create_app", "is_loopback"]
 
@@ -151,7 +152,9 @@ def create_app(
     for addon in extra:
         if callable(getattr(addon, "collect", None)):
             metrics.registry.register(addon)  # an addon with its own Prometheus numbers (shadow)
-    manager = AddonManager([metrics, AccessLog(stream=access_log), *extra])
+    traffic = TrafficRecorder()
+    traffic.configure(table)
+    manager = AddonManager([metrics, AccessLog(stream=access_log), traffic, *extra])
     breakers = Breakers(config.breaker)
     proxy = Proxy(table, client=client or H1Client(), addons=manager, breakers=breakers)
     reloader = Reloader(
@@ -162,7 +165,7 @@ def create_app(
     metrics.config_info = lambda: (reloader.version, str(reloader.status()["loaded_at"]))
     metrics.addon_failures = lambda: manager.failures
     snapshots = {
-        _addon_name(addon): getattr(addon, "snapshot") for addon in extra if callable(getattr(addon, "snapshot", None))
+        _addon_name(addon): getattr(addon, "snapshot") for addon in (traffic, *extra) if callable(getattr(addon, "snapshot", None))
     }
     admin = build_admin(
         proxy=proxy, reloader=reloader, metrics=metrics, snapshots=snapshots,

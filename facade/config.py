@@ -52,6 +52,7 @@ __all__ = [
     "ShadowStoreConfig",
     "ShadowWorkerConfig",
     "StickyConfig",
+    "TrafficRecordConfig",
     "UpstreamConfig",
     "check_file",
     "check_text",
@@ -221,6 +222,25 @@ class AssignmentConfig(_Model):
     override_header: str | None = Field(
         default="X-Strangler-Upstream", description="Header a tester sets to force a declared upstream."
     )
+    key: str | None = Field(
+        default=None,
+        repr=False,
+        description=(
+            "Secret for keyed digests of sticky keys, e.g. ${STRANGLER_ASSIGNMENT_KEY}: buckets are then computed "
+            "from the digest, which traffic_record stores, so a dry-run predicts them exactly without raw values. "
+            "Setting or changing it reassigns users on routes that split traffic: set it before the first shift."
+        ),
+    )
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str | None) -> str | None:
+        if value is not None and len(value) < 16:
+            # The secret itself is never quoted.
+            raise ValueError(
+                f"the assignment key has {len(value)} characters; use at least 16 random ones, e.g. from `openssl rand -hex 16`"
+            )
+        return value
 
     @field_validator("cookie", "override_header")
     @classmethod
@@ -478,6 +498,19 @@ class ShadowWorkerConfig(_Model):
     )
 
 
+class TrafficRecordConfig(_Model):
+    """Record request metadata for `strangler routes dry-run`, one JSON line per sampled request.
+
+    Method, path and query are kept; header, cookie and client-address values only as keyed
+    digests under `assignment.key` (required), never raw.
+    """
+
+    file: str = Field(description="JSON-lines file the records are appended to.")
+    sample: Percent = Field(default=10.0, description="Percent of each route's requests recorded.")
+    routes: dict[str, Percent] = Field(default_factory=dict, description="Route id → its own sample percent.")
+    queue: int = Field(default=10_000, ge=1, description="Records waiting for the writer; beyond it they are dropped and counted.")
+
+
 class RouteConfig(_Model):
     """One entry of `routes:`: which requests (match), where to (weighted upstreams), how."""
 
@@ -523,6 +556,7 @@ class FacadeConfig(_Model):
     default: DefaultRoute = Field(description="Required: where unmatched requests go.")
     shadow_store: ShadowStoreConfig = ShadowStoreConfig()
     shadow_worker: ShadowWorkerConfig = ShadowWorkerConfig()
+    traffic_record: TrafficRecordConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -638,6 +672,7 @@ def _cross_problems(data: Mapping[str, Any]) -> list[_Found]:
         if matcher is not None:
             found.extend(_shadowed(index, label, matcher, compiled))
             compiled.append((index, f"{label} (#{index + 1})", *matcher))
+    found.extend(_traffic_problems(data, seen_ids))
     default = data.get("default")
     if isinstance(default, dict):
         for key, verb in (("to", "sends to"), ("fallback", "falls back to")):
@@ -649,6 +684,35 @@ def _cross_problems(data: Mapping[str, Any]) -> list[_Found]:
                         f"the default route {verb} {default[key]!r}, which is not a declared upstream; declared: {declared_text}.",
                     )
                 )
+    return found
+
+
+def _traffic_problems(data: Mapping[str, Any], route_ids: Mapping[str, int]) -> list[_Found]:
+    record = data.get("traffic_record")
+    if not isinstance(record, dict):
+        return []
+    found: list[_Found] = []
+    assignment = data.get("assignment")
+    if not (isinstance(assignment, dict) and assignment.get("key")):
+        found.append(
+            _Found(
+                ("traffic_record",),
+                True,
+                "traffic_record needs assignment.key, the secret its digests are keyed with; "
+                "add `assignment: {key: ${STRANGLER_ASSIGNMENT_KEY}}` (it reassigns users on routes that split traffic now).",
+            )
+        )
+    routes = record.get("routes")
+    for route_id in routes if isinstance(routes, dict) else ():
+        if route_id not in route_ids and route_id != "default":
+            known = ", ".join(sorted(route_ids)) or "(none)"
+            found.append(
+                _Found(
+                    ("traffic_record", "routes", route_id),
+                    True,
+                    f"traffic_record samples route {route_id!r}, which is not declared; declared: {known}, default.",
+                )
+            )
     return found
 
 
@@ -832,6 +896,9 @@ def _interpolate_data(data: dict[str, Any], env: Mapping[str, str]) -> list[_Fou
     admin = data.get("admin")
     if isinstance(admin, dict):
         targets.append((admin, "token", ("admin", "token"), "admin token"))
+    assignment = data.get("assignment")
+    if isinstance(assignment, dict):
+        targets.append((assignment, "key", ("assignment", "key"), "assignment key"))
     for holder, key, loc, label in targets:
         value = holder.get(key)
         if isinstance(value, str):

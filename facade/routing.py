@@ -34,7 +34,7 @@ from facade.config import (
     parse_path_template,
 )
 
-__all__ = ["BUCKETS", "Route", "RouteTable", "canonical_path", "override", "sticky_key"]
+__all__ = ["BUCKETS", "Route", "RouteTable", "canonical_path", "key_digest", "override", "sticky_key"]
 
 BUCKETS = 10_000
 """Buckets per route: weights have a resolution of 0.01%."""
@@ -81,6 +81,22 @@ def canonical_path(template: tuple[str, ...], path: str) -> str:
             break
         out.append("{*}" if segment == "*" else segment)
     return "/" + "/".join(out)
+
+
+def key_digest(secret: bytes, value: str) -> bytes:
+    """The keyed digest (blake2b in its MAC mode, 16 bytes) of a sticky key or header value.
+
+    With `assignment.key` set, buckets are computed from this digest instead of the raw key, so the
+    traffic recorder can store it and a dry-run recompute every route's bucket exactly.
+    """
+    return hashlib.blake2b(value.encode("utf-8", "surrogatepass"), key=secret, digest_size=16).digest()
+
+
+def _secret(key: str | None) -> bytes | None:
+    if key is None:
+        return None
+    raw = key.encode("utf-8")
+    return raw if len(raw) <= 64 else hashlib.blake2b(raw).digest()
 
 
 def _seed(route_id: str) -> Any:
@@ -162,9 +178,10 @@ class Route:
     _only: str | None = field(repr=False)
     _seed: Any = field(repr=False)
     _conditional: bool = field(repr=False)
+    _secret: bytes | None = field(default=None, repr=False)
 
     @classmethod
-    def compile(cls, config: RouteConfig, index: int) -> Route:
+    def compile(cls, config: RouteConfig, index: int, secret: bytes | None = None) -> Route:
         match = config.match
         names = tuple(config.to)
         cumulative, bounds = 0, []
@@ -191,6 +208,7 @@ class Route:
             _only=serving[0] if len(serving) == 1 else None,
             _seed=_seed(config.id),
             _conditional=bool(match.headers or match.cookies or match.query),
+            _secret=secret,
         )
 
     @property
@@ -231,8 +249,14 @@ class Route:
         """The key's bucket in 0..9999 for this route; `None` (no key at all) draws a random one."""
         if sticky_key is None:
             return random.randrange(BUCKETS)
+        if self._secret is not None:
+            return self.digest_bucket(key_digest(self._secret, sticky_key))
+        return self.digest_bucket(sticky_key.encode("utf-8", "surrogatepass"))
+
+    def digest_bucket(self, data: bytes) -> int:
+        """The bucket of hashed key material: the raw key's bytes, or its `key_digest` under `assignment.key`."""
         hasher = self._seed.copy()
-        hasher.update(sticky_key.encode("utf-8", "surrogatepass"))
+        hasher.update(data)
         return int.from_bytes(hasher.digest(), "big") % BUCKETS
 
     def choose(self, sticky_key: str | None) -> str:
@@ -284,11 +308,14 @@ class RouteTable:
     _by_two: Mapping[tuple[str, str], tuple[Route, ...]] = field(repr=False)
     _by_one: Mapping[str, tuple[Route, ...]] = field(repr=False)
     _by_none: tuple[Route, ...] = field(repr=False)
+    secret: bytes | None = field(default=None, repr=False)
+    """`assignment.key` as hash key material, or None."""
 
     @classmethod
     def build(cls, config: FacadeConfig, version: str) -> RouteTable:
         """Compile `config` (already validated) into a table tagged with `version`."""
-        routes = tuple(Route.compile(route, index) for index, route in enumerate(config.routes))
+        secret = _secret(config.assignment.key)
+        routes = tuple(Route.compile(route, index, secret) for index, route in enumerate(config.routes))
         default_config = RouteConfig(
             id="placeholder",
             match=MatchConfig(path="/**"),
@@ -297,7 +324,7 @@ class RouteTable:
             retries=config.default.retries,
             fallback=config.default.fallback,
         ).model_copy(update={"id": DEFAULT_ROUTE_ID})
-        default = Route.compile(default_config, len(routes))
+        default = Route.compile(default_config, len(routes), secret)
         by_id = {route.id: route for route in routes}
         by_id[DEFAULT_ROUTE_ID] = default
         # Candidates by the path's first two segments, in declared order: only routes whose leading
@@ -321,6 +348,7 @@ class RouteTable:
             _by_two=MappingProxyType(by_two),
             _by_one=MappingProxyType(by_one),
             _by_none=tuple(route for route in routes if not _lead(route)),
+            secret=secret,
         )
 
     @property

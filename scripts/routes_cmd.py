@@ -28,6 +28,7 @@ __all__ = [
     "ShiftResult",
     "app",
     "check_routes",
+    "dry_run_routes",
     "diff_files",
     "schema_text",
     "shift_weights",
@@ -197,3 +198,87 @@ def schema_command(
         typer.echo(schema_text(), nl=False)
         return
     typer.echo(f"wrote {write_schema(output)}")
+
+
+# --------------------------------------------------------------------------------------------
+# dry-run
+
+
+def _health_get(url: str) -> int:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2.0, verify=False).status_code
+    except httpx.HTTPError as exc:
+        raise ConnectionError(str(exc) or type(exc).__name__) from exc
+
+
+def dry_run_routes(
+    new: str | os.PathLike[str],
+    traffic: str | os.PathLike[str],
+    *,
+    against: str | os.PathLike[str] = "routing.yaml",
+    health: bool = True,
+    health_path: str = "/healthz",
+    env: Mapping[str, str] | None = None,
+) -> Any:
+    """Replay the recorded `traffic` through `against` and `new`; the `facade.dryrun.Report`."""
+    from facade.dryrun import check_health, dry_run, read_traffic
+    from facade.routing import RouteTable
+
+    before = RouteTable.build(load_config(against, env=env), "before")
+    after = RouteTable.build(load_config(new, env=env), "after")
+    report = dry_run(before, after, read_traffic(traffic), before_name=str(against), after_name=str(new))
+    if health:
+        used = {upstream for (_, upstream), count in report.shares_after.items() if count}
+        report.unhealthy = {name: why for name, why in check_health(after, _health_get, path=health_path).items() if name in used}
+    return report
+
+
+def _render(report: Any, fmt: str) -> str:
+    data = report.as_dict()
+    if fmt == "json":
+        return json.dumps(data, indent=2)
+    md = fmt == "md"
+    lines = [f"{'# ' if md else ''}Dry-run of {data['after']} against {data['before']}: {data['records']} records, {data['requests']:g} requests"]
+    lines.append("")
+    lines.append("| route | upstream | before | after |" if md else f"{'route':<24} {'upstream':<16} {'before':>8} {'after':>8}")
+    if md:
+        lines.append("|---|---|---:|---:|")
+    before = {(s["route"], s["upstream"]): s["share"] for s in data["shares_before"]}
+    after = {(s["route"], s["upstream"]): s["share"] for s in data["shares_after"]}
+    for route, upstream in sorted(set(before) | set(after)):
+        b, a = f"{before.get((route, upstream), 0):.2f}%", f"{after.get((route, upstream), 0):.2f}%"
+        lines.append(f"| {route} | {upstream} | {b} | {a} |" if md else f"{route:<24} {upstream:<16} {b:>8} {a:>8}")
+    lines.append("")
+    bullet = "- " if md else ""
+    lines.append(f"{bullet}users moving forward: {data['users_forward']}; moving back: {data['users_back']} ({data['moved_requests']:g} requests change upstream)")
+    for item in data["rerouted"]:
+        lines.append(f"{bullet}{item['requests']:g} requests fall from route {item['from']} to {item['to']}")
+    if data["never_hit"]:
+        lines.append(f"{bullet}routes never hit: {', '.join(data['never_hit'])}")
+    for reason, count in data["unpredictable"].items():
+        lines.append(f"{bullet}{count} records unpredictable: {reason}")
+    for name, why in data["unhealthy"].items():
+        lines.append(f"{bullet}upstream {name} is unhealthy: {why}")
+    return "\n".join(lines)
+
+
+@app.command("dry-run")
+def dry_run_command(
+    new: Path = typer.Argument(..., help="The routing file as it would become."),
+    traffic: Path = typer.Option(..., "--traffic", help="JSON lines written by traffic_record."),
+    against: Path = typer.Option(Path("routing.yaml"), "--against", help="The routing file in force."),
+    fmt: str = typer.Option("text", "--format", help="text, json or md."),
+    no_health: bool = typer.Option(False, "--no-health", help="Skip the upstreams' health checks."),
+    health_path: str = typer.Option("/healthz", "--health-path", help="Path each upstream answers health checks on."),
+    allow_back: bool = typer.Option(False, "--allow-back", help="Exit 0 although users move back."),
+    allow_unhealthy: bool = typer.Option(False, "--allow-unhealthy", help="Exit 0 although an unhealthy upstream gets traffic."),
+) -> None:
+    """What NEW does to recorded traffic, user by user; exit 1 when users move back or traffic goes to an unhealthy upstream."""
+    if fmt not in ("text", "json", "md"):
+        raise typer.BadParameter(f"{fmt!r} is not a format; use text, json or md", param_hint="--format")
+    report = dry_run_routes(new, traffic, against=against, health=not no_health, health_path=health_path)
+    typer.echo(_render(report, fmt))
+    if (report.back and not allow_back) or (report.unhealthy and not allow_unhealthy):
+        raise typer.Exit(1)
