@@ -203,7 +203,7 @@ class TrafficRecorder:
         self._files.clear()
 
     def snapshot(self) -> dict[str, Any]:
-        """What the admin API shows under `/_strangler/addons/traffic` (counters and the file)."""
+        """What the admin API shows under `/_strangler/traffic` (counters and the file)."""
         plan = self._plan
         return {
             "file": plan.config.file if plan else None,

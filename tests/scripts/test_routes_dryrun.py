@@ -14,7 +14,7 @@ import pytest
 from facade.config import load_config
 from facade.dryrun import predict, read_traffic
 from facade.routing import RouteTable
-from tests.facade.proxy_support import client, echo, facade, post, serve, wait_for, write_config
+from tests.facade.proxy_support import client, echo, facade, get, post, serve, wait_for, write_config
 
 KEY = "k3y-f0r-the-dry-run-tests-0123456789"
 ENV = {**os.environ, "STRANGLER_ASSIGNMENT_KEY": KEY}
@@ -67,7 +67,9 @@ def recorded(tmp_path: Path) -> Any:
 
 
 def test_recording_keeps_no_raw_values(recorded: Any) -> None:
-    _, _, traffic, _, _, _ = recorded
+    _, _, traffic, _, base, _ = recorded
+    counters = wait_for(lambda: (c := get(f"{base}/_strangler/traffic").json())["recorded"] == USERS and c, what="counters")
+    assert counters["dropped"] == 0 and counters["failed"] == 0
     text = traffic.read_text()
     for raw in (COOKIE_SECRET, "user-0001", "127.0.0.1", KEY):
         assert raw not in text
