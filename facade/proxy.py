@@ -15,8 +15,10 @@ Forwarding rules, as nginx applies them:
 - `X-Request-ID` and W3C `traceparent` are passed on, created when absent (or malformed), and the
   request id is returned to the client.
 
-Resilience: the route's timeout bounds everything up to the response head, retries included (the
-upstream's `timeout` bounds each wait for data after that, as nginx's proxy_read_timeout does).
+Resilience: the route's timeout bounds everything up to the response head, retries and fallback
+included; the upstream's `timeout` bounds each attempt's wait for the response head and each wait
+for body data after it (as nginx's proxy_read_timeout does), so a hung upstream costs one attempt
+and not the route's whole budget.
 A request is retried, whatever its method, when it provably never reached the upstream (no
 connection); otherwise only idempotent methods are, and only while the request body read so far
 fits the route's replay buffer. Nothing is retried once the response has started. Breakers are
@@ -43,7 +45,7 @@ from typing import Any
 from facade.addons import AddonManager, Flow
 from facade.breaker import Breaker, Breakers
 from facade.client import Body, Upstream, UpstreamClient, UpstreamResponse
-from facade.errors import ClientGone, UpstreamError
+from facade.errors import ClientGone, UpstreamError, UpstreamTimeout
 from facade.routing import Route, RouteTable, override, sticky_key
 
 __all__ = ["Deadlines", "Generation", "Proxy", "HOP_BY_HOP", "IDEMPOTENT_METHODS", "SAFE_METHODS", "request_id_for"]
@@ -511,8 +513,12 @@ class Proxy:
                     used.append(upstream)
                 body: Body = body_source.stream() if body_source is not None else whole
                 sent_at = time.monotonic()
+                # The upstream's timeout bounds this attempt's wait for the response head, so a
+                # hung upstream leaves the rest of the route's budget to a retry or the fallback.
+                attempt_deadline = min(deadline, sent_at + upstream.config.timeout)
                 task = asyncio.current_task()
-                deadlines.add(task, deadline)
+                deadlines.add(task, attempt_deadline)
+                error: UpstreamError | None = None
                 try:
                     try:
                         response = await self.client.request(upstream, method, target, headers, body)
@@ -521,29 +527,36 @@ class Proxy:
                 except asyncio.CancelledError:
                     if not deadlines.fired(task):
                         raise
-                    breaker.failure()
-                    raise _Failure(504, "upstream_timeout", f"upstream {upstream.name!r} did not answer within the route's {timeout:g}s") from None
+                    if attempt_deadline >= deadline:
+                        breaker.failure()
+                        raise _Failure(504, "upstream_timeout", f"upstream {upstream.name!r} did not answer within the route's {timeout:g}s") from None
+                    error = UpstreamTimeout(
+                        f"upstream {upstream.name!r} sent no response head within its timeout of {upstream.config.timeout:g}s"
+                    )
                 except UpstreamError as exc:
+                    error = exc
+                except ClientGone:
+                    breaker.release()
+                    raise
+                if error is not None:
                     if body_source is not None and body_source.gone:
                         breaker.release()
-                        raise ClientGone(str(exc)) from exc
+                        raise ClientGone(str(error)) from error
                     breaker.failure()
                     can_replay = not body_source.lost if body_source is not None else whole is None or len(whole) <= replay_cap
-                    if tries < attempts_allowed and can_replay and (not exc.reached or method in IDEMPOTENT_METHODS) and breaker.allow():
-                        log.info("request %s: retrying %s %s on %r after: %s", flow.request_id, method, flow.path, upstream.name, exc)
+                    if tries < attempts_allowed and can_replay and (not error.reached or method in IDEMPOTENT_METHODS) and breaker.allow():
+                        log.info("request %s: retrying %s %s on %r after: %s", flow.request_id, method, flow.path, upstream.name, error)
                         continue
                     if fallback is not None and can_replay:
-                        log.info("request %s: falling back to %r after: %s", flow.request_id, fallback.name, exc)
+                        log.info("request %s: falling back to %r after: %s", flow.request_id, fallback.name, error)
                         upstream, breaker = fallback, breakers.get(fallback.name)
                         fallback = None
                         flow.upstream = upstream.name
                         breaker.allow()
                         continue
-                    status = 504 if exc.reason == "upstream_timeout" else 502
-                    raise _Failure(status, exc.reason, str(exc)) from exc
-                except ClientGone:
-                    breaker.release()
-                    raise
+                    status = 504 if error.reason == "upstream_timeout" else 502
+                    raise _Failure(status, error.reason, str(error)) from error
+                assert response is not None
                 status = response.status
                 if status >= 502 and status <= 504:
                     breaker.failure()
