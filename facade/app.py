@@ -153,7 +153,10 @@ def create_app(
             metrics.registry.register(addon)  # an addon with its own Prometheus numbers (shadow)
     manager = AddonManager([metrics, AccessLog(stream=access_log), *extra])
     breakers = Breakers(config.breaker)
-    proxy = Proxy(table, client=client or H1Client(), addons=manager, breakers=breakers)
+    override_secrets = None if is_loopback(host) else [
+        secret for secret in (token, env.get(config.assignment.override_token_env or "")) if secret
+    ]
+    proxy = Proxy(table, client=client or H1Client(), addons=manager, breakers=breakers, override_secrets=override_secrets)
     reloader = Reloader(
         path, table, digest, loaded_at, install=proxy.swap, env=env, on_result=[lambda result: metrics.reloaded(result.ok)],
         interval=watch_interval,

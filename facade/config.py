@@ -227,7 +227,13 @@ class AssignmentConfig(_Model):
     cookie: str = Field(default="strangler_id", description="Cookie carrying the sticky id of anonymous clients.")
     cookie_max_age: Duration = Field(default=365 * 86400.0, description="Lifetime of that cookie.")
     override_header: str | None = Field(
-        default="X-Strangler-Upstream", description="Header a tester sets to force a declared upstream."
+        default="X-Strangler-Upstream",
+        description="Header a tester sets to force one of the matched route's upstreams or its shadow target.",
+    )
+    override_token_env: str | None = Field(
+        default=None,
+        description="Environment variable holding a secret that, sent in X-Strangler-Token, allows the override header "
+        "when the façade listens beyond loopback (the admin token always does).",
     )
 
     @field_validator("cookie", "override_header")

@@ -33,12 +33,13 @@ answers itself are JSON: `{"error", "detail", "request_id"}`.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,8 +73,10 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-# Request headers the façade sets itself (or answers itself, like Expect).
-_REPLACED = frozenset({b"host", b"x-forwarded-proto", b"x-forwarded-host", b"expect"})
+# Request headers the façade sets itself (or answers itself, like Expect), and the façade's own
+# markers a client must not send upstream: the mirror marker and the override secret.
+_REPLACED = frozenset({b"host", b"x-forwarded-proto", b"x-forwarded-host", b"expect", b"x-strangler-shadow", b"x-strangler-token"})
+OVERRIDE_TOKEN_HEADER = "x-strangler-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -284,8 +287,19 @@ class Proxy:
     their connection pools; pools of removed or changed upstreams close once idle.
     """
 
-    def __init__(self, table: RouteTable, *, client: UpstreamClient, addons: AddonManager, breakers: Breakers | None = None) -> None:
+    def __init__(
+        self,
+        table: RouteTable,
+        *,
+        client: UpstreamClient,
+        addons: AddonManager,
+        breakers: Breakers | None = None,
+        override_secrets: Collection[str] | None = None,
+    ) -> None:
         self.client = client
+        # None: the override header needs no secret (the façade listens on loopback only);
+        # otherwise the request must carry one of these in X-Strangler-Token.
+        self.override_secrets = tuple(secret.encode("utf-8") for secret in override_secrets) if override_secrets is not None else None
         self.addons = addons
         self.breakers = breakers or Breakers(table.config.breaker)
         self.generation: Generation = self._generation(table, {})
@@ -328,6 +342,13 @@ class Proxy:
         while self._closing:
             await asyncio.gather(*list(self._closing), return_exceptions=True)
         await self.client.aclose()
+
+    def _may_override(self, headers: Mapping[str, str]) -> bool:
+        given = headers.get(OVERRIDE_TOKEN_HEADER)
+        if not given or self.override_secrets is None:
+            return False
+        token = given.strip().encode("latin-1")
+        return any(hmac.compare_digest(token, secret) for secret in self.override_secrets)
 
     # -- the request path ----------------------------------------------------------------------
 
@@ -376,7 +397,9 @@ class Proxy:
         # Upstream choice: override header, else sticky key / assignment cookie and weights.
         set_cookie: bytes | None = None
         key = sticky_key(route, text, cookies, client[0] if client else None) if route.config.sticky else None
-        forced = override(table, text) if generation.override_header else None
+        forced = override(table, route, text) if generation.override_header else None
+        if forced is not None and self.override_secrets is not None and not self._may_override(text):
+            forced = None
         if forced is not None:
             name = forced
         else:

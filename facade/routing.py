@@ -162,6 +162,8 @@ class Route:
     _only: str | None = field(repr=False)
     _seed: Any = field(repr=False)
     _conditional: bool = field(repr=False)
+    overridable: frozenset[str] = frozenset()
+    """Upstreams the override header may pick on this route: its own and its shadow target."""
 
     @classmethod
     def compile(cls, config: RouteConfig, index: int) -> Route:
@@ -191,6 +193,7 @@ class Route:
             _only=serving[0] if len(serving) == 1 else None,
             _seed=_seed(config.id),
             _conditional=bool(match.headers or match.cookies or match.query),
+            overridable=frozenset(names) | ({config.shadow.to} if config.shadow is not None else frozenset()),
         )
 
     @property
@@ -392,10 +395,12 @@ def sticky_key(route: Route, headers: Mapping[str, str], cookies: Mapping[str, s
     return value or None
 
 
-def override(table: RouteTable, headers: Mapping[str, str]) -> str | None:
-    """The upstream a tester forces with the override header, if it names a declared upstream.
+def override(table: RouteTable, route: Route, headers: Mapping[str, str]) -> str | None:
+    """The upstream a tester forces with the override header on the matched `route`, if any.
 
-    Undeclared values are ignored: the façade only ever routes to declared upstreams.
+    Only the route's own upstreams (weight 0 included) and its shadow target can be forced; any
+    other value is ignored, so the header never reaches a service the route does not use.
+    Whether the client may use the header at all is the proxy's decision (`override_secrets`).
     """
     name = table.config.assignment.override_header
     if name is None:
@@ -404,4 +409,4 @@ def override(table: RouteTable, headers: Mapping[str, str]) -> str | None:
     if value is None:
         return None
     value = value.strip()
-    return value if value in table.upstreams else None
+    return value if value in route.overridable else None

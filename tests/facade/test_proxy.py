@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -279,3 +280,63 @@ def test_responses_delimited_by_closing_the_connection_arrive_whole(tmp_path: Pa
             second = get(url + "/eof")
     assert first.content == body and second.content == body
     assert up.connections == 2
+
+
+OVERRIDE_ROUTES = """
+- id: split
+  match: {path: /api/**}
+  to: {monolith: 100, catalog: 0}
+  shadow: {to: candidate}
+- id: sandboxed
+  match: {path: /sandbox/**}
+  to: sandbox
+"""
+
+
+def test_the_override_header_selects_only_among_the_routes_upstreams_and_shadow_target(tmp_path: Path) -> None:
+    names = ("monolith", "catalog", "candidate", "sandbox")
+    with contextlib.ExitStack() as stack:
+        urls = {name: stack.enter_context(serve(echo(name))) for name in names}
+        config = write_config(tmp_path / "routing.yaml", urls, routes=OVERRIDE_ROUTES)
+        with facade(config, addons=[]) as (url, _):
+            def forced(path: str, name: str) -> str:
+                return get(url + path, headers={"X-Strangler-Upstream": name}).json()["upstream"]
+
+            weight_zero = forced("/api/x", "catalog")
+            shadow_target = forced("/api/x", "candidate")
+            other_routes = forced("/api/x", "sandbox")
+            on_default = forced("/elsewhere", "catalog")
+    assert weight_zero == "catalog"  # a tester may try the route's 0% upstream before the shift
+    assert shadow_target == "candidate"
+    assert other_routes == "monolith"  # declared, but not this route's: ignored
+    assert on_default == "monolith"
+
+
+def test_off_loopback_the_override_header_needs_the_admin_token_or_the_override_secret(tmp_path: Path) -> None:
+    names = ("monolith", "catalog", "candidate", "sandbox")
+    env = {"STRANGLER_ADMIN_TOKEN": "admin-s3cret", "TESTER_SECRET": "tester-s3cret"}
+    with contextlib.ExitStack() as stack:
+        urls = {name: stack.enter_context(serve(echo(name))) for name in names}
+        config = write_config(tmp_path / "routing.yaml", urls, routes=OVERRIDE_ROUTES, extra="assignment: {override_token_env: TESTER_SECRET}")
+        # Built as for a non-loopback bind (the test still connects over loopback).
+        with facade(config, addons=[], host="0.0.0.0", env=env) as (url, _):
+            def sent(token: str | None) -> dict[str, Any]:
+                headers = {"X-Strangler-Upstream": "catalog"}
+                if token is not None:
+                    headers["X-Strangler-Token"] = token
+                return get(url + "/api/x", headers=headers).json()
+
+            bare, wrong, admin, tester = sent(None), sent("guess"), sent("admin-s3cret"), sent("tester-s3cret")
+    assert bare["upstream"] == "monolith" and wrong["upstream"] == "monolith"
+    assert admin["upstream"] == "catalog" and tester["upstream"] == "catalog"
+    # The secret never travels upstream.
+    assert all(header_values(payload, "x-strangler-token") == [] for payload in (bare, wrong, admin, tester))
+
+
+def test_a_client_sent_mirror_marker_is_stripped(tmp_path: Path) -> None:
+    with serve(echo("monolith")) as up:
+        config = write_config(tmp_path / "routing.yaml", {"monolith": up})
+        with facade(config) as (url, _):
+            payload = get(url + "/p", headers={"X-Strangler-Shadow": "1", "X-Other": "kept"}).json()
+    assert header_values(payload, "x-strangler-shadow") == []
+    assert header_values(payload, "x-other") == ["kept"]

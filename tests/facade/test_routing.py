@@ -319,18 +319,31 @@ def test_sticky_key_from_header_cookie_or_client() -> None:
     assert sticky_key(t.default, headers, cookies, "10.0.0.1") is None
 
 
-def test_override_header_forces_only_declared_upstreams() -> None:
-    t = table(route("/a"))
-    assert override(t, {"x-strangler-upstream": "catalog"}) == "catalog"
-    assert override(t, {"x-strangler-upstream": " monolith "}) == "monolith"
-    assert override(t, {"x-strangler-upstream": "http://evil.example"}) is None
-    assert override(t, {"x-strangler-upstream": ""}) is None
-    assert override(t, {}) is None
-    custom = table(route("/a"), assignment={"override_header": "X-Force"})
-    assert override(custom, {"x-force": "catalog"}) == "catalog"
-    assert override(custom, {"x-strangler-upstream": "catalog"}) is None
-    off = table(route("/a"), assignment={"override_header": None})
-    assert override(off, {"x-strangler-upstream": "catalog"}) is None
+def test_override_header_forces_only_the_routes_own_upstreams_and_shadow_target() -> None:
+    upstreams = {**UPSTREAMS, "sandbox": {"url": "http://127.0.0.1:8003"}, "next": {"url": "http://127.0.0.1:8004"}}
+    t = table(
+        route("/a", id="a", to={"monolith": 100, "catalog": 0}),
+        {**route("/s", id="s", to="monolith"), "shadow": {"to": "next"}},
+        route("/b", id="b", to="sandbox"),
+        upstreams=upstreams,
+    )
+    a, s = t.by_id["a"], t.by_id["s"]
+    assert override(t, a, {"x-strangler-upstream": "catalog"}) == "catalog"  # weight 0 is still the route's
+    assert override(t, a, {"x-strangler-upstream": " monolith "}) == "monolith"
+    assert override(t, a, {"x-strangler-upstream": "sandbox"}) is None  # declared, but another route's
+    assert override(t, a, {"x-strangler-upstream": "next"}) is None
+    assert override(t, s, {"x-strangler-upstream": "next"}) == "next"  # the route's shadow target
+    assert override(t, s, {"x-strangler-upstream": "catalog"}) is None
+    assert override(t, t.default, {"x-strangler-upstream": "catalog"}) is None
+    assert override(t, t.default, {"x-strangler-upstream": "monolith"}) == "monolith"
+    assert override(t, a, {"x-strangler-upstream": "http://evil.example"}) is None
+    assert override(t, a, {"x-strangler-upstream": ""}) is None
+    assert override(t, a, {}) is None
+    custom = table(route("/a", id="a", to={"monolith": 50, "catalog": 50}), assignment={"override_header": "X-Force"})
+    assert override(custom, custom.by_id["a"], {"x-force": "catalog"}) == "catalog"
+    assert override(custom, custom.by_id["a"], {"x-strangler-upstream": "catalog"}) is None
+    off = table(route("/a", id="a", to={"monolith": 50, "catalog": 50}), assignment={"override_header": None})
+    assert override(off, off.by_id["a"], {"x-strangler-upstream": "catalog"}) is None
 
 
 def test_as_dict_describes_the_table() -> None:
