@@ -47,7 +47,7 @@ from facade.addons import AddonManager, Flow
 from facade.breaker import Breaker, Breakers
 from facade.client import Body, Upstream, UpstreamClient, UpstreamResponse
 from facade.errors import ClientGone, UpstreamError, UpstreamTimeout
-from facade.routing import Route, RouteTable, override, sticky_key
+from facade.routing import Route, RouteTable, override, path_problem, sticky_key
 
 __all__ = ["Deadlines", "Generation", "Proxy", "HOP_BY_HOP", "IDEMPOTENT_METHODS", "SAFE_METHODS", "request_id_for"]
 
@@ -387,10 +387,11 @@ class Proxy:
         path: str = scope["path"]
         cookies = _Cookies(text.get("cookie"))
         client = scope.get("client")
-        if not raw_path.startswith(b"/"):
-            route = table.default
-            flow = Flow(request_id_text, route, table, "", method, raw_path, query_string, request_headers, client, started)
-            await self._fail(flow, send, _Failure(400, "bad_request", "the request target must be an absolute path starting with '/'"), None)
+        problem = "the request target must be an absolute path starting with '/'" if not raw_path.startswith(b"/") else path_problem(raw_path, path)
+        if problem is not None:
+            flow = Flow(request_id_text, table.default, table, "", method, raw_path, query_string, request_headers, client, started)
+            await self._fail(flow, send, _Failure(400, "bad_request", problem), None)
+            self._finished(flow)
             return
         route = table.match(method, path, text, cookies, _Query(query_string))
 
@@ -427,9 +428,13 @@ class Proxy:
             )
         finally:
             self.inflight -= 1
-            flow.duration = time.monotonic() - started
-            if addons.request_finished:
-                addons.flow_event(addons.request_finished, flow, "request_finished")
+            self._finished(flow)
+
+    def _finished(self, flow: Flow) -> None:
+        flow.duration = time.monotonic() - flow.started
+        addons = self.addons
+        if addons.request_finished:
+            addons.flow_event(addons.request_finished, flow, "request_finished")
 
     async def _forward(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import io
 import json
 import logging
 import re
@@ -79,7 +80,9 @@ def test_forwarded_headers_are_set_and_host_is_the_upstreams(tmp_path: Path) -> 
 
 
 def test_raw_path_and_query_pass_byte_for_byte(tmp_path: Path) -> None:
-    target = b"/api/a%2Fb/%7Euser/caf%C3%A9/x%20y/..%2F?x=1&x=2&y=%2F+%20&empty=&flag"
+    # Canonical (no dot segments, no needless or separator escapes: those are refused, see
+    # test_non_canonical_paths_are_refused...), yet nothing a normalising client would leave alone.
+    target = b"/api/~user/caf%C3%A9/x%20y/%25/a+b;v=1/?x=1&x=2&y=%2F+%20&empty=&flag&z=../%7E"
     with serve(echo("monolith")) as up:
         config = write_config(tmp_path / "routing.yaml", {"monolith": up})
         with facade(config) as (url, _):
@@ -340,3 +343,55 @@ def test_a_client_sent_mirror_marker_is_stripped(tmp_path: Path) -> None:
             payload = get(url + "/p", headers={"X-Strangler-Shadow": "1", "X-Other": "kept"}).json()
     assert header_values(payload, "x-strangler-shadow") == []
     assert header_values(payload, "x-other") == ["kept"]
+
+
+class _Recorded:
+    """A socket-like holder of a response already read, for http.client to parse."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def makefile(self, *args: Any, **kwargs: Any) -> io.BytesIO:
+        return io.BytesIO(self.data)
+
+
+def _json_of(response: bytes) -> tuple[int, dict[str, Any]]:
+    parsed = http.client.HTTPResponse(_Recorded(response))  # type: ignore[arg-type]
+    parsed.begin()
+    return parsed.status, json.loads(parsed.read())
+
+
+def test_non_canonical_paths_are_refused_and_never_reach_a_route_or_the_admin_api(tmp_path: Path) -> None:
+    routes = """
+    - id: catalog-read
+      match: {path: /api/products/**}
+      to: catalog
+    """
+    with serve(echo("monolith")) as monolith, serve(echo("catalog")) as catalog:
+        config = write_config(tmp_path / "routing.yaml", {"monolith": monolith, "catalog": catalog}, routes=routes)
+        with facade(config) as (url, _):
+            def sent(target: bytes) -> bytes:
+                return raw_exchange(url, b"GET " + target + b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+
+            escape = _json_of(sent(b"/api/products/../../admin"))
+            encoded_dots = _json_of(sent(b"/api/products/%2e%2e/%2E%2E/admin"))
+            admin = _json_of(sent(b"/%5f%73trangler/routes"))
+            admin_dots = _json_of(sent(b"/api/../_strangler/routes"))
+            slash = _json_of(sent(b"/api/products%2F7"))
+            canonical = _json_of(sent(b"/api/products/a%20b/%C3%A9?q=%5f&r=../x"))
+            well_known = _json_of(sent(b"/.well-known/security.txt"))
+            metrics = get(url + "/_strangler/metrics").text
+    assert escape == (400, {
+        "error": "bad_request",
+        "detail": "the path '/api/products/../../admin' has a dot segment ('.' or '..'), which the façade does not resolve; send it as '/admin'",
+        "request_id": escape[1]["request_id"],
+    })
+    assert encoded_dots[0] == 400 and "percent-encodes '.' (%2e), which needs no encoding; send it as '/admin'" in encoded_dots[1]["detail"]
+    assert admin[0] == 400 and "send it as '/_strangler/routes'" in admin[1]["detail"]
+    assert admin_dots[0] == 400 and "send it as '/_strangler/routes'" in admin_dots[1]["detail"]
+    assert slash[0] == 400 and "encoded '/' (%2F)" in slash[1]["detail"]
+    # A canonical path goes up byte for byte, escapes and all; the query string is not a path.
+    assert canonical[0] == 200 and canonical[1]["upstream"] == "catalog"
+    assert canonical[1]["raw_path"] == "/api/products/a%20b/%C3%A9" and canonical[1]["query_string"] == "q=%5f&r=../x"
+    assert well_known[0] == 200 and well_known[1]["raw_path"] == "/.well-known/security.txt"
+    assert 'strangler_errors_total{reason="bad_request",route="default",upstream=""} 5.0' in metrics

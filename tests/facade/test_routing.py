@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from facade.config import FacadeConfig, RouteConfig
-from facade.routing import BUCKETS, Route, RouteTable, canonical_path, override, sticky_key
+from facade.routing import BUCKETS, Route, RouteTable, canonical_path, override, path_problem, sticky_key
 
 UPSTREAMS = {"monolith": {"url": "http://127.0.0.1:8001"}, "catalog": {"url": "http://127.0.0.1:8002"}}
 
@@ -383,3 +383,26 @@ def test_the_index_finds_the_same_route_as_a_linear_scan(
     path = "/" + "/".join(segments)
     expected = next((r for r in t.routes if r.matches(method, path, {}, {}, {})), t.default)
     assert t.match(method, path, {}, {}, {}) is expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (b"/api/products/7", None),
+        (b"/", None),
+        (b"/a%20b/%C3%A9/%25/%3F", None),
+        (b"/.well-known/x/..x/x..", None),
+        (b"/a//b", None),
+        (b"/a/./b", "the path '/a/./b' has a dot segment ('.' or '..'), which the façade does not resolve; send it as '/a/b'"),
+        (b"/a/b/..", "the path '/a/b/..' has a dot segment ('.' or '..'), which the façade does not resolve; send it as '/a/'"),
+        (b"/../../x", "the path '/../../x' has a dot segment ('.' or '..'), which the façade does not resolve; send it as '/x'"),
+        (b"/%5F%73trangler/x", "the path '/%5F%73trangler/x' percent-encodes '_' (%5F), which needs no encoding; send it as '/_strangler/x'"),
+        (b"/a%7eb", "the path '/a%7eb' percent-encodes '~' (%7e), which needs no encoding; send it as '/a~b'"),
+        (b"/a%2fb", "the path '/a%2fb' has an encoded '/' (%2f), which the façade does not route on; send the path without it"),
+        (b"/a%5Cb", "the path '/a%5Cb' has an encoded '\\\\' (%5C), which the façade does not route on; send the path without it"),
+    ],
+)
+def test_path_problem_refuses_dot_segments_needless_escapes_and_encoded_separators(raw: bytes, problem: str | None) -> None:
+    from urllib.parse import unquote
+
+    assert path_problem(raw, unquote(raw.decode("latin-1"))) == problem
