@@ -48,6 +48,7 @@ __all__ = [
     "ConfigError",
     "DefaultRoute",
     "FacadeConfig",
+    "LimitsConfig",
     "MatchConfig",
     "NormalizeRule",
     "Problem",
@@ -249,6 +250,23 @@ class BreakerConfig(_Model):
 
     failures: int = Field(default=5, ge=1)
     reset_after: Duration = 10.0
+
+
+class LimitsConfig(_Model):
+    """Limits on the request head, checked as it arrives (defaults as nginx's
+    `large_client_header_buffers 4 8k`): above them the façade answers 414 or 431 and closes."""
+
+    header_line: Size = Field(default=8 * 1024, ge=256, description="Longest request line or single header line.")
+    headers: Size = Field(default=32 * 1024, ge=256, description="Largest request head: request line and all headers.")
+
+    @model_validator(mode="after")
+    def _line_within_head(self) -> LimitsConfig:
+        if self.header_line > self.headers:
+            raise ValueError(
+                f"limits.header_line ({self.header_line} bytes) is larger than limits.headers ({self.headers} bytes), "
+                "which bounds the whole head; raise headers or lower header_line"
+            )
+        return self
 
 
 class UpstreamConfig(_Model):
@@ -532,6 +550,7 @@ class FacadeConfig(_Model):
     admin: AdminConfig = AdminConfig()
     assignment: AssignmentConfig = AssignmentConfig()
     breaker: BreakerConfig = BreakerConfig()
+    limits: LimitsConfig = LimitsConfig()
     upstreams: dict[str, UpstreamConfig] = Field(description="Backends by name.")
     routes: tuple[RouteConfig, ...] = Field(default=(), description="Matched in declared order; the first match wins.")
     default: DefaultRoute = Field(description="Required: where unmatched requests go.")

@@ -103,6 +103,8 @@ class Generation:
     cookie: str
     cookie_suffix: bytes
     override_header: str | None
+    head_limits: tuple[int, int] = (8192, 32768)
+    """(longest request or header line, whole request head) in bytes, for the HTTP protocol."""
 
 
 class _Cookies(Mapping[str, str]):
@@ -318,7 +320,8 @@ class Proxy:
             upstreams[name] = old if old is not None and old.config == config else Upstream(name, config)
         assignment = table.config.assignment
         suffix = f"; Path=/; Max-Age={int(assignment.cookie_max_age)}; HttpOnly; SameSite=Lax".encode("latin-1")
-        return Generation(table, upstreams, assignment.cookie, suffix, assignment.override_header)
+        limits = table.config.limits
+        return Generation(table, upstreams, assignment.cookie, suffix, assignment.override_header, (limits.header_line, limits.headers))
 
     def swap(self, table: RouteTable) -> None:
         """Install `table` for new requests (one reference assignment)."""
@@ -721,6 +724,13 @@ class Proxy:
                 await watcher.close()
 
     async def _fail(self, flow: Flow, send: Send, failure: _Failure, set_cookie: bytes | None) -> None:
+        headers, body = self._error(flow, failure, set_cookie)
+        await send({"type": "http.response.start", "status": failure.status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if flow.method == "HEAD" else body, "more_body": False})
+
+    @staticmethod
+    def _error(flow: Flow, failure: _Failure, set_cookie: bytes | None) -> tuple[Headers, bytes]:
+        """The façade's own JSON error for `flow`: response headers and body (noted on the flow)."""
         flow.error = failure.reason
         flow.status = failure.status
         log.warning("request %s: %s %s → %d %s: %s", flow.request_id, flow.method, flow.path, failure.status, failure.reason, failure.detail)
@@ -736,9 +746,17 @@ class Proxy:
         if failure.status == 503:
             headers.append((b"retry-after", b"1"))
         flow.response_headers = headers
-        await send({"type": "http.response.start", "status": failure.status, "headers": headers})
-        await send({"type": "http.response.body", "body": b"" if flow.method == "HEAD" else body, "more_body": False})
         flow.bytes_out = len(body)
+        return headers, body
+
+    def refusal(self, status: int, reason: str, detail: str, *, method: str, target: bytes, client: tuple[str, int] | None) -> tuple[Headers, bytes]:
+        """The façade's JSON error for a request the HTTP layer refuses before its head is complete
+        (too large, HTTP/0.9), recorded like any request (metrics, access log): headers and body."""
+        table = self.generation.table
+        flow = Flow("%032x" % _bits(128), table.default, table, "", method, target, b"", [], client, time.monotonic())
+        headers, body = self._error(flow, _Failure(status, reason, detail), None)
+        self._finished(flow)
+        return headers, body
 
 
 class _DisconnectWatcher:

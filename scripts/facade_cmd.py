@@ -109,7 +109,8 @@ def serve_facade(
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        # uvicorn's httptools protocol plus the request-head limits of routing.yaml.
+        http="facade.protocol:FacadeHttpProtocol",
         lifespan="on",
         server_header=False,
         date_header=False,

@@ -1,0 +1,235 @@
+"""Request-head limits and malformed request lines, over raw sockets to `strangler facade serve`."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import io
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.facade.proxy_support import echo, serve
+from tests.support import free_port, wait_for
+
+KB = 1024
+
+
+class Counting:
+    """The echo upstream, counting the requests that reach it."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.app = echo("monolith")
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            self.requests += 1
+        await self.app(scope, receive, send)
+
+
+def write_routing(path: Path, upstream: str, limits: str = "") -> None:
+    path.write_text(f'version: 1\nupstreams:\n  monolith: {{url: "{upstream}"}}\n{limits}default: {{to: monolith}}\n')
+
+
+@dataclass
+class Served:
+    url: str
+    upstream: Counting
+    upstream_url: str
+    config: Path
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """The real command on a loopback port in front of a counting upstream."""
+    tmp = tmp_path_factory.mktemp("limits")
+    upstream = Counting()
+    with serve(upstream) as upstream_url:
+        config = tmp / "routing.yaml"
+        write_routing(config, upstream_url)
+        port = free_port()
+        log_path = tmp / "facade.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "scripts", "facade", "serve", "--config", str(config), "--port", str(port), "--no-watch", "--no-access-log"],
+                stdout=subprocess.DEVNULL, stderr=log,
+            )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            def healthy() -> bool:
+                assert process.poll() is None, log_path.read_text()
+                try:
+                    return httpx.get(url + "/_strangler/health", timeout=2).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait_for(healthy, timeout=30, what="the façade process")
+            yield Served(url, upstream, upstream_url, config)
+        finally:
+            process.terminate()
+            process.wait(timeout=15)
+
+
+def exchange(url: str, data: bytes) -> bytes:
+    """Send `data` on a new connection, read until the façade closes it."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(data)
+        chunks: list[bytes] = []
+        while True:
+            piece = sock.recv(65536)
+            if not piece:
+                return b"".join(chunks)
+            chunks.append(piece)
+
+
+class _Received:
+    """A response already read, handed to http.client as if it were a socket."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def makefile(self, *args: Any, **kwargs: Any) -> io.BytesIO:
+        return io.BytesIO(self.data)
+
+
+def parsed(response: bytes) -> tuple[int, dict[str, str], Any]:
+    """(status, headers by lower-case name, JSON body) of a response read off a socket."""
+    reply = http.client.HTTPResponse(_Received(response))  # type: ignore[arg-type]
+    reply.begin()
+    body = reply.read()
+    return reply.status, {k.lower(): v for k, v in reply.getheaders()}, json.loads(body) if body else None
+
+
+def get_with(headers: list[tuple[str, str]], target: str = "/p") -> bytes:
+    lines = [f"GET {target} HTTP/1.1", "Host: shop.example", "Connection: close", *(f"{k}: {v}" for k, v in headers)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def errors(url: str, reason: str) -> float:
+    for line in httpx.get(url + "/_strangler/metrics", timeout=5).text.splitlines():
+        if line.startswith("strangler_errors_total{") and f'reason="{reason}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_header_line_over_8_kb_gets_431_and_is_never_forwarded(served: Served) -> None:
+    url, upstream = served.url, served.upstream
+    counted = errors(url, "header_too_large")
+    before = upstream.requests
+    status, headers, body = parsed(exchange(url, get_with([("X-Big", "a" * (8 * KB))])))
+    assert status == 431 and headers["content-type"] == "application/json" and headers["connection"] == "close"
+    assert body == {
+        "error": "header_too_large",
+        "detail": "the request header 'x-big' is 8201 bytes, over the limit of 8192 bytes a line "
+        "(limits.header_line in routing.yaml); send a smaller header or raise the limit",
+        "request_id": headers["x-request-id"],
+    }
+    assert upstream.requests == before
+    # Just under the line limit goes through, whole.
+    status, _, payload = parsed(exchange(url, get_with([("X-Big", "a" * (8 * KB - 16))])))
+    assert status == 200 and upstream.requests == before + 1
+    assert [v for k, v in payload["headers"] if k == "x-big"] == ["a" * (8 * KB - 16)]
+    assert errors(url, "header_too_large") == counted + 1
+
+
+def test_headers_over_32_kb_in_all_get_431(served: Served) -> None:
+    url, upstream = served.url, served.upstream
+    before = upstream.requests
+    status, _, body = parsed(exchange(url, get_with([(f"X-Part-{i}", "b" * (7 * KB)) for i in range(5)])))
+    assert status == 431 and body["error"] == "header_too_large"
+    assert "over the limit of 32768 bytes (limits.headers in routing.yaml)" in body["detail"]
+    assert upstream.requests == before
+    status, _, _ = parsed(exchange(url, get_with([(f"X-Part-{i}", "b" * (7 * KB)) for i in range(4)])))
+    assert status == 200 and upstream.requests == before + 1
+
+
+def test_a_request_target_over_8_kb_gets_414(served: Served) -> None:
+    url, upstream = served.url, served.upstream
+    before = upstream.requests
+    status, _, body = parsed(exchange(url, get_with([], target="/" + "t" * (8 * KB))))
+    assert status == 414 and body["error"] == "uri_too_long"
+    assert body["detail"].startswith("the request target is 8193 bytes, over the limit of 8192 bytes a line")
+    assert upstream.requests == before
+
+
+def test_a_20_mb_header_is_refused_as_it_arrives(served: Served) -> None:
+    url, upstream = served.url, served.upstream
+    counted = errors(url, "header_too_large")
+    before = upstream.requests
+    host, port = url.removeprefix("http://").split(":")
+    sent = 0
+    answer = b""
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(b"GET /p HTTP/1.1\r\nHost: shop.example\r\nX-Huge: ")
+            piece = b"h" * (64 * KB)
+            while sent < 20 * KB * KB:
+                sock.sendall(piece)
+                sent += len(piece)
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    # The façade stopped reading and closed long before the header ended (what it read is
+    # bounded by the 32 KB limit plus one socket read; the rest sat in kernel buffers).
+    assert sent < 20 * KB * KB
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 431 ")  # the answer may be lost to the reset
+    assert upstream.requests == before
+    assert errors(url, "header_too_large") == counted + 1
+
+
+def test_an_http_0_9_request_line_gets_400(served: Served) -> None:
+    url, upstream = served.url, served.upstream
+    before = upstream.requests
+    counted = errors(url, "bad_request")
+    status, headers, body = parsed(exchange(url, b"GET /\r\n\r\n"))
+    assert status == 400 and headers["content-type"] == "application/json"
+    assert body["error"] == "bad_request" and "no HTTP version (an HTTP/0.9 request)" in body["detail"]
+    status, _, body = parsed(exchange(url, b"THIS IS NOT HTTP\r\n\r\n"))
+    assert status == 400 and body["error"] == "bad_request"
+    assert upstream.requests == before
+    assert errors(url, "bad_request") == counted + 2
+
+
+def test_the_limits_come_from_routing_yaml_and_follow_a_reload(served: Served) -> None:
+    url, config, upstream_url = served.url, served.config, served.upstream_url
+    try:
+        write_routing(config, upstream_url, "limits: {header_line: 1KB, headers: 4KB}\n")
+        assert httpx.post(url + "/_strangler/reload", timeout=10).json()["ok"] is True
+        line, _, line_body = parsed(exchange(url, get_with([("X-Mid", "m" * 2000)])))
+        total, _, total_body = parsed(exchange(url, get_with([(f"X-Mid-{i}", "m" * 900) for i in range(5)])))
+        fits, _, _ = parsed(exchange(url, get_with([("X-Mid", "m" * 900)])))
+    finally:
+        write_routing(config, upstream_url)
+        assert httpx.post(url + "/_strangler/reload", timeout=10).json()["ok"] is True
+    assert line == 431 and "over the limit of 1024 bytes a line" in line_body["detail"]
+    assert total == 431 and "over the limit of 4096 bytes" in total_body["detail"]
+    assert fits == 200
+    restored, _, _ = parsed(exchange(url, get_with([("X-Mid", "m" * 2000)])))
+    assert restored == 200
+
+
+def test_limits_are_validated_with_their_position_and_fix() -> None:
+    from facade.config import check_text
+
+    text = 'upstreams: {monolith: {url: "http://127.0.0.1:8001"}}\nlimits: {header_line: 64KB, headers: 16KB}\ndefault: {to: monolith}\n'
+    config, problems = check_text(text)
+    assert config is None
+    assert [str(problem) for problem in problems] == [
+        "routing.yaml:2:9: limits.header_line (65536 bytes) is larger than limits.headers (16384 bytes), which bounds "
+        "the whole head; raise headers or lower header_line."
+    ]
+    config, problems = check_text(text.replace("64KB", "4KB"))
+    assert problems == [] and config is not None
+    assert (config.limits.header_line, config.limits.headers) == (4096, 16384)
+    defaults, _ = check_text(text.replace("limits: {header_line: 64KB, headers: 16KB}\n", ""))
+    assert defaults is not None and (defaults.limits.header_line, defaults.limits.headers) == (8192, 32768)
