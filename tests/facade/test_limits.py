@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import http.client
-import io
-import json
 import socket
 import subprocess
 import sys
@@ -18,6 +15,7 @@ import httpx
 import pytest
 
 from tests.facade.proxy_support import echo, serve
+from tests.facade.test_proxy import parsed, raw_exchange
 from tests.support import free_port, wait_for
 
 KB = 1024
@@ -79,37 +77,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             process.wait(timeout=15)
 
 
-def exchange(url: str, data: bytes) -> bytes:
-    """Send `data` on a new connection, read until the façade closes it."""
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(data)
-        chunks: list[bytes] = []
-        while True:
-            piece = sock.recv(65536)
-            if not piece:
-                return b"".join(chunks)
-            chunks.append(piece)
-
-
-class _Received:
-    """A response already read, handed to http.client as if it were a socket."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def makefile(self, *args: Any, **kwargs: Any) -> io.BytesIO:
-        return io.BytesIO(self.data)
-
-
-def parsed(response: bytes) -> tuple[int, dict[str, str], Any]:
-    """(status, headers by lower-case name, JSON body) of a response read off a socket."""
-    reply = http.client.HTTPResponse(_Received(response))  # type: ignore[arg-type]
-    reply.begin()
-    body = reply.read()
-    return reply.status, {k.lower(): v for k, v in reply.getheaders()}, json.loads(body) if body else None
-
-
 def get_with(headers: list[tuple[str, str]], target: str = "/p") -> bytes:
     lines = [f"GET {target} HTTP/1.1", "Host: shop.example", "Connection: close", *(f"{k}: {v}" for k, v in headers)]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -126,7 +93,7 @@ def test_a_header_line_over_8_kb_gets_431_and_is_never_forwarded(served: Served)
     url, upstream = served.url, served.upstream
     counted = errors(url, "header_too_large")
     before = upstream.requests
-    status, headers, body = parsed(exchange(url, get_with([("X-Big", "a" * (8 * KB))])))
+    status, headers, body = parsed(raw_exchange(url, get_with([("X-Big", "a" * (8 * KB))])))
     assert status == 431 and headers["content-type"] == "application/json" and headers["connection"] == "close"
     assert body == {
         "error": "header_too_large",
@@ -136,7 +103,7 @@ def test_a_header_line_over_8_kb_gets_431_and_is_never_forwarded(served: Served)
     }
     assert upstream.requests == before
     # Just under the line limit goes through, whole.
-    status, _, payload = parsed(exchange(url, get_with([("X-Big", "a" * (8 * KB - 16))])))
+    status, _, payload = parsed(raw_exchange(url, get_with([("X-Big", "a" * (8 * KB - 16))])))
     assert status == 200 and upstream.requests == before + 1
     assert [v for k, v in payload["headers"] if k == "x-big"] == ["a" * (8 * KB - 16)]
     assert errors(url, "header_too_large") == counted + 1
@@ -145,18 +112,18 @@ def test_a_header_line_over_8_kb_gets_431_and_is_never_forwarded(served: Served)
 def test_headers_over_32_kb_in_all_get_431(served: Served) -> None:
     url, upstream = served.url, served.upstream
     before = upstream.requests
-    status, _, body = parsed(exchange(url, get_with([(f"X-Part-{i}", "b" * (7 * KB)) for i in range(5)])))
+    status, _, body = parsed(raw_exchange(url, get_with([(f"X-Part-{i}", "b" * (7 * KB)) for i in range(5)])))
     assert status == 431 and body["error"] == "header_too_large"
     assert "over the limit of 32768 bytes (limits.headers in routing.yaml)" in body["detail"]
     assert upstream.requests == before
-    status, _, _ = parsed(exchange(url, get_with([(f"X-Part-{i}", "b" * (7 * KB)) for i in range(4)])))
+    status, _, _ = parsed(raw_exchange(url, get_with([(f"X-Part-{i}", "b" * (7 * KB)) for i in range(4)])))
     assert status == 200 and upstream.requests == before + 1
 
 
 def test_a_request_target_over_8_kb_gets_414(served: Served) -> None:
     url, upstream = served.url, served.upstream
     before = upstream.requests
-    status, _, body = parsed(exchange(url, get_with([], target="/" + "t" * (8 * KB))))
+    status, _, body = parsed(raw_exchange(url, get_with([], target="/" + "t" * (8 * KB))))
     assert status == 414 and body["error"] == "uri_too_long"
     assert body["detail"].startswith("the request target is 8193 bytes, over the limit of 8192 bytes a line")
     assert upstream.requests == before
@@ -191,10 +158,10 @@ def test_an_http_0_9_request_line_gets_400(served: Served) -> None:
     url, upstream = served.url, served.upstream
     before = upstream.requests
     counted = errors(url, "bad_request")
-    status, headers, body = parsed(exchange(url, b"GET /\r\n\r\n"))
+    status, headers, body = parsed(raw_exchange(url, b"GET /\r\n\r\n"))
     assert status == 400 and headers["content-type"] == "application/json"
     assert body["error"] == "bad_request" and "no HTTP version (an HTTP/0.9 request)" in body["detail"]
-    status, _, body = parsed(exchange(url, b"THIS IS NOT HTTP\r\n\r\n"))
+    status, _, body = parsed(raw_exchange(url, b"THIS IS NOT HTTP\r\n\r\n"))
     assert status == 400 and body["error"] == "bad_request"
     assert upstream.requests == before
     assert errors(url, "bad_request") == counted + 2
@@ -205,16 +172,16 @@ def test_the_limits_come_from_routing_yaml_and_follow_a_reload(served: Served) -
     try:
         write_routing(config, upstream_url, "limits: {header_line: 1KB, headers: 4KB}\n")
         assert httpx.post(url + "/_strangler/reload", timeout=10).json()["ok"] is True
-        line, _, line_body = parsed(exchange(url, get_with([("X-Mid", "m" * 2000)])))
-        total, _, total_body = parsed(exchange(url, get_with([(f"X-Mid-{i}", "m" * 900) for i in range(5)])))
-        fits, _, _ = parsed(exchange(url, get_with([("X-Mid", "m" * 900)])))
+        line, _, line_body = parsed(raw_exchange(url, get_with([("X-Mid", "m" * 2000)])))
+        total, _, total_body = parsed(raw_exchange(url, get_with([(f"X-Mid-{i}", "m" * 900) for i in range(5)])))
+        fits, _, _ = parsed(raw_exchange(url, get_with([("X-Mid", "m" * 900)])))
     finally:
         write_routing(config, upstream_url)
         assert httpx.post(url + "/_strangler/reload", timeout=10).json()["ok"] is True
     assert line == 431 and "over the limit of 1024 bytes a line" in line_body["detail"]
     assert total == 431 and "over the limit of 4096 bytes" in total_body["detail"]
     assert fits == 200
-    restored, _, _ = parsed(exchange(url, get_with([("X-Mid", "m" * 2000)])))
+    restored, _, _ = parsed(raw_exchange(url, get_with([("X-Mid", "m" * 2000)])))
     assert restored == 200
 
 

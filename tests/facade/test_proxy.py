@@ -345,8 +345,8 @@ def test_a_client_sent_mirror_marker_is_stripped(tmp_path: Path) -> None:
     assert header_values(payload, "x-other") == ["kept"]
 
 
-class _Recorded:
-    """A socket-like holder of a response already read, for http.client to parse."""
+class _Received:
+    """A response already read, handed to http.client as if it were a socket."""
 
     def __init__(self, data: bytes) -> None:
         self.data = data
@@ -355,10 +355,17 @@ class _Recorded:
         return io.BytesIO(self.data)
 
 
-def _json_of(response: bytes) -> tuple[int, dict[str, Any]]:
-    parsed = http.client.HTTPResponse(_Recorded(response))  # type: ignore[arg-type]
-    parsed.begin()
-    return parsed.status, json.loads(parsed.read())
+def parsed(response: bytes) -> tuple[int, dict[str, str], Any]:
+    """(status, headers by lower-case name, JSON body or None) of a response read off a socket."""
+    reply = http.client.HTTPResponse(_Received(response))  # type: ignore[arg-type]
+    reply.begin()
+    body = reply.read()
+    return reply.status, {k.lower(): v for k, v in reply.getheaders()}, json.loads(body) if body else None
+
+
+def _json_of(response: bytes) -> tuple[int, Any]:
+    status, _, body = parsed(response)
+    return status, body
 
 
 def test_non_canonical_paths_are_refused_and_never_reach_a_route_or_the_admin_api(tmp_path: Path) -> None:
