@@ -66,7 +66,8 @@ class FacadeHttpProtocol(HttpToolsProtocol):
         self.line_limit, self.head_limit = _DEFAULT_LIMITS
         self.head_open = False  # between the first byte of a request and its last header
         self.head_began = False  # a request began in the chunk being parsed
-        self.head_read = 0  # bytes of the open head read in earlier chunks
+        self.head_read = 0  # at most this many bytes of the open head were read in earlier chunks
+        self.head_after = 0  # bytes read in the chunks after the one the open head began in
         self.chunk = 0
 
     def data_received(self, data: bytes) -> None:
@@ -87,22 +88,26 @@ class FacadeHttpProtocol(HttpToolsProtocol):
             else:
                 self._unsupported_upgrade_warning()
             return
-        if self.head_open and not self.head_began:
-            # Still in the same head after a whole chunk (a head that began in this chunk is
-            # counted from the next one: it may share the chunk with the previous request).
+        if self.head_open:
+            # The head goes on past this chunk. The chunk it began in may also hold the end of
+            # the previous request, so only the chunks after it are held against the limit.
             self.head_read += len(data)
-            if self.head_read > self.head_limit:
-                if not self.headers:
-                    self._refuse(self._too_long_target(self.head_read))
-                else:
-                    self._refuse(_Refused(431, "header_too_large", self._head_detail(self.head_read, "so far")))
+            if self.head_began:
+                self.head_after = 0
+            else:
+                self.head_after += len(data)
+                if self.head_after > self.head_limit:
+                    if not self.headers:
+                        self._refuse(self._too_long_target(self.head_read))
+                    else:
+                        self._refuse(_Refused(431, "header_too_large", self._head_detail(self.head_read, "and not complete")))
 
     # The base class is named, not super(): these two run once per request.
     def on_message_begin(self) -> None:
         HttpToolsProtocol.on_message_begin(self)
         self.head_open = True
         self.head_began = True
-        self.head_read = 0
+        self.head_read = self.head_after = 0
         if self.proxy is not None:
             self.line_limit, self.head_limit = self.proxy.generation.head_limits
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import subprocess
@@ -200,3 +201,97 @@ def test_limits_are_validated_with_their_position_and_fix() -> None:
     assert (config.limits.header_line, config.limits.headers) == (4096, 16384)
     defaults, _ = check_text(text.replace("limits: {header_line: 64KB, headers: 16KB}\n", ""))
     assert defaults is not None and (defaults.limits.header_line, defaults.limits.headers) == (8192, 32768)
+
+
+class _Transport(asyncio.Transport):
+    """The socket's side of the protocol, keeping what the façade writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 40000)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class _Answering:
+    """An ASGI app in front of the façade's proxy core (for its limits and refusals) that reads
+    each request's body and answers 200 itself."""
+
+    def __init__(self, proxy: Any) -> None:
+        self.proxy = proxy
+        self.bodies: list[int] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        size = 0
+        while True:
+            message = await receive()
+            size += len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        self.bodies.append(size)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+def _fed(tmp_path: Path, chunks: list[bytes], answered: int) -> tuple[bytes, _Answering]:
+    """Feed `chunks` (one socket read each) to the façade's protocol, wait for `answered` responses."""
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from facade.app import create_app
+    from facade.protocol import FacadeHttpProtocol
+
+    write_routing(tmp_path / "routing.yaml", "http://127.0.0.1:9")
+
+    async def run() -> tuple[bytes, _Answering]:
+        app = _Answering(create_app(tmp_path / "routing.yaml", watch=False).proxy)
+        config = Config(app, lifespan="off", log_level="warning", access_log=False)
+        config.load()
+        state = ServerState()
+        protocol = FacadeHttpProtocol(config, state, {})
+        transport = _Transport()
+        protocol.connection_made(transport)
+        for chunk in chunks:
+            protocol.data_received(chunk)
+            if transport.closed:
+                break
+        async with asyncio.timeout(10):
+            while len(app.bodies) < answered or state.tasks:
+                await asyncio.sleep(0)  # yields to the request tasks; bounded by the timeout
+        return transport.written, app
+
+    return asyncio.run(run())
+
+
+def test_a_long_header_line_split_over_two_reads_is_refused(tmp_path: Path) -> None:
+    head = b"GET /p HTTP/1.1\r\nHost: shop.example\r\nX-Big: " + b"a" * 5000
+    written, app = _fed(tmp_path, [head, b"a" * 5000 + b"\r\n\r\n"], answered=0)
+    assert written.startswith(b"HTTP/1.1 431 ") and b"the request header 'x-big' is 10009 bytes" in written
+    assert app.bodies == []
+
+
+def test_a_pipelined_request_after_a_large_body_is_not_taken_for_a_large_head(tmp_path: Path) -> None:
+    # One read ends a 60 KB body and starts the next request's head; the next read completes it.
+    body = b"b" * (60 * KB)
+    first = b"POST /p HTTP/1.1\r\nHost: shop.example\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    second = b"GET /q HTTP/1.1\r\nHost: shop.example\r\n"
+    written, app = _fed(tmp_path, [first + second[:20], second[20:] + b"X-Small: 1\r\n\r\n"], answered=2)
+    assert app.bodies == [60 * KB, 0]
+    assert written.count(b"HTTP/1.1 200 ") == 2 and b" 431 " not in written
