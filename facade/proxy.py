@@ -77,6 +77,7 @@ HOP_BY_HOP = frozenset(
 # markers a client must not send upstream: the mirror marker and the override secret.
 _REPLACED = frozenset({b"host", b"x-forwarded-proto", b"x-forwarded-host", b"expect", b"x-strangler-shadow", b"x-strangler-token"})
 OVERRIDE_TOKEN_HEADER = "x-strangler-token"
+_OVERRIDE_TOKEN = OVERRIDE_TOKEN_HEADER.encode("ascii")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -384,6 +385,9 @@ class Proxy:
             decoded = value.decode("latin-1")
             text[label] = decoded if previous is None else previous + ("; " if label == "cookie" else ", ") + decoded
 
+        if OVERRIDE_TOKEN_HEADER in text:
+            # The override secret is for the façade alone: no addon (shadow, recorder) sees it.
+            request_headers = [item for item in request_headers if item[0] != _OVERRIDE_TOKEN]
         request_id, new_request_id = request_id_for(request_id)
         request_id_text = request_id.decode("ascii")
 

@@ -321,8 +321,9 @@ def test_off_loopback_the_override_header_needs_the_admin_token_or_the_override_
     with contextlib.ExitStack() as stack:
         urls = {name: stack.enter_context(serve(echo(name))) for name in names}
         config = write_config(tmp_path / "routing.yaml", urls, routes=OVERRIDE_ROUTES, extra="assignment: {override_token_env: TESTER_SECRET}")
+        seen = SeenHeaders()
         # Built as for a non-loopback bind (the test still connects over loopback).
-        with facade(config, addons=[], host="0.0.0.0", env=env) as (url, _):
+        with facade(config, addons=[seen], host="0.0.0.0", env=env) as (url, _):
             def sent(token: str | None) -> dict[str, Any]:
                 headers = {"X-Strangler-Upstream": "catalog"}
                 if token is not None:
@@ -332,8 +333,20 @@ def test_off_loopback_the_override_header_needs_the_admin_token_or_the_override_
             bare, wrong, admin, tester = sent(None), sent("guess"), sent("admin-s3cret"), sent("tester-s3cret")
     assert bare["upstream"] == "monolith" and wrong["upstream"] == "monolith"
     assert admin["upstream"] == "catalog" and tester["upstream"] == "catalog"
-    # The secret never travels upstream.
+    # The secret never travels upstream, nor reaches an addon (a shadow mirror, the recorder).
     assert all(header_values(payload, "x-strangler-token") == [] for payload in (bare, wrong, admin, tester))
+    assert len(seen.names) == 4 and all(b"x-strangler-token" not in names for names in seen.names)
+    assert all(b"x-strangler-upstream" in names for names in seen.names)
+
+
+class SeenHeaders:
+    """An addon keeping the request header names of every flow it sees."""
+
+    def __init__(self) -> None:
+        self.names: list[set[bytes]] = []
+
+    def request_finished(self, flow: Any) -> None:
+        self.names.append({name for name, _ in flow.request_headers})
 
 
 def test_a_client_sent_mirror_marker_is_stripped(tmp_path: Path) -> None:
