@@ -38,13 +38,20 @@ REQUEST = (
 )
 
 
-class _Transport(asyncio.Transport):
+class MemoryTransport(asyncio.Transport):
+    """The socket's side of a server protocol, keeping what is written (also used by the tests)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.closed = False
+        self.writes: list[bytes] = []
+
+    @property
+    def written(self) -> bytes:
+        return b"".join(self.writes)
 
     def write(self, data: Any) -> None:
-        pass
+        self.writes.append(bytes(data))
 
     def is_closing(self) -> bool:
         return self.closed
@@ -78,7 +85,7 @@ async def _round(protocol_class: type[HttpToolsProtocol], app: _App, requests: i
     config.load()
     state = ServerState()
     protocol = protocol_class(config, state, {})
-    protocol.connection_made(_Transport())
+    protocol.connection_made(MemoryTransport())
     started = time.process_time()
     for _ in range(requests):
         protocol.data_received(REQUEST)

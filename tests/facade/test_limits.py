@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.head_limits import MemoryTransport
 from tests.facade.proxy_support import echo, serve
 from tests.facade.test_proxy import parsed, raw_exchange
 from tests.support import free_port, wait_for
@@ -203,33 +204,6 @@ def test_limits_are_validated_with_their_position_and_fix() -> None:
     assert defaults is not None and (defaults.limits.header_line, defaults.limits.headers) == (8192, 32768)
 
 
-class _Transport(asyncio.Transport):
-    """The socket's side of the protocol, keeping what the façade writes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = b""
-        self.closed = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.written += bytes(data)
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 40000)}.get(name, default)
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
 class _Answering:
     """An ASGI app in front of the façade's proxy core (for its limits and refusals) that reads
     each request's body and answers 200 itself."""
@@ -266,7 +240,7 @@ def _fed(tmp_path: Path, chunks: list[bytes], answered: int) -> tuple[bytes, _An
         config.load()
         state = ServerState()
         protocol = FacadeHttpProtocol(config, state, {})
-        transport = _Transport()
+        transport = MemoryTransport()
         protocol.connection_made(transport)
         for chunk in chunks:
             protocol.data_received(chunk)
