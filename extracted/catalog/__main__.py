@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from extracted.catalog.app import DEFAULT_MONOLITH_URL, ENV_DATABASE_URL, ENV_DEMO_DISCREPANCY, ENV_MONOLITH_URL
+from common.extras import MissingExtraError
 from extracted.catalog.exceptions import CatalogError
 
 cli = typer.Typer(
@@ -32,7 +33,7 @@ DatabaseUrl = Annotated[
 def _known_failures() -> Iterator[None]:
     try:
         yield
-    except CatalogError as exc:
+    except (CatalogError, MissingExtraError) as exc:
         typer.echo(f"FAILED: {exc}", err=True)
         raise typer.Exit(1) from exc
 
@@ -46,9 +47,9 @@ def _require(value: str | None, option: str, env: str) -> str:
 @cli.command()
 def migrate(database_url: DatabaseUrl = None) -> None:
     """Create or upgrade the store (schema `catalog`): `alembic upgrade head`."""
-    from extracted.catalog.migrate import migrate as run_migrate
-
     with _known_failures():
+        from extracted.catalog.migrate import migrate as run_migrate
+
         head = run_migrate(_require(database_url, "--database-url", ENV_DATABASE_URL))
     typer.echo(f"catalog store at revision {head}")
 

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 from sqlalchemy.exc import OperationalError
+
+from common.extras import missing_extra
+
+try:
+    from alembic import command
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+except ImportError as exc:
+    raise missing_extra("service", "the catalog store's migrations (extracted.catalog.migrate)", exc) from exc
 
 from extracted.catalog.db import check_url
 from extracted.catalog.exceptions import CatalogError
