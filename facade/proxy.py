@@ -44,6 +44,7 @@ from facade.addons import AddonManager, Flow
 from facade.breaker import Breaker, Breakers
 from facade.client import Body, Upstream, UpstreamClient, UpstreamResponse
 from facade.errors import ClientGone, UpstreamError
+from facade.hold import Holds, HoldTimeout
 from facade.routing import Route, RouteTable, override, sticky_key
 
 __all__ = ["Deadlines", "Generation", "Proxy", "HOP_BY_HOP", "IDEMPOTENT_METHODS", "SAFE_METHODS", "request_id_for"]
@@ -282,7 +283,9 @@ class Proxy:
     their connection pools; pools of removed or changed upstreams close once idle.
     """
 
-    def __init__(self, table: RouteTable, *, client: UpstreamClient, addons: AddonManager, breakers: Breakers | None = None) -> None:
+    def __init__(
+        self, table: RouteTable, *, client: UpstreamClient, addons: AddonManager, breakers: Breakers | None = None, holds: Holds | None = None
+    ) -> None:
         self.client = client
         self.addons = addons
         self.breakers = breakers or Breakers(table.config.breaker)
@@ -291,6 +294,8 @@ class Proxy:
         self._closing: set[asyncio.Task[None]] = set()
         self.deadlines = Deadlines()
         self.inflight = 0
+        self.holds = holds or Holds()
+        self.holds.configure(table)
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -310,6 +315,7 @@ class Proxy:
         new = self._generation(table, old.upstreams)
         self.breakers.configure(table.config.breaker, frozenset(table.upstreams))
         self.generation = new
+        self.holds.configure(table)  # after the swap: what it releases goes where `table` says
         for name, upstream in old.upstreams.items():
             if new.upstreams.get(name) is not upstream:
                 upstream.retired = True
@@ -370,6 +376,17 @@ class Proxy:
             await self._fail(flow, send, _Failure(400, "bad_request", "the request target must be an absolute path starting with '/'"), None)
             return
         route = table.match(method, path, text, cookies, _Query(query_string))
+        holds = self.holds
+        if holds.active and route.id in holds.active:
+            # The write hold: wait with the body unread, then go where the table in force says.
+            try:
+                route = await holds.wait(route, lambda: self.generation.table.match(method, path, text, cookies, _Query(query_string)))
+            except HoldTimeout as exc:
+                flow = Flow(request_id_text, route, table, "", method, raw_path, query_string, request_headers, client, started)
+                await self._fail(flow, send, _Failure(503, "held_too_long", str(exc)), None)
+                return
+            generation = self.generation
+            table = generation.table
 
         # Upstream choice: override header, else sticky key / assignment cookie and weights.
         set_cookie: bytes | None = None
@@ -395,6 +412,7 @@ class Proxy:
         if addons.request_started:
             addons.flow_event(addons.request_started, flow, "request_started")
         self.inflight += 1
+        holds.enter(route.id)
         try:
             await self._forward(
                 flow, generation, route, name, forced is not None, scope, receive, send,
@@ -402,6 +420,7 @@ class Proxy:
             )
         finally:
             self.inflight -= 1
+            holds.leave(route.id)
             flow.duration = time.monotonic() - started
             if addons.request_finished:
                 addons.flow_event(addons.request_finished, flow, "request_finished")
