@@ -387,6 +387,7 @@ class Proxy:
                 return
             generation = self.generation
             table = generation.table
+            started = time.monotonic()  # the route's timeout starts at release (the wait has its own metric)
 
         # Upstream choice: override header, else sticky key / assignment cookie and weights.
         set_cookie: bytes | None = None

@@ -303,3 +303,21 @@ def test_set_and_clear_hold_keep_every_other_byte(tmp_path: Path) -> None:
     assert cleared.routes == ("writes", "flowy")
     assert path.read_text() == original
     assert clear_hold(path, "w-7").written is False  # releasing twice is harmless
+
+
+def test_the_route_timeout_starts_at_release_not_when_the_hold_began(tmp_path: Path) -> None:
+    gate = threading.Event()
+    catalog = Recorder("catalog", gate)  # answers only once the test has seen the write arrive
+    with serve(Recorder("monolith")) as monolith_url, serve(catalog) as catalog_url, ThreadPoolExecutor(2) as pool:
+        routes = ROUTES.replace("to: {monolith: 100, catalog: 0}", "to: {monolith: 100, catalog: 0}\n  timeout: 1s")
+        path = write_config(tmp_path / "routing.yaml", {"monolith": monolith_url, "catalog": catalog_url}, routes=routes)
+        with facade(path) as (url, _):
+            held = hold_one(url, path, pool, "w-9")
+            wait_for(lambda: hold_of(url, "w-9")["oldest_wait"] > 1.2, what="a wait longer than the route's timeout")
+            shift_weights(path, "writes", {"catalog": 100})
+            clear_hold(path, "w-9")
+            reload(url)
+            wait_for(lambda: catalog.bodies == [b"w-9"], what="the released write at the new upstream")
+            gate.set()
+            answer = held.result(timeout=30)
+    assert answer.status_code == 200 and answer.headers["x-upstream"] == "catalog"
