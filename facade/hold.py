@@ -200,10 +200,14 @@ class Holds:
         if self._lease is not None:
             self._lease.cancel()
             self._lease = None
-        if not self.active or not self._started:
+        if not self.active:
             return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # configured before the loop runs: `start` (or the first held request) arms it
         delay = min(hold.until for hold in self.active.values()) - self.clock()
-        self._lease = asyncio.get_running_loop().call_later(max(0.0, delay), self._expire)
+        self._lease = loop.call_later(max(0.0, delay), self._expire)
 
     def _expire(self) -> None:
         self._lease = None
@@ -239,6 +243,8 @@ class Holds:
         Released to a route that is held again (another hold), it waits again. Raises
         `HoldTimeout` once it has waited longer than the budget of the hold it waits on.
         """
+        if self._lease is None:
+            self._arm()
         token = next(self._tokens)
         started = self.clock()
         began = asyncio.get_running_loop().time()
@@ -390,6 +396,7 @@ def aggregate(workers: Iterable[Mapping[str, Any]], *, expected: int, now: float
             {
                 "pid": worker.get("pid"),
                 "version": worker.get("version"),
+                "age": round(max(0.0, now - float(worker.get("written_at") or now)), 3),
                 "held": sum(int(entry.get("held") or 0) for entry in worker.get("holds", ()) if entry.get("released_at") is None),
             }
             for worker in workers

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from common.postgres import free_port
+from facade.app import create_app
 from facade.config import check_text
 from facade.edit import shift_weights
 from facade.exceptions import FacadeError
@@ -321,3 +322,20 @@ def test_the_route_timeout_starts_at_release_not_when_the_hold_began(tmp_path: P
             gate.set()
             answer = held.result(timeout=30)
     assert answer.status_code == 200 and answer.headers["x-upstream"] == "catalog"
+
+
+def test_the_lease_holds_without_a_lifespan_too(tmp_path: Path, upstreams: Any) -> None:
+    monolith, _, urls = upstreams
+    path = write_config(tmp_path / "routing.yaml", urls, routes=ROUTES)
+    set_hold(path, ["writes"], "w-10", lease=1, budget=60)
+    app = create_app(path, watch=False)  # a worker that starts inside a hold, served without lifespan
+
+    async def send() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://facade") as session:
+            answer = await session.post("/api/products", content=b"w-10", timeout=30)
+        await app.proxy.aclose()
+        return answer
+
+    answer = asyncio.run(send())
+    assert answer.status_code == 200 and monolith.bodies == [b"w-10"]
+    assert app.proxy.holds.released[-1].end == "expired"
