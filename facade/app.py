@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -162,7 +163,8 @@ def create_app(
             metrics.registry.register(addon)  # an addon with its own Prometheus numbers (shadow)
     manager = AddonManager([metrics, AccessLog(stream=access_log), *extra])
     breakers = Breakers(config.breaker)
-    group = hold_group or f"{os.getpid()}-{secrets.token_hex(4)}"
+    # The host name keeps replicas apart that share a volume (and, in containers, pids).
+    group = f"{socket.gethostname()}-{hold_group or f'{os.getpid()}-{secrets.token_hex(4)}'}"
     holds = Holds(directory=path.resolve().parent / ".strangler" / "hold" / group, workers=workers, observer=metrics)
     metrics.held_now = holds.held_counts
     proxy = Proxy(table, client=client or H1Client(), addons=manager, breakers=breakers, holds=holds)

@@ -4,6 +4,7 @@ the budget, the drain before the ack, and the ack of every worker under `facade 
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 import threading
@@ -206,7 +207,7 @@ def test_the_hold_reaches_every_worker_of_facade_serve_workers_2(tmp_path: Path,
              "--workers", "2", "--no-watch", "--no-access-log"],
             stdout=subprocess.DEVNULL, stderr=log,
         )
-    state_dir = tmp_path / ".strangler" / "hold" / f"supervisor-{process.pid}"
+    state_dir = tmp_path / ".strangler" / "hold" / f"{socket.gethostname()}-supervisor-{process.pid}"
     try:
         def two_workers() -> bool:
             assert process.poll() is None, log_path.read_text()
@@ -220,6 +221,7 @@ def test_the_hold_reaches_every_worker_of_facade_serve_workers_2(tmp_path: Path,
         set_hold(path, ["writes"], "w-6", lease=120, budget=60)
         reload(url)  # one worker reloads and has the supervisor signal both
         acked = wait_for(lambda: (hold := hold_of(url, "w-6")) and hold["acked"] and hold, timeout=30, what="the ack of both workers")
+        assert len(list(state_dir.glob("*.json"))) == 2  # one state file per worker
         # Whichever worker answers, it speaks for both.
         for _ in range(6):
             assert hold_of(url, "w-6")["workers"] == {"expected": 2, "seen": 2, "installed": 2, "drained": 2}
