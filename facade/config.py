@@ -40,6 +40,7 @@ __all__ = [
     "ConfigError",
     "DefaultRoute",
     "FacadeConfig",
+    "HoldConfig",
     "LimitsConfig",
     "MatchConfig",
     "NormalizeRule",
@@ -502,6 +503,40 @@ class ShadowWorkerConfig(_Model):
     )
 
 
+_HOLD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+
+
+class HoldConfig(_Model):
+    """A write hold on the route: new requests wait (body unread) instead of being sent, and go to
+    the upstream the table names when the hold is cleared. `until` is a lease (unix time): past
+    it every worker releases by itself. A request held longer than `budget` gets a 503."""
+
+    id: str = Field(description="Names the hold; the same id on several routes is one hold (GET /_strangler/hold).")
+    until: float = Field(gt=0, description="Lease end, unix time in seconds: past it the hold releases by itself.")
+    budget: Duration = Field(default=2.0, description="Longest a request waits before it gets 503 with Retry-After.")
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not _HOLD_ID.match(value):
+            raise ValueError(f"hold id {value!r} must be letters, digits, '-', '_', '.' or ':', e.g. writes-1")
+        return value
+
+    @field_validator("until", mode="before")
+    @classmethod
+    def _until(cls, value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"hold until {value!r} is not a unix time; write the lease end in seconds, e.g. 1767225600.5")
+        return value
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("a hold budget of 0 answers every request with 503; give it a duration, e.g. 2s")
+        return value
+
+
 class RouteConfig(_Model):
     """One entry of `routes:`: which requests (match), where to (weighted upstreams), how."""
 
@@ -513,6 +548,7 @@ class RouteConfig(_Model):
     retries: RetryConfig = RetryConfig()
     fallback: str | None = Field(default=None, description="Upstream for safe requests when the chosen one fails.")
     shadow: ShadowConfig | None = None
+    hold: HoldConfig | None = Field(default=None, description="Written by `cutover writes` (facade.hold_edit); rarely by hand.")
 
     @field_validator("id")
     @classmethod

@@ -47,6 +47,7 @@ from facade.addons import AddonManager, Flow
 from facade.breaker import Breaker, Breakers
 from facade.client import Body, Upstream, UpstreamClient, UpstreamResponse
 from facade.errors import ClientGone, UpstreamError, UpstreamTimeout
+from facade.hold import Holds, HoldTimeout
 from facade.routing import Route, RouteTable, override, path_problem, sticky_key
 
 __all__ = ["Deadlines", "Generation", "Proxy", "HOP_BY_HOP", "IDEMPOTENT_METHODS", "SAFE_METHODS", "request_id_for"]
@@ -298,6 +299,7 @@ class Proxy:
         addons: AddonManager,
         breakers: Breakers | None = None,
         override_secrets: Collection[str] | None = None,
+        holds: Holds | None = None,
     ) -> None:
         self.client = client
         # None: the override header needs no secret (the façade listens on loopback only);
@@ -310,6 +312,8 @@ class Proxy:
         self._closing: set[asyncio.Task[None]] = set()
         self.deadlines = Deadlines()
         self.inflight = 0
+        self.holds = holds or Holds()
+        self.holds.configure(table)
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -330,6 +334,7 @@ class Proxy:
         new = self._generation(table, old.upstreams)
         self.breakers.configure(table.config.breaker, frozenset(table.upstreams))
         self.generation = new
+        self.holds.configure(table)  # after the swap: what it releases goes where `table` says
         for name, upstream in old.upstreams.items():
             if new.upstreams.get(name) is not upstream:
                 upstream.retired = True
@@ -401,6 +406,19 @@ class Proxy:
             self._finished(flow)
             return
         route = table.match(method, path, text, cookies, _Query(query_string))
+        holds = self.holds
+        if holds.active and route.id in holds.active:
+            # The write hold: wait with the body unread, then go where the table in force says.
+            try:
+                route = await holds.wait(route, lambda: self.generation.table.match(method, path, text, cookies, _Query(query_string)))
+            except HoldTimeout as exc:
+                flow = Flow(request_id_text, route, table, "", method, raw_path, query_string, request_headers, client, started)
+                await self._fail(flow, send, _Failure(503, "held_too_long", str(exc)), None)
+                self._finished(flow)
+                return
+            generation = self.generation
+            table = generation.table
+            started = time.monotonic()  # the route's timeout starts at release (the wait has its own metric)
 
         # Upstream choice: override header, else sticky key / assignment cookie and weights.
         set_cookie: bytes | None = None
@@ -428,6 +446,7 @@ class Proxy:
         if addons.request_started:
             addons.flow_event(addons.request_started, flow, "request_started")
         self.inflight += 1
+        holds.enter(route.id)
         try:
             await self._forward(
                 flow, generation, route, name, forced is not None, scope, receive, send,
@@ -435,6 +454,7 @@ class Proxy:
             )
         finally:
             self.inflight -= 1
+            holds.leave(route.id)
             self._finished(flow)
 
     def _finished(self, flow: Flow) -> None:

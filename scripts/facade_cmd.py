@@ -23,7 +23,7 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from facade.accesslog import ACCESS_LOGGER
-from facade.app import ACCESS_LOG_ENV, CONFIG_ENV, HOST_ENV, SUPERVISOR_ENV, WATCH_ENV, create_app
+from facade.app import ACCESS_LOG_ENV, CONFIG_ENV, HOST_ENV, SUPERVISOR_ENV, WATCH_ENV, WORKERS_ENV, create_app
 from facade.exceptions import FacadeError
 
 __all__ = ["app", "logging_config", "serve_facade"]
@@ -129,6 +129,7 @@ def serve_facade(
     os.environ[ACCESS_LOG_ENV] = "stdout" if access_log else "off"
     os.environ[WATCH_ENV] = "1" if watch else "0"
     os.environ[SUPERVISOR_ENV] = str(os.getpid())
+    os.environ[WORKERS_ENV] = str(workers)
     uv_config = uvicorn.Config("facade.app:app_from_env", factory=True, workers=workers, **options)
     sock = uv_config.bind_socket()
     try:
