@@ -31,6 +31,7 @@ import psycopg2
 from cdc.apply import Applier, Checkpoint
 from cdc.exceptions import CDCError
 from cdc.mapping import RowMapper, sql_projection
+from cdc.slot import wait_released
 from cdc.spec import SyncSpec, TableSpec
 
 __all__ = ["RunStats", "run", "snapshot_tables", "stream"]
@@ -257,22 +258,14 @@ def prepare(
     When `stop` is set during the copy, returns after the chunk in progress with the snapshot
     incomplete; the next call resumes it.
     """
-    from cdc.slot import create_slot, ensure_publication, exported_snapshot, slot_state
+    from cdc.slot import create_slot, ensure_publication, exported_snapshot
 
     if not spec.source_url:
         raise CDCError(f"{spec.path}: no source database; set source.url in the spec, STRANGLER_MONOLITH_DATABASE_URL, or --source-url")
     ensure_publication(spec.source_url, spec.publication_name, [t.source for t in spec.tables])
     checkpoint: Checkpoint = applier.checkpoint
-    slot = slot_state(spec.source_url, spec.slot_name)
-    deadline = time.monotonic() + slot_wait
-    while slot is not None and slot.active:
-        # A killed predecessor's walsender lingers until the server notices the dead connection.
-        if time.monotonic() > deadline:
-            raise CDCError(
-                f"replication slot {spec.slot_name} is in use by another process; stop the other `cdc run` first"
-            )
-        time.sleep(0.2)
-        slot = slot_state(spec.source_url, spec.slot_name)
+    # A killed predecessor's walsender lingers until the server notices the dead connection.
+    slot = wait_released(spec.source_url, spec.slot_name, slot_wait)
     if slot is not None and not checkpoint.snapshot:
         # The slot was created but nothing was recorded before a crash: start over.
         from cdc.slot import drop_slot
@@ -410,11 +403,19 @@ def run(
             stats.snapshot_rows = prepare(spec, applier, progress=on_progress, chunk_rows=chunk_rows, stop=stop)
         if stop.is_set():
             return stats
-        if transport == "memory":
-            return _run_memory(spec, applier, stop, until_caught_up, idle_timeout, heartbeat_interval, stats, record_lag)
-        return _run_kafka(spec, applier, stop, until_caught_up, idle_timeout, heartbeat_interval, stats,
-                          bootstrap_servers=bootstrap_servers, group_id=group_id, capture=capture,
-                          kafka_config=kafka_config or {})
+        try:
+            if transport == "memory":
+                return _run_memory(spec, applier, stop, until_caught_up, idle_timeout, heartbeat_interval, stats,
+                                   record_lag)
+            return _run_kafka(spec, applier, stop, until_caught_up, idle_timeout, heartbeat_interval, stats,
+                              bootstrap_servers=bootstrap_servers, group_id=group_id, capture=capture,
+                              kafka_config=kafka_config or {})
+        finally:
+            if in_process or capture:
+                # Return once the server let go of the slot: `cdc status` right after says inactive
+                # and the next run need not wait for it. Still held after the wait: the next run waits.
+                with contextlib.suppress(CDCError, psycopg2.Error):
+                    wait_released(spec.source_url or "", spec.slot_name, 10.0)
 
 
 def _run_memory(

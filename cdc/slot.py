@@ -8,7 +8,6 @@ replication connection with an exported snapshot; the connection stays open for 
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from psycopg2 import sql
 from cdc.events import Column
 from cdc.exceptions import CDCError
 from cdc.replication import ReplicationError, open_replication_connection, parse_lsn
+from common.waiting import TimedOut, wait_until
 
 __all__ = [
     "CreatedSlot",
@@ -37,6 +37,7 @@ __all__ = [
     "publication_name",
     "slot_name",
     "slot_state",
+    "wait_released",
 ]
 
 _NAME = re.compile(r"^[a-z0-9_]{1,63}$")
@@ -249,6 +250,20 @@ def slot_state(dsn: str, name: str) -> SlotState | None:
     )
 
 
+def wait_released(dsn: str, name: str, timeout: float) -> SlotState | None:
+    """Wait until no process streams from the slot (a closed connection's walsender exits a
+    moment later); the slot's state then (None when it does not exist). Raises CDCError after
+    `timeout` seconds."""
+    try:
+        [state] = wait_until(lambda: [s] if (s := slot_state(dsn, name)) is None or not s.active else [],
+                             timeout, 0.1, what=f"replication slot {name} to be released")
+    except TimedOut as exc:
+        raise CDCError(
+            f"replication slot {name} is in use by another process; stop the other `cdc run` first"
+        ) from exc
+    return state
+
+
 def drop_slot(dsn: str, name: str, *, terminate: bool = False) -> bool:
     """Drop the slot; True when it existed. An active slot is only dropped with terminate=True."""
     conn = psycopg2.connect(dsn)
@@ -266,15 +281,17 @@ def drop_slot(dsn: str, name: str, *, terminate: bool = False) -> bool:
                         "first, or drop with terminate=True to disconnect it"
                     )
                 cur.execute("SELECT pg_terminate_backend(%s)", (row[0],))
-                deadline = time.monotonic() + 10
-                while True:
+
+                def released() -> str:
                     cur.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (name,))
-                    state = cur.fetchone()
-                    if state is None:
+                    row = cur.fetchone()
+                    return "gone" if row is None else ("free" if row[0] is None else "")
+
+                try:
+                    if wait_until(released, 10, what=f"replication slot {name!r} to be released") == "gone":
                         return False
-                    if state[0] is None or time.monotonic() > deadline:
-                        break
-                    time.sleep(0.05)
+                except TimedOut:
+                    pass  # dropping it then names the process that still holds it
             cur.execute("SELECT pg_drop_replication_slot(%s)", (name,))
             return True
     except psycopg2.errors.UndefinedObject:

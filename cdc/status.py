@@ -80,18 +80,9 @@ def status(
     """Read the target's checkpoint and dead letters and the source's slot."""
     if not spec.target_url:
         raise CDCError(f"{spec.path}: no target database; give --target-url or set target.url in the spec")
-    try:
-        target = connect(spec.target_url)
-    except psycopg2.Error as exc:
-        raise CDCError(f"cannot connect to the target database: {str(exc).strip()}") from exc
-    try:
-        checkpoint = load_checkpoint(target, spec.name)
-        with target.cursor() as cur:
-            cur.execute("SELECT to_regclass('strangler.dead_letter') IS NOT NULL")
-            dead = deadletter.count(cur, spec.name) if cur.fetchone()[0] else 0
-        target.rollback()
-    finally:
-        target.close()
+    # The source first: the slot's flush position moves only after the applier committed, so a
+    # checkpoint read after it is at least as new (read the other way round, an applier catching
+    # up in between shows a flushed slot with an old checkpoint and its old lag in seconds).
     source_lsn = confirmed = restart = None
     exists = active = False
     if spec.source_url:
@@ -113,6 +104,18 @@ def status(
                 confirmed, restart = _lsn(row[1]), _lsn(row[2])
         finally:
             source.close()
+    try:
+        target = connect(spec.target_url)
+    except psycopg2.Error as exc:
+        raise CDCError(f"cannot connect to the target database: {str(exc).strip()}") from exc
+    try:
+        checkpoint = load_checkpoint(target, spec.name)
+        with target.cursor() as cur:
+            cur.execute("SELECT to_regclass('strangler.dead_letter') IS NOT NULL")
+            dead = deadletter.count(cur, spec.name) if cur.fetchone()[0] else 0
+        target.rollback()
+    finally:
+        target.close()
     warnings: list[str] = []
     applied = checkpoint.position[0]
     # In process, the slot's flush position moves only past what the applier committed, and

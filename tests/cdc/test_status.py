@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import psycopg2
 import pytest
 
 from cdc.apply import Applier
@@ -119,3 +122,30 @@ def test_a_kafka_fed_applier_lags_by_its_applied_position_not_the_slot(legacy_an
     st = status(spec)
     assert st.lag_bytes is not None and st.lag_bytes >= written - 1
     assert st.lag_seconds is not None and st.lag_seconds > 0
+
+
+def test_a_reading_taken_while_the_applier_catches_up_is_never_torn(legacy_and_target: tuple[str, str]) -> None:
+    legacy, target = legacy_and_target
+    seed(legacy, 10)
+    spec = spec_for(legacy, target)
+    _catch_up(spec)
+    execute(legacy, "UPDATE catalog_product SET stock = 99 WHERE id = 1")
+    _catch_up(spec)
+    behind_position = _checkpoint(target, spec)
+    seed(legacy, 500, start=11)  # the applier is stopped
+    connected: list[str] = []
+
+    def connect(url: str) -> Any:
+        # The applier catches up between status's two reads: whichever is read second sees the
+        # new state, so the slot (flushed only after the applier's commit) must be read first.
+        connected.append(url)
+        if len(connected) == 2:
+            _catch_up(spec)
+        return psycopg2.connect(url)
+
+    st = status(spec, connect=connect)
+    assert len(connected) == 2
+    applied_lsn, _ = _checkpoint(target, spec)
+    assert applied_lsn > behind_position[0]
+    # One picture: a slot flushed past the new changes never comes with the old checkpoint.
+    assert st.applied_position[0] == applied_lsn, "the checkpoint was read before the slot"
