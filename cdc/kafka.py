@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from cdc.events import ChangeEvent, Position
 from cdc.exceptions import CDCError
 from cdc.transport import Batch, TransportClosedError
 
-__all__ = ["KafkaConfig", "KafkaTransport", "KafkaTransportError", "MockCluster", "mock_cluster", "run_applier", "topic_for"]
+__all__ = ["KafkaConfig", "KafkaTransport", "KafkaTransportError", "ensure_topics", "run_applier", "topic_for"]
 
 RecordParser = Callable[[bytes | None, bytes | None, str], "ChangeEvent | None"]
 
@@ -37,6 +38,36 @@ _BENIGN = (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART)
 
 def topic_for(prefix: str, schema: str, table: str) -> str:
     return f"{prefix}.{schema}.{table}"
+
+
+def ensure_topics(bootstrap_servers: str, topics: list[str], config: Mapping[str, Any]) -> None:
+    """Create the spec's topics (one partition each: per-table order) so consumers see them at once."""
+    settings: dict[str, str | int | float | bool] = {"bootstrap.servers": bootstrap_servers}
+    if "log_level" in config:
+        settings["log_level"] = str(config["log_level"])
+    admin = AdminClient(settings)
+    try:
+        existing = set(admin.list_topics(timeout=10).topics)
+    except KafkaException as exc:
+        raise KafkaTransportError(f"cannot reach Kafka at {bootstrap_servers}: {exc.args[0].str()}") from exc
+    topics = [t for t in topics if t not in existing]
+    if not topics:
+        return
+    futures = admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=-1) for t in topics],
+                                  operation_timeout=5, request_timeout=5)
+    missing = []
+    for topic, future in futures.items():
+        try:
+            future.result(timeout=20)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                missing.append(topic)
+    # Brokers without CreateTopics (librdkafka's mock cluster) create topics on a metadata request.
+    for topic in missing:
+        try:
+            admin.list_topics(topic=topic, timeout=10)
+        except KafkaException as exc:
+            raise KafkaTransportError(f"cannot create Kafka topic {topic!r}: {exc.args[0].str()}") from exc
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -291,22 +322,6 @@ def _regex_escape(text: str) -> str:
     return re.escape(text)
 
 
-class MockCluster:
-    """Owns a librdkafka mock cluster (it lives as long as its creating client)."""
-
-    def __init__(self, brokers: int = 1) -> None:
-        from confluent_kafka.admin import AdminClient
-
-        self._owner = AdminClient({"test.mock.num.brokers": brokers, "log_level": 3})
-        metadata = self._owner.list_topics(timeout=10)
-        self.bootstrap_servers = ",".join(f"{b.host}:{b.port}" for b in metadata.brokers.values())
-
-
-def mock_cluster(brokers: int = 1) -> MockCluster:
-    """An in-process Kafka-protocol cluster for tests and demos; keep the object alive while used."""
-    return MockCluster(brokers)
-
-
 def run_applier(
     spec: Any,
     applier: Any,
@@ -325,16 +340,11 @@ def run_applier(
     """Run the distributed mode in this process: optionally the capture producing into Kafka,
     and the consumer-group applier (`stream(spec, applier, transport, ...)` applies and acks).
 
-    `config` holds librdkafka settings for both clients; `test.mock.num.brokers` in it starts
-    one mock cluster shared by producer and consumer.
+    `config` holds librdkafka settings for both clients.
     """
     from cdc.capture import Capture, CaptureConfig
 
     settings = dict(config or {})
-    cluster = None
-    if "test.mock.num.brokers" in settings:
-        cluster = mock_cluster(int(settings.pop("test.mock.num.brokers")))
-        bootstrap_servers = cluster.bootstrap_servers
     bootstrap_servers = bootstrap_servers or settings.pop("bootstrap.servers", None)
     settings.pop("bootstrap.servers", None)
     if not bootstrap_servers:
@@ -378,4 +388,3 @@ def run_applier(
             producer.close()
             consumer.close()
             del producer, consumer
-            cluster = None  # the mock cluster (if any) ends after its clients

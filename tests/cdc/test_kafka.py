@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterator
 from decimal import Decimal
 
 import pytest
-from confluent_kafka.admin import AdminClient
 
 from cdc.capture import Capture, CaptureConfig
 from cdc.debezium import parse_record
@@ -16,6 +15,7 @@ from cdc.kafka import KafkaConfig, KafkaTransport, topic_for
 from cdc.slot import create_slot, ensure_publication, slot_state
 from tests.cdc.apply_fixtures import legacy_and_target
 from tests.cdc.conftest import SourceDB, insert_products
+from tests.cdc.kafka_cluster import MockCluster
 from tests.support import wait_for
 
 __all__ = ["legacy_and_target"]
@@ -26,11 +26,10 @@ COLUMNS = (Column("id", "int4", optional=False, key=True), Column("sku", "varcha
 
 @pytest.fixture(scope="module")
 def kafka() -> Iterator[str]:
-    """librdkafka's in-process mock cluster; it lives as long as the client that created it."""
-    owner = AdminClient({"test.mock.num.brokers": 1, "log_level": 3})
-    metadata = owner.list_topics(timeout=10)
-    yield ",".join(f"{b.host}:{b.port}" for b in metadata.brokers.values())
-    del owner
+    """librdkafka's in-process mock cluster, for the tests of this module."""
+    cluster = MockCluster(1)
+    yield cluster.bootstrap_servers
+    cluster.close()
 
 
 CONSUMER = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 300, "log_level": 3}
@@ -197,10 +196,12 @@ def test_pipeline_runs_over_kafka_from_snapshot_to_stream(legacy_and_target: tup
     spec = spec_for(legacy, target)
     stop = threading.Event()
     errors: list[BaseException] = []
+    cluster = MockCluster(1)
 
     def target_thread() -> None:
         try:
-            run(spec, transport="kafka", stop=stop, heartbeat_interval=0.5, kafka_config={"test.mock.num.brokers": 1, **CONSUMER})
+            run(spec, transport="kafka", stop=stop, heartbeat_interval=0.5, bootstrap_servers=cluster.bootstrap_servers,
+                kafka_config=CONSUMER)
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -218,5 +219,6 @@ def test_pipeline_runs_over_kafka_from_snapshot_to_stream(legacy_and_target: tup
     finally:
         stop.set()
         thread.join(60)
+        cluster.close()
     assert not errors, errors
     assert verify(spec, wait=10).identical
