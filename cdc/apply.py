@@ -33,6 +33,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from cdc import deadletter
+from cdc.database import connect as connect_database
 from common.waiting import TimedOut, wait_until
 from cdc.events import UNAVAILABLE, ChangeEvent
 from cdc.exceptions import CDCError, MappingError, SchemaChangedError
@@ -219,7 +220,7 @@ class Applier:
                 f"{spec.path}: no target database: set target.url in the spec, STRANGLER_CATALOG_DATABASE_URL, or --target-url"
             )
         self.spec = spec
-        self._connect = connect or (lambda: psycopg2.connect(spec.target_url))
+        self._connect = connect or (lambda: connect_database(spec.target_url or "", "target"))
         self.ordered = ordered
         self.use_origin = use_origin
         self.in_process = ordered if in_process is None else in_process

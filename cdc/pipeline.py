@@ -61,10 +61,11 @@ def prepare(
     When `stop` is set during the copy, returns after the chunk in progress with the snapshot
     incomplete; the next call resumes it.
     """
-    from cdc.slot import create_slot, ensure_publication, exported_snapshot
+    from cdc.slot import create_slot, ensure_publication, exported_snapshot, publication_exists
 
     if not spec.source_url:
         raise CDCError(f"{spec.path}: no source database; set source.url in the spec, STRANGLER_MONOLITH_DATABASE_URL, or --source-url")
+    published_before = publication_exists(spec.source_url, spec.publication_name)
     ensure_publication(spec.source_url, spec.publication_name, [t.source for t in spec.tables])
     checkpoint: Checkpoint = applier.checkpoint
     # A killed predecessor's walsender lingers until the server notices the dead connection.
@@ -81,11 +82,19 @@ def prepare(
                 f"replication slot {spec.slot_name} is gone but the target says its snapshot is done: changes since "
                 f"were lost. Run `strangler cdc drop --spec {spec.path} --reset` and then `cdc run` to copy everything again."
             )
-        with create_slot(spec.source_url, spec.slot_name) as created:
-            state = _initial_state(created.consistent_point)
-            applier.reset_targets(state)
-            rows = snapshot_tables(applier, spec, created.snapshot_name, state, progress=progress,
-                                   chunk_rows=chunk_rows, stop=stop)
+        state: dict[str, Any] = {}
+        try:
+            with create_slot(spec.source_url, spec.slot_name) as created:
+                state = _initial_state(created.consistent_point)
+                applier.reset_targets(state)
+                rows = snapshot_tables(applier, spec, created.snapshot_name, state, progress=progress,
+                                       chunk_rows=chunk_rows, stop=stop)
+        except BaseException:
+            if not state.get("tables") and not state.get("completed"):
+                # Nothing copied yet: take back what this run made on the source (a run that
+                # copied chunks keeps its slot, so the next one resumes after them).
+                _undo_first_run(spec, drop_publication=not published_before)
+            raise
     elif not checkpoint.snapshot_done:
         state = dict(checkpoint.snapshot)
         # The exported snapshot died with the crash: copy the rest as of a fresh snapshot; the
@@ -100,6 +109,17 @@ def prepare(
     state["done"] = True
     applier.save_checkpoint(position=(state["consistent_point"], 0), snapshot=state)
     return rows
+
+
+def _undo_first_run(spec: SyncSpec, *, drop_publication: bool) -> None:
+    from cdc import slot
+
+    source = spec.source_url or ""
+    # Best effort: the run's own error is the one to report.
+    with contextlib.suppress(CDCError, psycopg2.Error):
+        slot.drop_slot(source, spec.slot_name, terminate=True)
+        if drop_publication:
+            slot.drop_publication(source, spec.publication_name)
 
 
 # -- streaming --------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
+from cdc.database import connect
 from cdc.events import Column
 from cdc.exceptions import CDCError
 from cdc.replication import ReplicationError, open_replication_connection, parse_lsn
@@ -34,6 +35,7 @@ __all__ = [
     "drop_slot",
     "ensure_publication",
     "exported_snapshot",
+    "publication_exists",
     "publication_name",
     "slot_name",
     "slot_state",
@@ -144,9 +146,19 @@ def describe_tables(conn: psycopg2.extensions.connection, tables: Sequence[str])
     return infos
 
 
+def publication_exists(dsn: str, publication: str) -> bool:
+    conn = connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,))
+            return cur.fetchone() is not None
+    finally:
+        conn.close()
+
+
 def ensure_publication(dsn: str, publication: str, tables: Sequence[str]) -> list[TableInfo]:
     """Create the publication FOR TABLE the given tables, or set its table list if it exists."""
-    conn = psycopg2.connect(dsn)
+    conn = connect(dsn)
     try:
         conn.autocommit = True
         infos = describe_tables(conn, tables)
@@ -229,7 +241,7 @@ class SlotState:
 
 
 def slot_state(dsn: str, name: str) -> SlotState | None:
-    conn = psycopg2.connect(dsn)
+    conn = connect(dsn)
     try:
         with conn.cursor() as cur:
             cur.execute(
@@ -266,7 +278,7 @@ def wait_released(dsn: str, name: str, timeout: float) -> SlotState | None:
 
 def drop_slot(dsn: str, name: str, *, terminate: bool = False) -> bool:
     """Drop the slot; True when it existed. An active slot is only dropped with terminate=True."""
-    conn = psycopg2.connect(dsn)
+    conn = connect(dsn)
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
@@ -304,7 +316,7 @@ def drop_slot(dsn: str, name: str, *, terminate: bool = False) -> bool:
 
 def drop_publication(dsn: str, name: str) -> bool:
     """Drop the publication; True when it existed."""
-    conn = psycopg2.connect(dsn)
+    conn = connect(dsn)
     conn.autocommit = True
     try:
         with conn.cursor() as cur:

@@ -25,6 +25,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from cdc.apply import Applier
+from cdc.database import connect
 from cdc.events import ChangeEvent, Position, Source
 from cdc.exceptions import CDCError
 from cdc.mapping import RowMapper, sql_projection
@@ -122,10 +123,7 @@ class Snapshot:
         self.progress = progress
 
     def chunks(self) -> Generator[SnapshotChunk, None, None]:
-        try:
-            conn = psycopg2.connect(self.dsn)
-        except psycopg2.Error as exc:
-            raise CDCError(f"cannot connect to the source for the snapshot: {str(exc).strip()}") from exc
+        conn = connect(self.dsn)
         try:
             conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
             with conn.cursor() as cur:
@@ -339,7 +337,7 @@ def _python_table(
     applier: Applier, spec: SyncSpec, table: TableSpec, snapshot_name: str | None, state: dict[str, Any],
     progress: ProgressFn | None, chunk_rows: int, stop: threading.Event | None,
 ) -> int:
-    conn = psycopg2.connect(spec.source_url)
+    conn = connect(spec.source_url or "")
     try:
         infos = describe_tables(conn, [table.source])
     finally:
@@ -377,7 +375,7 @@ def snapshot_tables(
     Returns the rows copied by this call. Once `stop` is set it returns after the chunk in
     progress, the tables not all completed (the next `prepare` resumes after that chunk).
     """
-    source = psycopg2.connect(spec.source_url)
+    source = connect(spec.source_url or "")
     total = 0
     try:
         source.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)

@@ -11,6 +11,7 @@ import psycopg2
 
 from cdc import deadletter
 from cdc.apply import format_lsn, load_checkpoint
+from cdc.database import one_line
 from cdc.exceptions import CDCError
 from cdc.spec import SyncSpec
 
@@ -89,7 +90,7 @@ def status(
         try:
             source = connect(spec.source_url)
         except psycopg2.Error as exc:
-            raise CDCError(f"cannot connect to the source database: {str(exc).strip()}") from exc
+            raise CDCError(f"cannot connect to the source database: {one_line(exc)}") from exc
         try:
             with source.cursor() as cur:
                 cur.execute("SELECT pg_current_wal_lsn()::text")
@@ -107,7 +108,7 @@ def status(
     try:
         target = connect(spec.target_url)
     except psycopg2.Error as exc:
-        raise CDCError(f"cannot connect to the target database: {str(exc).strip()}") from exc
+        raise CDCError(f"cannot connect to the target database: {one_line(exc)}") from exc
     try:
         checkpoint = load_checkpoint(target, spec.name)
         with target.cursor() as cur:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import psycopg2
 
+from cdc.database import one_line
 from cdc.exceptions import CDCError
 from cdc.slot import drop_publication, drop_slot
 from cdc.spec import SyncSpec
@@ -38,6 +39,6 @@ def drop(spec: SyncSpec, *, terminate: bool = True, reset: bool = False) -> dict
             finally:
                 conn.close()
         except psycopg2.Error as exc:
-            raise CDCError(f"cannot reset the target's checkpoint: {str(exc).strip()}") from exc
+            raise CDCError(f"cannot reset the target's checkpoint: {one_line(exc)}") from exc
         result["checkpoint_reset"] = True
     return result

@@ -18,6 +18,7 @@ from typing import Any
 import psycopg2
 
 from cdc.apply import load_checkpoint
+from cdc.database import one_line
 from cdc.exceptions import CDCError
 from cdc.mapping import RowMapper
 from cdc.spec import SyncSpec, TableSpec
@@ -206,7 +207,7 @@ def verify(
         source = connect(spec.source_url)
         target = connect(spec.target_url)
     except psycopg2.Error as exc:
-        raise CDCError(f"cannot connect for verify: {str(exc).strip()}") from exc
+        raise CDCError(f"cannot connect for verify: {one_line(exc)}") from exc
     results: list[VerifyResult] = []
 
     def diff() -> bool:
