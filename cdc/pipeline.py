@@ -282,7 +282,7 @@ def _run_kafka(
     from cdc import kafka
 
     if bootstrap_servers:
-        kafka.ensure_topics(bootstrap_servers, spec.topics(), kafka_config)
+        kafka.ensure_topics(bootstrap_servers, [*spec.topics(), kafka.heartbeat_topic(spec.topic_prefix)], kafka_config)
     # Notice topics created after subscribing (e.g. by Debezium's first record) within seconds.
     kafka_config = {"topic.metadata.refresh.interval.ms": 2000, **kafka_config}
     if not bootstrap_servers and "bootstrap.servers" not in kafka_config:

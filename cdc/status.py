@@ -31,9 +31,9 @@ class SyncStatus:
     everything; None before anything streamed was applied); `slot_retained_bytes`: WAL the slot
     keeps on the source (a warning past the threshold).
 
-    Heartbeats reach only an in-process applier (memory transport). Over Kafka the checkpoint
-    moves with applied changes alone, so while the source is idle both lags grow with WAL and
-    time that carry no changes for this sync.
+    Heartbeats reach the applier in both transports (over Kafka through the heartbeat topic, see
+    `cdc.kafka`), so an idle sync's lags stay small. Over Kafka from Debezium, whose heartbeats
+    carry a time but no position, only the lag in seconds follows them.
     """
 
     spec: str
