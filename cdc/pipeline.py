@@ -27,7 +27,9 @@ from typing import Any
 import psycopg2
 
 from cdc.apply import Applier, Checkpoint
+from cdc.database import connect
 from cdc.exceptions import CDCError
+from cdc.relations import check_relations
 from cdc.slot import wait_released
 from cdc.snapshot import SNAPSHOT_CHUNK_ROWS, ProgressFn, snapshot_tables
 from cdc.spec import SyncSpec
@@ -222,6 +224,8 @@ def run(
     stats = RunStats()
     in_process = transport == "memory"
     with _signals(stop), Applier(spec, ordered=in_process, in_process=in_process) as applier:
+        if spec.source_url:
+            _check_source(spec, applier)
         if transport == "memory" or capture:
             stats.snapshot_rows = prepare(spec, applier, progress=on_progress, chunk_rows=chunk_rows, stop=stop)
         if stop.is_set():
@@ -239,6 +243,15 @@ def run(
                 # and the next run need not wait for it. Still held after the wait: the next run waits.
                 with contextlib.suppress(CDCError, psycopg2.Error):
                     wait_released(spec.source_url or "", spec.slot_name, 10.0)
+
+
+def _check_source(spec: SyncSpec, applier: Applier) -> None:
+    """The legacy tables as they are now against the spec and the target (see `cdc.relations`)."""
+    source = connect(spec.source_url or "")
+    try:
+        check_relations(spec, source, applier.conn)
+    finally:
+        source.close()
 
 
 def _run_memory(
