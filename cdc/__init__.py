@@ -5,8 +5,9 @@ The journey of a change, module by module: `slot` (publication and replication s
 events in batches, heartbeats) → `transport` (in process) or `kafka` (Debezium-compatible topics;
 `debezium` parses what Debezium Connect writes) → `mapping` (the spec's anti-corruption layer) →
 `apply` (idempotent apply, checkpoint in the same transaction, dead letters in `deadletter`).
-`snapshot` copies the tables first, `pipeline` runs the whole of it (`cdc run`), `status`, `verify`
-and `teardown` serve the other commands, `eventfile` applies a file of events.
+`snapshot` copies the tables first, `relations` checks the legacy tables against the spec on every
+start, `pipeline` runs the whole of it (`cdc run`), `status`, `verify` and `teardown` serve the
+other commands, `eventfile` applies a file of events, `database` opens the two connections.
 
 The names below are the package's API; `cdc.kafka` is imported on its own (confluent-kafka is
 needed only by the distributed mode).
@@ -19,6 +20,7 @@ from cdc.eventfile import apply_file, read_events
 from cdc.events import ChangeEvent, Column, Source
 from cdc.exceptions import CDCError, MappingError, SchemaChangedError
 from cdc.pipeline import RunStats, prepare, run
+from cdc.relations import check_relations
 from cdc.snapshot import copy_pipe, snapshot_tables
 from cdc.spec import SyncSpec, load_spec
 from cdc.status import SyncStatus, status
@@ -41,6 +43,7 @@ __all__ = [
     "SyncStatus",
     "VerifyResult",
     "apply_file",
+    "check_relations",
     "copy_pipe",
     "drop",
     "load_spec",
