@@ -38,7 +38,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from cdc.apply import Applier  # noqa: E402
-from cdc.pipeline import _copy_pipe, prepare, run  # noqa: E402
+from cdc.pipeline import prepare, run  # noqa: E402
+from cdc.snapshot import copy_pipe  # noqa: E402
 from cdc.spec import SyncSpec, load_spec  # noqa: E402
 from common.postgres import EmbeddedPostgres  # noqa: E402
 
@@ -219,10 +220,10 @@ def snapshot(pg: EmbeddedPostgres, rows: int) -> dict[str, Any]:
     src = psycopg2.connect(legacy)
     dst = psycopg2.connect(target)
     start = time.perf_counter()
-    _copy_pipe(src, dst,
-               "SELECT id, sku, name, slug, description, (price * 100)::bigint, stock, is_active, category_id, "
-               "attributes, created_at, updated_at FROM catalog_product", [],
-               "COPY public.copy_reference FROM STDIN")
+    copy_pipe(src, dst,
+              "SELECT id, sku, name, slug, description, (price * 100)::bigint, stock, is_active, category_id, "
+              "attributes, created_at, updated_at FROM catalog_product", [],
+              "COPY public.copy_reference FROM STDIN")
     dst.commit()
     reference = time.perf_counter() - start
     src.close()

@@ -1,0 +1,56 @@
+"""Change data capture: legacy PostgreSQL tables kept copied into an extracted service's store.
+
+The journey of a change, module by module: `slot` (publication and replication slot) →
+`replication` (the walsender connection) → `pgoutput` (sans-io decoder) → `capture` (change
+events in batches, heartbeats) → `transport` (in process) or `kafka` (Debezium-compatible topics;
+`debezium` parses what Debezium Connect writes) → `mapping` (the spec's anti-corruption layer) →
+`apply` (idempotent apply, checkpoint in the same transaction, dead letters in `deadletter`).
+`snapshot` copies the tables first, `relations` checks the legacy tables against the spec on every
+start, `pipeline` runs the whole of it (`cdc run`), `status`, `verify` and `teardown` serve the
+other commands, `eventfile` applies a file of events, `database` opens the two connections.
+
+The names below are the package's API; `cdc.kafka` is imported on its own (confluent-kafka is
+needed only by the distributed mode).
+"""
+
+from __future__ import annotations
+
+from cdc.apply import Applier, ApplyError, ApplyResult, Checkpoint
+from cdc.eventfile import apply_file, read_events
+from cdc.events import ChangeEvent, Column, Source
+from cdc.exceptions import CDCError, MappingError, SchemaChangedError
+from cdc.pipeline import RunStats, prepare, run
+from cdc.relations import check_relations
+from cdc.snapshot import copy_pipe, snapshot_tables
+from cdc.spec import SyncSpec, load_spec
+from cdc.status import SyncStatus, status
+from cdc.teardown import drop
+from cdc.verify import VerifyResult, verify
+
+__all__ = [
+    "Applier",
+    "ApplyError",
+    "ApplyResult",
+    "CDCError",
+    "ChangeEvent",
+    "Checkpoint",
+    "Column",
+    "MappingError",
+    "RunStats",
+    "SchemaChangedError",
+    "Source",
+    "SyncSpec",
+    "SyncStatus",
+    "VerifyResult",
+    "apply_file",
+    "check_relations",
+    "copy_pipe",
+    "drop",
+    "load_spec",
+    "prepare",
+    "read_events",
+    "run",
+    "snapshot_tables",
+    "status",
+    "verify",
+]

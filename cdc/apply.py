@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -34,6 +33,8 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from cdc import deadletter
+from cdc.database import connect as connect_database
+from common.waiting import TimedOut, wait_until
 from cdc.events import UNAVAILABLE, ChangeEvent
 from cdc.exceptions import CDCError, MappingError, SchemaChangedError
 from cdc.mapping import RowMapper
@@ -219,7 +220,7 @@ class Applier:
                 f"{spec.path}: no target database: set target.url in the spec, STRANGLER_CATALOG_DATABASE_URL, or --target-url"
             )
         self.spec = spec
-        self._connect = connect or (lambda: psycopg2.connect(spec.target_url))
+        self._connect = connect or (lambda: connect_database(spec.target_url or "", "target"))
         self.ordered = ordered
         self.use_origin = use_origin
         self.in_process = ordered if in_process is None else in_process
@@ -249,24 +250,30 @@ class Applier:
 
     def _setup_origin(self, wait: float) -> None:
         name = self.spec.origin_name
-        deadline = time.monotonic() + wait
-        while True:
+        conn = self.conn
+        refused: list[str] = []
+
+        def set_up() -> bool:
             try:
-                with self.conn.cursor() as cur:
+                with conn.cursor() as cur:
                     cur.execute("SELECT pg_replication_origin_oid(%s)", (name,))
                     if cur.fetchone()[0] is None:
                         cur.execute("SELECT pg_replication_origin_create(%s)", (name,))
                     cur.execute("SELECT pg_replication_origin_session_setup(%s)", (name,))
-                self.conn.commit()
-                return
+                conn.commit()
+                return True
             except (psycopg2.errors.ObjectInUse, psycopg2.errors.UniqueViolation) as exc:
-                self.conn.rollback()
-                # A killed applier's backend may take a moment to notice and release the origin.
-                if time.monotonic() > deadline:
-                    raise ApplyError(
-                        f"replication origin {name!r} is in use by another applier ({str(exc).strip()}); stop it first"
-                    ) from exc
-                time.sleep(0.2)
+                conn.rollback()
+                refused.append(str(exc).strip())
+                return False
+
+        # A killed applier's backend may take a moment to notice and release the origin.
+        try:
+            wait_until(set_up, wait, 0.2, what=f"replication origin {name!r}")
+        except TimedOut as exc:
+            raise ApplyError(
+                f"replication origin {name!r} is in use by another applier ({refused[-1]}); stop it first"
+            ) from exc
 
     def close(self) -> None:
         if self.conn is not None:

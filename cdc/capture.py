@@ -16,9 +16,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg2
 import psycopg2.extensions
 
+from cdc.database import connect
 from cdc.events import UNAVAILABLE, ChangeEvent, Column, Source
 from cdc.exceptions import CDCError
 from cdc.pgoutput import (
@@ -29,7 +29,6 @@ from cdc.pgoutput import (
     Delete,
     Insert,
     LogicalMessage,
-    Message,
     Origin,
     PgOutputError,
     Relation,
@@ -299,7 +298,8 @@ class Capture:
         )
         self._conn: psycopg2.extensions.connection | None = None
         if heartbeat is None or key_columns is None or database is None or server_version is None:
-            self._conn = _connect(config.dsn)
+            self._conn = connect(config.dsn)
+            self._conn.autocommit = True
         self._heartbeat = heartbeat or self._emit_heartbeat
         conn = self._conn
         self._server_version = server_version or (conn.server_version if conn is not None else 160000)
@@ -521,13 +521,3 @@ class Capture:
         if advance > self.stats.flushed_lsn:
             self._stream.send_feedback(advance)
             self.stats.flushed_lsn = advance
-
-
-def _connect(dsn: str) -> psycopg2.extensions.connection:
-    try:
-        conn = psycopg2.connect(dsn)
-    except psycopg2.Error as exc:
-        raise CDCError(f"cannot connect to the source database: {str(exc).strip()}") from exc
-    conn.autocommit = True
-    return conn
-

@@ -15,7 +15,7 @@ semantic name:
 Without a schema values stay as JSON gives them (strings, numbers); the mapping turns them into
 the target's types. A precise-mode decimal without a schema is a base64 string whose scale is
 unknown: the sync spec's `scale:` on that column says how to read it; a VariableScaleDecimal
-stays a `{"scale", "value"}` object, which `cents` and `scale:` columns read (see `cdc.mapping`).
+(a `{"scale", "value"}` object) carries its scale and is decoded without a schema too.
 Times without a schema are bare numbers whose unit only the connector's settings tell: give
 their columns a schema (`value.converter.schemas.enable=true`).
 
@@ -183,10 +183,25 @@ def _convert_row(row: Mapping[str, Any] | None, struct: Mapping[str, Any] | None
     return out
 
 
+def _plain_value(value: Any) -> Any:
+    """A value without its Connect schema: only the placeholder and a VariableScaleDecimal (the
+    one struct Debezium writes for a column's value: `{"scale": int, "value": base64}`; JSON
+    columns arrive as strings, so no row value looks like it by chance) are recognised."""
+    if _is_placeholder(value):
+        return UNAVAILABLE
+    if (isinstance(value, Mapping) and set(value) == {"scale", "value"}
+            and isinstance(value["scale"], int) and isinstance(value["value"], str)):
+        try:
+            return decode_variable_scale(value)
+        except DebeziumFormatError:
+            return value  # not base64: left for the mapping to report
+    return value
+
+
 def _plain_row(row: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if row is None:
         return None
-    return {column: (UNAVAILABLE if _is_placeholder(value) else value) for column, value in row.items()}
+    return {column: _plain_value(value) for column, value in row.items()}
 
 
 # -- envelopes -----------------------------------------------------------------------------------

@@ -6,6 +6,13 @@ followed by a tombstone. The idempotent producer (acks=all) reports deliveries; 
 as durable, and the capture may move the slot past it, only once every record of it was
 delivered. Consumer side: a consumer group with auto-commit off; a batch's offsets are
 committed by `Batch.ack()`, after the applier committed the rows.
+
+Heartbeats go to Debezium's heartbeat topic, `__debezium-heartbeat.<prefix>`: key
+`{"serverName": prefix}`, value `{"ts_ms": source clock, "lsn": position}` (Debezium's own carry
+`ts_ms` only). The capture produces one only once every record before it was delivered; the
+applier applies one only when it has consumed every table partition up to its high watermark, so
+that nothing published before the heartbeat is still unread. Then the heartbeat moves the
+checkpoint's source time (and, with an `lsn`, its position): an idle sync's lag stays true.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from common.extras import missing_extra
 
 try:
     from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
 except ImportError as exc:
     raise missing_extra("kafka", "the Kafka transport (cdc.kafka)", exc) from exc
 
@@ -28,7 +36,8 @@ from cdc.events import ChangeEvent, Position
 from cdc.exceptions import CDCError
 from cdc.transport import Batch, TransportClosedError
 
-__all__ = ["KafkaConfig", "KafkaTransport", "KafkaTransportError", "MockCluster", "mock_cluster", "run_applier", "topic_for"]
+__all__ = ["KafkaConfig", "KafkaTransport", "KafkaTransportError", "ensure_topics", "heartbeat_topic", "run_applier",
+           "topic_for"]
 
 RecordParser = Callable[[bytes | None, bytes | None, str], "ChangeEvent | None"]
 
@@ -42,6 +51,55 @@ _BENIGN = (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART)
 
 def topic_for(prefix: str, schema: str, table: str) -> str:
     return f"{prefix}.{schema}.{table}"
+
+
+def heartbeat_topic(prefix: str) -> str:
+    """Debezium's default heartbeat topic (`topic.heartbeat.prefix` + "." + `topic.prefix`)."""
+    return f"__debezium-heartbeat.{prefix}"
+
+
+def _heartbeat(value: bytes | None) -> tuple[int, int | None] | None:
+    """(ts_ms, lsn or None) of a heartbeat record, with or without the Connect schema."""
+    try:
+        obj = json.loads(value) if value else None
+    except ValueError:
+        return None
+    if isinstance(obj, dict) and set(obj) == {"schema", "payload"}:
+        obj = obj["payload"]
+    if not isinstance(obj, dict) or not isinstance(obj.get("ts_ms"), int):
+        return None
+    lsn = obj.get("lsn")
+    return obj["ts_ms"], lsn if isinstance(lsn, int) else None
+
+
+def ensure_topics(bootstrap_servers: str, topics: list[str], config: Mapping[str, Any]) -> None:
+    """Create the spec's topics (one partition each: per-table order) so consumers see them at once."""
+    settings: dict[str, str | int | float | bool] = {"bootstrap.servers": bootstrap_servers}
+    if "log_level" in config:
+        settings["log_level"] = str(config["log_level"])
+    admin = AdminClient(settings)
+    try:
+        existing = set(admin.list_topics(timeout=10).topics)
+    except KafkaException as exc:
+        raise KafkaTransportError(f"cannot reach Kafka at {bootstrap_servers}: {exc.args[0].str()}") from exc
+    topics = [t for t in topics if t not in existing]
+    if not topics:
+        return
+    futures = admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=-1) for t in topics],
+                                  operation_timeout=5, request_timeout=5)
+    missing = []
+    for topic, future in futures.items():
+        try:
+            future.result(timeout=20)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                missing.append(topic)
+    # Brokers without CreateTopics (librdkafka's mock cluster) create topics on a metadata request.
+    for topic in missing:
+        try:
+            admin.list_topics(topic=topic, timeout=10)
+        except KafkaException as exc:
+            raise KafkaTransportError(f"cannot create Kafka topic {topic!r}: {exc.args[0].str()}") from exc
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,6 +118,10 @@ class KafkaConfig:
     join_timeout: float = 30.0
     producer: Mapping[str, Any] = field(default_factory=dict)
     consumer: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def heartbeat_topic(self) -> str:
+        return heartbeat_topic(self.topic_prefix)
 
 
 def _default_parser() -> RecordParser:
@@ -133,9 +195,8 @@ class KafkaTransport:
     ) -> None:
         """Produce the batch; `on_durable` runs once the broker acknowledged all of its records.
 
-        A heartbeat has no records: it is durable at once (the slot moves past it) and does not
-        reach the appliers. Topics are ordered per table only, so its position would not mean
-        that every change before it was applied; the appliers' checkpoints move with records.
+        A heartbeat (`heartbeat_ms`, no events) is one record on the heartbeat topic, produced
+        once every record before it was delivered (see the module's docstring).
         """
         if self._closed.is_set():
             raise TransportClosedError("the Kafka transport is closed")
@@ -153,6 +214,11 @@ class KafkaTransport:
             records.append((topic, key, value))
             if event.op == "d":
                 records.append((topic, key, None))  # tombstone: lets compaction forget the key
+        if not records and heartbeat_ms is not None:
+            producer.flush(self.config.join_timeout)  # every change before the heartbeat is in Kafka
+            key = json.dumps({"serverName": self.config.topic_prefix}, separators=(",", ":")).encode()
+            value = json.dumps({"ts_ms": heartbeat_ms, "lsn": position[0]}, separators=(",", ":")).encode()
+            records.append((self.config.heartbeat_topic, key, value))
         if not records:
             on_durable()
             return
@@ -206,7 +272,7 @@ class KafkaTransport:
             except KafkaException as exc:
                 raise KafkaTransportError(f"cannot create the Kafka consumer: {exc}") from exc
             topics = list(self.config.topics) or [f"^{_regex_escape(self.config.topic_prefix)}\\..*"]
-            self._consumer.subscribe(topics, on_assign=self._on_assign)
+            self._consumer.subscribe([*topics, self.config.heartbeat_topic], on_assign=self._on_assign)
         else:
             self._assigned.set()  # an injected consumer is the caller's to subscribe
         return self._consumer
@@ -236,6 +302,7 @@ class KafkaTransport:
                 return
             events: list[ChangeEvent] = []
             offsets: dict[tuple[str, int], int] = {}
+            beat: tuple[int, int | None] | None = None
             for message in messages:
                 error = message.error()
                 if error is not None:
@@ -245,16 +312,45 @@ class KafkaTransport:
                     raise KafkaTransportError(f"consuming failed: {error}")
                 topic = message.topic()
                 assert topic is not None
-                event = parse(message.key(), message.value(), topic)
-                if event is not None:
-                    events.append(event)
+                if topic == self.config.heartbeat_topic:
+                    beat = _heartbeat(message.value()) or beat
+                else:
+                    event = parse(message.key(), message.value(), topic)
+                    if event is not None:
+                        events.append(event)
                 partition, offset = message.partition(), message.offset()
                 if partition is not None and offset is not None:
                     offsets[(topic, partition)] = offset
             if not offsets:
                 continue
-            position = max((e.position for e in events), default=(0, 0))
-            yield Batch(events, position, self._committer(consumer, offsets), True)
+            ack = self._committer(consumer, offsets)
+            if events or beat is None:
+                # With changes, a heartbeat among them adds nothing: they move the checkpoint.
+                yield Batch(events, max((e.position for e in events), default=(0, 0)), ack, True)
+            else:
+                # Applied only when nothing published before it is still unread; otherwise it
+                # says nothing (source time 0) and only its offset is committed.
+                ts_ms, lsn = beat if self._read_everything(consumer) else (0, None)
+                yield Batch([], (lsn or 0, 0), ack, True, heartbeat_ms=ts_ms)
+
+    def _read_everything(self, consumer: Consumer) -> bool:
+        """Whether every assigned table partition was consumed up to its high watermark."""
+        parts = [tp for tp in consumer.assignment() if tp.topic != self.config.heartbeat_topic]
+        if not parts:
+            return False
+        try:
+            positions = consumer.position(parts)
+            for tp in positions:
+                low, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+                offset = tp.offset
+                if offset < 0:  # nothing consumed from it in this session: where the group is
+                    [committed] = consumer.committed([tp], timeout=5)
+                    offset = committed.offset if committed.offset >= 0 else low
+                if offset < high:
+                    return False
+        except KafkaException:
+            return False  # cannot tell: the next heartbeat asks again
+        return True
 
     @staticmethod
     def _committer(consumer: Consumer, offsets: Mapping[tuple[str, int], int]) -> Callable[[], None]:
@@ -296,22 +392,6 @@ def _regex_escape(text: str) -> str:
     return re.escape(text)
 
 
-class MockCluster:
-    """Owns a librdkafka mock cluster (it lives as long as its creating client)."""
-
-    def __init__(self, brokers: int = 1) -> None:
-        from confluent_kafka.admin import AdminClient
-
-        self._owner = AdminClient({"test.mock.num.brokers": brokers, "log_level": 3})
-        metadata = self._owner.list_topics(timeout=10)
-        self.bootstrap_servers = ",".join(f"{b.host}:{b.port}" for b in metadata.brokers.values())
-
-
-def mock_cluster(brokers: int = 1) -> MockCluster:
-    """An in-process Kafka-protocol cluster for tests and demos; keep the object alive while used."""
-    return MockCluster(brokers)
-
-
 def run_applier(
     spec: Any,
     applier: Any,
@@ -330,16 +410,11 @@ def run_applier(
     """Run the distributed mode in this process: optionally the capture producing into Kafka,
     and the consumer-group applier (`stream(spec, applier, transport, ...)` applies and acks).
 
-    `config` holds librdkafka settings for both clients; `test.mock.num.brokers` in it starts
-    one mock cluster shared by producer and consumer.
+    `config` holds librdkafka settings for both clients.
     """
     from cdc.capture import Capture, CaptureConfig
 
     settings = dict(config or {})
-    cluster = None
-    if "test.mock.num.brokers" in settings:
-        cluster = mock_cluster(int(settings.pop("test.mock.num.brokers")))
-        bootstrap_servers = cluster.bootstrap_servers
     bootstrap_servers = bootstrap_servers or settings.pop("bootstrap.servers", None)
     settings.pop("bootstrap.servers", None)
     if not bootstrap_servers:
@@ -383,4 +458,3 @@ def run_applier(
             producer.close()
             consumer.close()
             del producer, consumer
-            cluster = None  # the mock cluster (if any) ends after its clients

@@ -16,6 +16,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
+from cdc.database import check_url, safe_dsn
 from cdc.exceptions import CDCError
 
 __all__ = [
@@ -85,21 +86,16 @@ def open_replication_connection(dsn: str) -> psycopg2.extras.LogicalReplicationC
     pgoutput formats values with the walsender session's settings: in UTC, a timestamptz's text
     (`... +00`) reads the same into any column type, so the applier can copy it as it is.
     """
+    check_url(dsn, "source")
     try:
         options = psycopg2.extensions.parse_dsn(dsn).get("options", "")
         return psycopg2.connect(dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection,
                                 options=f"{options} -c TimeZone=UTC".strip())
     except psycopg2.Error as exc:
         raise ReplicationError(
-            f"cannot open a replication connection to {_safe(dsn)}: {str(exc).strip()}; the role needs "
+            f"cannot open a replication connection to {safe_dsn(dsn)}: {str(exc).strip()}; the role needs "
             "the REPLICATION attribute and pg_hba.conf must allow replication connections"
         ) from exc
-
-
-def _safe(dsn: str) -> str:
-    import re
-
-    return re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", dsn)
 
 
 class PsycopgReplicationStream:

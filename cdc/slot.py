@@ -8,7 +8,6 @@ replication connection with an exported snapshot; the connection stays open for 
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,9 +17,11 @@ import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
+from cdc.database import connect
 from cdc.events import Column
 from cdc.exceptions import CDCError
 from cdc.replication import ReplicationError, open_replication_connection, parse_lsn
+from common.waiting import TimedOut, wait_until
 
 __all__ = [
     "CreatedSlot",
@@ -34,9 +35,11 @@ __all__ = [
     "drop_slot",
     "ensure_publication",
     "exported_snapshot",
+    "publication_exists",
     "publication_name",
     "slot_name",
     "slot_state",
+    "wait_released",
 ]
 
 _NAME = re.compile(r"^[a-z0-9_]{1,63}$")
@@ -143,9 +146,19 @@ def describe_tables(conn: psycopg2.extensions.connection, tables: Sequence[str])
     return infos
 
 
+def publication_exists(dsn: str, publication: str) -> bool:
+    conn = connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,))
+            return cur.fetchone() is not None
+    finally:
+        conn.close()
+
+
 def ensure_publication(dsn: str, publication: str, tables: Sequence[str]) -> list[TableInfo]:
     """Create the publication FOR TABLE the given tables, or set its table list if it exists."""
-    conn = psycopg2.connect(dsn)
+    conn = connect(dsn)
     try:
         conn.autocommit = True
         infos = describe_tables(conn, tables)
@@ -228,7 +241,7 @@ class SlotState:
 
 
 def slot_state(dsn: str, name: str) -> SlotState | None:
-    conn = psycopg2.connect(dsn)
+    conn = connect(dsn)
     try:
         with conn.cursor() as cur:
             cur.execute(
@@ -249,9 +262,23 @@ def slot_state(dsn: str, name: str) -> SlotState | None:
     )
 
 
+def wait_released(dsn: str, name: str, timeout: float) -> SlotState | None:
+    """Wait until no process streams from the slot (a closed connection's walsender exits a
+    moment later); the slot's state then (None when it does not exist). Raises CDCError after
+    `timeout` seconds."""
+    try:
+        [state] = wait_until(lambda: [s] if (s := slot_state(dsn, name)) is None or not s.active else [],
+                             timeout, 0.1, what=f"replication slot {name} to be released")
+    except TimedOut as exc:
+        raise CDCError(
+            f"replication slot {name} is in use by another process; stop the other `cdc run` first"
+        ) from exc
+    return state
+
+
 def drop_slot(dsn: str, name: str, *, terminate: bool = False) -> bool:
     """Drop the slot; True when it existed. An active slot is only dropped with terminate=True."""
-    conn = psycopg2.connect(dsn)
+    conn = connect(dsn)
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
@@ -266,15 +293,17 @@ def drop_slot(dsn: str, name: str, *, terminate: bool = False) -> bool:
                         "first, or drop with terminate=True to disconnect it"
                     )
                 cur.execute("SELECT pg_terminate_backend(%s)", (row[0],))
-                deadline = time.monotonic() + 10
-                while True:
+
+                def released() -> str:
                     cur.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (name,))
-                    state = cur.fetchone()
-                    if state is None:
+                    row = cur.fetchone()
+                    return "gone" if row is None else ("free" if row[0] is None else "")
+
+                try:
+                    if wait_until(released, 10, what=f"replication slot {name!r} to be released") == "gone":
                         return False
-                    if state[0] is None or time.monotonic() > deadline:
-                        break
-                    time.sleep(0.05)
+                except TimedOut:
+                    pass  # dropping it then names the process that still holds it
             cur.execute("SELECT pg_drop_replication_slot(%s)", (name,))
             return True
     except psycopg2.errors.UndefinedObject:
@@ -287,7 +316,7 @@ def drop_slot(dsn: str, name: str, *, terminate: bool = False) -> bool:
 
 def drop_publication(dsn: str, name: str) -> bool:
     """Drop the publication; True when it existed."""
-    conn = psycopg2.connect(dsn)
+    conn = connect(dsn)
     conn.autocommit = True
     try:
         with conn.cursor() as cur:

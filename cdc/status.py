@@ -11,6 +11,7 @@ import psycopg2
 
 from cdc import deadletter
 from cdc.apply import format_lsn, load_checkpoint
+from cdc.database import one_line
 from cdc.exceptions import CDCError
 from cdc.spec import SyncSpec
 
@@ -30,9 +31,9 @@ class SyncStatus:
     everything; None before anything streamed was applied); `slot_retained_bytes`: WAL the slot
     keeps on the source (a warning past the threshold).
 
-    Heartbeats reach only an in-process applier (memory transport). Over Kafka the checkpoint
-    moves with applied changes alone, so while the source is idle both lags grow with WAL and
-    time that carry no changes for this sync.
+    Heartbeats reach the applier in both transports (over Kafka through the heartbeat topic, see
+    `cdc.kafka`), so an idle sync's lags stay small. Over Kafka from Debezium, whose heartbeats
+    carry a time but no position, only the lag in seconds follows them.
     """
 
     spec: str
@@ -80,25 +81,16 @@ def status(
     """Read the target's checkpoint and dead letters and the source's slot."""
     if not spec.target_url:
         raise CDCError(f"{spec.path}: no target database; give --target-url or set target.url in the spec")
-    try:
-        target = connect(spec.target_url)
-    except psycopg2.Error as exc:
-        raise CDCError(f"cannot connect to the target database: {str(exc).strip()}") from exc
-    try:
-        checkpoint = load_checkpoint(target, spec.name)
-        with target.cursor() as cur:
-            cur.execute("SELECT to_regclass('strangler.dead_letter') IS NOT NULL")
-            dead = deadletter.count(cur, spec.name) if cur.fetchone()[0] else 0
-        target.rollback()
-    finally:
-        target.close()
+    # The source first: the slot's flush position moves only after the applier committed, so a
+    # checkpoint read after it is at least as new (read the other way round, an applier catching
+    # up in between shows a flushed slot with an old checkpoint and its old lag in seconds).
     source_lsn = confirmed = restart = None
     exists = active = False
     if spec.source_url:
         try:
             source = connect(spec.source_url)
         except psycopg2.Error as exc:
-            raise CDCError(f"cannot connect to the source database: {str(exc).strip()}") from exc
+            raise CDCError(f"cannot connect to the source database: {one_line(exc)}") from exc
         try:
             with source.cursor() as cur:
                 cur.execute("SELECT pg_current_wal_lsn()::text")
@@ -113,6 +105,18 @@ def status(
                 confirmed, restart = _lsn(row[1]), _lsn(row[2])
         finally:
             source.close()
+    try:
+        target = connect(spec.target_url)
+    except psycopg2.Error as exc:
+        raise CDCError(f"cannot connect to the target database: {one_line(exc)}") from exc
+    try:
+        checkpoint = load_checkpoint(target, spec.name)
+        with target.cursor() as cur:
+            cur.execute("SELECT to_regclass('strangler.dead_letter') IS NOT NULL")
+            dead = deadletter.count(cur, spec.name) if cur.fetchone()[0] else 0
+        target.rollback()
+    finally:
+        target.close()
     warnings: list[str] = []
     applied = checkpoint.position[0]
     # In process, the slot's flush position moves only past what the applier committed, and

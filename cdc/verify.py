@@ -10,7 +10,7 @@ positions compared are part of the result.
 
 from __future__ import annotations
 
-import time
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -18,9 +18,11 @@ from typing import Any
 import psycopg2
 
 from cdc.apply import load_checkpoint
+from cdc.database import one_line
 from cdc.exceptions import CDCError
 from cdc.mapping import RowMapper
 from cdc.spec import SyncSpec, TableSpec
+from common.waiting import TimedOut, wait_until
 
 __all__ = ["TableDiff", "VerifyResult", "diff_rows", "verify"]
 
@@ -205,26 +207,30 @@ def verify(
         source = connect(spec.source_url)
         target = connect(spec.target_url)
     except psycopg2.Error as exc:
-        raise CDCError(f"cannot connect for verify: {str(exc).strip()}") from exc
-    deadline = time.monotonic() + wait
+        raise CDCError(f"cannot connect for verify: {one_line(exc)}") from exc
+    results: list[VerifyResult] = []
+
+    def diff() -> bool:
+        if results and on_wait is not None:
+            on_wait("differences found while the applier may still be catching up; retrying")
+        aligned, source_lsn, applied = _aligned(spec, source, target)
+        tables = []
+        for table in spec.tables:
+            try:
+                tables.append(_diff_table(source, target, table, samples))
+            except psycopg2.Error as exc:
+                raise CDCError(f"verify could not read {table.source} or {table.target}: {str(exc).strip()}") from exc
+            finally:
+                source.rollback()
+                target.rollback()
+        results.append(VerifyResult(spec=spec.name, tables=tables, source_lsn=source_lsn, applied_position=applied,
+                                    aligned=aligned))
+        return results[-1].identical
+
     try:
-        while True:
-            aligned, source_lsn, applied = _aligned(spec, source, target)
-            tables = []
-            for table in spec.tables:
-                try:
-                    tables.append(_diff_table(source, target, table, samples))
-                except psycopg2.Error as exc:
-                    raise CDCError(f"verify could not read {table.source} or {table.target}: {str(exc).strip()}") from exc
-                finally:
-                    source.rollback()
-                    target.rollback()
-            result = VerifyResult(spec=spec.name, tables=tables, source_lsn=source_lsn, applied_position=applied, aligned=aligned)
-            if result.identical or time.monotonic() >= deadline:
-                return result
-            if on_wait is not None:
-                on_wait("differences found while the applier may still be catching up; retrying")
-            time.sleep(0.5)
+        with contextlib.suppress(TimedOut):  # still different after `wait`: the last diff is the answer
+            wait_until(diff, wait, 0.5, what="source and target to match")
+        return results[-1]
     finally:
         source.close()
         target.close()

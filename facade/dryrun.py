@@ -117,7 +117,7 @@ def predict(table: RouteTable, record: Mapping[str, Any]) -> Prediction:
     else:
         user = None
     forced = record.get("forced")
-    if forced is not None and table.config.assignment.override_header and forced in table.upstreams:
+    if forced is not None and table.config.assignment.override_header and forced in route.overridable:
         return Prediction(route.id, forced, user)
     if user is None and len(route.upstreams) > 1:
         user = record.get("assign")

@@ -117,7 +117,9 @@ def record_line(item: _Item) -> dict[str, Any]:
             return None
         return key_digest(plan.secret, value).hex() if value else ""
 
-    forced = override(table, text) if table.config.assignment.override_header else None
+    forced = override(table, route, text) if table.config.assignment.override_header else None
+    # The override secret never reaches addons: a candidate the façade did not serve was refused.
+    forced = forced if forced == upstream else None
     assignment = cookies.get(table.config.assignment.cookie)
     valid = assignment if assignment is not None and _COOKIE_VALUE.fullmatch(assignment) else None
     # The façade drew a new assignment cookie when nothing else gave a key on a split route.

@@ -7,7 +7,6 @@ from `--source-url/--target-url`, else the spec (which may name environment vari
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from rich.table import Table
 from cdc.exceptions import CDCError
 from cdc.spec import SyncSpec, load_spec
 
-__all__ = ["app", "apply_file", "drop", "read_events", "verify"]
+__all__ = ["app", "verify"]
 
 app = typer.Typer(no_args_is_help=True, help="Change data capture: snapshot + stream legacy tables into a service's store.")
 
@@ -35,55 +34,6 @@ def _spec(path: Path, source_url: str | None, target_url: str | None) -> SyncSpe
 # -- cdc apply --from-file --------------------------------------------------------------------------
 
 
-def read_events(path: Path) -> Iterator[Any]:
-    """Debezium-format events, one JSON document per line (`null` lines are tombstones)."""
-    from cdc.debezium import parse_envelope
-
-    try:
-        handle = path.open()
-    except OSError as exc:
-        raise CDCError(f"cannot read {path}: {exc.strerror}; give a file of Debezium events, one per line") from exc
-    with handle:
-        for number, line in enumerate(handle, 1):
-            text = line.strip()
-            if not text:
-                continue
-            try:
-                obj = json.loads(text)
-            except ValueError as exc:
-                raise CDCError(f"{path}:{number}: not JSON ({exc.msg}); each line must be one Debezium event") from exc
-            if obj is None or (isinstance(obj, dict) and set(obj) == {"schema", "payload"} and obj["payload"] is None):
-                continue  # a tombstone: the delete before it did the work
-            try:
-                yield parse_envelope(obj)
-            except CDCError as exc:
-                raise CDCError(f"{path}:{number}: {exc}") from exc
-
-
-def apply_file(spec: SyncSpec, path: Path) -> dict[str, int]:
-    """Apply a file of Debezium events; returns counts. Idempotent (per-row position guards)."""
-    from cdc.apply import Applier
-
-    totals = {"applied": 0, "skipped": 0, "dead_lettered": 0}
-    with Applier(spec, ordered=False) as applier:
-        chunk: list[Any] = []
-
-        def flush() -> None:
-            result = applier.apply(chunk)
-            totals["applied"] += result.applied
-            totals["skipped"] += result.skipped
-            totals["dead_lettered"] += result.dead_lettered
-            chunk.clear()
-
-        for event in read_events(path):
-            chunk.append(event)
-            if len(chunk) >= spec.batch_size:
-                flush()
-        if chunk:
-            flush()
-    return totals
-
-
 @app.command("apply")
 def apply_command(
     spec_path: Path = SPEC_OPTION,
@@ -92,6 +42,8 @@ def apply_command(
     json_output: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
 ) -> None:
     """Apply Debezium-format change events from a file into the service's store."""
+    from cdc.eventfile import apply_file
+
     totals = apply_file(_spec(spec_path, None, target_url), from_file)
     if json_output:
         typer.echo(json.dumps(totals))
@@ -191,40 +143,6 @@ def status_command(
 # -- cdc drop ---------------------------------------------------------------------------------------
 
 
-def drop(spec: SyncSpec, *, terminate: bool = True, reset: bool = False) -> dict[str, bool]:
-    """Remove the replication slot and publication of a spec from the source; with `reset`, also
-    forget the target's checkpoint and row positions so the next `cdc run` copies everything again."""
-    import psycopg2
-
-    from cdc.slot import drop_publication, drop_slot
-
-    if not spec.source_url:
-        raise CDCError(f"{spec.path}: no source database; give --source-url or set source.url in the spec")
-    result = {
-        "slot_dropped": drop_slot(spec.source_url, spec.slot_name, terminate=terminate),
-        "publication_dropped": drop_publication(spec.source_url, spec.publication_name),
-    }
-    if reset:
-        if not spec.target_url:
-            raise CDCError(f"{spec.path}: --reset needs the target database; give --target-url or set target.url")
-        try:
-            conn = psycopg2.connect(spec.target_url)
-            try:
-                with conn, conn.cursor() as cur:
-                    cur.execute("SELECT to_regclass('strangler.checkpoint') IS NOT NULL")
-                    if cur.fetchone()[0]:
-                        cur.execute("DELETE FROM strangler.checkpoint WHERE name = %s", (spec.name,))
-                        cur.execute("DELETE FROM strangler.row_position WHERE target_table = ANY(%s)",
-                                    ([t.target for t in spec.tables],))
-                        cur.execute("DELETE FROM strangler.table_position WHERE name = %s", (spec.name,))
-            finally:
-                conn.close()
-        except psycopg2.Error as exc:
-            raise CDCError(f"cannot reset the target's checkpoint: {str(exc).strip()}") from exc
-        result["checkpoint_reset"] = True
-    return result
-
-
 @app.command("drop")
 def drop_command(
     spec_path: Path = SPEC_OPTION,
@@ -234,6 +152,8 @@ def drop_command(
     json_output: bool = typer.Option(False, "--json", help="Print what was dropped as JSON."),
 ) -> None:
     """Remove the replication slot and the publication (stops WAL retention for this sync)."""
+    from cdc.teardown import drop
+
     result = drop(_spec(spec_path, source_url, target_url), reset=reset)
     if json_output:
         typer.echo(json.dumps(result))

@@ -350,7 +350,7 @@ def _verify(env: DemoEnv, console: Console) -> None:
 def _drop_cdc(env: DemoEnv) -> None:
     """Stop the stream and remove its slot and publication, so no WAL is retained after the demo."""
     from cdc.spec import load_spec
-    from scripts.cdc_cmd import drop
+    from cdc.teardown import drop
 
     for child in list(env.group.children):
         if child.name == "cdc":

@@ -67,6 +67,17 @@ def query(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         conn.close()
 
 
+def wal_position(url: str) -> int:
+    """The server's current WAL position, as a number."""
+    return int(query(url, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")[0][0])
+
+
+def checkpoint_of(target: str, spec: SyncSpec) -> tuple[int, int]:
+    """(applied commit LSN, source time in ms) of the spec's checkpoint in the target."""
+    [(lsn, ms)] = query(target, "SELECT commit_lsn, source_ts_ms FROM strangler.checkpoint WHERE name = %s", (spec.name,))
+    return int(lsn), int(ms)
+
+
 def create_catalog_store(url: str) -> None:
     """The catalog service's schema: its Alembic migration when present, else the same DDL."""
     if not (ROOT / "extracted" / "catalog" / "migrations" / "env.py").exists():

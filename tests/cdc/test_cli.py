@@ -175,14 +175,20 @@ def _shipment(op: str, lsn: int, after: dict[str, Any]) -> dict[str, Any]:
         "payload": {"before": None, "after": after, "op": op, "ts_ms": 1714564800300, "source": source}}
 
 
-def test_apply_debezium_temporal_and_variable_scale_values_into_their_column_types(
-    legacy_and_target: tuple[str, str], tmp_path: Path
-) -> None:
-    _, target = legacy_and_target
+def _shipping_store(target: str, tmp_path: Path) -> Path:
+    """The shipping service's table in the target; returns the path of its sync spec."""
     execute(target, "CREATE SCHEMA shipping; CREATE TABLE shipping.shipments (id int PRIMARY KEY, shipped_at timestamp,"
                     " confirmed_at timestamptz, due_on date, weight_kg numeric)")
     spec = tmp_path / "shipping.yaml"
     spec.write_text(SHIPPING_SPEC)
+    return spec
+
+
+def test_apply_debezium_temporal_and_variable_scale_values_into_their_column_types(
+    legacy_and_target: tuple[str, str], tmp_path: Path
+) -> None:
+    _, target = legacy_and_target
+    spec = _shipping_store(target, tmp_path)
     path = _write(tmp_path, [
         _shipment("r", 1000, {"id": 1, "shipped_at": 1714564800123456, "confirmed_at": "2024-05-01T14:00:00.5+02:00",
                               "due_on": 19844, "weight_kg": {"scale": 3, "value": "MDk="}}),  # 12345
@@ -199,6 +205,23 @@ def test_apply_debezium_temporal_and_variable_scale_values_into_their_column_typ
         (2, dt.datetime(1969, 12, 31, 23, 59, 59), dt.datetime(1999, 12, 31, 23, 59, 59, tzinfo=utc), dt.date(1969, 12, 31),
          Decimal("-1")),
     ]
+
+
+def test_apply_schemaless_variable_scale_decimal_into_a_numeric_column(
+    legacy_and_target: tuple[str, str], tmp_path: Path
+) -> None:
+    """JSON converter with `schemas.enable=false`: a VariableScaleDecimal is a bare {scale, value}."""
+    _, target = legacy_and_target
+    spec = _shipping_store(target, tmp_path)
+    empty = {"shipped_at": None, "confirmed_at": None, "due_on": None}
+    path = _write(tmp_path, [
+        _shipment("c", 1000, {"id": 1, **empty, "weight_kg": {"scale": 3, "value": "MDk="}})["payload"],  # 12.345
+        _shipment("c", 1100, {"id": 2, **empty, "weight_kg": {"scale": 0, "value": "/w=="}})["payload"],  # -1
+        _shipment("c", 1200, {"id": 3, **empty, "weight_kg": None})["payload"],
+    ])
+    assert _apply(spec, path, target) == {"applied": 3, "skipped": 0, "dead_lettered": 0}
+    assert query(target, "SELECT id, weight_kg FROM shipping.shipments ORDER BY id") == [
+        (1, Decimal("12.345")), (2, Decimal("-1")), (3, None)]
 
 
 def test_apply_bad_file_names_the_line(legacy_and_target: tuple[str, str], tmp_path: Path) -> None:

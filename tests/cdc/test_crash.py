@@ -72,9 +72,9 @@ def test_sigkill_at_random_points_then_verify_clean(legacy_and_target: tuple[str
     run_args: list[str] = []
     cluster = None
     if transport == "kafka":
-        from cdc.kafka import mock_cluster
+        from tests.cdc.kafka_cluster import MockCluster
 
-        cluster = mock_cluster(1)  # lives in this process; the applier subprocesses connect over loopback
+        cluster = MockCluster(1)  # lives in this process; the applier subprocesses connect over loopback
         run_args = ["--transport", "kafka", "--bootstrap-servers", cluster.bootstrap_servers,
                     *(f"--kafka-option={o}" for o in KAFKA_OPTIONS)]
     rounds = 3 if transport == "memory" else 2

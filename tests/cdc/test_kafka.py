@@ -4,18 +4,20 @@ import datetime as dt
 import json
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 
 import pytest
-from confluent_kafka.admin import AdminClient
 
 from cdc.capture import Capture, CaptureConfig
 from cdc.debezium import parse_record
 from cdc.events import ChangeEvent, Column, Source
 from cdc.kafka import KafkaConfig, KafkaTransport, topic_for
 from cdc.slot import create_slot, ensure_publication, slot_state
-from tests.cdc.apply_fixtures import legacy_and_target
+from cdc.spec import SyncSpec
+from tests.cdc.apply_fixtures import Background, legacy_and_target, running
 from tests.cdc.conftest import SourceDB, insert_products
+from tests.cdc.kafka_cluster import MockCluster
 from tests.support import wait_for
 
 __all__ = ["legacy_and_target"]
@@ -26,11 +28,10 @@ COLUMNS = (Column("id", "int4", optional=False, key=True), Column("sku", "varcha
 
 @pytest.fixture(scope="module")
 def kafka() -> Iterator[str]:
-    """librdkafka's in-process mock cluster; it lives as long as the client that created it."""
-    owner = AdminClient({"test.mock.num.brokers": 1, "log_level": 3})
-    metadata = owner.list_topics(timeout=10)
-    yield ",".join(f"{b.host}:{b.port}" for b in metadata.brokers.values())
-    del owner
+    """librdkafka's in-process mock cluster, for the tests of this module."""
+    cluster = MockCluster(1)
+    yield cluster.bootstrap_servers
+    cluster.close()
 
 
 CONSUMER = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 300, "log_level": 3}
@@ -181,9 +182,19 @@ def test_capture_acknowledges_the_slot_only_after_kafka_delivery(kafka: str, sou
         producer.close()
 
 
+@contextmanager
+def kafka_sync(spec: SyncSpec) -> Iterator[Background]:
+    """`cdc run --transport kafka` (capture and applier) in a thread, on a mock cluster of its own."""
+    cluster = MockCluster(1)
+    try:
+        with running(spec, transport="kafka", bootstrap_servers=cluster.bootstrap_servers, kafka_config=CONSUMER) as bg:
+            yield bg
+    finally:
+        cluster.close()
+
+
 def test_pipeline_runs_over_kafka_from_snapshot_to_stream(legacy_and_target: tuple[str, str]) -> None:
     """The distributed mode in one process: capture -> Kafka (mock cluster) -> consumer group -> store."""
-    from cdc.pipeline import run
     from cdc.verify import verify
     from tests.cdc.apply_fixtures import T0, execute, query, spec_for
 
@@ -195,28 +206,41 @@ def test_pipeline_runs_over_kafka_from_snapshot_to_stream(legacy_and_target: tup
     )
     execute(legacy, insert, (T0, T0, 1, 100))
     spec = spec_for(legacy, target)
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def target_thread() -> None:
-        try:
-            run(spec, transport="kafka", stop=stop, heartbeat_interval=0.5, kafka_config={"test.mock.num.brokers": 1, **CONSUMER})
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    thread = threading.Thread(target=target_thread, daemon=True)
-    thread.start()
     count = lambda: int(query(target, "SELECT count(*) FROM catalog.products")[0][0])  # noqa: E731
-    try:
-        wait_for(lambda: count() == 100 or errors, timeout=60, what="the snapshot")
+    with kafka_sync(spec) as bg:
+        wait_for(lambda: count() == 100 or bg.errors, timeout=60, what="the snapshot")
         execute(legacy, insert, (T0, T0, 101, 150))
         execute(legacy, "DELETE FROM catalog_product WHERE id <= 10")
         execute(legacy, "UPDATE catalog_product SET price = 2.75 WHERE id = 50")
-        wait_for(lambda: count() == 140 or errors, timeout=60, what="changes streamed through Kafka")
-        wait_for(lambda: query(target, "SELECT price_cents FROM catalog.products WHERE id = 50") == [(275,)] or errors,
+        wait_for(lambda: count() == 140 or bg.errors, timeout=60, what="changes streamed through Kafka")
+        wait_for(lambda: query(target, "SELECT price_cents FROM catalog.products WHERE id = 50") == [(275,)] or bg.errors,
                  timeout=30, what="the update")
-    finally:
-        stop.set()
-        thread.join(60)
-    assert not errors, errors
     assert verify(spec, wait=10).identical
+
+
+def test_heartbeats_reach_a_kafka_fed_applier_so_an_idle_sync_lags_little(legacy_and_target: tuple[str, str]) -> None:
+    """Idle tables, busy server: the capture's heartbeats travel through the heartbeat topic and
+    move the applier's checkpoint past WAL that holds nothing for this sync."""
+    from cdc.status import status
+    from tests.cdc.apply_fixtures import checkpoint_of, execute, query, seed, spec_for, wal_position
+
+    legacy, target = legacy_and_target
+    seed(legacy, 10)
+    spec = spec_for(legacy, target)
+    with kafka_sync(spec) as bg:
+        execute(legacy, "UPDATE catalog_product SET stock = 99 WHERE id = 1")
+        wait_for(lambda: query(target, "SELECT stock FROM catalog.products WHERE id = 1") == [(99,)] or bg.errors,
+                 timeout=60, what="the change through Kafka")
+        assert not bg.errors, bg.errors
+        _, change_ms = checkpoint_of(target, spec)
+        # WAL with nothing for this sync (a table outside the publication); the tables stay idle.
+        before = wal_position(legacy)
+        execute(legacy, "CREATE TABLE side_note AS SELECT g AS n, repeat('x', 100) AS note FROM generate_series(1, 2000) g")
+        after = wal_position(legacy)
+        wait_for(lambda: checkpoint_of(target, spec)[0] > after or bg.errors, timeout=60,
+                 what="a heartbeat after the unrelated WAL in the checkpoint")
+        assert not bg.errors, bg.errors
+        an_hour_later = change_ms / 1000 + 3600
+        st = status(spec, now=lambda: an_hour_later)
+        assert st.lag_bytes is not None and st.lag_bytes < after - before  # not the side table's WAL
+        assert st.lag_seconds is not None and st.lag_seconds < 3600  # measured from a heartbeat, not the change

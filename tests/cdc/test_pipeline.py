@@ -65,7 +65,7 @@ def test_restart_resumes_without_snapshot(legacy_and_target: tuple[str, str]) ->
 
 
 def test_drop_removes_slot_and_publication_and_reset_recopies(legacy_and_target: tuple[str, str]) -> None:
-    from scripts.cdc_cmd import drop
+    from cdc.teardown import drop
 
     legacy, target = legacy_and_target
     seed(legacy, 50)

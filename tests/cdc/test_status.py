@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import psycopg2
 import pytest
 
 from cdc.apply import Applier
@@ -9,7 +12,9 @@ from cdc.pipeline import run
 from cdc.spec import SyncSpec
 from cdc.status import SyncStatus, status
 from cdc.verify import verify
-from tests.cdc.apply_fixtures import execute, legacy_and_target, query, running, seed, spec_for
+from tests.cdc.apply_fixtures import (
+    checkpoint_of, execute, legacy_and_target, query, running, seed, spec_for, wal_position,
+)
 from tests.support import wait_for
 
 __all__ = ["legacy_and_target"]
@@ -17,17 +22,6 @@ __all__ = ["legacy_and_target"]
 
 def _catch_up(spec: SyncSpec) -> None:
     run(spec, until_caught_up=True, idle_timeout=0.5, heartbeat_interval=0.3)
-
-
-def _wal(url: str) -> int:
-    high, low = str(query(url, "SELECT pg_current_wal_lsn()::text")[0][0]).split("/")
-    return (int(high, 16) << 32) + int(low, 16)
-
-
-def _checkpoint(target: str, spec: SyncSpec) -> tuple[int, int]:
-    """(applied commit LSN, source time in ms) of the checkpoint."""
-    [(lsn, ms)] = query(target, "SELECT commit_lsn, source_ts_ms FROM strangler.checkpoint WHERE name = %s", (spec.name,))
-    return int(lsn), int(ms)
 
 
 def _under(st: SyncStatus, lag_bytes: int) -> SyncStatus | None:
@@ -47,12 +41,12 @@ def test_lag_and_retained_wal_while_the_applier_is_stopped_and_after_it_caught_u
     _catch_up(spec)
     execute(legacy, "UPDATE catalog_product SET stock = 99 WHERE id = 1")
     _catch_up(spec)
-    _, applied_ms = _checkpoint(target, spec)
+    _, applied_ms = checkpoint_of(target, spec)
     clock = lambda: applied_ms / 1000 + 42  # noqa: E731 - 42 s after the source time applied
 
-    before = _wal(legacy)
+    before = wal_position(legacy)
     seed(legacy, 2000, start=51)  # the applier is stopped
-    written = _wal(legacy) - before
+    written = wal_position(legacy) - before
     behind = status(spec, retained_warning=written // 2, now=clock)
     assert not behind.slot_active and behind.slot_exists
     # All of it is behind (less one byte: a flush position points just past a heartbeat's start).
@@ -80,11 +74,11 @@ def test_heartbeats_move_an_idle_sync_on_so_its_lag_stays_small(legacy_and_targe
         execute(legacy, "UPDATE catalog_product SET stock = 99 WHERE id = 1")
         wait_for(lambda: query(target, "SELECT stock FROM catalog.products WHERE id = 1") == [(99,)], timeout=30,
                  what="the change")
-        change_lsn, change_ms = _checkpoint(target, spec)
+        change_lsn, change_ms = checkpoint_of(target, spec)
         assert change_ms > 0
         # Nothing changes on the source from here; heartbeats alone move the checkpoint on.
-        wait_for(lambda: _checkpoint(target, spec)[1] > change_ms, timeout=30, what="a heartbeat in the checkpoint")
-    beat_lsn, beat_ms = _checkpoint(target, spec)
+        wait_for(lambda: checkpoint_of(target, spec)[1] > change_ms, timeout=30, what="a heartbeat in the checkpoint")
+    beat_lsn, beat_ms = checkpoint_of(target, spec)
     assert beat_lsn > change_lsn
     execute(legacy, "CREATE TABLE side_note (note text)")  # WAL after the last flush: not caught up
     an_hour_later = (change_ms + 3_600_000) / 1000
@@ -104,11 +98,11 @@ def test_a_kafka_fed_applier_lags_by_its_applied_position_not_the_slot(legacy_an
     # when the run stops before a heartbeat is applied), which the lag in seconds is measured from.
     execute(legacy, "UPDATE catalog_product SET stock = 99 WHERE id = 1")
     _catch_up(spec)
-    before = _wal(legacy)
+    before = wal_position(legacy)
     seed(legacy, 2000, start=11)  # the applier is stopped ...
-    written = _wal(legacy) - before
+    written = wal_position(legacy) - before
     # ... while a capture feeding Kafka acknowledged the slot once Kafka had the changes.
-    end = _wal(legacy)
+    end = wal_position(legacy)
     wait_for(lambda: query(legacy, "SELECT pg_current_wal_flush_lsn() >= %s::pg_lsn", (f"{end >> 32:X}/{end & 0xFFFFFFFF:X}",))
              == [(True,)], what="the WAL flushed")  # a slot advances only up to flushed WAL
     execute(legacy, "SELECT pg_replication_slot_advance(%s, pg_current_wal_flush_lsn())", (spec.slot_name,))
@@ -119,3 +113,30 @@ def test_a_kafka_fed_applier_lags_by_its_applied_position_not_the_slot(legacy_an
     st = status(spec)
     assert st.lag_bytes is not None and st.lag_bytes >= written - 1
     assert st.lag_seconds is not None and st.lag_seconds > 0
+
+
+def test_a_reading_taken_while_the_applier_catches_up_is_never_torn(legacy_and_target: tuple[str, str]) -> None:
+    legacy, target = legacy_and_target
+    seed(legacy, 10)
+    spec = spec_for(legacy, target)
+    _catch_up(spec)
+    execute(legacy, "UPDATE catalog_product SET stock = 99 WHERE id = 1")
+    _catch_up(spec)
+    behind_position = checkpoint_of(target, spec)
+    seed(legacy, 500, start=11)  # the applier is stopped
+    connected: list[str] = []
+
+    def connect(url: str) -> Any:
+        # The applier catches up between status's two reads: whichever is read second sees the
+        # new state, so the slot (flushed only after the applier's commit) must be read first.
+        connected.append(url)
+        if len(connected) == 2:
+            _catch_up(spec)
+        return psycopg2.connect(url)
+
+    st = status(spec, connect=connect)
+    assert len(connected) == 2
+    applied_lsn, _ = checkpoint_of(target, spec)
+    assert applied_lsn > behind_position[0]
+    # One picture: a slot flushed past the new changes never comes with the old checkpoint.
+    assert st.applied_position[0] == applied_lsn, "the checkpoint was read before the slot"
