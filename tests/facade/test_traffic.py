@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 
 from facade.config import check_text, parse_config
-from facade.dryrun import predict
+from facade.dryrun import dry_run, predict
 from facade.proxy import _Cookies
 from facade.routing import RouteTable
 from facade.traffic import _Plan, record_line
@@ -68,3 +68,23 @@ def test_records_hold_digests_and_regex_results_that_replay_exactly() -> None:
     assert prediction.route == "split"
     # The bucket from the recorded digest is the one the façade computes from the raw cookie.
     assert prediction.upstream == table.by_id["split"].choose("0123456789abcdef")
+
+
+def test_dry_run_names_reroutes_unrecorded_keys_and_idle_routes() -> None:
+    extra = 'assignment: {key: "${STRANGLER_ASSIGNMENT_KEY}"}\ntraffic_record: {file: t.jsonl, sample: 50}\n'
+    before = _table(extra)
+    gold = _record(before, [(b"x-version", b"v1"), (b"cookie", b"plan=gold; strangler_id=0123456789abcdef")])
+    plain = _record(before, [(b"cookie", b"strangler_id=fedcba9876543210")])
+    without_beta = BASE.replace('    match: {path: "/api/**", headers: {X-Version: "~v[12]"}, cookies: {plan: gold}}\n    to: catalog\n', '')
+    without_beta = without_beta.replace("  - id: beta\n", "")
+    report = dry_run(before, _table(extra, without_beta), [gold, plain])
+    assert report.rerouted == {("beta", "split"): 2.0}
+    assert report.never_hit == ["default"]
+    assert report.unpredictable == {}
+    sticky_on_tenant = BASE.replace(
+        "  - id: split\n", '  - id: tenant\n    match: {path: "/api/**", methods: [GET]}\n    to: {monolith: 50, catalog: 50}\n'
+        "    sticky: {header: X-Tenant}\n  - id: split\n"
+    )
+    report = dry_run(before, _table(extra, sticky_on_tenant), [gold, plain])
+    assert report.unpredictable == {"route 'tenant' is sticky on header 'X-Tenant', which was not recorded": 1}
+    assert report.shares_after == {("beta", "catalog"): 2.0}
