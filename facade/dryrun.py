@@ -186,10 +186,10 @@ def dry_run(before: RouteTable, after: RouteTable, records: Iterable[Mapping[str
         if table.secret is None:
             raise DryRunError(f"{name} has no assignment.key, so its buckets cannot be recomputed from digests; set the key it was recorded with.")
     moved: defaultdict[str, set[str]] = defaultdict(set)
-    for record in records:
+    for number, record in enumerate(records, 1):
         if record.get("kid") != key_id(after.secret) or record.get("kid") != key_id(before.secret):  # type: ignore[arg-type]
             raise DryRunError(
-                f"the traffic was recorded under another assignment.key than {before_name} and {after_name} use; "
+                f"record {number} of the traffic was made under another assignment.key than {before_name} and {after_name} use; "
                 "set the key it was recorded with (a new key reassigns every user on split routes)."
             )
         report.records += 1

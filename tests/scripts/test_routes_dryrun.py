@@ -123,3 +123,16 @@ def test_dry_run_fails_on_an_unhealthy_upstream(recorded: Any) -> None:
     assert done.returncode == 1
     assert "upstream catalog is unhealthy" in done.stdout
     assert "moving back: 0" in done.stdout
+
+
+def test_a_broken_traffic_file_is_one_failed_line(tmp_path: Path) -> None:
+    traffic = tmp_path / "traffic.jsonl"
+    traffic.write_text('{not json\n')
+    config = _write(tmp_path / "routing.yaml", {"monolith": "http://127.0.0.1:9", "catalog": "http://127.0.0.1:9"}, 50, 50, traffic)
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts", "routes", "dry-run", str(config), "--traffic", str(traffic), "--against", str(config), "--no-health"],
+        env=ENV, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"FAILED: {traffic}:1:2: not a JSON record")
