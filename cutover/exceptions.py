@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
+from common.yamlfile import FileError
+
 
 class CutoverError(Exception):
     """Base of every error the cutover package raises on purpose."""
 
 
-class PlanError(CutoverError):
+class PlanError(CutoverError, FileError):
     """The plan file is invalid; `problems` holds every `file:line:col: message`."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = list(problems)
-        count = len(self.problems)
-        head = self.problems[0] if count == 1 else f"{count} problems in the plan:\n" + "\n".join(self.problems)
-        super().__init__(head)
 
 
 class LeaseHeld(CutoverError):

@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
+from common.yamlfile import Found, Loc, Problem, check_model, interpolate
 from cutover.exceptions import PlanError
-from facade.config import ConfigError, Duration, FacadeConfig, Percent, interpolate, load_config
+from facade.config import ConfigError, Duration, FacadeConfig, Percent, load_config
 from facade.exceptions import FacadeError
 
 __all__ = [
@@ -99,7 +97,25 @@ class Step(_Model):
         return f"{self.weight:g}%" if self.kind == "weight" and self.weight is not None else self.kind
 
 
-StepItem = Annotated[Step, BeforeValidator(_step_from_scalar)]
+_STEP_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "number", "exclusiveMinimum": 0, "maximum": 100, "description": "Percent to the target upstream."},
+        {"enum": ["shadow", "approve"]},
+        {
+            "type": "object",
+            "properties": {
+                "kind": {"enum": ["shadow", "weight", "approve"]},
+                "weight": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
+                "soak": {"type": "object", "properties": {"min_time": {}, "min_requests": {"type": "integer", "minimum": 0}},
+                         "additionalProperties": False},
+            },
+            "additionalProperties": False,
+        },
+    ],
+    "description": "shadow, approve, a weight in percent, or {weight: 25, soak: {min_time: 10m}}.",
+}
+
+StepItem = Annotated[Step, BeforeValidator(_step_from_scalar), WithJsonSchema(_STEP_SCHEMA)]
 
 
 class ShadowGate(_Model):
@@ -258,86 +274,28 @@ class Plan(_Model):
 
 
 # --------------------------------------------------------------------------------------------
-# Loading (a located parse, to move onto the shared loader `common.yamlfile`)
-
-Loc = tuple[Any, ...]
+# Loading (through the shared loader, common.yamlfile)
 
 
-def _locate(root: Any, loc: Loc, on_key: bool = False) -> tuple[int, int]:
-    node, line, column = root, 0, 0
-    for depth, part in enumerate(loc):
-        last = depth == len(loc) - 1
-        if isinstance(node, CommentedMap) and part in node:
-            line, column = node.lc.key(part) if (on_key and last) else node.lc.value(part)
-            node = node[part]
-        elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
-            line, column = node.lc.item(part)
-            node = node[part]
-        else:
-            break
-    return line + 1, column + 1
+def _interpolate(data: dict[str, Any], env: Mapping[str, str]) -> list[Found]:
+    """`${VAR:-default}` in every string of the plan (URLs and the journal's database come from the environment)."""
+    found: list[Found] = []
 
-
-def _plain(node: Any, env: Mapping[str, str], loc: Loc, problems: list[tuple[Loc, str]]) -> Any:
-    if isinstance(node, dict):
-        return {str(key): _plain(value, env, (*loc, key), problems) for key, value in node.items()}
-    if isinstance(node, list):
-        return [_plain(item, env, (*loc, index), problems) for index, item in enumerate(node)]
-    if isinstance(node, bool) or node is None:
+    def walk(node: Any, loc: Loc) -> Any:
+        if isinstance(node, dict):
+            for key in list(node):
+                node[key] = walk(node[key], (*loc, key))
+        elif isinstance(node, list):
+            for index, item in enumerate(node):
+                node[index] = walk(item, (*loc, index))
+        elif isinstance(node, str):
+            try:
+                return interpolate(node, env)
+            except ValueError as exc:
+                found.append(Found(loc, False, str(exc)))
         return node
-    if isinstance(node, int):
-        return int(node)
-    if isinstance(node, float):
-        return float(node)
-    if isinstance(node, str):
-        try:
-            return interpolate(str(node), env)
-        except ValueError as exc:
-            problems.append((loc, str(exc)))
-            return str(node)
-    return node
 
-
-def _message(error: Any) -> tuple[Loc, bool, str]:
-    loc: Loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and ("function-" in part or part == "Step")))
-    where = ".".join(str(part) if not isinstance(part, int) else f"[{part}]" for part in loc).replace(".[", "[")
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if error["type"] == "missing":
-        return loc[:-1], True, f"{'.'.join(map(str, loc[:-1])) or 'the plan'} is missing {loc[-1]!r}"
-    if error["type"] == "extra_forbidden":
-        parent = loc[:-1]
-        fields = _fields_at(parent)
-        close = difflib.get_close_matches(str(loc[-1]), fields, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return loc, True, f"unknown key {loc[-1]!r}{hint}; allowed here: {', '.join(fields)}"
-    got = error.get("input")
-    shown = f"; got {got!r}" if not isinstance(got, dict | list) and error["type"] != "value_error" else ""
-    return loc, False, f"{where + ': ' if where else ''}{message[0].lower() + message[1:]}{shown}"
-
-
-def _fields_at(loc: Loc) -> list[str]:
-    model: Any = Plan
-    for part in loc:
-        if isinstance(part, int) or model is None:
-            continue
-        info = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
-        model = None
-        if info is not None:
-            for candidate in _models_in(info.annotation):
-                model = candidate
-    return list(model.model_fields) if model is not None else []
-
-
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    found: list[type[BaseModel]] = []
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found.extend(_models_in(arg))
-    for arg in getattr(annotation, "__metadata__", ()) or ():
-        found.extend(_models_in(arg))
-    if hasattr(annotation, "__origin__") and not found:
-        found.extend(_models_in(annotation.__origin__))
+    walk(data, ())
     return found
 
 
@@ -355,80 +313,66 @@ def _relative(plan: Plan, base: Path) -> Plan:
     return plan.model_copy(update=updates)
 
 
-def _cross_problems(plan: Plan, routing: FacadeConfig) -> list[tuple[Loc, bool, str]]:
-    problems: list[tuple[Loc, bool, str]] = []
+def _cross(base: Path, env: Mapping[str, str] | None) -> Callable[[Mapping[str, Any]], list[Found]]:
+    """The checks against the routing file: the routes exist and send to the target and one old upstream."""
+
+    def check(data: Mapping[str, Any]) -> list[Found]:
+        routing_path, routes, target = data.get("routing"), data.get("routes"), data.get("target")
+        if not isinstance(routing_path, str) or not isinstance(routes, list) or not isinstance(target, str):
+            return []
+        path = base / routing_path
+        try:
+            routing = load_config(path, env=env)
+        except ConfigError as exc:
+            return [Found(("routing",), False, f"the routing file does not load: {exc.problems[0]}; run `strangler routes check {path}`")]
+        except FacadeError as exc:
+            return [Found(("routing",), False, str(exc))]
+        return _route_problems(str(path), [str(item) for item in routes], target, routing)
+
+    return check
+
+
+def _route_problems(file: str, routes: list[str], target: str, routing: FacadeConfig) -> list[Found]:
+    found: list[Found] = []
     ids = [route.id for route in routing.routes]
-    for index, route_id in enumerate(plan.routes):
+    if target not in routing.upstreams:
+        found.append(Found(("target",), False, f"{target!r} is not a declared upstream of {file}; declared: {', '.join(routing.upstreams)}"))
+        return found
+    for index, route_id in enumerate(routes):
         route = next((item for item in routing.routes if item.id == route_id), None)
         if route is None:
             close = difflib.get_close_matches(route_id, ids, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            problems.append(
-                ((("routes", index)), False, f"route {route_id!r} is not in {plan.routing}; {hint}routes there: {', '.join(ids) or '(none)'}")
-            )
-            continue
-        if plan.target not in route.to:
-            problems.append(
-                (("target",), False,
-                 f"route {route_id!r} sends to {', '.join(route.to)}, not to {plan.target!r}; add `{plan.target}: 0` to its `to:` "
-                 f"in {plan.routing} or name one of those")
-            )
+            found.append(Found(("routes", index), False, f"route {route_id!r} is not in {file}; {hint}routes there: {', '.join(ids) or '(none)'}"))
+        elif target not in route.to:
+            found.append(Found(("target",), False, (
+                f"route {route_id!r} sends to {', '.join(route.to)}, not to {target!r}; add `{target}: 0` to its `to:` in {file}")))
         elif len(route.to) != 2:
-            problems.append(
-                (("routes", index), False,
-                 f"route {route_id!r} sends to {len(route.to)} upstreams ({', '.join(route.to)}); the cutover moves a route "
-                 f"with two, the old one and {plan.target!r}")
-            )
-    if plan.target not in routing.upstreams:
-        problems.append((("target",), False, f"{plan.target!r} is not a declared upstream of {plan.routing}; declared: {', '.join(routing.upstreams)}"))
-    return problems
+            found.append(Found(("routes", index), False, (
+                f"route {route_id!r} sends to {len(route.to)} upstreams ({', '.join(route.to)}); the cutover moves a route "
+                f"with two, the old one and {target!r}")))
+    return found
 
 
-def check_plan(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> tuple[Plan | None, list[str]]:
+def check_plan(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> tuple[Plan | None, list[Problem]]:
     """The validated plan (paths made absolute) and every problem, each `file:line:col: message`."""
-    file = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, [f"{file}:1:1: cannot read the plan ({getattr(exc, 'strerror', None) or exc}); check the path"]
-    try:
-        root = YAML(typ="rt").load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        return None, [f"{file}:{line}:{column}: this is not valid YAML ({exc.problem}); fix the syntax here"]
-    except YAMLError as exc:
-        return None, [f"{file}:1:1: this is not valid YAML ({exc}); fix the syntax"]
-    if not isinstance(root, dict):
-        return None, [f"{file}:1:1: a plan is a mapping with routing:, routes:, target:, facade: and steps:"]
-    found: list[tuple[Loc, str]] = []
-    data = _plain(root, os.environ if env is None else env, (), found)
-    located: list[tuple[Loc, bool, str]] = [(loc, False, message) for loc, message in found]
-    plan: Plan | None = None
-    try:
-        plan = _relative(Plan.model_validate(data), Path(file).resolve().parent)
-    except ValidationError as exc:
-        located.extend(_message(error) for error in exc.errors(include_url=False))
-    if plan is not None and not located:
-        try:
-            routing = load_config(plan.routing, env=env)
-        except ConfigError as exc:
-            located.append((("routing",), False, f"the routing file does not load: {exc.problems[0]}; run `strangler routes check {plan.routing}`"))
-        except FacadeError as exc:
-            located.append((("routing",), False, f"{exc}"))
-        else:
-            located.extend(_cross_problems(plan, routing))
-    problems = []
-    for loc, on_key, message in located:
-        line, column = _locate(root, loc, on_key)
-        problem = f"{file}:{line}:{column}: {message}"
-        if problem not in problems:
-            problems.append(problem)
-    return (plan if not problems else None), problems
+    base = Path(path).resolve().parent
+    plan, problems = check_model(
+        path, Plan, env=env, prepare=_interpolate, cross=_cross(base, env),
+        hints=_HINTS, not_mapping="a plan is a mapping with name:, routing:, routes:, target:, facade: and steps:.",
+    )
+    return (_relative(plan, base) if plan is not None else None), problems
+
+
+_HINTS = {
+    "replicas": "list the façade replicas' base URLs, e.g. replicas: [http://127.0.0.1:8000]",
+    "steps": "e.g. steps: [shadow, 1, 5, 25, 50, 100]",
+    "routing": "name the routing file the façade serves, e.g. routing: ../../routing.yaml",
+}
 
 
 def load_plan(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Plan:
-    """The validated plan, or `PlanError` with every problem."""
+    """The validated plan, or `PlanError` (a `common.yamlfile.FileError`) with every problem."""
     plan, problems = check_plan(path, env=env)
     if plan is None:
         raise PlanError(problems)
