@@ -45,8 +45,9 @@ def journal_url(plan: Plan, env: Mapping[str, str] | None = None) -> str:
     )
 
 
-def open_journal(plan: Plan, env: Mapping[str, str] | None = None) -> PostgresJournal:
-    return PostgresJournal(journal_url(plan, env), plan.name, lease=plan.journal.lease)
+def open_journal(plan: Plan, env: Mapping[str, str] | None = None, *, create: bool = True) -> PostgresJournal:
+    """The plan's journal; with `create=False` (dry run, status, plan) its tables are not created."""
+    return PostgresJournal(journal_url(plan, env), plan.name, lease=plan.journal.lease, create=create)
 
 
 def _old_upstream(plan: Plan, env: Mapping[str, str] | None) -> str:
@@ -90,7 +91,7 @@ def overview(plan: Plan, *, env: Mapping[str, str] | None = None, sources: Sourc
     unreachable.update(readings.unreadable)
     verdicts = evaluate(plan.gates, readings, target=plan.target, old=old)
     try:
-        journal = open_journal(plan, env)
+        journal = open_journal(plan, env, create=False)
         journal.close()
     except CutoverError as exc:
         unreachable["journal"] = str(exc)
@@ -116,7 +117,7 @@ def run(
     """Run the plan (or dry-run it: nothing changes, the actions it would take are returned)."""
     env = os.environ if env is None else env
     sources = Sources(plan, env=env)
-    journal = open_journal(plan, env)
+    journal = open_journal(plan, env, create=not dry_run)
     try:
         if dry_run:
             memory = MemoryJournal(journal.entries())
@@ -136,7 +137,7 @@ def run(
 
 def status(plan: Plan, *, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Where the run stands, from the journal alone (works from any machine that reaches its database)."""
-    journal = open_journal(plan, env)
+    journal = open_journal(plan, env, create=False)
     try:
         entries = journal.entries()
         lease = journal.lease_holder()

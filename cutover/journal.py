@@ -104,7 +104,7 @@ class JournalStore(Protocol):
 class PostgresJournal:
     """The journal and the lease in PostgreSQL (psycopg2)."""
 
-    def __init__(self, url: str, plan: str, *, lease: float = 30.0, clock: Any = time.time) -> None:
+    def __init__(self, url: str, plan: str, *, lease: float = 30.0, clock: Any = time.time, create: bool = True) -> None:
         self.url = url
         self.plan = plan
         self.lease = lease
@@ -119,8 +119,11 @@ class PostgresJournal:
             ) from exc
         try:
             with self.conn, self.conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_xact_lock(hashtext('strangler.cutover_journal'))")
-                cur.execute(_SCHEMA)
+                if create:
+                    cur.execute("SELECT pg_advisory_xact_lock(hashtext('strangler.cutover_journal'))")
+                    cur.execute(_SCHEMA)
+                cur.execute("SELECT to_regclass('strangler.cutover_journal') IS NOT NULL")
+                self.exists = bool(cur.fetchone()[0])
         except psycopg2.Error as exc:
             self.conn.close()
             raise CutoverError(f"cannot create the journal tables: {str(exc).strip()}") from exc
@@ -129,6 +132,8 @@ class PostgresJournal:
         self.conn.close()
 
     def entries(self, since_id: int = 0) -> list[Entry]:
+        if not self.exists:
+            return []
         try:
             with self.conn, self.conn.cursor() as cur:
                 cur.execute(
@@ -142,6 +147,8 @@ class PostgresJournal:
         return [Entry(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], dict(row[8] or {})) for row in rows]
 
     def lease_holder(self) -> tuple[str, float] | None:
+        if not self.exists:
+            return None
         with self.conn, self.conn.cursor() as cur:
             cur.execute("SELECT holder, expires_at FROM strangler.cutover_lease WHERE plan = %s", (self.plan,))
             row = cur.fetchone()

@@ -174,3 +174,14 @@ def journal_entries(url: str) -> list[dict[str, Any]]:
             return [dict(zip(("id", "kind", "step", "weight", "file_hash", "detail"), row)) for row in cur.fetchall()]
     finally:
         conn.close()
+
+
+def start_cli(*args: str) -> subprocess.Popen[str]:
+    """`strangler ...` started in a process of its own (stdout and stderr piped)."""
+    env = {**os.environ, "COLUMNS": "300"}
+    return subprocess.Popen([sys.executable, "-m", "scripts", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def journal_has(url: str, predicate: Any) -> Any:
+    """The first journal entry for which `predicate(entry)` holds, or None."""
+    return next((entry for entry in journal_entries(url) if predicate(entry)), None)

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx
 
 from facade.config import load_config
-from tests.cutover.conftest import Stack, journal_entries, run_cli, traffic, write_plan
+from facade.edit import shift_weights
+from tests.cutover.conftest import Stack, journal_entries, journal_has, run_cli, start_cli, traffic, write_plan
+from tests.facade.proxy_support import facade
+from tests.support import wait_for
 
 CLEAN = """\
 steps: [10, 50, 100]
@@ -18,9 +27,14 @@ on_inconclusive: {max_soak: 20s, then: pause}
 """
 
 
-def weight_of(stack: Stack) -> float:
-    route = next(r for r in load_config(stack.routing).routes if r.id == "catalog-read")
+def weight_of(routing: Path) -> float:
+    route = next(r for r in load_config(routing).routes if r.id == "catalog-read")
     return route.to["catalog"]
+
+
+def explained(entries: list[dict[str, Any]]) -> set[float]:
+    """Every weight the journal accounts for: at the start of a run, applied, adopted, or intended."""
+    return {float(e["weight"]) for e in entries if e["kind"] in ("run.start", "applied", "adopted", "intent") and e["weight"] is not None}
 
 
 def test_a_clean_plan_reaches_100_percent(stack: Stack) -> None:
@@ -31,8 +45,243 @@ def test_a_clean_plan_reaches_100_percent(stack: Stack) -> None:
     result = json.loads(run.stdout)
     assert result["status"] == "done"
     assert result["actions"] == ["catalog-read: catalog 0% → 10%", "catalog-read: catalog 10% → 50%", "catalog-read: catalog 50% → 100%"]
-    assert weight_of(stack) == 100
+    assert weight_of(stack.routing) == 100
     assert "# The test's routing file; comments must survive every step." in stack.routing.read_text()
-    kinds = [entry["kind"] for entry in journal_entries(stack.journal_url)]
+    entries = journal_entries(stack.journal_url)
+    kinds = [entry["kind"] for entry in entries]
     assert kinds.count("intent") == 3 and kinds.count("applied") == 3 and kinds[-1] == "done"
+    decisions = [e["detail"] for e in entries if e["kind"] == "decision"]
+    assert [d["decision"] for d in decisions] == ["advance"] * 3
+    assert all(v["result"] == "pass" for d in decisions for v in d["verdicts"])
+    assert all(d["requests"] >= 30 for d in decisions)
+    # Every transition went to the events file as a JSON line.
+    events = [json.loads(line) for line in (stack.directory / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events if e["event"] != "soak"] == [k for k in kinds if k != "soak"]
     assert load.statuses.get(200, 0) > 0 and not [status for status in load.statuses if status >= 500]
+    status = json.loads(run_cli("cutover", "status", str(plan), "--json").stdout)
+    assert status["status"] == "done" and status["weight"] == 100 and status["lease"] is None
+
+
+def test_a_failing_candidate_is_rolled_back_to_the_last_passed_step(stack: Stack) -> None:
+    plan = write_plan(stack.directory / "plan.yaml", stack.routing, [stack.facade_url], stack.journal_url, CLEAN)
+    with traffic(stack.facade_url):
+        runner = start_cli("cutover", "run", str(plan), "--json")
+        try:
+            wait_for(lambda: journal_has(stack.journal_url, lambda e: e["kind"] == "applied" and e["weight"] == 50), timeout=60,
+                     what="the 50% step to be served")
+            stack.candidate.failing = True
+            out, err = runner.communicate(timeout=60)
+        finally:
+            if runner.poll() is None:
+                runner.kill()
+    assert runner.returncode == 1, err[-3000:]
+    result = json.loads(out)
+    assert result["status"] == "rolled_back"
+    assert result["actions"][-1] == "catalog-read: catalog 50% → 10%"
+    assert weight_of(stack.routing) == 10
+    entries = journal_entries(stack.journal_url)
+    failed = next(e for e in entries if e["kind"] == "decision" and e["detail"]["decision"] == "fail")
+    assert failed["step"] == 1
+    gate = next(v for v in failed["detail"]["verdicts"] if v["gate"] == "error_rate")
+    assert gate["result"] == "fail" and gate["reading"]["target_errors"] > 0
+    # The rollback's intent was journaled before the file changed, and applied after.
+    rollback = [e for e in entries if e["id"] > failed["id"]]
+    assert [e["kind"] for e in rollback] == ["intent", "applied"]
+    assert rollback[1]["detail"]["why"] == "fail" and rollback[1]["weight"] == 10
+
+
+def test_too_little_traffic_is_inconclusive_and_never_passes(stack: Stack) -> None:
+    plan = write_plan(stack.directory / "plan.yaml", stack.routing, [stack.facade_url], stack.journal_url, """\
+        steps: [10, 50]
+        soak: {min_time: 0.1s, min_requests: 50}
+        interval: 0.1s
+        gates:
+          error_rate: {min_requests: 20}
+        on_inconclusive: {max_soak: 1.5s, then: pause}
+        """)
+    run = run_cli("cutover", "run", str(plan), "--exit-when-paused", "--json")  # no traffic at all
+    assert run.returncode == 3, run.stderr[-3000:]
+    assert json.loads(run.stdout)["status"] == "paused"
+    entries = journal_entries(stack.journal_url)
+    soaks = [e["detail"] for e in entries if e["kind"] == "soak"]
+    assert len(soaks) >= 3
+    assert all(s["decision"] == "soak" and s["verdicts"][0]["result"] == "inconclusive" for s in soaks)
+    assert not [e for e in entries if e["kind"] == "decision" and e["detail"]["decision"] == "advance"]
+    paused = next(e for e in entries if e["kind"] == "paused")
+    assert "0 of 50 requests" in paused["detail"]["reason"]
+    assert weight_of(stack.routing) == 10  # held at the step, not passed, not rolled back
+    status = json.loads(run_cli("cutover", "status", str(plan), "--json").stdout)
+    assert status["status"] == "paused" and status["step"] == "10%" and status["passed"] is None
+
+
+def facade_version(url: str) -> str:
+    return str(httpx.get(f"{url}/_strangler/routes", timeout=5).json()["version"])
+
+
+def test_dry_run_changes_nothing_and_prints_what_the_run_then_does(stack: Stack) -> None:
+    plan = write_plan(stack.directory / "plan.yaml", stack.routing, [stack.facade_url], stack.journal_url, """\
+        steps: [10, approve, 50, 100]
+        soak: {min_time: 0.1s, min_requests: 0}
+        interval: 0.1s
+        gates:
+          command: {run: "test \\"$CUTOVER_PLAN\\" != ''"}
+        """)
+    before = (hashlib.sha256(stack.routing.read_bytes()).hexdigest(), facade_version(stack.facade_url), journal_entries(stack.journal_url))
+    dry = run_cli("cutover", "run", str(plan), "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    after = (hashlib.sha256(stack.routing.read_bytes()).hexdigest(), facade_version(stack.facade_url), journal_entries(stack.journal_url))
+    assert after == before
+    assert not (stack.directory / "events.jsonl").exists()
+    actions = json.loads(dry.stdout)["actions"]
+    assert actions == [
+        "catalog-read: catalog 0% → 10%",
+        "wait for approval (`strangler cutover approve " + plan_name(plan) + "`)",
+        "catalog-read: catalog 10% → 50%",
+        "catalog-read: catalog 50% → 100%",
+    ]
+    runner = start_cli("cutover", "run", str(plan), "--json")
+    try:
+        wait_for(lambda: journal_has(stack.journal_url, lambda e: e["kind"] == "awaiting_approval"), timeout=60, what="the approve step")
+        assert weight_of(stack.routing) == 10
+        approve = run_cli("cutover", "approve", str(plan))
+        assert approve.returncode == 0, approve.stderr
+        out, err = runner.communicate(timeout=60)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert runner.returncode == 0, err[-3000:]
+    assert json.loads(out)["actions"] == actions
+
+
+def plan_name(plan: Path) -> str:
+    return next(line.split(": ", 1)[1] for line in plan.read_text().splitlines() if line.startswith("name: "))
+
+
+def test_sigkill_at_each_journaled_step_then_run_again_ends_consistent(stack: Stack) -> None:
+    plan = write_plan(stack.directory / "plan.yaml", stack.routing, [stack.facade_url], stack.journal_url, """\
+        steps: [10, 50, 100]
+        soak: {min_time: 0.2s, min_requests: 0}
+        interval: 0.05s
+        """)
+    offset, kills = 1, 0
+    while True:
+        count = len(journal_entries(stack.journal_url))
+        with start_cli("cutover", "run", str(plan), "--json") as runner:
+            try:
+                wait_for(lambda: runner.poll() is not None or len(journal_entries(stack.journal_url)) >= count + offset,
+                         timeout=60, interval=0.002, what=f"journal entry {count + offset}")
+                if runner.poll() is None:
+                    runner.send_signal(signal.SIGKILL)
+                    kills += 1
+                runner.communicate(timeout=30)
+            finally:
+                if runner.poll() is None:
+                    runner.kill()
+        entries = journal_entries(stack.journal_url)
+        # Never a weight the journal does not explain, never a half-written file.
+        assert weight_of(stack.routing) in explained(entries)
+        if runner.returncode == 0:
+            break
+        offset += 1
+    assert kills >= 5
+    assert weight_of(stack.routing) == 100
+    entries = journal_entries(stack.journal_url)
+    assert entries[-1]["kind"] == "done"
+    assert [e["weight"] for e in entries if e["kind"] == "applied"] == [10, 50, 100]
+    # Each intent is followed by its applied entry, whoever finished it.
+    intents = [e for e in entries if e["kind"] == "intent"]
+    assert [e["weight"] for e in intents] == [10, 50, 100]
+
+
+def test_the_step_waits_until_every_replica_serves_the_new_version(stack: Stack) -> None:
+    with facade(stack.routing, watch_interval=1.5) as (lagging_url, lagging):
+        plan = write_plan(stack.directory / "plan.yaml", stack.routing, [stack.facade_url, lagging_url], stack.journal_url, """\
+            steps: [10]
+            soak: {min_time: 0s, min_requests: 0}
+            interval: 0.05s
+            """)
+        run = run_cli("cutover", "run", str(plan), "--json")
+        assert run.returncode == 0, run.stderr[-3000:]
+        entries = journal_entries(stack.journal_url)
+        applied = next(e for e in entries if e["kind"] == "applied")
+        expected = hashlib.sha256(stack.routing.read_bytes()).hexdigest()[:12]
+        assert applied["file_hash"] == expected
+        # Both replicas served the new file when `applied` was journaled, the lagging one too.
+        assert set(applied["detail"]["replicas"]) == {stack.facade_url, lagging_url}
+        assert applied["detail"]["replicas"][lagging_url] == lagging.reloader.version
+        assert lagging.reloader.content_hash == expected
+        intent = next(e for e in entries if e["kind"] == "intent")
+        assert applied["id"] > intent["id"]
+        assert lagging.reloader.loaded_at <= journal_time(stack, applied["id"])
+
+
+def journal_time(stack: Stack, entry_id: int) -> float:
+    import psycopg2
+
+    conn = psycopg2.connect(stack.journal_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT at FROM strangler.cutover_journal WHERE id = %s", (entry_id,))
+            return float(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_a_hand_edit_during_the_run_pauses_it_and_abort_returns_to_zero(stack: Stack) -> None:
+    plan = write_plan(stack.directory / "plan.yaml", stack.routing, [stack.facade_url], stack.journal_url, """\
+        steps: [10, 50]
+        soak: {min_time: 60s, min_requests: 0}
+        interval: 0.05s
+        """)
+    runner = start_cli("cutover", "run", str(plan), "--exit-when-paused", "--json")
+    try:
+        wait_for(lambda: journal_has(stack.journal_url, lambda e: e["kind"] == "soak"), timeout=60, what="the 10% step to soak")
+        shift_weights(stack.routing, "catalog-read", {"catalog": 30})  # someone edits routing.yaml by hand
+        out, err = runner.communicate(timeout=60)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert runner.returncode == 3, err[-3000:]
+    paused = journal_has(stack.journal_url, lambda e: e["kind"] == "paused")
+    assert "was edited by hand during the run" in paused["detail"]["reason"]
+    assert weight_of(stack.routing) == 30  # the runner did not fight the operator
+    status = run_cli("cutover", "status", str(plan))
+    assert "edited by hand" in status.stdout
+    abort = run_cli("cutover", "abort", str(plan))
+    assert abort.returncode == 0, abort.stderr[-3000:]
+    assert weight_of(stack.routing) == 0
+    entries = journal_entries(stack.journal_url)
+    assert entries[-1]["kind"] == "applied" and entries[-1]["detail"]["why"] == "abort"
+    assert 30 in explained(entries) or any(e["kind"] == "intent" and e["detail"]["action"]["old"] == 30 for e in entries)
+
+
+def test_rollback_to_a_step_and_a_second_runner_cannot_act(stack: Stack) -> None:
+    plan = write_plan(stack.directory / "plan.yaml", stack.routing, [stack.facade_url], stack.journal_url, """\
+        steps: [10, 50, 100]
+        soak: {min_time: 0.1s, min_requests: 0}
+        interval: 0.05s
+        """)
+    assert run_cli("cutover", "run", str(plan)).returncode == 0
+    assert weight_of(stack.routing) == 100
+    rollback = run_cli("cutover", "rollback", str(plan), "--to", "10")
+    assert rollback.returncode == 0, rollback.stderr
+    assert weight_of(stack.routing) == 10
+    unknown = run_cli("cutover", "rollback", str(plan), "--to", "33")
+    assert unknown.returncode == 1 and unknown.stderr.startswith("FAILED: --to '33' is not a step of plan")
+    # While one runner holds the lease, another refuses to act.
+    slow = write_plan(stack.directory / "plan.yaml", stack.routing, [stack.facade_url], stack.journal_url, """\
+        steps: [10, 50, 100]
+        soak: {min_time: 60s, min_requests: 0}
+        interval: 0.05s
+        """)
+    seen = len(journal_entries(stack.journal_url))
+    first = start_cli("cutover", "run", str(slow))
+    try:
+        wait_for(lambda: journal_has(stack.journal_url, lambda e: e["kind"] == "soak" and e["id"] > seen), timeout=60,
+                 what="the first runner to soak")
+        second = run_cli("cutover", "run", str(slow), timeout=60)
+        assert second.returncode == 1
+        assert "holds the lease of plan" in second.stderr and "Traceback" not in second.stderr
+    finally:
+        first.kill()
+        first.communicate(timeout=30)
