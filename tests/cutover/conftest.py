@@ -63,7 +63,7 @@ class Candidate:
 
 
 def write_routing(path: Path, monolith: str, catalog: str, *, weight: float = 0, shadow: bool = False) -> Path:
-    shadow_block = "\n    shadow: {to: catalog, sample: 0, noise_sample: 0}" if shadow else ""
+    shadow_block = "\n            shadow: {to: catalog, sample: 0, noise_sample: 0}" if shadow else ""
     path.write_text(textwrap.dedent(f"""\
         # The test's routing file; comments must survive every step.
         version: 1
@@ -90,9 +90,11 @@ def write_plan(path: Path, routing: Path, replicas: list[str], journal_url: str,
         target: catalog
         facade: {{replicas: {json.dumps(replicas)}, reload_timeout: 20s}}
         journal: {{database_url: "{journal_url}", lease: 30s}}
-        events: {{file: {path.parent / 'events.jsonl'}}}
         """)
-    path.write_text(head + textwrap.dedent(body))
+    body = textwrap.dedent(body)
+    if "events:" not in body:
+        head += f"events: {{file: {path.parent / 'events.jsonl'}}}\n"
+    path.write_text(head + body)
     return path
 
 

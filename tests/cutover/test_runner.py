@@ -285,3 +285,37 @@ def test_rollback_to_a_step_and_a_second_runner_cannot_act(stack: Stack) -> None
     finally:
         first.kill()
         first.communicate(timeout=30)
+
+
+def test_the_shadow_step_mirrors_every_read_and_judges_only_its_own_window(pair: Any, database: str, tmp_path: Path) -> None:
+    from tests.cutover.conftest import write_routing
+
+    routing = write_routing(tmp_path / "routing.yaml", pair.monolith_url, pair.catalog_url, shadow=True)
+    notified = tmp_path / "notified.jsonl"
+    with facade(routing) as (url, _app):
+        plan = write_plan(tmp_path / "plan.yaml", routing, [url], database, f"""\
+            steps: [shadow, 10]
+            soak: {{min_time: 0.3s, min_requests: 20}}
+            interval: 0.1s
+            gates:
+              shadow_mismatch: {{max_mismatch: 5, min_compared: 10}}
+            on_inconclusive: {{max_soak: 30s, then: pause}}
+            events: {{notify: "cat >> {notified}"}}
+            """)
+        with traffic(url):
+            run = run_cli("cutover", "run", str(plan), "--json")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout)["actions"] == [
+        "catalog-read: shadow to catalog 0% → 100% sample",
+        "catalog-read: catalog 0% → 10%",
+    ]
+    route = next(r for r in load_config(routing).routes if r.id == "catalog-read")
+    assert route.shadow is not None and route.shadow.sample == 100 and route.to["catalog"] == 10
+    entries = journal_entries(database)
+    shadow_pass = next(e for e in entries if e["kind"] == "decision" and e["step"] == 0)
+    verdict = shadow_pass["detail"]["verdicts"][0]
+    assert verdict["gate"] == "shadow_mismatch" and verdict["result"] == "pass"
+    assert verdict["reading"]["compared"] >= 10
+    # Every transition reached the notify command on its stdin, one JSON line each.
+    lines = [json.loads(line) for line in notified.read_text().splitlines()]
+    assert [line["event"] for line in lines if line["event"] != "soak"][-1] == "done"
