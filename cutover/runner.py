@@ -431,8 +431,10 @@ class Runner:
                 self._window_start = _traffic_from(last.get("window_start"))
             else:
                 self._window_start = self.sources.traffic() if not self.dry_run else RouteTraffic()
+        # A dry run has no window of its own: it judges the shadow comparisons of the last soak's length.
+        shadow_since = self.clock() - soak.min_time if self.dry_run else since
         readings, _now = self.sources.read(
-            window_start=self._window_start, run_start=self._run_start, since=since, step=step.label(),
+            window_start=self._window_start, run_start=self._run_start, since=shadow_since, step=step.label(),
             weight=self._weight_at(index), last_verify=state.last_verify,
             on_verify=lambda identical, summary: self._write("verify", detail={"identical": identical, "summary": summary}),
         )
