@@ -205,6 +205,9 @@ class EventsSpec(_Model):
 
     file: str | None = None
     notify: str | None = Field(default=None, description="A shell command run per event with the JSON line on stdin.")
+    metrics_file: str | None = Field(
+        default=None, description="The runner's state as Prometheus gauges, rewritten on every event (textfile collector)."
+    )
 
 
 class ColumnOwnership(_Model):
@@ -306,8 +309,8 @@ def _relative(plan: Plan, base: Path) -> Plan:
         return str((base / value).resolve()) if not os.path.isabs(value) else value
 
     updates: dict[str, Any] = {"routing": resolve(plan.routing), "sync": resolve(plan.sync), "postpone_file": resolve(plan.postpone_file)}
-    if plan.events.file is not None:
-        updates["events"] = plan.events.model_copy(update={"file": resolve(plan.events.file)})
+    if plan.events.file is not None or plan.events.metrics_file is not None:
+        updates["events"] = plan.events.model_copy(update={"file": resolve(plan.events.file), "metrics_file": resolve(plan.events.metrics_file)})
     if plan.writes is not None and plan.writes.reverse_sync is not None:
         updates["writes"] = plan.writes.model_copy(update={"reverse_sync": resolve(plan.writes.reverse_sync)})
     return plan.model_copy(update=updates)

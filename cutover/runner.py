@@ -34,7 +34,8 @@ from cutover.plan import Plan, Step
 from cutover.readings import Sources
 from cutover.state import RunState, fold
 from facade.config import ConfigError, load_config
-from facade.edit import set_shadow_sample, shift_weights
+from cutover.metrics import render
+from facade.edit import set_shadow_sample, shift_weights, write_atomically
 from facade.exceptions import FacadeError
 
 __all__ = ["Action", "DryExecutor", "Executor", "LiveExecutor", "RunResult", "Runner", "file_hash", "route_state"]
@@ -234,6 +235,11 @@ class Runner:
             self.on_event(event)
         if not self.dry_run:
             _emit(self.plan, event)
+            if self.plan.events.metrics_file:
+                state = fold(self.journal.entries())
+                verdicts = (state.last_reading or {}).get("verdicts", [])
+                Path(self.plan.events.metrics_file).parent.mkdir(parents=True, exist_ok=True)
+                write_atomically(Path(self.plan.events.metrics_file), render(self.plan.name, state, verdicts).decode())
         return entry
 
     # -- the loop ---------------------------------------------------------------------------------

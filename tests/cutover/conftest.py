@@ -93,7 +93,7 @@ def write_plan(path: Path, routing: Path, replicas: list[str], journal_url: str,
         """)
     body = textwrap.dedent(body)
     if "events:" not in body:
-        head += f"events: {{file: {path.parent / 'events.jsonl'}}}\n"
+        head += f"events: {{file: {path.parent / 'events.jsonl'}, metrics_file: {path.parent / 'cutover.prom'}}}\n"
     path.write_text(head + body)
     return path
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from facade.config import load_config
 from facade.edit import shift_weights
@@ -60,6 +61,12 @@ def test_a_clean_plan_reaches_100_percent(stack: Stack) -> None:
     assert load.statuses.get(200, 0) > 0 and not [status for status in load.statuses if status >= 500]
     status = json.loads(run_cli("cutover", "status", str(plan), "--json").stdout)
     assert status["status"] == "done" and status["weight"] == 100 and status["lease"] is None
+    # The runner's state as Prometheus gauges (textfile collector format).
+    gauges = {(f.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families((stack.directory / "cutover.prom").read_text()) for s in f.samples}
+    name = status["plan"]
+    assert gauges[("strangler_cutover_weight_percent", (("plan", name),))] == 100
+    assert gauges[("strangler_cutover_status", (("plan", name), ("status", "done")))] == 1
+    assert gauges[("strangler_cutover_gate", (("gate", "error_rate"), ("plan", name)))] == 1
 
 
 def test_a_failing_candidate_is_rolled_back_to_the_last_passed_step(stack: Stack) -> None:
