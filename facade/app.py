@@ -28,6 +28,7 @@ from facade.errors import AdminTokenMissing
 from facade.metrics import Metrics
 from facade.proxy import Proxy
 from facade.reload import Reloader, load_table
+from facade.routing import path_problem
 
 __all__ = ["FacadeApp", "admin_token", "app_from_env", "create_app", "is_loopback"]
 
@@ -75,7 +76,8 @@ class FacadeApp:
         kind = scope["type"]
         if kind == "http":
             path: str = scope["path"]
-            if path.startswith("/_strangler/") or path == "/_strangler":
+            # Only the canonical form reaches the admin API; the proxy refuses the others.
+            if (path.startswith("/_strangler/") or path == "/_strangler") and path_problem(scope.get("raw_path") or b"", path) is None:
                 await self.admin(scope, receive, send)
             else:
                 await self.proxy(scope, receive, send)
@@ -153,7 +155,10 @@ def create_app(
             metrics.registry.register(addon)  # an addon with its own Prometheus numbers (shadow)
     manager = AddonManager([metrics, AccessLog(stream=access_log), *extra])
     breakers = Breakers(config.breaker)
-    proxy = Proxy(table, client=client or H1Client(), addons=manager, breakers=breakers)
+    override_secrets = None if is_loopback(host) else [
+        secret for secret in (token, env.get(config.assignment.override_token_env or "")) if secret
+    ]
+    proxy = Proxy(table, client=client or H1Client(), addons=manager, breakers=breakers, override_secrets=override_secrets)
     reloader = Reloader(
         path, table, digest, loaded_at, install=proxy.swap, env=env, on_result=[lambda result: metrics.reloaded(result.ok)],
         interval=watch_interval,

@@ -40,6 +40,7 @@ __all__ = [
     "ConfigError",
     "DefaultRoute",
     "FacadeConfig",
+    "LimitsConfig",
     "MatchConfig",
     "NormalizeRule",
     "Problem",
@@ -219,7 +220,13 @@ class AssignmentConfig(_Model):
     cookie: str = Field(default="strangler_id", description="Cookie carrying the sticky id of anonymous clients.")
     cookie_max_age: Duration = Field(default=365 * 86400.0, description="Lifetime of that cookie.")
     override_header: str | None = Field(
-        default="X-Strangler-Upstream", description="Header a tester sets to force a declared upstream."
+        default="X-Strangler-Upstream",
+        description="Header a tester sets to force one of the matched route's upstreams or its shadow target.",
+    )
+    override_token_env: str | None = Field(
+        default=None,
+        description="Environment variable holding a secret that, sent in X-Strangler-Token, allows the override header "
+        "when the façade listens beyond loopback (the admin token always does).",
     )
 
     @field_validator("cookie", "override_header")
@@ -235,6 +242,23 @@ class BreakerConfig(_Model):
 
     failures: int = Field(default=5, ge=1)
     reset_after: Duration = 10.0
+
+
+class LimitsConfig(_Model):
+    """Limits on the request head, checked as it arrives (defaults as nginx's
+    `large_client_header_buffers 4 8k`): above them the façade answers 414 or 431 and closes."""
+
+    header_line: Size = Field(default=8 * 1024, ge=256, description="Longest request line or single header line.")
+    headers: Size = Field(default=32 * 1024, ge=256, description="Largest request head: request line and all headers.")
+
+    @model_validator(mode="after")
+    def _line_within_head(self) -> LimitsConfig:
+        if self.header_line > self.headers:
+            raise ValueError(
+                f"limits.header_line ({self.header_line} bytes) is larger than limits.headers ({self.headers} bytes), "
+                "which bounds the whole head; raise headers or lower header_line"
+            )
+        return self
 
 
 class UpstreamConfig(_Model):
@@ -518,6 +542,7 @@ class FacadeConfig(_Model):
     admin: AdminConfig = AdminConfig()
     assignment: AssignmentConfig = AssignmentConfig()
     breaker: BreakerConfig = BreakerConfig()
+    limits: LimitsConfig = LimitsConfig()
     upstreams: dict[str, UpstreamConfig] = Field(description="Backends by name.")
     routes: tuple[RouteConfig, ...] = Field(default=(), description="Matched in declared order; the first match wins.")
     default: DefaultRoute = Field(description="Required: where unmatched requests go.")

@@ -353,7 +353,7 @@ def test_unknown_top_level_and_upstream_keys() -> None:
         "routing.yaml:4:43: upstream 'catalog': unknown key 'pools' (did you mean 'pool'?); allowed here: url, "
         "connect_timeout, timeout, pool, sandbox.",
         "routing.yaml:5:1: unknown key 'shadowstore' (did you mean 'shadow_store'?); allowed here: version, admin, "
-        "assignment, breaker, upstreams, routes, default, shadow_store, shadow_worker.",
+        "assignment, breaker, limits, upstreams, routes, default, shadow_store, shadow_worker.",
     ]
 
 
