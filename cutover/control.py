@@ -125,7 +125,12 @@ def run(
             return runner.run()
         journal.acquire(new_holder())
         try:
-            executor = LiveExecutor(plan, sources, env=env, on_wait=on_wait)
+            def waiting(text: str) -> None:
+                journal.renew_if_due()  # a replica slow to reload must not cost the lease
+                if on_wait is not None:
+                    on_wait(text)
+
+            executor = LiveExecutor(plan, sources, env=env, on_wait=waiting)
             runner = Runner(plan, journal, executor, sources, env=env, exit_when_paused=exit_when_paused,
                             on_event=on_event, on_view=on_view)
             return runner.run()

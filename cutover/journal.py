@@ -110,6 +110,7 @@ class PostgresJournal:
         self.lease = lease
         self.clock = clock
         self.holder: str | None = None
+        self._renewed = 0.0
         try:
             self.conn = psycopg2.connect(url)
         except psycopg2.Error as exc:
@@ -193,6 +194,7 @@ class PostgresJournal:
         self.holder = None
 
     def _renew(self, cur: Any) -> None:
+        self._renewed = self.clock()
         cur.execute(
             "UPDATE strangler.cutover_lease SET expires_at = %s WHERE plan = %s AND holder = %s",
             (self.clock() + self.lease, self.plan, self.holder),
@@ -202,6 +204,11 @@ class PostgresJournal:
                 f"this runner ({self.holder}) lost the lease of plan {self.plan!r} (it ran out or another runner took it); "
                 "it stops without acting"
             )
+
+    def renew_if_due(self) -> None:
+        """Renew once a third of the lease has passed since the last renewal (cheap to call often)."""
+        if self.holder is not None and self.clock() - self._renewed > self.lease / 3:
+            self.renew()
 
     def renew(self) -> None:
         try:

@@ -255,6 +255,15 @@ class Plan(_Model):
     writes: WritesSpec | None = None
 
     @model_validator(mode="after")
+    def _lease_outlives_a_turn(self) -> Plan:
+        if self.journal.lease < 2 * self.interval:
+            raise ValueError(
+                f"journal.lease {self.journal.lease:g}s is shorter than two gate intervals ({self.interval:g}s each); "
+                "a soaking runner would lose its lease: raise journal.lease or lower interval"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _steps_in_order(self) -> Plan:
         last = 0.0
         for index, step in enumerate(self.steps):

@@ -55,6 +55,7 @@ def plan_text(tmp_path: Path, body: str) -> Path:
             "owned by both sides",
         ),
         ("routes: [catalog-read]\ntarget: catalog\nsteps: [5]\njournal: {database_url: '${NOPE_URL}'}\n", "${NOPE_URL} is not set"),
+        ("routes: [catalog-read]\ntarget: catalog\nsteps: [5]\ninterval: 20s\njournal: {lease: 30s}\n", "shorter than two gate intervals"),
     ],
 )
 def test_bad_plans_get_one_located_line_each(tmp_path: Path, body: str, expected: str) -> None:

@@ -139,6 +139,9 @@ def test_dry_run_changes_nothing_and_prints_what_the_run_then_does(stack: Stack)
     after = (hashlib.sha256(stack.routing.read_bytes()).hexdigest(), facade_version(stack.facade_url), journal_entries(stack.journal_url))
     assert after == before
     assert not (stack.directory / "events.jsonl").exists()
+    text = run_cli("cutover", "run", str(plan), "--dry-run")
+    assert text.returncode == 0 and text.stdout.startswith(f"dry run of plan {plan_name(plan)}: nothing is changed\n")
+    assert "  1. catalog-read: catalog 0% → 10%\n" in text.stdout
     actions = json.loads(dry.stdout)["actions"]
     assert actions == [
         "catalog-read: catalog 0% → 10%",
