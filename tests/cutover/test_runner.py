@@ -329,3 +329,29 @@ def test_the_shadow_step_mirrors_every_read_and_judges_only_its_own_window(pair:
     # Every transition reached the notify command on its stdin, one JSON line each.
     lines = [json.loads(line) for line in notified.read_text().splitlines()]
     assert [line["event"] for line in lines if line["event"] != "soak"][-1] == "done"
+
+
+def test_pause_holds_the_step_without_rolling_back_and_resume_carries_on(stack: Stack) -> None:
+    plan = write_plan(stack.directory / "plan.yaml", stack.routing, [stack.facade_url], stack.journal_url, """\
+        steps: [10, 50]
+        soak: {min_time: 1s, min_requests: 0}
+        interval: 0.05s
+        """)
+    runner = start_cli("cutover", "run", str(plan), "--exit-when-paused", "--json")
+    try:
+        wait_for(lambda: journal_has(stack.journal_url, lambda e: e["kind"] == "soak"), timeout=60, what="the 10% step to soak")
+        pause = run_cli("cutover", "pause", str(plan))
+        assert pause.returncode == 0 and "pause journaled" in pause.stdout
+        out, err = runner.communicate(timeout=60)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert runner.returncode == 3, err[-3000:]
+    assert weight_of(stack.routing) == 10  # held, not rolled back
+    paused = journal_has(stack.journal_url, lambda e: e["kind"] == "paused")
+    assert "paused by `strangler cutover pause`" in paused["detail"]["reason"]
+    assert run_cli("cutover", "resume", str(plan)).returncode == 0
+    again = run_cli("cutover", "run", str(plan), "--json")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout)["actions"] == ["catalog-read: catalog 10% → 50%"]
+    assert weight_of(stack.routing) == 50
