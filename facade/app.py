@@ -174,7 +174,7 @@ def create_app(
 def _default_addons(config: FacadeConfig) -> list[object]:
     if not any(route.shadow is not None for route in config.routes):
         return []
-    from facade.shadow import ShadowAddon
+    from facade.shadow.addon import ShadowAddon
 
     return [ShadowAddon(store_config=config.shadow_store, worker_config=config.shadow_worker)]
 

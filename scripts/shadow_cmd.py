@@ -14,9 +14,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from facade.config import FacadeConfig
 from facade.exceptions import FacadeError
-from facade.noise import NoiseThresholds
-from facade.shadow_store import ComparisonRecord, ShadowStore, StoreWriter
-from scripts.shadow_replay import (
+from facade.shadow.noise import NoiseThresholds
+from facade.shadow.store import ComparisonRecord, ShadowStore, StoreWriter
+from facade.shadow.replay import (
     ReplaySummary,
     count_exchanges,
     is_sandbox,
@@ -27,7 +27,7 @@ from scripts.shadow_replay import (
     resolve_target,
     rules_by_route,
 )
-from scripts.shadow_report import Report, build_report, gate, parse_rate, parse_since, render
+from facade.shadow.report import Report, build_report, gate, parse_rate, parse_since, render
 
 app = typer.Typer(no_args_is_help=True, help="Shadow traffic: comparison reports and offline replay.")
 

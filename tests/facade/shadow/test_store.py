@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from facade.shadow_store import (
+from facade.shadow.store import (
     ComparisonRecord,
     DiffRecord,
     DropRecord,

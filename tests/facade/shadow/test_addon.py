@@ -22,11 +22,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from facade.recorder import read_traffic
-from facade.shadow_store import ShadowStore
+from facade.shadow.recorder import read_traffic
+from facade.shadow.store import ShadowStore
 from common.postgres import free_port
 from scripts.shadow_cmd import make_report
-from scripts.shadow_report import render
+from facade.shadow.report import render
 from tests.support import serve, wait_for
 
 SECRETS = {
@@ -290,7 +290,7 @@ def test_a_worker_over_its_cpu_budget_sheds_shadows_and_counts_them(tmp_path: Pa
 
 
 def test_the_cpu_budget_is_a_token_bucket_over_process_time() -> None:
-    from facade.shadow_worker import CpuBudget
+    from facade.shadow.worker import CpuBudget
 
     now, used = [0.0], [0.0]
     budget = CpuBudget(10, burst=1.0, clock=lambda: now[0], cpu=lambda: used[0])
@@ -427,7 +427,7 @@ def test_traffic_recorded_by_the_facade_replays_against_a_candidate(tmp_path: Pa
 
 
 def test_recorded_exchanges_are_redacted_by_the_worker_not_on_the_facades_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from facade.redact import Redactor
+    from facade.shadow.redact import Redactor
 
     # Redacting parses and rewrites whole bodies: in the façade's process it would hold up
     # every other request on its event loop. Spy on it here; the worker process is not spied on.
@@ -542,7 +542,7 @@ default: {to: monolith}
 
 
 def test_request_body_over_the_cap_is_dropped_as_it_streams(tmp_path: Path) -> None:
-    from facade.shadow import ShadowAddon
+    from facade.shadow.addon import ShadowAddon
 
     async def scenario() -> tuple[int, int, int, int]:
         addon = ShadowAddon(store=ShadowStore(f"sqlite:///{tmp_path}/s.db"))
@@ -570,7 +570,7 @@ def test_request_body_over_the_cap_is_dropped_as_it_streams(tmp_path: Path) -> N
 
 
 def test_sampling_is_deterministic_per_key_and_independent_of_routing(tmp_path: Path) -> None:
-    from facade.shadow import ShadowAddon, sample_bucket
+    from facade.shadow.addon import ShadowAddon, sample_bucket
 
     async def decisions() -> dict[str, bool]:
         addon = ShadowAddon(store=ShadowStore(f"sqlite:///{tmp_path}/s.db"))

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from facade.compare import Reply
+from facade.shadow.compare import Reply
 from facade.config import CompareConfig, RedactConfig
-from facade.noise import NoiseModel
-from facade.shadow import failure_record, judge, route_rules
-from facade.shadow_store import DropRecord, ShadowStore
+from facade.shadow.noise import NoiseModel
+from facade.shadow.addon import failure_record, judge, route_rules
+from facade.shadow.store import DropRecord, ShadowStore
 from scripts import cli
 from scripts.shadow_cmd import ShadowFailed, make_report
-from scripts.shadow_report import ReportError, build_report, parse_rate, parse_since, render
+from facade.shadow.report import ReportError, build_report, parse_rate, parse_since, render
 
 SECRET = "hunter2-secret-token"
 EP = "GET /api/products/{id}"
@@ -145,7 +145,7 @@ def test_option_parsing_explains_bad_values() -> None:
 
 
 def test_empty_store_is_explained(tmp_path: Path) -> None:
-    from facade.shadow_store import ShadowStoreError
+    from facade.shadow.store import ShadowStoreError
 
     store = ShadowStore(f"sqlite:///{tmp_path}/none.db")
     with pytest.raises(ShadowStoreError, match="no comparisons yet"):
@@ -154,7 +154,7 @@ def test_empty_store_is_explained(tmp_path: Path) -> None:
 
 
 def test_empty_report_renders() -> None:
-    from facade.shadow_store import StoreData
+    from facade.shadow.store import StoreData
 
     report = build_report(StoreData(), now=0.0)
     assert report.mismatch_rate == 0.0

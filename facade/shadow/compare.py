@@ -5,7 +5,7 @@ typed tree and every difference is flattened to a path (`$.results[3].price`) wi
 content types are compared as text. Equal subtrees are skipped by C-level equality tests plus a
 serialisation of everything `==` called equal (so `true` never equals `1`), which keeps large,
 mostly equal bodies fast. Those proofs, and the key-order probe that picks the serialisation,
-live in `facade.jsonequal`.
+live in `facade.shadow.jsonequal`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from facade.exceptions import FacadeError
-from facade.jsonequal import canonical, identical, same, same_document, serialise_same, unlike
+from facade.shadow.jsonequal import canonical, identical, same, same_document, serialise_same, unlike
 
 __all__ = [
     "CompareError",

@@ -1,7 +1,7 @@
 """Shadow comparison reports: built from the shadow store, rendered as Markdown, JSON or HTML.
 
 `build_report` is pure over `StoreData`: per route and endpoint it counts comparisons, match rates
-with and without noise removal (noise recomputed from all stored counts, see `facade.noise`), the
+with and without noise removal (noise recomputed from all stored counts, see `facade.shadow.noise`), the
 status matrix, the top differing fields with kind, counts and a sample, latency percentiles of
 both sides, candidate errors and dropped shadows. The HTML rendering is one self-contained file:
 inline CSS and SVG charts drawn here, no scripts and no network fetches.
@@ -24,8 +24,8 @@ import jinja2
 from markupsafe import Markup
 
 from facade.exceptions import FacadeError
-from facade.noise import EndpointNoise, FieldCounts, NoiseModel, NoiseThresholds
-from facade.shadow_store import StoreData
+from facade.shadow.noise import EndpointNoise, FieldCounts, NoiseModel, NoiseThresholds
+from facade.shadow.store import StoreData
 
 __all__ = [
     "EndpointReport",

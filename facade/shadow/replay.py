@@ -1,6 +1,6 @@
 """Offline replay: send recorded requests to a candidate and compare with the recorded answers.
 
-The recorded primary responses (from `facade.recorder`) stand in for the primary; results go to
+The recorded primary responses (from `facade.shadow.recorder`) stand in for the primary; results go to
 the same shadow store as live shadowing (marked `source = replay`), so `shadow report` shows them.
 """
 
@@ -14,13 +14,13 @@ from pathlib import Path
 
 import httpx
 
-from facade.compare import Reply
+from facade.shadow.compare import Reply
 from facade.config import FacadeConfig, load_config
 from facade.exceptions import FacadeError
-from facade.noise import NoiseModel
-from facade.recorder import RECORD_BODY_CAP, RecordedExchange, RecorderError, read_traffic
-from facade.shadow import SAFE_METHODS, RouteRules, failure_record, judge, route_rules
-from facade.shadow_store import ComparisonRecord, ShadowStore, StoreWriter
+from facade.shadow.noise import NoiseModel
+from facade.shadow.recorder import RECORD_BODY_CAP, RecordedExchange, RecorderError, read_traffic
+from facade.shadow.addon import SAFE_METHODS, RouteRules, failure_record, judge, route_rules
+from facade.shadow.store import ComparisonRecord, ShadowStore, StoreWriter
 
 __all__ = ["ReplayError", "ReplaySummary", "count_exchanges", "is_sandbox", "load_exchanges", "replay_exchanges", "resolve_target", "rules_by_route"]
 

@@ -1,7 +1,7 @@
 """The shadow worker process: mirroring, comparing and storing away from the façade's event loop.
 
 The façade's hooks hand each sampled request to `ProcessSink`, which writes it as one frame to
-the worker's stdin and returns at once. The worker (`python -m facade.shadow_worker`) runs a
+the worker's stdin and returns at once. The worker (`python -m facade.shadow.worker`) runs a
 `ShadowEngine` (bounded per-route queues, in-flight caps, candidate and noise requests,
 comparison, the store writer) and writes its live counters back on stdout within 0.1 s of a
 change. So shadowing costs the façade a copy and a pickle per request, and its CPU-heavy parts
@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from facade.config import ShadowConfig, ShadowStoreConfig
-from facade.shadow import RawJob, RouteInfo, ShadowEngine
+from facade.shadow.addon import RawJob, RouteInfo, ShadowEngine
 
 __all__ = ["ProcessSink", "main"]
 
@@ -129,7 +129,7 @@ class ProcessSink:
 
     async def start(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
-            self.python, "-m", "facade.shadow_worker", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+            self.python, "-m", "facade.shadow.worker", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
         )
         self._write(("init", self.store_config.model_dump(mode="json"), self.response_cap, self.cpu_budget))
         self._reader = asyncio.get_running_loop().create_task(self._read(), name="shadow-worker-reader")
@@ -387,7 +387,7 @@ async def _main() -> None:
 
 
 def main() -> None:
-    """Entry point of `python -m facade.shadow_worker` (started by the façade, not by people)."""
+    """Entry point of `python -m facade.shadow.worker` (started by the façade, not by people)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s shadow-worker %(levelname)s %(message)s", stream=sys.stderr)
     # Shadowing only gets the CPU the primary traffic leaves over: when the machine is busy the
     # worker falls behind, its queues fill, and the excess is dropped and counted.

@@ -18,15 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from facade.client import H1Client, Upstream
-from facade.compare import CompareRules, Comparison, Normalizer, Reply, compare, compare_all
+from facade.shadow.compare import CompareRules, Comparison, Normalizer, Reply, compare, compare_all
 from facade.config import CompareConfig, RedactConfig, ShadowConfig, ShadowStoreConfig, ShadowWorkerConfig, UpstreamConfig
 from facade.errors import UpstreamError, UpstreamTimeout
 from facade.exceptions import FacadeError
-from facade.noise import NoiseModel, NoiseThresholds
-from facade.recorder import Recordings
-from facade.redact import Redactor, scrub_urls
+from facade.shadow.noise import NoiseModel, NoiseThresholds
+from facade.shadow.recorder import Recordings
+from facade.shadow.redact import Redactor, scrub_urls
 from facade.routing import canonical_path
-from facade.shadow_store import ComparisonRecord, DiffRecord, DropRecord, SampleRecord, ShadowStore, StoreWriter
+from facade.shadow.store import ComparisonRecord, DiffRecord, DropRecord, SampleRecord, ShadowStore, StoreWriter
 
 __all__ = [
     "H1ShadowClient",
@@ -423,7 +423,7 @@ class _RouteShadow:
 class ShadowEngine:
     """Queues, workers, comparison and storage for shadowed requests of every route.
 
-    Runs inside the façade (inline) or in the shadow worker process (`facade.shadow_worker`).
+    Runs inside the façade (inline) or in the shadow worker process (`facade.shadow.worker`).
     `submit` never blocks: a full route queue is counted as a `queue_full` drop.
     """
 
@@ -627,7 +627,7 @@ class ShadowSink(Protocol):
     def drop(self, route_id: str, reason: str) -> None: ...
 
     def record(self, file: str, redact_headers: Sequence[str], redact_fields: Sequence[str], captured: dict[str, Any]) -> bool:
-        """Redact one captured exchange and append it to `file` (`facade.recorder.Recordings.add`);
+        """Redact one captured exchange and append it to `file` (`facade.shadow.recorder.Recordings.add`);
         False when it cannot be taken (the worker is gone or far behind)."""
         ...
 
@@ -645,7 +645,7 @@ class ShadowAddon:
     """Mirrors a sample of each `shadow:` route's requests to its candidate, off the request path.
 
     The hooks only capture (bounded) and hand the finished request to a sink: by default a
-    separate worker process (`facade.shadow_worker`), so mirroring, comparing and storing use
+    separate worker process (`facade.shadow.worker`), so mirroring, comparing and storing use
     another core and never the façade's event loop; or, with `inline=True` or an injected store
     or client, the engine on the façade's own loop. Workers send the mirror with
     `X-Strangler-Shadow: 1` and the original Host, ask the primary again for the noise sample,
@@ -671,7 +671,7 @@ class ShadowAddon:
             if inline or store is not None or client is not None:
                 sink = ShadowEngine(store=store, store_config=store_config, client=client, response_cap=response_cap)
             else:
-                from facade.shadow_worker import ProcessSink
+                from facade.shadow.worker import ProcessSink
 
                 sink = ProcessSink(
                     store_config=store_config or ShadowStoreConfig(),

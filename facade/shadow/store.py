@@ -2,7 +2,7 @@
 
 Per comparison: time, route, endpoint, status pair, latency pair, match flags (raw and with noise
 removed), the differing paths with kinds; a few redacted sample pairs per endpoint and field; drop
-counts. Everything written here has been redacted by the caller (`facade.redact`). Retention by
+counts. Everything written here has been redacted by the caller (`facade.shadow.redact`). Retention by
 age and row count. `StoreWriter` batches writes on a worker thread, off the request path.
 """
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from facade.compare import (
+from facade.shadow.compare import (
     CompareError,
     CompareRules,
     DiffKind,

@@ -1,0 +1,1 @@
+"""Shadow traffic: mirroring, comparison, noise, store, recorder, reports, replay."""
