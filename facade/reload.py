@@ -4,7 +4,8 @@ Triggers: a change of the file (polled: mtime, size and inode, debounced until i
 `POST /_strangler/reload`, and SIGHUP. A reload reads the file once, hashes exactly the text it
 parses, validates it, builds a new route table and hands it to `install` (the proxy's `swap`).
 On any problem the table in force keeps serving and the problems (`file:line:col: message`) are
-kept as `last_error` until a later reload succeeds. Parsing runs on a worker thread so requests
+kept as `last_error` until a later reload succeeds. After a successful swap, `configure` hands the
+new table to the addons. Parsing runs on a worker thread so requests
 keep flowing while a large file is read.
 """
 
@@ -18,7 +19,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,6 +85,7 @@ class Reloader:
         loaded_at: float,
         *,
         install: Callable[[RouteTable], None],
+        configure: Callable[[RouteTable], Awaitable[None]] | None = None,
         env: Mapping[str, str] | None = None,
         on_result: list[Callable[[ReloadResult], None]] | None = None,
         interval: float = 0.5,
@@ -94,6 +96,7 @@ class Reloader:
         self.content_hash = content_hash
         self.loaded_at = loaded_at
         self.install = install
+        self.configure = configure
         self.env = env
         self.on_result = list(on_result or [])
         self.interval = interval
@@ -150,6 +153,8 @@ class Reloader:
             else:
                 self.install(table)
                 self.table, self.content_hash, self.loaded_at = table, digest, loaded_at
+                if self.configure is not None:
+                    await self.configure(table)  # the addons follow the new table (never raises)
                 self.last_error = None
                 self.reloads += 1
                 result = ReloadResult(True, table.version, at=loaded_at)

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from facade.exceptions import FacadeError
+from facade.shadow.exceptions import CompareError
 from facade.shadow.jsonequal import canonical, identical, same, same_document, serialise_same, unlike
 
 __all__ = [
@@ -43,10 +43,6 @@ __all__ = [
 
 SAMPLE_CHARS = 200
 TEXT_DIFF_MAX_LINES = 2000
-
-
-class CompareError(FacadeError):
-    """A comparison rule cannot be used (for example an invalid regular expression)."""
 
 
 class DiffKind(str, enum.Enum):

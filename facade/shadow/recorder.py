@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from facade.exceptions import FacadeError
+from facade.shadow.exceptions import RecorderError
 from facade.shadow.redact import REDACTED, Redactor
 
 __all__ = ["RECORD_BODY_CAP", "RecordedExchange", "RecorderError", "Recordings", "TrafficRecorder", "read_traffic", "redacted_exchange"]
@@ -29,10 +29,6 @@ __all__ = ["RECORD_BODY_CAP", "RecordedExchange", "RecorderError", "Recordings",
 RECORD_BODY_CAP = 64 * 1024
 
 log = logging.getLogger("strangler.shadow.recorder")
-
-
-class RecorderError(FacadeError):
-    """A traffic file cannot be read."""
 
 
 @dataclass(frozen=True, slots=True)

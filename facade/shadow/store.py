@@ -11,18 +11,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.request import pathname2url
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from facade.config import ShadowStoreConfig
-from facade.exceptions import FacadeError
+from facade.shadow.exceptions import ShadowStoreError
 
 __all__ = [
     "ComparisonRecord",
@@ -33,9 +35,12 @@ __all__ = [
     "ShadowStoreError",
     "StoreData",
     "StoreWriter",
+    "resolve_url",
 ]
 
 log = logging.getLogger("strangler.shadow.store")
+
+DEFAULT_URL = "sqlite:///.strangler/shadow.db"
 
 metadata = sa.MetaData()
 
@@ -95,10 +100,6 @@ drops = sa.Table(
     sa.Column("reason", sa.String(40), nullable=False),
     sa.Column("count", sa.Integer, nullable=False),
 )
-
-
-class ShadowStoreError(FacadeError):
-    """The shadow store cannot be opened or read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,13 +168,14 @@ class ShadowStore:
 
     def __init__(
         self,
-        url: str = "sqlite:///.strangler/shadow.db",
+        url: str = DEFAULT_URL,
         *,
         retention: float = 7 * 86400.0,
         max_rows: int = 100_000,
         max_size: int | None = None,
         samples_per_field: int = 3,
         engine: Engine | None = None,
+        read_only: bool = False,
     ) -> None:
         self.url = url
         self.retention = retention
@@ -181,7 +183,8 @@ class ShadowStore:
         self.max_size = max_size
         self.samples_per_field = samples_per_field
         self._sample_counts: dict[tuple[str, str], int] = {}
-        self.engine = engine or _engine(url)
+        self.read_only = read_only
+        self.engine = engine or _engine(url, read_only=read_only)
 
     def create(self) -> None:
         try:
@@ -266,9 +269,20 @@ class ShadowStore:
         return self._sample_counts.get((endpoint, field_name), 0) < self.samples_per_field
 
     @classmethod
-    def from_config(cls, config: ShadowStoreConfig) -> ShadowStore:
-        """The store `routing.yaml`'s `shadow_store:` describes, with its retention limits."""
-        return cls(config.url, retention=config.retention, max_rows=config.max_rows, max_size=config.max_size)
+    def from_config(cls, config: ShadowStoreConfig, *, base: Path | None = None, read_only: bool = False) -> ShadowStore:
+        """The store `routing.yaml`'s `shadow_store:` describes, with its retention limits; a relative
+        SQLite path is taken from `base`, the directory of routing.yaml (see `resolve_url`)."""
+        return cls(
+            resolve_url(config.url, base), retention=config.retention, max_rows=config.max_rows, max_size=config.max_size, read_only=read_only
+        )
+
+    @classmethod
+    def open(cls, url: str | None, config: ShadowStoreConfig | None = None, *, base: Path | None = None, read_only: bool = False) -> ShadowStore:
+        """The store a command names: `url` as given (`--store`, relative to the current directory),
+        else the one routing.yaml describes (relative to `base`, its directory), else the default."""
+        if url is None and config is not None:
+            return cls.from_config(config, base=base, read_only=read_only)
+        return cls(url or DEFAULT_URL, read_only=read_only)
 
     def prune(self, now: float | None = None) -> int:
         """Apply retention by age, by row count and by size; returns the comparisons deleted."""
@@ -339,15 +353,29 @@ class ShadowStore:
             )
         return None
 
+    def empty_message(self) -> str:
+        """What a reader says of a store without comparisons (one sentence with the fix)."""
+        return (
+            f"the shadow store at {_safe(self.url)} holds no comparisons yet; turn on shadow: for a route in routing.yaml "
+            "and send traffic, or run `strangler shadow replay`, or pass the façade's store with --store or its routing.yaml with --config"
+        )
+
+    def routes(self) -> list[str]:
+        """The route ids that have comparisons in the store, sorted (empty for a new store)."""
+        try:
+            with self.engine.connect() as conn:
+                if not sa.inspect(conn).has_table(comparisons.name):
+                    return []
+                return sorted(conn.execute(sa.select(comparisons.c.route).distinct()).scalars())
+        except SQLAlchemyError as exc:
+            raise ShadowStoreError(f"cannot read the shadow store at {_safe(self.url)}: {exc.__class__.__name__}; check --store") from exc
+
     def load(self, *, since: float | None = None, route: str | None = None) -> StoreData:
         """Everything recorded since `since` (epoch seconds), optionally for one route."""
         try:
             with self.engine.connect() as conn:
                 if not sa.inspect(conn).has_table(comparisons.name):
-                    raise ShadowStoreError(
-                        f"the shadow store at {_safe(self.url)} holds no comparisons yet; turn on shadow: for a route "
-                        "in routing.yaml and send traffic, or run `strangler shadow replay`, or pass the right --store"
-                    )
+                    raise ShadowStoreError(self.empty_message())
                 cond = []
                 if since is not None:
                     cond.append(comparisons.c.ts >= since)
@@ -368,6 +396,25 @@ class ShadowStore:
                 f"cannot read the shadow store at {_safe(self.url)}: {exc.__class__.__name__}: {exc.args[0] if exc.args else exc}; "
                 "check --store (a SQLAlchemy URL such as sqlite:///.strangler/shadow.db)"
             ) from exc
+
+
+def resolve_url(url: str, base: Path | None) -> str:
+    """`url` with a relative SQLite file path taken from `base` (None: the current directory).
+
+    The façade and every command resolve `shadow_store.url` against the directory of the
+    routing.yaml that names it, so they read and write the same file wherever they are started."""
+    if base is None:
+        return url
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - _engine reports a bad URL with the fix
+        return url
+    database = parsed.database
+    if not parsed.drivername.startswith("sqlite") or not database or database == ":memory:" or database.startswith("file:"):
+        return url
+    if Path(database).is_absolute():
+        return url
+    return parsed.set(database=str(Path(base) / database)).render_as_string(hide_password=False)
 
 
 def _safe(url: str) -> str:
@@ -391,13 +438,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _engine(url: str) -> Engine:
+def _engine(url: str, *, read_only: bool = False) -> Engine:
     try:
         parsed = make_url(url)
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises ArgumentError and friends
         raise ShadowStoreError(f"shadow store URL {url!r} is not a SQLAlchemy URL; write sqlite:///path/shadow.db or postgresql://user@host/db") from exc
     if parsed.drivername.startswith("sqlite"):
         on_disk = bool(parsed.database) and parsed.database != ":memory:"
+        if on_disk and read_only:
+            return _read_only_sqlite(Path(parsed.database))
         if on_disk:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30})
@@ -406,10 +455,23 @@ def _engine(url: str) -> Engine:
         return engine
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg2")
+    # A reader's transactions are read-only on the server: a report can never change the store.
+    connect_args = {"options": "-c default_transaction_read_only=on"} if read_only and parsed.drivername.startswith("postgresql") else {}
     try:
-        return sa.create_engine(parsed, pool_pre_ping=True)
+        return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
     except Exception as exc:  # noqa: BLE001 - a missing driver, a bad option
         raise ShadowStoreError(f"cannot open shadow store {_safe(url)}: {exc}") from exc
+
+
+def _read_only_sqlite(path: Path) -> Engine:
+    """An engine that opens an existing SQLite file read-only: no directory, file or table is made."""
+    if not path.is_file():
+        raise ShadowStoreError(
+            f"there is no shadow store at {str(path)!r}; pass --store with the façade's store URL, or --config with the "
+            "routing.yaml it serves (a relative store path is taken from that file's directory)"
+        )
+    uri = f"file:{pathname2url(str(path.resolve()))}?mode=ro"
+    return sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30))
 
 
 class StoreWriter:

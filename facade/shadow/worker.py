@@ -29,7 +29,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from facade.config import ShadowConfig, ShadowStoreConfig
-from facade.shadow.addon import RawJob, RouteInfo, ShadowEngine
+from facade.shadow.engine import ShadowEngine
+from facade.shadow.jobs import RawJob, RouteInfo
 
 __all__ = ["ProcessSink", "main"]
 
@@ -230,9 +231,10 @@ class ProcessSink:
         return self._store
 
     def worker_stats(self) -> dict[str, Any]:
-        """The worker's budget, whether it is over it now and the CPU seconds it has used (shown at
-        `/_strangler/shadow`)."""
+        """The worker's process id, budget, whether it is over it now and the CPU seconds it has
+        used (shown at `/_strangler/shadow`)."""
         return {
+            "pid": self._proc.pid if self._proc is not None else None,
             "cpu_budget": self.cpu_budget,
             "over_budget": self.paused,
             "cpu_seconds": round(self._cpu_seconds, 3),

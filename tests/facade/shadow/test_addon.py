@@ -22,11 +22,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from facade.shadow.recorder import read_traffic
-from facade.shadow.store import ShadowStore
 from common.postgres import free_port
-from scripts.shadow_cmd import make_report
-from facade.shadow.report import render
+from facade.shadow.recorder import read_traffic
+from facade.shadow.render import render
+from facade.shadow.report import make_report
+from facade.shadow.store import ShadowStore
 from tests.support import serve, wait_for
 
 SECRETS = {
@@ -148,12 +148,13 @@ shadow_store: {{url: "sqlite:///{tmp}/shadow.db"}}
 @contextmanager
 def facade(tmp: Path, primary: Upstream, candidate: Upstream | None, *, shadow: str, sandbox: bool = False, extra: str = NO_BUDGET) -> Iterator[tuple[httpx.Client, str]]:
     from facade.app import create_app
+    from scripts.facade_cmd import ADDONS
 
     with ExitStack() as stack:
         primary_url = stack.enter_context(serve(primary.app()))
         candidate_url = stack.enter_context(serve(candidate.app())) if candidate else f"http://127.0.0.1:{free_port()}"
         config = routing(tmp, primary_url, candidate_url, shadow=shadow, sandbox=sandbox, extra=extra)
-        url = stack.enter_context(serve(create_app(config)))
+        url = stack.enter_context(serve(create_app(config, addon_factories=ADDONS)))
         client = stack.enter_context(httpx.Client(base_url=url, timeout=10))
         yield client, url
 
@@ -398,7 +399,7 @@ def test_a_token_in_the_query_stays_out_of_a_failed_shadow_error(tmp_path: Path)
 
 
 def test_traffic_recorded_by_the_facade_replays_against_a_candidate(tmp_path: Path) -> None:
-    from scripts.shadow_cmd import run_replay
+    from facade.shadow.replay import run_replay
 
     primary, candidate = Upstream(), Upstream(candidate=True, token_differs=True)
     traffic = tmp_path / "traffic.jsonl"
@@ -542,7 +543,7 @@ default: {to: monolith}
 
 
 def test_request_body_over_the_cap_is_dropped_as_it_streams(tmp_path: Path) -> None:
-    from facade.shadow.addon import ShadowAddon
+    from facade.shadow import ShadowAddon
 
     async def scenario() -> tuple[int, int, int, int]:
         addon = ShadowAddon(store=ShadowStore(f"sqlite:///{tmp_path}/s.db"))
@@ -570,7 +571,7 @@ def test_request_body_over_the_cap_is_dropped_as_it_streams(tmp_path: Path) -> N
 
 
 def test_sampling_is_deterministic_per_key_and_independent_of_routing(tmp_path: Path) -> None:
-    from facade.shadow.addon import ShadowAddon, sample_bucket
+    from facade.shadow import ShadowAddon, sample_bucket
 
     async def decisions() -> dict[str, bool]:
         addon = ShadowAddon(store=ShadowStore(f"sqlite:///{tmp_path}/s.db"))

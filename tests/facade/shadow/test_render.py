@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from facade.shadow.render import render
+from facade.shadow.report import make_report
 from facade.shadow.store import ShadowStore
-from scripts.shadow_cmd import make_report
-from facade.shadow.report import render
 from tests.facade.shadow.test_report import SECRET, seed
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"

@@ -13,10 +13,11 @@ from typer.testing import CliRunner
 
 from facade.shadow.recorder import RecorderError, TrafficRecorder, read_traffic, redacted_exchange
 from facade.shadow.redact import Redactor
+from facade.shadow.exceptions import ReplayError
+from facade.shadow.replay import resolve_target, run_replay
+from facade.shadow.report import make_report
 from facade.shadow.store import ShadowStore
 from scripts import cli
-from scripts.shadow_cmd import make_report, run_replay
-from facade.shadow.replay import ReplayError, resolve_target
 from tests.support import serve
 
 SECRET = "Bearer very-secret-token"
