@@ -27,7 +27,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from facade.shadow.compare import CompareRules, Normalizer, Reply, compare  # noqa: E402
+from facade.shadow.compare import Reply, compare  # noqa: E402
+from facade.shadow.rules import CompareRules, Normalizer  # noqa: E402
 
 TARGET_MS = 5.0
 HEADERS = {"content-type": "application/json"}

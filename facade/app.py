@@ -29,7 +29,7 @@ from facade.config import FacadeConfig
 from facade.errors import AdminTokenMissing
 from facade.metrics import Metrics
 from facade.proxy import Proxy
-from facade.reload import Reloader, load_table
+from facade.reload import Reloader, file_signature, load_table
 
 __all__ = ["AddonFactory", "FacadeApp", "admin_token", "app_from_env", "create_app", "is_loopback"]
 
@@ -144,6 +144,7 @@ def create_app(
     """
     env = os.environ if env is None else env
     path = Path(config_path)
+    signature = file_signature(path)  # before reading: an edit made meanwhile is reloaded
     table, digest, loaded_at = load_table(path, env)
     config = table.config
     token = admin_token(config, env)
@@ -163,7 +164,7 @@ def create_app(
     proxy = Proxy(table, client=client or H1Client(), addons=manager, breakers=breakers)
     reloader = Reloader(
         path, table, digest, loaded_at, install=proxy.swap, configure=manager.configure, env=env,
-        on_result=[lambda result: metrics.reloaded(result.ok)], interval=watch_interval,
+        on_result=[lambda result: metrics.reloaded(result.ok)], interval=watch_interval, signature=signature,
     )
     metrics.breaker_states = breakers.states
     metrics.config_info = lambda: (reloader.version, str(reloader.status()["loaded_at"]))

@@ -28,7 +28,7 @@ from typing import Any
 from facade.config import ConfigError, FacadeConfig, Problem, parse_config
 from facade.routing import RouteTable
 
-__all__ = ["ReloadResult", "Reloader", "load_table"]
+__all__ = ["ReloadResult", "Reloader", "file_signature", "load_table"]
 
 log = logging.getLogger("strangler.facade")
 
@@ -53,6 +53,15 @@ def load_table(path: Path, env: Mapping[str, str] | None = None, clock: Callable
     # The version names the content and when it was loaded: a reload of the same bytes is visible too.
     version = f"{digest}-{int(loaded_at * 1000):x}"
     return RouteTable.build(config, version), digest, loaded_at
+
+
+def file_signature(path: Path) -> tuple[int, int, int] | None:
+    """What the watcher compares: mtime, size and inode (None when the file cannot be read)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +99,7 @@ class Reloader:
         on_result: list[Callable[[ReloadResult], None]] | None = None,
         interval: float = 0.5,
         debounce: float = 0.2,
+        signature: tuple[int, int, int] | None = None,
     ) -> None:
         self.path = path
         self.table = table
@@ -105,7 +115,9 @@ class Reloader:
         self.last_result: ReloadResult | None = None
         self.reloads = 0
         self._lock = asyncio.Lock()
-        self._signature = self._stat()
+        # `signature`: the file's as taken before `table` was read, so a change made while it was
+        # being read is still seen as a change.
+        self._signature = signature if signature is not None else self._stat()
         self._task: asyncio.Task[None] | None = None
         self._signal_installed = False
         self._pending: set[asyncio.Task[Any]] = set()
@@ -126,11 +138,7 @@ class Reloader:
         }
 
     def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            stat = os.stat(self.path)
-        except OSError:
-            return None
-        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        return file_signature(self.path)
 
     async def reload(self, trigger: str = "api") -> ReloadResult:
         """Parse, validate and install the file now; keep the table in force on any problem."""

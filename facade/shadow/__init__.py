@@ -6,8 +6,8 @@ imports nothing of this package. The parts, one module each:
 - `addon`: the request hooks (sampling, bounded capture) and `configure(table)` on every reload;
   `worker`: the worker process they hand jobs to; `jobs`: the types both sides share;
   `engine`: queues, mirroring, comparing, storing; `client`: the mirrored request.
-- `judge`, `compare`, `jsonequal`, `noise`: the pure comparison core; `redact`: what never
-  reaches the store or a traffic file; `recorder`: traffic files; `store`: the comparison store.
+- `judge`, `compare`, `rules`, `jsonequal`, `noise`: the pure comparison core; `redact`: what never
+  reaches the store or a traffic file; `recorder`: traffic files; `store` and `writer`: the comparison store.
 - `report` and `render`: comparison reports; `gate`: the `--fail-over` verdict; `replay`:
   offline replay of recorded traffic.
 
@@ -18,7 +18,7 @@ recorded traffic is read by other commands through `facade.shadow.recorder`.
 from __future__ import annotations
 
 from facade.shadow.addon import ShadowAddon, sample_bucket
-from facade.shadow.compare import CompareRules, Comparison, Difference, DiffKind, Reply, compare
+from facade.shadow.compare import Comparison, Difference, DiffKind, Reply, compare
 from facade.shadow.engine import ShadowEngine
 from facade.shadow.exceptions import (
     CompareError,
@@ -37,7 +37,9 @@ from facade.shadow.redact import Redactor
 from facade.shadow.render import render, write_report
 from facade.shadow.replay import ReplaySummary, run_replay
 from facade.shadow.report import Report, build_report, make_report, parse_since
-from facade.shadow.store import ComparisonRecord, ShadowStore, StoreWriter
+from facade.shadow.rules import CompareRules
+from facade.shadow.store import ComparisonRecord, ShadowStore
+from facade.shadow.writer import StoreWriter
 
 __all__ = [
     "CompareError",

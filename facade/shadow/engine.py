@@ -21,7 +21,8 @@ from facade.shadow.jobs import RawJob, RouteInfo, ShadowCounters, ShadowJob, bui
 from facade.shadow.judge import RouteRules, compare_pair, failure_record, judge, route_rules
 from facade.shadow.noise import NoiseModel
 from facade.shadow.recorder import Recordings
-from facade.shadow.store import ComparisonRecord, DropRecord, ShadowStore, StoreWriter
+from facade.shadow.store import ComparisonRecord, DropRecord, ShadowStore
+from facade.shadow.writer import StoreWriter
 
 __all__ = ["ShadowEngine"]
 

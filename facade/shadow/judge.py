@@ -12,9 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from facade.config import CompareConfig, RedactConfig
-from facade.shadow.compare import CompareRules, Comparison, Normalizer, Reply, compare, compare_all
+from facade.shadow.compare import Comparison, Reply, compare, compare_all
 from facade.shadow.noise import NoiseModel, NoiseThresholds
 from facade.shadow.redact import Redactor, scrub_urls
+from facade.shadow.rules import CompareRules, Normalizer
 from facade.shadow.store import ComparisonRecord, DiffRecord, SampleRecord
 
 __all__ = ["RouteRules", "compare_pair", "failure_record", "judge", "route_rules"]

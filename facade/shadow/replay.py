@@ -21,7 +21,8 @@ from facade.shadow.jobs import SAFE_METHODS
 from facade.shadow.judge import RouteRules, failure_record, judge, route_rules
 from facade.shadow.noise import NoiseModel
 from facade.shadow.recorder import RECORD_BODY_CAP, RecordedExchange, RecorderError, read_traffic
-from facade.shadow.store import ComparisonRecord, ShadowStore, StoreWriter
+from facade.shadow.store import ComparisonRecord, ShadowStore
+from facade.shadow.writer import StoreWriter
 
 __all__ = [
     "ReplaySummary", "check_options", "count_exchanges", "is_sandbox", "load_exchanges", "replay_exchanges", "resolve_target", "rules_by_route",

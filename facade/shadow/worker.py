@@ -125,6 +125,7 @@ class ProcessSink:
         self._pending_drops: dict[str, dict[str, int]] = {reason: {} for reason in DROP_REASONS}
         self._pending = False
         self._broken = False
+        self._stopping = False
         self._batch: list[bytes] = []
         self._flush_scheduled = False
 
@@ -247,6 +248,9 @@ class ProcessSink:
         while True:
             message = await _read_frame(proc.stdout)
             if message is None:
+                if self._proc is proc and not self._stopping:
+                    log.error("the shadow worker process ended (exit status %s); shadow jobs are dropped from now on", await proc.wait())
+                self._broken = True
                 return
             if message[0] == "counters":
                 self._remote, self._store, self._cpu_seconds = message[1], message[2], message[3]
@@ -259,6 +263,7 @@ class ProcessSink:
         proc = self._proc
         if proc is None:
             return
+        self._stopping = True
         self._send_pending_drops()
         self._flush()
         if proc.stdin is not None and not proc.stdin.is_closing():

@@ -168,14 +168,19 @@ def test_every_worker_of_a_multi_process_facade_follows_shadow_on_reload(tmp_pat
                     httpx.get(f"{url}/_strangler/health", timeout=2).raise_for_status()
                 except httpx.HTTPError:
                     return False
-                return len(shadow_children(process.pid)) == 2
+                # Both workers serving, each with its table read and the file watched.
+                return len(shadow_children(process.pid)) == 2 and log_path.read_text().count("Application startup complete") == 2
 
             wait_for(ready, timeout=60, what="two façade workers")
             assert all(not children for children in shadow_children(process.pid).values())
 
             routing(path, urls, store, shadow="{to: catalog, sample: 100}")
             # Both façade workers reload and start a shadow worker of their own.
-            wait_for(lambda: len(shadow_workers_seen(url, {})) == 2 or None, timeout=60, what="a running shadow worker behind each façade worker")
+            running: dict[int, dict[str, Any]] = {}
+            try:
+                wait_for(lambda: len(shadow_workers_seen(url, running)) == 2, timeout=60, what="a running shadow worker behind each façade worker")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; seen {running}; children {shadow_children(process.pid)}; log: {log_path.read_text()[-3000:]}") from None
             seen: dict[int, dict[str, Any]] = {}
 
             def both_compare() -> bool:
@@ -183,7 +188,10 @@ def test_every_worker_of_a_multi_process_facade_follows_shadow_on_reload(tmp_pat
                 shadow_workers_seen(url, seen)
                 return len(seen) == 2 and all(numbers.get("compared", 0) > 0 for numbers in seen.values())
 
-            wait_for(both_compare, timeout=90, interval=0.2, what="both façade workers mirroring and comparing")
+            try:
+                wait_for(both_compare, timeout=90, interval=0.2, what="both façade workers mirroring and comparing")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; by shadow worker: {seen}; children {shadow_children(process.pid)}; log: {log_path.read_text()[-3000:]}") from None
             assert all(len(children) == 1 for children in shadow_children(process.pid).values())
             wait_for(lambda: compared(store) == catalog.mirrored > 0, timeout=30, what="every mirror compared and stored")
 
