@@ -20,6 +20,8 @@ A spec is a YAML file beside the extracted service (e.g. `extracted/catalog/sync
         transform: "extracted.catalog.sync_transforms:product"   # row -> row | None
 
 It loads once into immutable models; every problem is reported as `file:line:col: message`.
+Reading, parsing, positions and `${VAR:-default}` interpolation are the shared loader's
+(`common.yamlfile`), as for `routing.yaml` and the cutover plan; the checks here are the spec's own.
 """
 
 from __future__ import annotations
@@ -32,10 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
-from ruamel.yaml.error import MarkedYAMLError
-
 from cdc.exceptions import CDCError
+from common.yamlfile import FileError, Problem, interpolate, parse_yaml, read_text
 
 __all__ = [
     "BUILTIN_TRANSFORMS",
@@ -54,28 +54,10 @@ BUILTIN_TRANSFORMS = frozenset({"cents", "lower", "strip", "json"})
 FILTER_OPS = frozenset({"eq", "ne", "in", "not_in", "startswith", "not_startswith", "is_null", "gt", "gte", "lt", "lte"})
 ON_ERROR = ("dead_letter", "stop")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One thing wrong in a spec file, with where it is."""
-
-    file: str
-    line: int
-    column: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}: {self.message}"
-
-
-class SpecError(CDCError):
+class SpecError(CDCError, FileError):
     """The sync spec is invalid; `.problems` lists every problem found."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(str(p) for p in problems))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -175,18 +157,6 @@ class SyncSpec:
         return replace(self, source_url=source_url or self.source_url, target_url=target_url or self.target_url)
 
 
-def interpolate(text: str, env: Mapping[str, str]) -> str:
-    """`${VAR}` and `${VAR:-default}` from `env`."""
-
-    def sub(match: re.Match[str]) -> str:
-        value = env.get(match.group(1))
-        if value:
-            return value
-        return match.group(2) or ""
-
-    return _ENV.sub(sub, text)
-
-
 def _resolve_callable(ref: str) -> Callable[..., Any]:
     module_name, _, attr = ref.partition(":")
     module = importlib.import_module(module_name)
@@ -243,7 +213,7 @@ def _url(section: Any, key: str, chk: _Checker, env: Mapping[str, str]) -> tuple
     if url is None and section.get("url_env"):
         url = env.get(str(section["url_env"]))
     if url is not None:
-        url = interpolate(str(url), env) or None
+        url = interpolate(str(url), env, strict=False) or None
     prefix = section.get("topic_prefix")
     return url, (str(prefix) if prefix is not None else None)
 
@@ -394,14 +364,14 @@ def parse_spec(text: str, *, file: str = "<string>", env: Mapping[str, str] | No
     """Validate a spec's YAML text into a `SyncSpec`; raise `SpecError` listing every problem."""
     env = os.environ if env is None else env
     chk = _Checker(file)
-    try:
-        doc = YAML(typ="rt").load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
-        raise SpecError([Problem(file, line, col, f"not valid YAML: {exc.problem}")]) from exc
-    if not isinstance(doc, Mapping):
-        raise SpecError([Problem(file, 1, 1, "a sync spec is a mapping with name, source, target and tables")])
+    doc, problems = parse_yaml(
+        text,
+        file,
+        empty="the sync spec is empty; it is a mapping with name, source, target and tables.",
+        not_mapping="a sync spec is a mapping with name, source, target and tables",
+    )
+    if problems:
+        raise SpecError(problems)
     known = {"version", "name", "source", "target", "on_error", "batch_size", "tables"}
     for k in doc:
         if k not in known:
@@ -449,9 +419,4 @@ def parse_spec(text: str, *, file: str = "<string>", env: Mapping[str, str] | No
 
 def load_spec(path: str | Path, *, env: Mapping[str, str] | None = None) -> SyncSpec:
     """Read and validate a spec file."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise SpecError([Problem(str(p), 0, 0, f"cannot read the sync spec: {exc.strerror}; check the path")]) from exc
-    return parse_spec(text, file=str(p), env=env)
+    return parse_spec(read_text(path, error=SpecError), file=str(path), env=env)

@@ -12,14 +12,9 @@ Durations are stored as float seconds and sizes as int bytes (see `facade.units`
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
-import types
-import typing
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -27,16 +22,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
-
+from common import yamlfile
+from common.yamlfile import FileError, Found, Loc, Problem, interpolate
 from facade.exceptions import FacadeError
 from facade.units import parse_duration, parse_size
 
@@ -48,6 +40,8 @@ __all__ = [
     "ConfigError",
     "DefaultRoute",
     "FacadeConfig",
+    "HoldConfig",
+    "LimitsConfig",
     "MatchConfig",
     "NormalizeRule",
     "Problem",
@@ -227,7 +221,13 @@ class AssignmentConfig(_Model):
     cookie: str = Field(default="strangler_id", description="Cookie carrying the sticky id of anonymous clients.")
     cookie_max_age: Duration = Field(default=365 * 86400.0, description="Lifetime of that cookie.")
     override_header: str | None = Field(
-        default="X-Strangler-Upstream", description="Header a tester sets to force a declared upstream."
+        default="X-Strangler-Upstream",
+        description="Header a tester sets to force one of the matched route's upstreams or its shadow target.",
+    )
+    override_token_env: str | None = Field(
+        default=None,
+        description="Environment variable holding a secret that, sent in X-Strangler-Token, allows the override header "
+        "when the façade listens beyond loopback (the admin token always does).",
     )
 
     @field_validator("cookie", "override_header")
@@ -245,10 +245,27 @@ class BreakerConfig(_Model):
     reset_after: Duration = 10.0
 
 
+class LimitsConfig(_Model):
+    """Limits on the request head, checked as it arrives (defaults as nginx's
+    `large_client_header_buffers 4 8k`): above them the façade answers 414 or 431 and closes."""
+
+    header_line: Size = Field(default=8 * 1024, ge=256, description="Longest request line or single header line.")
+    headers: Size = Field(default=32 * 1024, ge=256, description="Largest request head: request line and all headers.")
+
+    @model_validator(mode="after")
+    def _line_within_head(self) -> LimitsConfig:
+        if self.header_line > self.headers:
+            raise ValueError(
+                f"limits.header_line ({self.header_line} bytes) is larger than limits.headers ({self.headers} bytes), "
+                "which bounds the whole head; raise headers or lower header_line"
+            )
+        return self
+
+
 class UpstreamConfig(_Model):
     """A named backend the façade forwards to. `name` is the key it is declared under."""
 
-    name: str = Field(default="", description="Filled from the key under `upstreams:`.")
+    name: str = Field(default="", description="Filled from the key under `upstreams:`.", json_schema_extra={"filled": True})
     url: str = Field(description="Base URL, http://host:port; ${VAR:-default} is interpolated.")
     connect_timeout: Duration = 1.0
     timeout: Duration = 30.0
@@ -486,6 +503,40 @@ class ShadowWorkerConfig(_Model):
     )
 
 
+_HOLD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+
+
+class HoldConfig(_Model):
+    """A write hold on the route: new requests wait (body unread) instead of being sent, and go to
+    the upstream the table names when the hold is cleared. `until` is a lease (unix time): past
+    it every worker releases by itself. A request held longer than `budget` gets a 503."""
+
+    id: str = Field(description="Names the hold; the same id on several routes is one hold (GET /_strangler/hold).")
+    until: float = Field(gt=0, description="Lease end, unix time in seconds: past it the hold releases by itself.")
+    budget: Duration = Field(default=2.0, description="Longest a request waits before it gets 503 with Retry-After.")
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not _HOLD_ID.match(value):
+            raise ValueError(f"hold id {value!r} must be letters, digits, '-', '_', '.' or ':', e.g. writes-1")
+        return value
+
+    @field_validator("until", mode="before")
+    @classmethod
+    def _until(cls, value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"hold until {value!r} is not a unix time; write the lease end in seconds, e.g. 1767225600.5")
+        return value
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("a hold budget of 0 answers every request with 503; give it a duration, e.g. 2s")
+        return value
+
+
 class RouteConfig(_Model):
     """One entry of `routes:`: which requests (match), where to (weighted upstreams), how."""
 
@@ -497,6 +548,7 @@ class RouteConfig(_Model):
     retries: RetryConfig = RetryConfig()
     fallback: str | None = Field(default=None, description="Upstream for safe requests when the chosen one fails.")
     shadow: ShadowConfig | None = None
+    hold: HoldConfig | None = Field(default=None, description="Written by `cutover writes` (facade.hold_edit); rarely by hand.")
 
     @field_validator("id")
     @classmethod
@@ -526,6 +578,7 @@ class FacadeConfig(_Model):
     admin: AdminConfig = AdminConfig()
     assignment: AssignmentConfig = AssignmentConfig()
     breaker: BreakerConfig = BreakerConfig()
+    limits: LimitsConfig = LimitsConfig()
     upstreams: dict[str, UpstreamConfig] = Field(description="Backends by name.")
     routes: tuple[RouteConfig, ...] = Field(default=(), description="Matched in declared order; the first match wins.")
     default: DefaultRoute = Field(description="Required: where unmatched requests go.")
@@ -560,48 +613,14 @@ class FacadeConfig(_Model):
 # Problems
 
 
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One thing wrong in a configuration file, at a 1-based line and column."""
-
-    file: str
-    line: int
-    column: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}: {self.message}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "line": self.line, "column": self.column, "message": self.message}
-
-
-class ConfigError(FacadeError):
+class ConfigError(FacadeError, FileError):
     """A configuration file is invalid; `problems` lists everything wrong with it."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = list(problems)
-        if len(self.problems) == 1:
-            text = str(self.problems[0])
-        else:
-            text = f"{len(self.problems)} problems:\n" + "\n".join(str(problem) for problem in self.problems)
-        super().__init__(text)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"error": str(self), "problems": [problem.as_dict() for problem in self.problems]}
 
 
 # --------------------------------------------------------------------------------------------
 # Cross-reference checks over plain data (the loader's raw data or a model dump)
 
-Loc = tuple[str | int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class _Found:
-    loc: Loc
-    on_key: bool
-    message: str
+_Found = Found
 
 
 def _route_label(route: object, index: int) -> str:
@@ -804,116 +823,33 @@ def _shadowed(
 
 
 # --------------------------------------------------------------------------------------------
-# Interpolation
-
-_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# Loading (through the one loader every YAML format shares)
 
 
-def interpolate(text: str, env: Mapping[str, str]) -> str:
-    """Replace `${VAR}` and `${VAR:-default}` (default when VAR is unset or empty) from `env`."""
-
-    def replace(found: re.Match[str]) -> str:
-        name, default = found.group(1), found.group(2)
-        value = env.get(name)
-        if value:
-            return value
-        if default is not None:
-            return default
-        raise ValueError(f"{found.group(0)} is not set; set {name} or give a default: ${{{name}:-<value>}}")
-
-    return _VARIABLE.sub(replace, text)
-
-
-# --------------------------------------------------------------------------------------------
-# Loading
-
-
-class _Locator:
-    """Line and column (1-based) of keys and values in a ruamel round-trip document."""
-
-    def __init__(self, root: Any) -> None:
-        self.root = root
-
-    def find(self, loc: Loc, *, on_key: bool) -> tuple[int, int]:
-        node = self.root
-        line, column = 0, 0
-        for depth, part in enumerate(loc):
-            last = depth == len(loc) - 1
-            if isinstance(node, CommentedMap) and part in node:
-                try:
-                    line, column = node.lc.key(part) if (on_key and last) else node.lc.value(part)
-                except (AttributeError, KeyError, TypeError):
-                    break
-                node = node[part]
-            elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
-                try:
-                    line, column = node.lc.item(part)
-                except (AttributeError, KeyError, TypeError, IndexError):
-                    break
-                node = node[part]
-            else:
-                break
-        return line + 1, column + 1
-
-
-def _plain(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {_plain(key): _plain(value) for key, value in node.items()}
-    if isinstance(node, list):
-        return [_plain(item) for item in node]
-    if isinstance(node, bool) or node is None:
-        return node
-    if isinstance(node, int):
-        return int(node)
-    if isinstance(node, float):
-        return float(node)
-    if isinstance(node, str):
-        return str(node)
-    return node
+def _syntax_hint(what: str) -> str | None:
+    if "but got '{'" in what:
+        return 'a path template with {name} inside a {...} mapping must be quoted, e.g. {path: "/api/products/{id}"}'
+    return None
 
 
 def check_text(
     text: str, file: str = "routing.yaml", *, env: Mapping[str, str] | None = None
 ) -> tuple[FacadeConfig | None, list[Problem]]:
     """Parse and validate `text`: the config when it is valid, and every problem found, in file order."""
-    try:
-        root = YAML(typ="rt").load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        what = " ".join(part for part in (exc.context, exc.problem) if part)
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        fix = "fix the syntax here"
-        if "but got '{'" in what:
-            fix = 'a path template with {name} inside a {...} mapping must be quoted, e.g. {path: "/api/products/{id}"}'
-        return None, [Problem(file, line, column, f"this is not valid YAML ({what}); {fix}.")]
-    except YAMLError as exc:
-        return None, [Problem(file, 1, 1, f"this is not valid YAML ({exc}); fix the syntax.")]
-    if root is None:
-        return None, [Problem(file, 1, 1, "the file is empty; it needs at least `upstreams:` and `default:`.")]
-    if not isinstance(root, dict):
-        return None, [Problem(file, 1, 1, "the file must be a mapping with `upstreams:`, `routes:` and `default:`.")]
-    data = _plain(root)
-    found = _interpolate_data(data, os.environ if env is None else env)
-    uninterpolated = [item.loc for item in found]
-    config: FacadeConfig | None = None
-    try:
-        config = FacadeConfig.model_validate(data, context={"cross_checked": True})
-    except ValidationError as exc:
-        found.extend(
-            item
-            for item in _from_validation_error(exc, data)
-            if not any(item.loc[: len(loc)] == loc for loc in uninterpolated)
-        )
-    found.extend(_cross_problems(data))
-    locator = _Locator(root)
-    problems: list[Problem] = []
-    for item in found:
-        line, column = locator.find(item.loc, on_key=item.on_key)
-        problem = Problem(file, line, column, item.message)
-        if problem not in problems:
-            problems.append(problem)
-    problems.sort(key=lambda problem: (problem.line, problem.column))
-    return (config if not problems else None), problems
+    return yamlfile.check_text(
+        text,
+        file,
+        FacadeConfig,
+        env=env,
+        prepare=_interpolate_data,
+        cross=_cross_problems,
+        label=_context,
+        hints=_HINTS,
+        empty="the file is empty; it needs at least `upstreams:` and `default:`.",
+        not_mapping="the file must be a mapping with `upstreams:`, `routes:` and `default:`.",
+        syntax_hint=_syntax_hint,
+        context={"cross_checked": True},
+    )
 
 
 def parse_config(text: str, file: str = "routing.yaml", *, env: Mapping[str, str] | None = None) -> FacadeConfig:
@@ -942,12 +878,7 @@ def check_file(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = 
 
 
 def _read(path: str | os.PathLike[str]) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([Problem(str(path), 1, 1, f"cannot read the file: {exc.strerror or exc}.")]) from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError([Problem(str(path), 1, 1, f"the file is not UTF-8 text ({exc.reason}).")]) from exc
+    return yamlfile.read_text(path, error=ConfigError)
 
 
 def _interpolate_data(data: dict[str, Any], env: Mapping[str, str]) -> list[_Found]:
@@ -995,95 +926,6 @@ def _context(loc: Loc, data: Mapping[str, Any]) -> tuple[str, Loc]:
     if loc and loc[0] == "default":
         return "the default route", loc[1:]
     return "", loc
-
-
-def _dotted(loc: Loc) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def _model_at(loc: Loc) -> type[BaseModel] | None:
-    """The model class whose field set applies at `loc` (for listing allowed keys)."""
-    current: Any = FacadeConfig
-    for part in loc:
-        current = _unwrap(current)
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            if not isinstance(part, str) or part not in current.model_fields:
-                return None
-            current = current.model_fields[part].annotation
-            continue
-        origin = typing.get_origin(current)
-        args = typing.get_args(current)
-        if origin in (list, tuple) and args:
-            current = args[0]
-        elif origin is dict and len(args) == 2:
-            current = args[1]
-        else:
-            return None
-    current = _unwrap(current)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
-
-
-def _unwrap(annotation: Any) -> Any:
-    while True:
-        origin = typing.get_origin(annotation)
-        if origin is Annotated:
-            annotation = typing.get_args(annotation)[0]
-        elif origin in (typing.Union, types.UnionType):
-            options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-            if len(options) != 1:
-                return annotation
-            annotation = options[0]
-        else:
-            return annotation
-
-
-def _from_validation_error(exc: ValidationError, data: Mapping[str, Any]) -> list[_Found]:
-    found: list[_Found] = []
-    for error in exc.errors(include_url=False):
-        loc: Loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and part.startswith("function-")))
-        kind = error["type"]
-        label, rest = _context(loc, data)
-        where = f"{label}: " if label else ""
-        field = _dotted(rest)
-        message = str(error["msg"])
-        if message.startswith("Value error, "):
-            message = message[len("Value error, ") :]
-        if kind == "missing":
-            name = str(loc[-1]) if loc else ""
-            label, rest = _context(loc[:-1], data)
-            parent = _dotted(rest)
-            owner = " ".join(part for part in (label, parent) if part) or "the file"
-            hint = _HINTS.get(name)
-            found.append(_Found(loc[:-1], True, f"{owner} is missing {name!r}" + (f"; {hint}." if hint else ".")))
-        elif kind == "extra_forbidden":
-            key = str(loc[-1])
-            model = _model_at(loc[:-1])
-            allowed = [name for name in (model.model_fields if model else {}) if name != "name" or model is not UpstreamConfig]
-            close = difflib.get_close_matches(key, allowed, n=1)
-            text = f"{where}unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-            if allowed:
-                text += f"; allowed here: {', '.join(allowed)}."
-            found.append(_Found(loc, True, text))
-        elif kind in ("value_error", "assertion_error"):
-            prefix = f"{field}: " if field and not message.startswith(field.rsplit(".", 1)[-1]) else ""
-            found.append(_Found(loc, False, f"{where}{prefix}{message}" + ("" if message.endswith(".") else ".")))
-        else:
-            on_key = loc[-1:] == ("[key]",)
-            if on_key:
-                loc, field = loc[:-1], _dotted(rest[:-1]) + " key"
-            got = error.get("input")
-            shown = f"; got {got!r}" if not isinstance(got, dict | list) else ""
-            if message.startswith("Input should"):
-                message = message[len("Input ") :]
-            message = re.sub(r"a valid dictionary( or instance of \w+)?", "a mapping ({key: value, ...})", message)
-            message = message.replace("a valid tuple", "a list ([a, b, ...])").replace("a valid list", "a list ([a, b, ...])")
-            subject = f"{label}: {field}" if label and field else (field or label or "the file")
-            text = f"{subject} {message[0].lower() + message[1:]}{shown}."
-            found.append(_Found(loc, on_key, text))
-    return found
 
 
 # --------------------------------------------------------------------------------------------

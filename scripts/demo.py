@@ -13,6 +13,7 @@ is stopped on exit or Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ from rich.table import Table
 
 from common.postgres import free_port, resolve_server
 from common.processes import ProcessError, ProcessGroup, python_module
+from common.waiting import TimedOut, wait_until
 
 STEPS = (0, 10, 50, 100)
 ROUTE_ID = "catalog-read"
@@ -303,20 +305,23 @@ def _live_change(env: DemoEnv, timeout: float = 30.0) -> float:
         started = time.monotonic()
         staff.patch("/api/products/1", json={"price": "123.45"}).raise_for_status()
         customer.post("/api/orders", json={"items": [{"product_id": 2, "quantity": 1}]}).raise_for_status()
-    deadline = started + timeout
-    price, stock = None, None
+    seen: dict[str, object] = {}
+
+    def arrived() -> bool:
+        seen["price"] = catalog.get("/api/products/1").json().get("price")
+        seen["stock"] = catalog.get("/api/products/2").json().get("stock")
+        return seen["price"] == "123.45" and seen["stock"] == before["stock"] - 1
+
     with httpx.Client(base_url=env.catalog_url, timeout=10) as catalog:
-        while time.monotonic() < deadline:
-            price = catalog.get("/api/products/1").json().get("price")
-            stock = catalog.get("/api/products/2").json().get("stock")
-            if price == "123.45" and stock == before["stock"] - 1:
-                return (time.monotonic() - started) * 1000
-            time.sleep(0.02)
-    raise ProcessError(
-        f"the live change did not reach the catalog service within {timeout:.0f}s (it shows price {price!r} "
-        f"for product 1 and stock {stock!r} for product 2; expected '123.45' and {before['stock'] - 1}); "
-        "see the cdc log"
-    )
+        try:
+            wait_until(arrived, max(0.0, started + timeout - time.monotonic()), 0.02, what="the live change")
+        except TimedOut:
+            raise ProcessError(
+                f"the live change did not reach the catalog service within {timeout:.0f}s (it shows price "
+                f"{seen.get('price')!r} for product 1 and stock {seen.get('stock')!r} for product 2; expected "
+                f"'123.45' and {before['stock'] - 1}); see the cdc log"
+            ) from None
+    return (time.monotonic() - started) * 1000
 
 
 def _verify(env: DemoEnv, console: Console) -> None:
@@ -392,9 +397,8 @@ def _shadow_round(env: DemoEnv, console: Console, requests: int, label: str, dis
     started = time.time()
     with console.status(f"Shadowing {requests} catalog reads to the catalog service ({label})…"):
         _send_traffic(env, 0, requests)
-        deadline = time.monotonic() + 60
-        while not _shadow_settled(_shadow_numbers(env)) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        with contextlib.suppress(TimedOut):  # the report says what was compared by then
+            wait_until(lambda: _shadow_settled(_shadow_numbers(env)), 60, 0.2, what="the shadow worker")
     report_path = env.work_dir / f"shadow-report-{label}.html"
     since = f"{int(time.time() - started) + 1}s"
     report = write_report(f"sqlite:///{env.work_dir}/shadow.db", report_path, since=since, route=ROUTE_ID)
@@ -424,7 +428,7 @@ def _shadow_round(env: DemoEnv, console: Console, requests: int, label: str, dis
 
 
 def _shift_reads(env: DemoEnv, requests_per_step: int, console: Console) -> None:
-    from scripts.routes_cmd import shift_weights
+    from facade.edit import shift_weights
 
     for weight in STEPS:
         before = _route_version(env)

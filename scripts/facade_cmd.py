@@ -25,7 +25,8 @@ from uvicorn.supervisors import Multiprocess
 
 from facade import app as facade_app
 from facade.accesslog import ACCESS_LOGGER
-from facade.app import ACCESS_LOG_ENV, CONFIG_ENV, HOST_ENV, SUPERVISOR_ENV, WATCH_ENV, AddonFactory, FacadeApp, create_app
+from facade.app import ACCESS_LOG_ENV, CONFIG_ENV, HOST_ENV, SUPERVISOR_ENV, WATCH_ENV, WORKERS_ENV, AddonFactory, FacadeApp, create_app
+from facade.exceptions import FacadeError
 from facade.shadow import ShadowAddon
 
 __all__ = ["ADDONS", "app", "app_from_env", "logging_config", "serve_facade"]
@@ -41,6 +42,8 @@ def app_from_env() -> FacadeApp:
 app = typer.Typer(no_args_is_help=True, help="Run the routing façade.")
 
 log = logging.getLogger("strangler.facade")
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 class WorkerSupervisor(Multiprocess):
@@ -90,6 +93,15 @@ def logging_config(level: str = "info", access_log: bool = True) -> dict[str, An
     }
 
 
+def check_serve_options(*, port: int, log_level: str) -> None:
+    """Refuse a port or log level uvicorn would misread (it takes port 99999 modulo 65536 and
+    fails deep inside logging setup on an unknown level), before anything is built or bound."""
+    if not 1 <= port <= 65535:
+        raise FacadeError(f"--port {port} is not a TCP port; give one from 1 to 65535")
+    if log_level.lower() not in LOG_LEVELS:
+        raise FacadeError(f"--log-level {log_level!r} is not a log level; use one of: {', '.join(LOG_LEVELS)}")
+
+
 def serve_facade(
     config: Path,
     *,
@@ -101,13 +113,15 @@ def serve_facade(
     watch: bool = True,
 ) -> None:
     """Serve the façade until interrupted. Raises `ConfigError`/`FacadeError` before listening."""
+    check_serve_options(port=port, log_level=log_level)
     # Validates the file and the token rule; with one worker this is the app that serves.
     facade = create_app(config, host=host, access_log=sys.stdout if access_log else None, watch=watch, addon_factories=ADDONS)
     options: dict[str, Any] = dict(
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        # uvicorn's httptools protocol plus the request-head limits of routing.yaml.
+        http="facade.protocol:FacadeHttpProtocol",
         lifespan="on",
         server_header=False,
         date_header=False,
@@ -126,6 +140,7 @@ def serve_facade(
     os.environ[ACCESS_LOG_ENV] = "stdout" if access_log else "off"
     os.environ[WATCH_ENV] = "1" if watch else "0"
     os.environ[SUPERVISOR_ENV] = str(os.getpid())
+    os.environ[WORKERS_ENV] = str(workers)
     uv_config = uvicorn.Config("scripts.facade_cmd:app_from_env", factory=True, workers=workers, **options)
     sock = uv_config.bind_socket()
     try:

@@ -4,27 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
 
 from common.postgres import free_port
+from common.waiting import TimedOut, wait_until
 
 __all__ = ["free_port", "serve", "wait_for"]
 
 
 def wait_for(condition: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> Any:
-    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    """Poll `condition` until it returns something truthy; fail the test after `timeout` seconds."""
+    try:
+        return wait_until(condition, timeout, interval, what=what)
+    except TimedOut as exc:
+        raise AssertionError(str(exc)) from None
 
 
 @contextlib.contextmanager

@@ -68,3 +68,14 @@ def test_invalid_yaml_has_a_position() -> None:
     with pytest.raises(SpecError) as info:
         parse_spec("name: [unclosed\n", file="s.yaml", env={})
     assert str(info.value).startswith("s.yaml:2:")
+
+
+def test_an_unreadable_spec_names_the_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(SpecError) as info:
+        load_spec(missing)
+    assert str(info.value) == f"{missing}:1:1: cannot read the file: No such file or directory."
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"name: \xff\n")
+    with pytest.raises(SpecError, match=r"binary.yaml:1:1: the file is not UTF-8 text"):
+        load_spec(binary)

@@ -250,13 +250,41 @@ def test_shift_of_an_unknown_route(block: Path) -> None:
         shift_weights(block, "nope", {"catalog": 1})
 
 
-def test_shift_validates_the_whole_new_file_before_writing(block: Path) -> None:
-    with pytest.raises(ConfigError) as raised:
+def test_shift_names_an_upstream_that_is_neither_on_the_route_nor_declared(block: Path) -> None:
+    with pytest.raises(FacadeError) as raised:
         shift_weights(block, "reads", {"catalgo": 20, "catalog": 0})
-    assert [str(p) for p in raised.value.problems] == [
-        f"{block}:16:7: route 'reads' sends 20% to 'catalgo', which is not a declared upstream; declared: monolith, catalog, search."
-    ]
+    assert str(raised.value) == (
+        f"'catalgo' is not an upstream of route 'reads' in {block} (it sends to monolith, catalog; "
+        "declared upstreams: monolith, catalog, search); did you mean 'catalog'? use --to NAME=PERCENT with one of those"
+    )
     assert block.read_text() == BLOCK
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"upstreams: {a: {url: 'http://127.0.0.1:1'}\n", ":2:1: this is not valid YAML"),
+        (b"upstreams:\n  a: {url: 'http://127.0.0.1:1'}\n  a: {url: 'http://127.0.0.1:2'}\ndefault: {to: a}\n", ":3:3: this is not valid YAML (while constructing a mapping found duplicate key"),
+        (b"upstreams: \xff\n", ":1:1: the file is not UTF-8 text"),
+    ],
+)
+def test_shift_reports_a_broken_file_as_check_does(tmp_path: Path, content: bytes, problem: str) -> None:
+    path = tmp_path / "routing.yaml"
+    path.write_bytes(content)
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts", "routes", "shift", str(path), "reads", "--to", "catalog=10"],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    checked = subprocess.run(
+        [sys.executable, "-m", "scripts", "routes", "check", str(path)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"FAILED: {path}{problem}")
+    assert checked.stdout.splitlines()[0] in done.stderr
+    assert path.read_bytes() == content
+
+
+def test_shift_validates_the_whole_new_file_before_writing(block: Path) -> None:
     broken = BLOCK.replace("default: {to: monolith}", "default: {to: legacy}")
     block.write_text(broken)
     with pytest.raises(ConfigError, match="the default route sends to 'legacy'"):
