@@ -36,8 +36,8 @@ __all__ = ["AdminClient", "HttpAdmin", "ReplicaState", "Sources", "parse_traffic
 
 
 def shadow_store_class() -> Any:
-    """The shadow store's class, imported in this one place (the shadow code is moving under facade/shadow/)."""
-    from facade.shadow_store import ShadowStore
+    """The shadow store's class, imported in this one place (only a shadow gate needs it)."""
+    from facade.shadow import ShadowStore
 
     return ShadowStore
 
