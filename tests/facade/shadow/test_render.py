@@ -16,7 +16,7 @@ from facade.shadow.report import make_report
 from facade.shadow.store import ShadowStore
 from tests.facade.shadow.test_report import SECRET, seed
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
     "--headless",
