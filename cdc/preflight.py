@@ -26,7 +26,7 @@ from cdc.exceptions import CDCError, SchemaChangedError
 from cdc.relations import check_relations
 from cdc.spec import SyncSpec, TableSpec
 
-__all__ = ["COPY_BYTES_PER_SECOND", "Check", "PreflightError", "PreflightResult", "preflight", "require", "wal_rate"]
+__all__ = ["COPY_BYTES_PER_SECOND", "Check", "PreflightError", "PreflightResult", "preflight", "require", "size_text", "wal_rate"]
 
 # A conservative rate of the snapshot copy (table bytes on disk per second) for projections.
 COPY_BYTES_PER_SECOND = 20 << 20
@@ -85,7 +85,8 @@ def _one(conn: Any, statement: str, params: Any = None) -> Any:
     return row[0] if row else None
 
 
-def _size(n: float) -> str:
+def size_text(n: float) -> str:
+    """Bytes as B, kB, MB, GB or TB, for messages."""
     for unit in ("B", "kB", "MB", "GB"):
         if abs(n) < 1024:
             return f"{n:.0f} {unit}"
@@ -268,8 +269,8 @@ def _wal_headroom(conn: Any, spec: SyncSpec, tables: list[TableSpec], sample_sec
     rate = wal_rate(conn, sample_seconds)
     seconds = table_bytes / COPY_BYTES_PER_SECOND
     retained = rate * seconds
-    estimate = (f"the snapshot of {_size(table_bytes)} takes about {seconds:.0f} s; at {_size(rate)}/s of WAL "
-                f"the slot holds back about {_size(retained)}")
+    estimate = (f"the snapshot of {size_text(table_bytes)} takes about {seconds:.0f} s; at {size_text(rate)}/s of WAL "
+                f"the slot holds back about {size_text(retained)}")
     keep = int(_one(conn, "SELECT setting::bigint FROM pg_settings WHERE name = 'max_slot_wal_keep_size'") or -1)
     if keep >= 0 and retained > keep << 20:
         return Check("WAL headroom", "fail", f"{estimate}, more than max_slot_wal_keep_size ({keep} MB): "
@@ -279,11 +280,11 @@ def _wal_headroom(conn: Any, spec: SyncSpec, tables: list[TableSpec], sample_sec
     free = _free_wal_disk(conn)
     if free is None:
         return Check("WAL headroom", "warn", f"{estimate}; the server's free disk cannot be read from here",
-                     f"make sure the source's pg_wal has at least {_size(retained * 2)} free")
+                     f"make sure the source's pg_wal has at least {size_text(retained * 2)} free")
     if free < retained * 2:
-        return Check("WAL headroom", "fail", f"{estimate}, but only {_size(free)} is free under pg_wal",
-                     f"free at least {_size(retained * 2 - free)} on the source's WAL disk, or copy at a quieter time")
-    return Check("WAL headroom", "ok", f"{estimate}; {_size(free)} free under pg_wal")
+        return Check("WAL headroom", "fail", f"{estimate}, but only {size_text(free)} is free under pg_wal",
+                     f"free at least {size_text(retained * 2 - free)} on the source's WAL disk, or copy at a quieter time")
+    return Check("WAL headroom", "ok", f"{estimate}; {size_text(free)} free under pg_wal")
 
 
 def _free_wal_disk(conn: Any) -> int | None:

@@ -116,6 +116,7 @@ def run_command(
 
 def _dry_run(spec: SyncSpec, *, sample: int | None, write: bool, chunk_rows: int, json_output: bool) -> None:
     from cdc.dryrun import dry_run
+    from cdc.preflight import size_text
 
     console = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console,
@@ -132,23 +133,24 @@ def _dry_run(spec: SyncSpec, *, sample: int | None, write: bool, chunk_rows: int
     if json_output:
         typer.echo(json.dumps(result.to_dict(), default=str))
     else:
-        out = Console()
+        out = Console(soft_wrap=True)
         table = Table(title=f"dry-run {result.spec} ({'all rows' if sample is None else f'sample {sample}'}"
                             f"{', in memory' if not write else ''})")
-        for col in ("source", "target", "read", "filtered", "mapped", "rejected", "rows/s", "full snapshot", "verify"):
+        for col in ("table", "read", "filtered", "mapped", "rejected", "rows/s", "rows (est.)", "full copy", "verify"):
             table.add_column(col)
         for t in result.tables:
             verdict = "-" if t.verify is None else ("ok" if t.verify["ok"] else "DIFFERS")
-            full = f"{t.projected_seconds:.1f} s ({t.estimated_rows} rows)" if t.projected_seconds is not None else "-"
-            table.add_row(t.source, t.target, str(t.read), str(t.filtered), str(t.mapped), str(t.rejected),
-                          f"{t.rate:.0f}", full, verdict)
+            full = f"{t.projected_seconds:.1f} s" if t.projected_seconds is not None else "-"
+            table.add_row(f"{t.source} → {t.target}", str(t.read), str(t.filtered), str(t.mapped), str(t.rejected),
+                          f"{t.rate:.0f}", str(t.estimated_rows), full, verdict)
         out.print(table)
         for t in result.tables:
             for example in t.examples:
                 out.print(f"  rejected {t.source} key={escape(str(example['key']))}: {escape(example['reason'])}", highlight=False)
         if result.projected_seconds is not None:
             out.print(f"full snapshot: about {result.projected_seconds:.1f} s; the slot would retain about "
-                      f"{result.projected_wal_bytes} bytes of WAL (source WAL rate {result.wal_bytes_per_second:.0f} B/s)")
+                      f"{size_text(result.projected_wal_bytes or 0)} of WAL (source WAL rate "
+                      f"{size_text(result.wal_bytes_per_second)}/s)", highlight=False)
     if result.interrupted:
         raise CDCError("dry-run interrupted; nothing was left behind")
     if not result.verified:
