@@ -272,8 +272,9 @@ def dry_run(
     stage = on_stage or (lambda _message: None)
     result = DryRunResult(spec=spec.path, scratch_schema=scratch_schema(spec) if write else None, sample=sample)
     source = connect(spec.source_url, "source")
-    target = connect(spec.target_url or "", "target") if write else None
+    target = None
     try:
+        target = connect(spec.target_url or "", "target") if write else None
         with stop_on_signals(stop):
             source.autocommit = True  # the WAL rate is read outside the copy's transaction
             result.wal_bytes_per_second = wal_rate(source, wal_sample_seconds)
@@ -301,5 +302,5 @@ def dry_run(
                 target.rollback()
             finally:
                 target.close()
-        stage("dry-run: nothing left behind (no slot, no publication, scratch schema rolled back)")
+            stage("dry-run: nothing left behind (no slot, no publication, scratch schema rolled back)")
     return result

@@ -87,6 +87,8 @@ def run_command(
     from cdc.pipeline import run
 
     spec = _spec(spec_path, source_url, target_url)
+    if not dry_run and (all_rows or no_write or json_output):
+        raise CDCError("--all, --no-write and --json are options of the dry-run; add --dry-run")
     if dry_run:
         _dry_run(spec, sample=None if all_rows else sample, write=not no_write, chunk_rows=chunk_rows, json_output=json_output)
         return

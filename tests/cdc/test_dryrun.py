@@ -101,6 +101,14 @@ def test_a_scratch_copy_that_differs_from_the_sample_fails_the_dry_run(legacy_an
     assert "the scratch copy differs from the mapped source sample" in str(result.exception)
 
 
+def test_bad_dry_run_options_are_one_line_errors(legacy_and_target: tuple[str, str]) -> None:
+    legacy, target = legacy_and_target
+    assert str(_dry_run(legacy, target, "--sample", "0").exception) == "--sample 0 must be at least 1 (or use --all)"
+    assert str(_dry_run(legacy, target, "--chunk-rows", "0").exception) == "--chunk-rows 0 must be at least 1"
+    no_dry = runner.invoke(app, ["cdc", "run", "--spec", str(SYNC_YAML), "--source-url", legacy, "--no-write"])
+    assert str(no_dry.exception) == "--all, --no-write and --json are options of the dry-run; add --dry-run"
+
+
 def _spawn(legacy: str, target: str) -> tuple[subprocess.Popen[str], queue.Queue[str], threading.Thread]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "scripts", "cdc", "run", "--spec", str(SYNC_YAML), "--source-url", legacy,
