@@ -4,35 +4,44 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
 
 .PHONY: demo test install test-tools bench clean
+.PRECIOUS: $(VENV)/.installed-%
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# One virtualenv; each target installs the extras of pyproject.toml it needs: `demo` (embedded
+# PostgreSQL, the catalog service's migrations, the monolith's forms) or `test` (every extra).
+$(VENV)/.installed-%: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	$(BIN)/pip install --quiet -e '.[$*]'
+	touch $@
 
-install: $(STAMP)
+install: $(VENV)/.installed-test
 
-demo: $(STAMP)
+demo: $(VENV)/.installed-demo
 	$(BIN)/strangler demo
 
-# Headless Chromium renders the shadow report in its test; installed from Debian's packages
-# when we may (root with apt-get), otherwise that one test says how to get it.
-test-tools:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing chromium (Debian package) for the report rendering test"; \
-	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "note: chromium not found; install it to run the report rendering test"; fi; }
+# The programs the suite runs, as program:Debian-package: headless Chromium renders the shadow
+# report; nginx and wrk drive the bench harness tests. Installed with apt-get when we may (root);
+# otherwise the tests that need one fail saying how to install it.
+TEST_TOOLS := chromium:chromium nginx:nginx wrk:wrk
 
-test: $(STAMP) test-tools
-	$(BIN)/python -m pytest
+test-tools:
+	@missing=""; for pair in $(TEST_TOOLS); do tool=$${pair%%:*}; \
+	  command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $${pair#*:}"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "note: the tests need$$missing; install with: sudo apt-get update && sudo apt-get install -y$$missing" >&2; \
+	  exit 0; fi; \
+	echo "installing$$missing (Debian packages) for the tests"; \
+	apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install --reinstall -y -qq$$missing >/dev/null
+
+# `make test PYTEST_ARGS='-x tests/bench'` runs a part of the suite the same way.
+test: $(VENV)/.installed-test test-tools
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	@test ! -f test-artifacts/shadow_report.png || echo "screenshot of the rendered shadow report: test-artifacts/shadow_report.png"
 
-bench: $(STAMP)
+bench: $(VENV)/.installed-test
 	$(BIN)/python bench/proxy.py
 	$(BIN)/python bench/cdc.py
 

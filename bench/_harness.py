@@ -39,6 +39,7 @@ __all__ = [
     "install_hint",
     "install_tools",
     "load_average",
+    "nginx_command",
     "nginx_proxy_config",
     "nginx_upstream_config",
     "parse_wrk_output",
@@ -48,6 +49,8 @@ __all__ = [
     "results_table",
     "run_wrk",
     "signals_as_interrupt",
+    "start_nginx",
+    "tool_path",
     "top_functions",
     "write_nginx_config",
     "wrk_command",
@@ -74,6 +77,7 @@ def check_tools(names: Sequence[str]) -> list[str]:
 
 
 def tool_path(name: str) -> str:
+    """Where the external tool `name` is; a BenchError that says how to install it otherwise."""
     found = shutil.which(name)
     if found:
         return found
@@ -86,7 +90,7 @@ def install_hint(missing: Sequence[str]) -> str:
     packages = " ".join(TOOL_PACKAGES.get(name, name) for name in missing)
     return (
         f"install it with: sudo apt-get update && sudo apt-get install -y {packages} "
-        "(or run this script with --install as root)"
+        "(or, as root, `make test-tools` or bench/proxy.py --install)"
     )
 
 
@@ -321,8 +325,9 @@ def nginx_proxy_config(prefix: Path, listen_port: int, upstream: str, *, access_
     return _nginx_main(prefix, name, block, worker_connections)
 
 
-def nginx_command(prefix: Path, config_path: Path) -> list[str]:
-    return [tool_path("nginx"), "-p", f"{prefix}/", "-c", str(config_path), "-e", str(config_path.with_suffix(".error.log"))]
+def nginx_command(prefix: Path, config_path: Path, *, nginx: str = "nginx") -> list[str]:
+    """nginx in the foreground on `config_path`; `nginx` is the binary (see `tool_path`)."""
+    return [nginx, "-p", f"{prefix}/", "-c", str(config_path), "-e", str(config_path.with_suffix(".error.log"))]
 
 
 def write_nginx_config(prefix: Path, name: str, config: str) -> Path:
@@ -337,7 +342,7 @@ def write_nginx_config(prefix: Path, name: str, config: str) -> Path:
 def start_nginx(processes: Processes, prefix: Path, name: str, config: str, url: str) -> Child:
     """Write `config`, start nginx in the foreground on it, wait until `url` answers."""
     config_path = write_nginx_config(prefix, name, config)
-    child = processes.start(name, nginx_command(prefix, config_path))
+    child = processes.start(name, nginx_command(prefix, config_path, nginx=tool_path("nginx")))
     processes.wait_http(child, url, timeout=15)
     return child
 
@@ -453,10 +458,11 @@ def _from_text(text: str) -> WrkResult:
 
 
 def wrk_command(url: str, *, connections: int, threads: int, duration: float, script: Path | None,
-                timeout: float = 5.0) -> list[str]:
+                timeout: float = 5.0, wrk: str = "wrk") -> list[str]:
+    """wrk's arguments for one run; `wrk` is the binary (see `tool_path`), not needed to build them."""
     threads = max(1, min(threads, connections))
     args = [
-        tool_path("wrk"), f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s",
+        wrk, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s",
         f"--timeout={max(1, round(timeout))}s", "--latency",
     ]
     if script is not None:
@@ -465,7 +471,8 @@ def wrk_command(url: str, *, connections: int, threads: int, duration: float, sc
 
 
 def run_wrk(url: str, *, connections: int, threads: int, duration: float, script: Path | None) -> WrkResult:
-    args = wrk_command(url, connections=connections, threads=threads, duration=duration, script=script)
+    args = wrk_command(url, connections=connections, threads=threads, duration=duration, script=script,
+                       wrk=tool_path("wrk"))
     try:
         result = subprocess.run(args, capture_output=True, text=True, timeout=duration + 60)
     except subprocess.TimeoutExpired as exc:

@@ -24,8 +24,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from common.extras import missing_extra
+
+try:
+    from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+except ImportError as exc:
+    raise missing_extra("kafka", "the Kafka transport (cdc.kafka)", exc) from exc
 
 from cdc.events import ChangeEvent, Position
 from cdc.exceptions import CDCError

@@ -79,8 +79,8 @@ def find_bin_dir() -> Path:
         if (candidate / "initdb").exists():
             return candidate
     raise PostgresError(
-        "no PostgreSQL binaries found: install the project with 'make install' (it brings the "
-        "pgserver wheel), put PostgreSQL's bin directory on PATH, or pass --database-url."
+        "no PostgreSQL binaries found: install the 'embedded' extra (pip install 'strangler[embedded]', "
+        "it brings the pgserver wheel), put PostgreSQL's bin directory on PATH, or pass --database-url."
     )
 
 

@@ -5,6 +5,9 @@
   `file:line:col: message`), the last reload and the breaker states.
 - `GET metrics`: Prometheus text exposition.
 - `POST reload`: reload `routing.yaml` now; 200 with the new version, 422 (`invalid_config`) with the problems.
+- `GET hold`: the write holds across every worker of this replica (`facade.hold`): per hold id
+  whether it is acked (installed and drained in all workers), workers seen / expected, held
+  requests, oldest wait, in-flight requests on its routes; `?id=` narrows it to one hold.
 - `GET <name>` for addons that expose a `snapshot()` (e.g. `shadow`).
 
 A bearer token is required on every endpoint unless the façade listens only on loopback. Every
@@ -122,6 +125,17 @@ def build_admin(
         )
         return JSONResponse(body, status_code=422)
 
+    async def hold(request: Request) -> Response:
+        report = proxy.holds.report()
+        wanted = request.query_params.get("id")
+        if wanted is not None:
+            known = [item["id"] for item in report["holds"]]
+            report["holds"] = [item for item in report["holds"] if item["id"] == wanted]
+            if not report["holds"]:
+                detail = f"no worker has a hold {wanted!r}; holds: {', '.join(known) or '(none)'}"
+                return _error_response(request.state.request_id, 404, "unknown_hold", detail)
+        return JSONResponse(report)
+
     def snapshot_endpoint(name: str, snapshot: Callable[[], Any]) -> Route:
         async def endpoint(request: Request) -> Response:
             return JSONResponse(snapshot())
@@ -131,7 +145,7 @@ def build_admin(
     async def not_found(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 404
         reason = "method_not_allowed" if status == 405 else "not_found"
-        known = ", ".join(sorted({"health", "routes", "metrics", "reload", *snapshots}))
+        known = ", ".join(sorted({"health", "routes", "metrics", "reload", "hold", *snapshots}))
         detail = f"{request.method} {request.url.path} is not part of the admin API; endpoints: {known}"
         headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else None  # 405's Allow
         return _error_response(request.state.request_id, status, reason, detail, headers)
@@ -146,6 +160,7 @@ def build_admin(
             Route(f"{PREFIX}/routes", routes, methods=["GET"]),
             Route(f"{PREFIX}/metrics", metrics_endpoint, methods=["GET"]),
             Route(f"{PREFIX}/reload", reload, methods=["POST"]),
+            Route(f"{PREFIX}/hold", hold, methods=["GET"]),
             *(snapshot_endpoint(name, snapshot) for name, snapshot in snapshots.items()),
         ],
         exception_handlers={404: not_found, 405: not_found, Exception: server_error},

@@ -12,7 +12,9 @@ import contextlib
 import ipaddress
 import logging
 import os
+import secrets
 import signal
+import socket
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -25,9 +27,11 @@ from facade.breaker import Breakers
 from facade.client import H1Client, UpstreamClient
 from facade.config import FacadeConfig
 from facade.errors import AdminTokenMissing
+from facade.hold import Holds
 from facade.metrics import Metrics
 from facade.proxy import Proxy
 from facade.reload import Reloader, load_table
+from facade.routing import path_problem
 
 __all__ = ["FacadeApp", "admin_token", "app_from_env", "create_app", "is_loopback"]
 
@@ -38,6 +42,7 @@ HOST_ENV = "STRANGLER_FACADE_HOST"
 ACCESS_LOG_ENV = "STRANGLER_FACADE_ACCESS_LOG"
 WATCH_ENV = "STRANGLER_FACADE_WATCH"
 SUPERVISOR_ENV = "STRANGLER_FACADE_SUPERVISOR"
+WORKERS_ENV = "STRANGLER_FACADE_WORKERS"
 
 
 def is_loopback(host: str) -> bool:
@@ -75,7 +80,8 @@ class FacadeApp:
         kind = scope["type"]
         if kind == "http":
             path: str = scope["path"]
-            if path.startswith("/_strangler/") or path == "/_strangler":
+            # Only the canonical form reaches the admin API; the proxy refuses the others.
+            if (path.startswith("/_strangler/") or path == "/_strangler") and path_problem(scope.get("raw_path") or b"", path) is None:
                 await self.admin(scope, receive, send)
             else:
                 await self.proxy(scope, receive, send)
@@ -88,10 +94,12 @@ class FacadeApp:
     async def startup(self) -> None:
         await self.addons.start()
         self.reloader.start(watch=self.watch)
+        self.proxy.holds.start()
         self.started = True
 
     async def shutdown(self) -> None:
         await self.reloader.stop()
+        self.proxy.holds.stop()
         await self.proxy.aclose()
         await self.addons.stop()
         self.started = False
@@ -125,6 +133,8 @@ def create_app(
     watch_interval: float = 0.5,
     access_log: TextIO | None = None,
     after_api_reload: Callable[[], None] | None = None,
+    hold_group: str | None = None,
+    workers: int = 1,
 ) -> FacadeApp:
     """Build the façade for `config_path`, to be served on `host`.
 
@@ -132,7 +142,9 @@ def create_app(
     if the file declares shadowing. `client` replaces the aiohttp upstream client. `env` (default
     `os.environ`) supplies `${VAR}` interpolation and the admin token. `access_log` is a stream
     for the JSON access lines (buffered); without it they go to the `strangler.access` logger.
-    `after_api_reload` runs after each `POST /_strangler/reload` (a worker tells its siblings). Raises `ConfigError` for an
+    `after_api_reload` runs after each `POST /_strangler/reload` (a worker tells its siblings).
+    The workers of one replica share `hold_group` (default: this app alone) and there are
+    `workers` of them: each keeps its hold state in `.strangler/hold/<group>/` beside the file. Raises `ConfigError` for an
     invalid file and `AdminTokenMissing` when a non-loopback bind would leave the admin API open.
     """
     env = os.environ if env is None else env
@@ -153,7 +165,15 @@ def create_app(
             metrics.registry.register(addon)  # an addon with its own Prometheus numbers (shadow)
     manager = AddonManager([metrics, AccessLog(stream=access_log), *extra])
     breakers = Breakers(config.breaker)
-    proxy = Proxy(table, client=client or H1Client(), addons=manager, breakers=breakers)
+    override_secrets = None if is_loopback(host) else [
+        secret for secret in (token, env.get(config.assignment.override_token_env or "")) if secret
+    ]
+    # The host name keeps replicas apart that share a volume (and, in containers, pids).
+    group = f"{socket.gethostname()}-{hold_group or f'{os.getpid()}-{secrets.token_hex(4)}'}"
+    holds = Holds(directory=path.resolve().parent / ".strangler" / "hold" / group, workers=workers, observer=metrics)
+    metrics.held_now = holds.held_counts
+    proxy = Proxy(table, client=client or H1Client(), addons=manager, breakers=breakers, holds=holds,
+                  override_secrets=override_secrets)
     reloader = Reloader(
         path, table, digest, loaded_at, install=proxy.swap, env=env, on_result=[lambda result: metrics.reloaded(result.ok)],
         interval=watch_interval,
@@ -189,7 +209,7 @@ def app_from_env() -> FacadeApp:
     environment the serve command sets (`STRANGLER_FACADE_CONFIG`, `STRANGLER_FACADE_HOST`,
     `STRANGLER_FACADE_ACCESS_LOG`: `stdout` for buffered lines on stdout, else the logger;
     `STRANGLER_FACADE_WATCH`: `0` to not watch the file; `STRANGLER_FACADE_SUPERVISOR`: the pid
-    of `facade serve`'s worker supervisor)."""
+    of `facade serve`'s worker supervisor; `STRANGLER_FACADE_WORKERS`: how many workers it runs)."""
     stream = sys.stdout if os.environ.get(ACCESS_LOG_ENV) == "stdout" else None
     supervisor = int(os.environ.get(SUPERVISOR_ENV) or 0)
     if supervisor:
@@ -201,4 +221,5 @@ def app_from_env() -> FacadeApp:
     return create_app(
         os.environ[CONFIG_ENV], host=os.environ.get(HOST_ENV, "127.0.0.1"), access_log=stream,
         watch=os.environ.get(WATCH_ENV, "1") != "0", after_api_reload=broadcast,
+        hold_group=f"supervisor-{supervisor}" if supervisor else None, workers=int(os.environ.get(WORKERS_ENV) or 1),
     )

@@ -40,6 +40,8 @@ __all__ = [
     "ConfigError",
     "DefaultRoute",
     "FacadeConfig",
+    "HoldConfig",
+    "LimitsConfig",
     "MatchConfig",
     "NormalizeRule",
     "Problem",
@@ -219,7 +221,13 @@ class AssignmentConfig(_Model):
     cookie: str = Field(default="strangler_id", description="Cookie carrying the sticky id of anonymous clients.")
     cookie_max_age: Duration = Field(default=365 * 86400.0, description="Lifetime of that cookie.")
     override_header: str | None = Field(
-        default="X-Strangler-Upstream", description="Header a tester sets to force a declared upstream."
+        default="X-Strangler-Upstream",
+        description="Header a tester sets to force one of the matched route's upstreams or its shadow target.",
+    )
+    override_token_env: str | None = Field(
+        default=None,
+        description="Environment variable holding a secret that, sent in X-Strangler-Token, allows the override header "
+        "when the façade listens beyond loopback (the admin token always does).",
     )
 
     @field_validator("cookie", "override_header")
@@ -235,6 +243,23 @@ class BreakerConfig(_Model):
 
     failures: int = Field(default=5, ge=1)
     reset_after: Duration = 10.0
+
+
+class LimitsConfig(_Model):
+    """Limits on the request head, checked as it arrives (defaults as nginx's
+    `large_client_header_buffers 4 8k`): above them the façade answers 414 or 431 and closes."""
+
+    header_line: Size = Field(default=8 * 1024, ge=256, description="Longest request line or single header line.")
+    headers: Size = Field(default=32 * 1024, ge=256, description="Largest request head: request line and all headers.")
+
+    @model_validator(mode="after")
+    def _line_within_head(self) -> LimitsConfig:
+        if self.header_line > self.headers:
+            raise ValueError(
+                f"limits.header_line ({self.header_line} bytes) is larger than limits.headers ({self.headers} bytes), "
+                "which bounds the whole head; raise headers or lower header_line"
+            )
+        return self
 
 
 class UpstreamConfig(_Model):
@@ -478,6 +503,40 @@ class ShadowWorkerConfig(_Model):
     )
 
 
+_HOLD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+
+
+class HoldConfig(_Model):
+    """A write hold on the route: new requests wait (body unread) instead of being sent, and go to
+    the upstream the table names when the hold is cleared. `until` is a lease (unix time): past
+    it every worker releases by itself. A request held longer than `budget` gets a 503."""
+
+    id: str = Field(description="Names the hold; the same id on several routes is one hold (GET /_strangler/hold).")
+    until: float = Field(gt=0, description="Lease end, unix time in seconds: past it the hold releases by itself.")
+    budget: Duration = Field(default=2.0, description="Longest a request waits before it gets 503 with Retry-After.")
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not _HOLD_ID.match(value):
+            raise ValueError(f"hold id {value!r} must be letters, digits, '-', '_', '.' or ':', e.g. writes-1")
+        return value
+
+    @field_validator("until", mode="before")
+    @classmethod
+    def _until(cls, value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"hold until {value!r} is not a unix time; write the lease end in seconds, e.g. 1767225600.5")
+        return value
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("a hold budget of 0 answers every request with 503; give it a duration, e.g. 2s")
+        return value
+
+
 class RouteConfig(_Model):
     """One entry of `routes:`: which requests (match), where to (weighted upstreams), how."""
 
@@ -489,6 +548,7 @@ class RouteConfig(_Model):
     retries: RetryConfig = RetryConfig()
     fallback: str | None = Field(default=None, description="Upstream for safe requests when the chosen one fails.")
     shadow: ShadowConfig | None = None
+    hold: HoldConfig | None = Field(default=None, description="Written by `cutover writes` (facade.hold_edit); rarely by hand.")
 
     @field_validator("id")
     @classmethod
@@ -518,6 +578,7 @@ class FacadeConfig(_Model):
     admin: AdminConfig = AdminConfig()
     assignment: AssignmentConfig = AssignmentConfig()
     breaker: BreakerConfig = BreakerConfig()
+    limits: LimitsConfig = LimitsConfig()
     upstreams: dict[str, UpstreamConfig] = Field(description="Backends by name.")
     routes: tuple[RouteConfig, ...] = Field(default=(), description="Matched in declared order; the first match wins.")
     default: DefaultRoute = Field(description="Required: where unmatched requests go.")

@@ -6,6 +6,10 @@
 - `strangler_request_duration_seconds{route, upstream}`: whole request, histogram.
 - `strangler_upstream_duration_seconds{route, upstream}`: until the upstream's response head.
 - `strangler_breaker_state{upstream}`: 0 closed, 1 half-open, 2 open (read at scrape time).
+- `strangler_hold_waiting{route}`: requests waiting in a write hold now (read at scrape time);
+  `strangler_held_requests_total{route, outcome}` (`released`, `budget_exceeded`) and
+  `strangler_hold_wait_seconds{route}` once each stops waiting; `strangler_holds_total{route, end}`
+  (`cleared`, `expired`) and `strangler_hold_duration_seconds{route}` (installed → released).
 - `strangler_reloads_total{result}`, `strangler_config_info{version, loaded_at}`,
   `strangler_addon_failures_total{hook}`.
 
@@ -93,14 +97,42 @@ class _Live(Collector):
         version, loaded_at = metrics.config_info()
         info.add_metric([], {"version": version, "loaded_at": loaded_at})
         yield info
+        yield from _hold_families(metrics)
         failures = CounterMetricFamily("strangler_addon_failures", "Addon hooks that raised (the request carried on).", labels=["hook"])
         for hook, failed in sorted(metrics.addon_failures().items()):
             failures.add_metric([hook], failed)
         yield failures
 
 
+def _hold_families(metrics: Metrics) -> Iterable[Any]:
+    held = GaugeMetricFamily("strangler_hold_waiting", "Requests waiting in a write hold now.", labels=["route"])
+    for route, count in sorted(metrics.held_now().items()):
+        held.add_metric([route], count)
+    yield held
+    outcomes = CounterMetricFamily(
+        "strangler_held_requests", "Requests that waited in a write hold, by how the wait ended.", labels=["route", "outcome"]
+    )
+    for key, count in sorted(metrics.hold_outcomes.items()):
+        outcomes.add_metric(list(key), count[0])
+    yield outcomes
+    ends = CounterMetricFamily("strangler_holds", "Write holds released, by how: cleared or lease expired.", labels=["route", "end"])
+    for key, count in sorted(metrics.hold_ends.items()):
+        ends.add_metric(list(key), count[0])
+    yield ends
+    for name, doc, histograms in (
+        ("strangler_hold_wait_seconds", "Time a request waited in a write hold.", metrics.hold_waits),
+        ("strangler_hold_duration_seconds", "Time a write hold was in force on a route.", metrics.hold_durations),
+    ):
+        family = HistogramMetricFamily(name, doc, labels=["route"])
+        for route, histogram in sorted(histograms.items()):
+            family.add_metric([route], histogram.buckets(), histogram.total)
+        yield family
+
+
 class Metrics:
-    """Addon counting every flow; `render()` gives the Prometheus text exposition."""
+    """Addon counting every flow; `render()` gives the Prometheus text exposition.
+
+    It is also the hold's observer (`hold_waited`, `hold_ended`; see `facade.hold`)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
@@ -113,6 +145,11 @@ class Metrics:
         self.request_counts: dict[tuple[str, str, str, int], list[int]] = {}
         self.error_counts: dict[tuple[str, str, str], list[int]] = {}
         self.timings: dict[tuple[str, str], tuple[_Histogram, _Histogram]] = {}
+        self.held_now: Callable[[], Mapping[str, int]] = dict
+        self.hold_outcomes: dict[tuple[str, str], list[int]] = {}
+        self.hold_ends: dict[tuple[str, str], list[int]] = {}
+        self.hold_waits: dict[str, _Histogram] = {}
+        self.hold_durations: dict[str, _Histogram] = {}
         self.registry.register(_Live(self))
 
     def request_finished(self, flow: Flow) -> None:
@@ -138,8 +175,23 @@ class Metrics:
                 errors = self.error_counts[error_key] = [0]
             errors[0] += 1
 
+    def hold_waited(self, route: str, seconds: float, released: bool) -> None:
+        _bump(self.hold_outcomes, (route, "released" if released else "budget_exceeded"))
+        self.hold_waits.setdefault(route, _Histogram()).observe(seconds)
+
+    def hold_ended(self, route: str, seconds: float, end: str) -> None:
+        _bump(self.hold_ends, (route, end))
+        self.hold_durations.setdefault(route, _Histogram()).observe(seconds)
+
     def reloaded(self, ok: bool) -> None:
         self.reloads.labels("ok" if ok else "error").inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _bump(counts: dict[tuple[str, str], list[int]], key: tuple[str, str]) -> None:
+    count = counts.get(key)
+    if count is None:
+        count = counts[key] = [0]
+    count[0] += 1

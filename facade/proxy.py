@@ -15,8 +15,10 @@ Forwarding rules, as nginx applies them:
 - `X-Request-ID` and W3C `traceparent` are passed on, created when absent (or malformed), and the
   request id is returned to the client.
 
-Resilience: the route's timeout bounds everything up to the response head, retries included (the
-upstream's `timeout` bounds each wait for data after that, as nginx's proxy_read_timeout does).
+Resilience: the route's timeout bounds everything up to the response head, retries and fallback
+included; the upstream's `timeout` bounds each attempt's wait for the response head and each wait
+for body data after it (as nginx's proxy_read_timeout does), so a hung upstream costs one attempt
+and not the route's whole budget.
 A request is retried, whatever its method, when it provably never reached the upstream (no
 connection); otherwise only idempotent methods are, and only while the request body read so far
 fits the route's replay buffer. Nothing is retried once the response has started. Breakers are
@@ -31,20 +33,22 @@ answers itself are JSON: `{"error", "detail", "request_id"}`.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from facade.addons import AddonManager, Flow
 from facade.breaker import Breaker, Breakers
 from facade.client import Body, Upstream, UpstreamClient, UpstreamResponse
-from facade.errors import ClientGone, UpstreamError
-from facade.routing import Route, RouteTable, override, sticky_key
+from facade.errors import ClientGone, UpstreamError, UpstreamTimeout
+from facade.hold import Holds, HoldTimeout
+from facade.routing import Route, RouteTable, override, path_problem, sticky_key
 
 __all__ = ["Deadlines", "Generation", "Proxy", "HOP_BY_HOP", "IDEMPOTENT_METHODS", "SAFE_METHODS", "request_id_for"]
 
@@ -70,8 +74,11 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-# Request headers the façade sets itself (or answers itself, like Expect).
-_REPLACED = frozenset({b"host", b"x-forwarded-proto", b"x-forwarded-host", b"expect"})
+# Request headers the façade sets itself (or answers itself, like Expect), and the façade's own
+# markers a client must not send upstream: the mirror marker and the override secret.
+_REPLACED = frozenset({b"host", b"x-forwarded-proto", b"x-forwarded-host", b"expect", b"x-strangler-shadow", b"x-strangler-token"})
+OVERRIDE_TOKEN_HEADER = "x-strangler-token"
+_OVERRIDE_TOKEN = OVERRIDE_TOKEN_HEADER.encode("ascii")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -98,6 +105,8 @@ class Generation:
     cookie: str
     cookie_suffix: bytes
     override_header: str | None
+    head_limits: tuple[int, int] = (8192, 32768)
+    """(longest request or header line, whole request head) in bytes, for the HTTP protocol."""
 
 
 class _Cookies(Mapping[str, str]):
@@ -282,8 +291,20 @@ class Proxy:
     their connection pools; pools of removed or changed upstreams close once idle.
     """
 
-    def __init__(self, table: RouteTable, *, client: UpstreamClient, addons: AddonManager, breakers: Breakers | None = None) -> None:
+    def __init__(
+        self,
+        table: RouteTable,
+        *,
+        client: UpstreamClient,
+        addons: AddonManager,
+        breakers: Breakers | None = None,
+        override_secrets: Collection[str] | None = None,
+        holds: Holds | None = None,
+    ) -> None:
         self.client = client
+        # None: the override header needs no secret (the façade listens on loopback only);
+        # otherwise the request must carry one of these in X-Strangler-Token.
+        self.override_secrets = tuple(secret.encode("utf-8") for secret in override_secrets) if override_secrets is not None else None
         self.addons = addons
         self.breakers = breakers or Breakers(table.config.breaker)
         self.generation: Generation = self._generation(table, {})
@@ -291,6 +312,8 @@ class Proxy:
         self._closing: set[asyncio.Task[None]] = set()
         self.deadlines = Deadlines()
         self.inflight = 0
+        self.holds = holds or Holds()
+        self.holds.configure(table)
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -302,7 +325,8 @@ class Proxy:
             upstreams[name] = old if old is not None and old.config == config else Upstream(name, config)
         assignment = table.config.assignment
         suffix = f"; Path=/; Max-Age={int(assignment.cookie_max_age)}; HttpOnly; SameSite=Lax".encode("latin-1")
-        return Generation(table, upstreams, assignment.cookie, suffix, assignment.override_header)
+        limits = table.config.limits
+        return Generation(table, upstreams, assignment.cookie, suffix, assignment.override_header, (limits.header_line, limits.headers))
 
     def swap(self, table: RouteTable) -> None:
         """Install `table` for new requests (one reference assignment)."""
@@ -310,6 +334,7 @@ class Proxy:
         new = self._generation(table, old.upstreams)
         self.breakers.configure(table.config.breaker, frozenset(table.upstreams))
         self.generation = new
+        self.holds.configure(table)  # after the swap: what it releases goes where `table` says
         for name, upstream in old.upstreams.items():
             if new.upstreams.get(name) is not upstream:
                 upstream.retired = True
@@ -326,6 +351,13 @@ class Proxy:
         while self._closing:
             await asyncio.gather(*list(self._closing), return_exceptions=True)
         await self.client.aclose()
+
+    def _may_override(self, headers: Mapping[str, str]) -> bool:
+        given = headers.get(OVERRIDE_TOKEN_HEADER)
+        if not given or self.override_secrets is None:
+            return False
+        token = given.strip().encode("latin-1")
+        return any(hmac.compare_digest(token, secret) for secret in self.override_secrets)
 
     # -- the request path ----------------------------------------------------------------------
 
@@ -358,23 +390,42 @@ class Proxy:
             decoded = value.decode("latin-1")
             text[label] = decoded if previous is None else previous + ("; " if label == "cookie" else ", ") + decoded
 
+        if OVERRIDE_TOKEN_HEADER in text:
+            # The override secret is for the façade alone: no addon (shadow, recorder) sees it.
+            request_headers = [item for item in request_headers if item[0] != _OVERRIDE_TOKEN]
         request_id, new_request_id = request_id_for(request_id)
         request_id_text = request_id.decode("ascii")
 
         path: str = scope["path"]
         cookies = _Cookies(text.get("cookie"))
         client = scope.get("client")
-        if not raw_path.startswith(b"/"):
-            route = table.default
-            flow = Flow(request_id_text, route, table, "", method, raw_path, query_string, request_headers, client, started)
-            await self._fail(flow, send, _Failure(400, "bad_request", "the request target must be an absolute path starting with '/'"), None)
+        problem = "the request target must be an absolute path starting with '/'" if not raw_path.startswith(b"/") else path_problem(raw_path, path)
+        if problem is not None:
+            flow = Flow(request_id_text, table.default, table, "", method, raw_path, query_string, request_headers, client, started)
+            await self._fail(flow, send, _Failure(400, "bad_request", problem), None)
+            self._finished(flow)
             return
         route = table.match(method, path, text, cookies, _Query(query_string))
+        holds = self.holds
+        if holds.active and route.id in holds.active:
+            # The write hold: wait with the body unread, then go where the table in force says.
+            try:
+                route = await holds.wait(route, lambda: self.generation.table.match(method, path, text, cookies, _Query(query_string)))
+            except HoldTimeout as exc:
+                flow = Flow(request_id_text, route, table, "", method, raw_path, query_string, request_headers, client, started)
+                await self._fail(flow, send, _Failure(503, "held_too_long", str(exc)), None)
+                self._finished(flow)
+                return
+            generation = self.generation
+            table = generation.table
+            started = time.monotonic()  # the route's timeout starts at release (the wait has its own metric)
 
         # Upstream choice: override header, else sticky key / assignment cookie and weights.
         set_cookie: bytes | None = None
         key = sticky_key(route, text, cookies, client[0] if client else None) if route.config.sticky else None
-        forced = override(table, text) if generation.override_header else None
+        forced = override(table, route, text) if generation.override_header else None
+        if forced is not None and self.override_secrets is not None and not self._may_override(text):
+            forced = None
         if forced is not None:
             name = forced
         else:
@@ -395,6 +446,7 @@ class Proxy:
         if addons.request_started:
             addons.flow_event(addons.request_started, flow, "request_started")
         self.inflight += 1
+        holds.enter(route.id)
         try:
             await self._forward(
                 flow, generation, route, name, forced is not None, scope, receive, send,
@@ -402,9 +454,14 @@ class Proxy:
             )
         finally:
             self.inflight -= 1
-            flow.duration = time.monotonic() - started
-            if addons.request_finished:
-                addons.flow_event(addons.request_finished, flow, "request_finished")
+            holds.leave(route.id)
+            self._finished(flow)
+
+    def _finished(self, flow: Flow) -> None:
+        flow.duration = time.monotonic() - flow.started
+        addons = self.addons
+        if addons.request_finished:
+            addons.flow_event(addons.request_finished, flow, "request_finished")
 
     async def _forward(
         self,
@@ -511,8 +568,12 @@ class Proxy:
                     used.append(upstream)
                 body: Body = body_source.stream() if body_source is not None else whole
                 sent_at = time.monotonic()
+                # The upstream's timeout bounds this attempt's wait for the response head, so a
+                # hung upstream leaves the rest of the route's budget to a retry or the fallback.
+                attempt_deadline = min(deadline, sent_at + upstream.config.timeout)
                 task = asyncio.current_task()
-                deadlines.add(task, deadline)
+                deadlines.add(task, attempt_deadline)
+                error: UpstreamError | None = None
                 try:
                     try:
                         response = await self.client.request(upstream, method, target, headers, body)
@@ -521,29 +582,36 @@ class Proxy:
                 except asyncio.CancelledError:
                     if not deadlines.fired(task):
                         raise
-                    breaker.failure()
-                    raise _Failure(504, "upstream_timeout", f"upstream {upstream.name!r} did not answer within the route's {timeout:g}s") from None
+                    if attempt_deadline >= deadline:
+                        breaker.failure()
+                        raise _Failure(504, "upstream_timeout", f"upstream {upstream.name!r} did not answer within the route's {timeout:g}s") from None
+                    error = UpstreamTimeout(
+                        f"upstream {upstream.name!r} sent no response head within its timeout of {upstream.config.timeout:g}s"
+                    )
                 except UpstreamError as exc:
+                    error = exc
+                except ClientGone:
+                    breaker.release()
+                    raise
+                if error is not None:
                     if body_source is not None and body_source.gone:
                         breaker.release()
-                        raise ClientGone(str(exc)) from exc
+                        raise ClientGone(str(error)) from error
                     breaker.failure()
                     can_replay = not body_source.lost if body_source is not None else whole is None or len(whole) <= replay_cap
-                    if tries < attempts_allowed and can_replay and (not exc.reached or method in IDEMPOTENT_METHODS) and breaker.allow():
-                        log.info("request %s: retrying %s %s on %r after: %s", flow.request_id, method, flow.path, upstream.name, exc)
+                    if tries < attempts_allowed and can_replay and (not error.reached or method in IDEMPOTENT_METHODS) and breaker.allow():
+                        log.info("request %s: retrying %s %s on %r after: %s", flow.request_id, method, flow.path, upstream.name, error)
                         continue
                     if fallback is not None and can_replay:
-                        log.info("request %s: falling back to %r after: %s", flow.request_id, fallback.name, exc)
+                        log.info("request %s: falling back to %r after: %s", flow.request_id, fallback.name, error)
                         upstream, breaker = fallback, breakers.get(fallback.name)
                         fallback = None
                         flow.upstream = upstream.name
                         breaker.allow()
                         continue
-                    status = 504 if exc.reason == "upstream_timeout" else 502
-                    raise _Failure(status, exc.reason, str(exc)) from exc
-                except ClientGone:
-                    breaker.release()
-                    raise
+                    status = 504 if error.reason == "upstream_timeout" else 502
+                    raise _Failure(status, error.reason, str(error)) from error
+                assert response is not None
                 status = response.status
                 if status >= 502 and status <= 504:
                     breaker.failure()
@@ -680,6 +748,13 @@ class Proxy:
                 await watcher.close()
 
     async def _fail(self, flow: Flow, send: Send, failure: _Failure, set_cookie: bytes | None) -> None:
+        headers, body = self._error(flow, failure, set_cookie)
+        await send({"type": "http.response.start", "status": failure.status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if flow.method == "HEAD" else body, "more_body": False})
+
+    @staticmethod
+    def _error(flow: Flow, failure: _Failure, set_cookie: bytes | None) -> tuple[Headers, bytes]:
+        """The façade's own JSON error for `flow`: response headers and body (noted on the flow)."""
         flow.error = failure.reason
         flow.status = failure.status
         log.warning("request %s: %s %s → %d %s: %s", flow.request_id, flow.method, flow.path, failure.status, failure.reason, failure.detail)
@@ -695,9 +770,17 @@ class Proxy:
         if failure.status == 503:
             headers.append((b"retry-after", b"1"))
         flow.response_headers = headers
-        await send({"type": "http.response.start", "status": failure.status, "headers": headers})
-        await send({"type": "http.response.body", "body": b"" if flow.method == "HEAD" else body, "more_body": False})
         flow.bytes_out = len(body)
+        return headers, body
+
+    def refusal(self, status: int, reason: str, detail: str, *, method: str, target: bytes, client: tuple[str, int] | None) -> tuple[Headers, bytes]:
+        """The façade's JSON error for a request the HTTP layer refuses before its head is complete
+        (too large, HTTP/0.9), recorded like any request (metrics, access log): headers and body."""
+        table = self.generation.table
+        flow = Flow("%032x" % _bits(128), table.default, table, "", method, target, b"", [], client, time.monotonic())
+        headers, body = self._error(flow, _Failure(status, reason, detail), None)
+        self._finished(flow)
+        return headers, body
 
 
 class _DisconnectWatcher:

@@ -7,6 +7,12 @@ exactly one non-empty segment, `**` as the last segment for zero or more segment
 `/api/products/7/`: a trailing slash is significant (upstreams see it too). Paths are matched as
 the ASGI server hands them over (percent-decoded `scope["path"]`).
 
+Only canonical paths are matched (`path_problem`): a path with a `.` or `..` segment, one that
+percent-encodes a character that needs no encoding (letters, digits, `-._~`), or one with an encoded
+slash or backslash is refused, so the path a route (or the admin prefix) is chosen by is the one
+the upstream sees, byte for byte. nginx resolves such paths instead; resolving and then forwarding the raw form would let
+`/api/products/../../admin` reach the catalog as itself.
+
 Assignment: `bucket = blake2b(route id, sticky key) mod 10000`; upstream *i* of the route's `to:`
 (in declared order) owns buckets `[c[i-1], c[i])` where `c` are the cumulative weights × 100.
 With two upstreams, any weight change moves users across the single boundary only, in one
@@ -34,7 +40,7 @@ from facade.config import (
     parse_path_template,
 )
 
-__all__ = ["BUCKETS", "Route", "RouteTable", "canonical_path", "override", "sticky_key"]
+__all__ = ["BUCKETS", "Route", "RouteTable", "canonical_path", "override", "path_problem", "sticky_key"]
 
 BUCKETS = 10_000
 """Buckets per route: weights have a resolution of 0.01%."""
@@ -81,6 +87,54 @@ def canonical_path(template: tuple[str, ...], path: str) -> str:
             break
         out.append("{*}" if segment == "*" else segment)
     return "/" + "/".join(out)
+
+
+_ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
+# Escapes that make a path non-canonical: unreserved characters (RFC 3986 2.3), whose encoded and
+# plain forms are the same path, and the separators, whose encoded forms are not.
+_NEEDLESS_ESCAPES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_SEPARATOR_ESCAPES = frozenset(b"/\\")
+
+
+def path_problem(raw_path: bytes, path: str) -> str | None:
+    """Why a request path is not canonical (a sentence naming the fix), or None when it is.
+
+    `raw_path` is the path as sent, `path` its percent-decoded form. Cheap for the usual path
+    with no `%` and no `/.`: two substring tests.
+    """
+    if b"%" in raw_path:
+        for match in _ESCAPE.finditer(raw_path):
+            code = int(match[1], 16)
+            shown = raw_path.decode("latin-1")
+            if code in _NEEDLESS_ESCAPES:
+                plain = _ESCAPE.sub(lambda m: bytes([int(m[1], 16)]) if int(m[1], 16) in _NEEDLESS_ESCAPES else m[0], raw_path)
+                return (
+                    f"the path {shown!r} percent-encodes {chr(code)!r} ({match[0].decode()}), which needs no encoding; "
+                    f"send it as {_resolved(plain.decode('latin-1').split('/'))!r}"
+                )
+            if code in _SEPARATOR_ESCAPES:
+                return (
+                    f"the path {shown!r} has an encoded {chr(code)!r} ({match[0].decode()}), which the façade does not route on; "
+                    "send the path without it"
+                )
+    if "/." in path:
+        segments = path.split("/")
+        if "." in segments or ".." in segments:
+            return f"the path {path!r} has a dot segment ('.' or '..'), which the façade does not resolve; send it as {_resolved(segments)!r}"
+    return None
+
+
+def _resolved(segments: list[str]) -> str:
+    """The path with dot segments removed (RFC 3986 5.2.4), for the error message's hint."""
+    out: list[str] = []
+    for segment in segments[1:]:
+        if segment == "..":
+            if out:
+                out.pop()
+        elif segment != ".":
+            out.append(segment)
+    trailing = segments[-1] in (".", "..")
+    return "/" + "/".join(out) + ("/" if trailing and out else "")
 
 
 def _seed(route_id: str) -> Any:
@@ -162,6 +216,8 @@ class Route:
     _only: str | None = field(repr=False)
     _seed: Any = field(repr=False)
     _conditional: bool = field(repr=False)
+    overridable: frozenset[str] = frozenset()
+    """Upstreams the override header may pick on this route: its own and its shadow target."""
 
     @classmethod
     def compile(cls, config: RouteConfig, index: int) -> Route:
@@ -191,6 +247,7 @@ class Route:
             _only=serving[0] if len(serving) == 1 else None,
             _seed=_seed(config.id),
             _conditional=bool(match.headers or match.cookies or match.query),
+            overridable=frozenset(names) | ({config.shadow.to} if config.shadow is not None else frozenset()),
         )
 
     @property
@@ -392,10 +449,12 @@ def sticky_key(route: Route, headers: Mapping[str, str], cookies: Mapping[str, s
     return value or None
 
 
-def override(table: RouteTable, headers: Mapping[str, str]) -> str | None:
-    """The upstream a tester forces with the override header, if it names a declared upstream.
+def override(table: RouteTable, route: Route, headers: Mapping[str, str]) -> str | None:
+    """The upstream a tester forces with the override header on the matched `route`, if any.
 
-    Undeclared values are ignored: the façade only ever routes to declared upstreams.
+    Only the route's own upstreams (weight 0 included) and its shadow target can be forced; any
+    other value is ignored, so the header never reaches a service the route does not use.
+    Whether the client may use the header at all is the proxy's decision (`override_secrets`).
     """
     name = table.config.assignment.override_header
     if name is None:
@@ -404,4 +463,4 @@ def override(table: RouteTable, headers: Mapping[str, str]) -> str | None:
     if value is None:
         return None
     value = value.strip()
-    return value if value in table.upstreams else None
+    return value if value in route.overridable else None

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import sys
+from importlib.metadata import version as package_version
 
 import typer
 
 from cdc.exceptions import CDCError
 from facade.exceptions import FacadeError
 from scripts import cdc_cmd, demo, facade_cmd, routes_cmd, shadow_cmd
+from common.extras import MissingExtraError
 from common.postgres import PostgresError
 
-KNOWN_ERRORS: tuple[type[Exception], ...] = (FacadeError, CDCError, PostgresError)
+KNOWN_ERRORS: tuple[type[Exception], ...] = (FacadeError, CDCError, PostgresError, MissingExtraError)
 
 app = typer.Typer(
     name="strangler",
@@ -20,6 +22,22 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(requested: bool) -> None:
+    if requested:
+        typer.echo(f"strangler {package_version('strangler')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the installed version and exit."),
+) -> None:
+    """Strangler-fig migrations: a routing façade, change data capture, shadow traffic and gated cutover."""
+
+
 app.add_typer(facade_cmd.app, name="facade")
 app.add_typer(routes_cmd.app, name="routes")
 app.add_typer(cdc_cmd.app, name="cdc")

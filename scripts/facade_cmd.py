@@ -23,13 +23,16 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from facade.accesslog import ACCESS_LOGGER
-from facade.app import ACCESS_LOG_ENV, CONFIG_ENV, HOST_ENV, SUPERVISOR_ENV, WATCH_ENV, create_app
+from facade.app import ACCESS_LOG_ENV, CONFIG_ENV, HOST_ENV, SUPERVISOR_ENV, WATCH_ENV, WORKERS_ENV, create_app
+from facade.exceptions import FacadeError
 
 __all__ = ["app", "logging_config", "serve_facade"]
 
 app = typer.Typer(no_args_is_help=True, help="Run the routing façade.")
 
 log = logging.getLogger("strangler.facade")
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 class WorkerSupervisor(Multiprocess):
@@ -79,6 +82,15 @@ def logging_config(level: str = "info", access_log: bool = True) -> dict[str, An
     }
 
 
+def check_serve_options(*, port: int, log_level: str) -> None:
+    """Refuse a port or log level uvicorn would misread (it takes port 99999 modulo 65536 and
+    fails deep inside logging setup on an unknown level), before anything is built or bound."""
+    if not 1 <= port <= 65535:
+        raise FacadeError(f"--port {port} is not a TCP port; give one from 1 to 65535")
+    if log_level.lower() not in LOG_LEVELS:
+        raise FacadeError(f"--log-level {log_level!r} is not a log level; use one of: {', '.join(LOG_LEVELS)}")
+
+
 def serve_facade(
     config: Path,
     *,
@@ -90,13 +102,15 @@ def serve_facade(
     watch: bool = True,
 ) -> None:
     """Serve the façade until interrupted. Raises `ConfigError`/`FacadeError` before listening."""
+    check_serve_options(port=port, log_level=log_level)
     # Validates the file and the token rule; with one worker this is the app that serves.
     facade = create_app(config, host=host, access_log=sys.stdout if access_log else None, watch=watch)
     options: dict[str, Any] = dict(
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        # uvicorn's httptools protocol plus the request-head limits of routing.yaml.
+        http="facade.protocol:FacadeHttpProtocol",
         lifespan="on",
         server_header=False,
         date_header=False,
@@ -115,6 +129,7 @@ def serve_facade(
     os.environ[ACCESS_LOG_ENV] = "stdout" if access_log else "off"
     os.environ[WATCH_ENV] = "1" if watch else "0"
     os.environ[SUPERVISOR_ENV] = str(os.getpid())
+    os.environ[WORKERS_ENV] = str(workers)
     uv_config = uvicorn.Config("facade.app:app_from_env", factory=True, workers=workers, **options)
     sock = uv_config.bind_socket()
     try:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from extracted.catalog.app import DEFAULT_MONOLITH_URL, ENV_DATABASE_URL, ENV_DEMO_DISCREPANCY, ENV_MONOLITH_URL
+from common.extras import MissingExtraError
+from extracted.catalog.db import check_url
 from extracted.catalog.exceptions import CatalogError
 
 cli = typer.Typer(
@@ -32,7 +36,7 @@ DatabaseUrl = Annotated[
 def _known_failures() -> Iterator[None]:
     try:
         yield
-    except CatalogError as exc:
+    except (CatalogError, MissingExtraError) as exc:
         typer.echo(f"FAILED: {exc}", err=True)
         raise typer.Exit(1) from exc
 
@@ -43,14 +47,90 @@ def _require(value: str | None, option: str, env: str) -> str:
     return value
 
 
-@cli.command()
-def migrate(database_url: DatabaseUrl = None) -> None:
-    """Create or upgrade the store (schema `catalog`): `alembic upgrade head`."""
-    from extracted.catalog.migrate import migrate as run_migrate
-
+@cli.command(
+    epilog="Examples: `migrate --database-url URL` (upgrade), `migrate --sql --from 0001 --to head > upgrade.sql`, "
+    "`migrate --sql --from head --to base` (the downgrade's SQL), `migrate --check` (on a private PostgreSQL), "
+    "`migrate --check --database-url postgresql://postgres@127.0.0.1:5432/postgres --json`."
+)
+def migrate(
+    database_url: DatabaseUrl = None,
+    sql: Annotated[
+        bool, typer.Option("--sql", help="Print the SQL of the migrations instead of running them (Alembic's offline "
+                                         "mode); connects to nothing, needs no --database-url.")
+    ] = False,
+    from_rev: Annotated[
+        str | None, typer.Option("--from", metavar="REV", help="With --sql: the revision the database is at (default base).")
+    ] = None,
+    to_rev: Annotated[
+        str | None, typer.Option("--to", metavar="REV", help="The revision to go to (default head); with --sql, one "
+                                                             "older than --from prints the downgrade.")
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="On a scratch database (created on the --database-url server, or on a "
+                                           "private embedded PostgreSQL without one, dropped at the end): upgrade, "
+                                           "downgrade and upgrade every revision, comparing the schema after each "
+                                           "step, then `alembic check` the models against the migrations.")
+    ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="With --check: print the stages as JSON.")] = False,
+    migrations: Annotated[
+        Path | None, typer.Option("--migrations", metavar="DIR", file_okay=False,
+                                  help="With --sql or --check: another migrations directory (a candidate "
+                                       "revision to try) instead of the service's own.")
+    ] = None,
+) -> None:
+    """Upgrade the store (schema `catalog`) to head, print the migrations' SQL, or check them."""
     with _known_failures():
-        head = run_migrate(_require(database_url, "--database-url", ENV_DATABASE_URL))
-    typer.echo(f"catalog store at revision {head}")
+        from extracted.catalog import migrate as migrations_api
+
+        if sql and check:
+            raise CatalogError("--sql and --check are two separate runs; pass one of them")
+        if from_rev is not None and not sql:
+            raise CatalogError(f"--from {from_rev} goes with --sql (a live database is upgraded from where it is)")
+        if json_output and not check:
+            raise CatalogError("--json goes with --check")
+        if migrations is not None and not (sql or check):
+            raise CatalogError("--migrations goes with --sql or --check; the store is migrated by its own migrations")
+        if sql:
+            if database_url:
+                check_url(database_url)  # only its dialect matters; nothing is connected to
+            typer.echo(migrations_api.migration_sql(from_rev, to_rev, migrations=migrations), nl=False)
+            return
+        if check:
+            if to_rev is not None:
+                raise CatalogError(f"--to {to_rev} does not go with --check, which checks every revision up to head")
+            _run_check(database_url, migrations, json_output)
+            return
+        head = migrations_api.migrate(_require(database_url, "--database-url", ENV_DATABASE_URL), to_rev or "head")
+    typer.echo(f"catalog store at revision {to_rev or head}")
+
+
+def _run_check(database_url: str | None, migrations: Path | None, json_output: bool) -> None:
+    from extracted.catalog.migrate import Stage, check_migrations
+
+    def show(stage: Stage) -> None:
+        mark = {True: "✓", False: "✗", None: "·"}[stage.ok]
+        typer.echo(f"{mark} {stage.name}" + (f": {stage.detail}" if stage.detail else ""))
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # A `kill` (or a CI timeout) cleans up as Ctrl-C does: the scratch database is dropped.
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        report = check_migrations(database_url, migrations=migrations, on_stage=None if json_output else show)
+    except KeyboardInterrupt:
+        # check_migrations dropped its scratch database (and stopped its PostgreSQL) on the way out.
+        typer.echo("FAILED: interrupted; the scratch database was dropped", err=True)
+        raise typer.Exit(130) from None
+    if json_output:
+        typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    elif report.ok:
+        typer.echo(f"migrations OK: {len(report.stages)} stages on scratch database {report.database} "
+                   f"({report.server}), dropped")
+    if not report.ok:
+        failed = report.failures
+        typer.echo(f"FAILED: {failed[0].name}: {failed[0].detail}", err=True)
+        raise typer.Exit(1)
 
 
 @cli.command("copy-from-legacy")

@@ -1,19 +1,27 @@
-"""The pure parts of the bench harness: reading wrk's output and writing nginx configurations."""
+"""The bench harness: reading wrk's output and writing nginx configurations (pure, no binary
+needed), and the generated configurations and wrk runs against a real nginx (`make test`
+installs nginx and wrk)."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from bench._harness import (
+    WRK_SUMMARY_LUA,
     BenchError,
+    Processes,
     Ratio,
+    free_port,
+    nginx_command,
     nginx_proxy_config,
     nginx_upstream_config,
     parse_wrk_output,
+    run_wrk,
+    start_nginx,
+    tool_path,
     top_functions,
     wrk_command,
     write_nginx_config,
@@ -102,7 +110,7 @@ def test_parse_wrk_failure_quotes_the_output() -> None:
 def test_wrk_command_keeps_threads_at_most_connections() -> None:
     args = wrk_command("http://127.0.0.1:1/", connections=1, threads=4, duration=2.4, script=Path("/x.lua"))
 
-    assert args[1:] == ["-t1", "-c1", "-d2s", "--timeout=5s", "--latency", "-s", "/x.lua", "http://127.0.0.1:1/"]
+    assert args == ["wrk", "-t1", "-c1", "-d2s", "--timeout=5s", "--latency", "-s", "/x.lua", "http://127.0.0.1:1/"]
 
 
 def test_nginx_upstream_config_serves_the_body_on_every_port(tmp_path: Path) -> None:
@@ -136,10 +144,27 @@ def test_nginx_proxy_config_refuses_an_upstream_url(tmp_path: Path) -> None:
         nginx_proxy_config(tmp_path, 9000, "http://127.0.0.1:8081", access_log=None)
 
 
-@pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
-                    reason="nginx is not installed (apt-get install nginx); the bench needs it, the rest of the suite does not")
+def test_wrk_command_names_the_binary_it_is_given() -> None:
+    args = wrk_command("http://127.0.0.1:1/", connections=8, threads=2, duration=1, script=None, wrk="/opt/wrk")
+
+    assert args == ["/opt/wrk", "-t2", "-c8", "-d1s", "--timeout=5s", "--latency", "http://127.0.0.1:1/"]
+
+
+def test_nginx_command_runs_the_given_binary_on_the_config_with_its_prefix(tmp_path: Path) -> None:
+    args = nginx_command(tmp_path, tmp_path / "proxy.conf", nginx="/opt/nginx")
+
+    assert args == ["/opt/nginx", "-p", f"{tmp_path}/", "-c", str(tmp_path / "proxy.conf"),
+                    "-e", str(tmp_path / "proxy.error.log")]
+
+
+def test_a_missing_tool_is_named_with_its_install_command() -> None:
+    with pytest.raises(BenchError, match=r"^no-such-tool-x is not installed; install it with: sudo apt-get update "
+                                         r"&& sudo apt-get install -y no-such-tool-x"):
+        tool_path("no-such-tool-x")
+
+
 def test_generated_configs_pass_nginx_syntax_check(tmp_path: Path) -> None:
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    nginx = tool_path("nginx")
     for name, config in (
         ("upstream", nginx_upstream_config(tmp_path, [8081, 8082])),
         ("proxy", nginx_proxy_config(tmp_path, 9000, "127.0.0.1:8081", access_log=tmp_path / "a.log")),
@@ -150,6 +175,21 @@ def test_generated_configs_pass_nginx_syntax_check(tmp_path: Path) -> None:
             capture_output=True, text=True,
         )
         assert result.returncode == 0, result.stderr
+
+
+def test_run_wrk_measures_the_generated_nginx_upstream(tmp_path: Path) -> None:
+    port = free_port()
+    script = tmp_path / "summary.lua"
+    script.write_text(WRK_SUMMARY_LUA)
+    with Processes(tmp_path / "logs") as processes:
+        start_nginx(processes, tmp_path, "upstream", nginx_upstream_config(tmp_path, [port]), f"http://127.0.0.1:{port}/")
+
+        result = run_wrk(f"http://127.0.0.1:{port}/", connections=2, threads=1, duration=1, script=script)
+
+    # Read from the Lua summary line: exact counts, no errors against nginx's `return 200`.
+    assert result.requests > 0 and result.rps > 0
+    assert result.errors == {}
+    assert 0 < result.p50_ms <= result.p99_ms
 
 
 def test_ratio_compares_with_its_target_in_its_direction() -> None:

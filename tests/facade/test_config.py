@@ -341,7 +341,7 @@ def test_unknown_keys_are_reported_at_the_key_with_a_suggestion() -> None:
             match: {paht: /a}
         """) == [
         "routing.yaml:8:5: route 'r': unknown key 'tiemout' (did you mean 'timeout'?); allowed here: id, match, to, "
-        "sticky, timeout, retries, fallback, shadow.",
+        "sticky, timeout, retries, fallback, shadow, hold.",
         "routing.yaml:9:13: route 'r': unknown key 'paht' (did you mean 'path'?); allowed here: path, methods, headers, "
         "cookies, query.",
     ]
@@ -353,7 +353,7 @@ def test_unknown_top_level_and_upstream_keys() -> None:
         "routing.yaml:4:43: upstream 'catalog': unknown key 'pools' (did you mean 'pool'?); allowed here: url, "
         "connect_timeout, timeout, pool, sandbox.",
         "routing.yaml:5:1: unknown key 'shadowstore' (did you mean 'shadow_store'?); allowed here: version, admin, "
-        "assignment, breaker, upstreams, routes, default, shadow_store, shadow_worker.",
+        "assignment, breaker, limits, upstreams, routes, default, shadow_store, shadow_worker.",
     ]
 
 

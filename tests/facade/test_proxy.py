@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import io
 import json
 import logging
 import re
@@ -78,7 +80,9 @@ def test_forwarded_headers_are_set_and_host_is_the_upstreams(tmp_path: Path) -> 
 
 
 def test_raw_path_and_query_pass_byte_for_byte(tmp_path: Path) -> None:
-    target = b"/api/a%2Fb/%7Euser/caf%C3%A9/x%20y/..%2F?x=1&x=2&y=%2F+%20&empty=&flag"
+    # Canonical (no dot segments, no needless or separator escapes: those are refused, see
+    # test_non_canonical_paths_are_refused...), yet nothing a normalising client would leave alone.
+    target = b"/api/~user/caf%C3%A9/x%20y/%25/a+b;v=1/?x=1&x=2&y=%2F+%20&empty=&flag&z=../%7E"
     with serve(echo("monolith")) as up:
         config = write_config(tmp_path / "routing.yaml", {"monolith": up})
         with facade(config) as (url, _):
@@ -279,3 +283,135 @@ def test_responses_delimited_by_closing_the_connection_arrive_whole(tmp_path: Pa
             second = get(url + "/eof")
     assert first.content == body and second.content == body
     assert up.connections == 2
+
+
+OVERRIDE_ROUTES = """
+- id: split
+  match: {path: /api/**}
+  to: {monolith: 100, catalog: 0}
+  shadow: {to: candidate}
+- id: sandboxed
+  match: {path: /sandbox/**}
+  to: sandbox
+"""
+
+
+def test_the_override_header_selects_only_among_the_routes_upstreams_and_shadow_target(tmp_path: Path) -> None:
+    names = ("monolith", "catalog", "candidate", "sandbox")
+    with contextlib.ExitStack() as stack:
+        urls = {name: stack.enter_context(serve(echo(name))) for name in names}
+        config = write_config(tmp_path / "routing.yaml", urls, routes=OVERRIDE_ROUTES)
+        with facade(config, addons=[]) as (url, _):
+            def forced(path: str, name: str) -> str:
+                return get(url + path, headers={"X-Strangler-Upstream": name}).json()["upstream"]
+
+            weight_zero = forced("/api/x", "catalog")
+            shadow_target = forced("/api/x", "candidate")
+            other_routes = forced("/api/x", "sandbox")
+            on_default = forced("/elsewhere", "catalog")
+    assert weight_zero == "catalog"  # a tester may try the route's 0% upstream before the shift
+    assert shadow_target == "candidate"
+    assert other_routes == "monolith"  # declared, but not this route's: ignored
+    assert on_default == "monolith"
+
+
+def test_off_loopback_the_override_header_needs_the_admin_token_or_the_override_secret(tmp_path: Path) -> None:
+    names = ("monolith", "catalog", "candidate", "sandbox")
+    env = {"STRANGLER_ADMIN_TOKEN": "admin-s3cret", "TESTER_SECRET": "tester-s3cret"}
+    with contextlib.ExitStack() as stack:
+        urls = {name: stack.enter_context(serve(echo(name))) for name in names}
+        config = write_config(tmp_path / "routing.yaml", urls, routes=OVERRIDE_ROUTES, extra="assignment: {override_token_env: TESTER_SECRET}")
+        seen = SeenHeaders()
+        # Built as for a non-loopback bind (the test still connects over loopback).
+        with facade(config, addons=[seen], host="0.0.0.0", env=env) as (url, _):
+            def sent(token: str | None) -> dict[str, Any]:
+                headers = {"X-Strangler-Upstream": "catalog"}
+                if token is not None:
+                    headers["X-Strangler-Token"] = token
+                return get(url + "/api/x", headers=headers).json()
+
+            bare, wrong, admin, tester = sent(None), sent("guess"), sent("admin-s3cret"), sent("tester-s3cret")
+    assert bare["upstream"] == "monolith" and wrong["upstream"] == "monolith"
+    assert admin["upstream"] == "catalog" and tester["upstream"] == "catalog"
+    # The secret never travels upstream, nor reaches an addon (a shadow mirror, the recorder).
+    assert all(header_values(payload, "x-strangler-token") == [] for payload in (bare, wrong, admin, tester))
+    assert len(seen.names) == 4 and all(b"x-strangler-token" not in names for names in seen.names)
+    assert all(b"x-strangler-upstream" in names for names in seen.names)
+
+
+class SeenHeaders:
+    """An addon keeping the request header names of every flow it sees."""
+
+    def __init__(self) -> None:
+        self.names: list[set[bytes]] = []
+
+    def request_finished(self, flow: Any) -> None:
+        self.names.append({name for name, _ in flow.request_headers})
+
+
+def test_a_client_sent_mirror_marker_is_stripped(tmp_path: Path) -> None:
+    with serve(echo("monolith")) as up:
+        config = write_config(tmp_path / "routing.yaml", {"monolith": up})
+        with facade(config) as (url, _):
+            payload = get(url + "/p", headers={"X-Strangler-Shadow": "1", "X-Other": "kept"}).json()
+    assert header_values(payload, "x-strangler-shadow") == []
+    assert header_values(payload, "x-other") == ["kept"]
+
+
+class _Received:
+    """A response already read, handed to http.client as if it were a socket."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def makefile(self, *args: Any, **kwargs: Any) -> io.BytesIO:
+        return io.BytesIO(self.data)
+
+
+def parsed(response: bytes) -> tuple[int, dict[str, str], Any]:
+    """(status, headers by lower-case name, JSON body or None) of a response read off a socket."""
+    reply = http.client.HTTPResponse(_Received(response))  # type: ignore[arg-type]
+    reply.begin()
+    body = reply.read()
+    return reply.status, {k.lower(): v for k, v in reply.getheaders()}, json.loads(body) if body else None
+
+
+def _json_of(response: bytes) -> tuple[int, Any]:
+    status, _, body = parsed(response)
+    return status, body
+
+
+def test_non_canonical_paths_are_refused_and_never_reach_a_route_or_the_admin_api(tmp_path: Path) -> None:
+    routes = """
+    - id: catalog-read
+      match: {path: /api/products/**}
+      to: catalog
+    """
+    with serve(echo("monolith")) as monolith, serve(echo("catalog")) as catalog:
+        config = write_config(tmp_path / "routing.yaml", {"monolith": monolith, "catalog": catalog}, routes=routes)
+        with facade(config) as (url, _):
+            def sent(target: bytes) -> bytes:
+                return raw_exchange(url, b"GET " + target + b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+
+            escape = _json_of(sent(b"/api/products/../../admin"))
+            encoded_dots = _json_of(sent(b"/api/products/%2e%2e/%2E%2E/admin"))
+            admin = _json_of(sent(b"/%5f%73trangler/routes"))
+            admin_dots = _json_of(sent(b"/api/../_strangler/routes"))
+            slash = _json_of(sent(b"/api/products%2F7"))
+            canonical = _json_of(sent(b"/api/products/a%20b/%C3%A9?q=%5f&r=../x"))
+            well_known = _json_of(sent(b"/.well-known/security.txt"))
+            metrics = get(url + "/_strangler/metrics").text
+    assert escape == (400, {
+        "error": "bad_request",
+        "detail": "the path '/api/products/../../admin' has a dot segment ('.' or '..'), which the façade does not resolve; send it as '/admin'",
+        "request_id": escape[1]["request_id"],
+    })
+    assert encoded_dots[0] == 400 and "percent-encodes '.' (%2e), which needs no encoding; send it as '/admin'" in encoded_dots[1]["detail"]
+    assert admin[0] == 400 and "send it as '/_strangler/routes'" in admin[1]["detail"]
+    assert admin_dots[0] == 400 and "send it as '/_strangler/routes'" in admin_dots[1]["detail"]
+    assert slash[0] == 400 and "encoded '/' (%2F)" in slash[1]["detail"]
+    # A canonical path goes up byte for byte, escapes and all; the query string is not a path.
+    assert canonical[0] == 200 and canonical[1]["upstream"] == "catalog"
+    assert canonical[1]["raw_path"] == "/api/products/a%20b/%C3%A9" and canonical[1]["query_string"] == "q=%5f&r=../x"
+    assert well_known[0] == 200 and well_known[1]["raw_path"] == "/.well-known/security.txt"
+    assert 'strangler_errors_total{reason="bad_request",route="default",upstream=""} 5.0' in metrics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from pathlib import Path
@@ -257,3 +258,71 @@ def test_breaker_probes_once_when_half_open_then_closes_or_reopens() -> None:
     assert breaker.allow()
     breaker.success()
     assert breaker.state == CLOSED and breaker.allow() and breaker.allow()
+
+
+class HungUpstream:
+    """A TCP server that accepts connections, reads what comes and never answers."""
+
+    def __init__(self) -> None:
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.url = "http://127.0.0.1:%d" % self._sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def __enter__(self) -> HungUpstream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._sock.close()
+        for conn in self.accepted:
+            conn.close()
+        self._thread.join(5)
+
+
+def test_a_hung_new_service_falls_back_within_the_route_budget(tmp_path: Path) -> None:
+    # catalog accepts and never answers. Its own 1 s timeout bounds each wait for the response
+    # head, so a GET is tried twice and then served by the monolith inside the route's 6 s;
+    # without it the client would wait the whole 6 s and get a 504.
+    with serve(echo("monolith")) as monolith, HungUpstream() as catalog:
+        config = tmp_path / "routing.yaml"
+        config.write_text(
+            f"""version: 1
+upstreams:
+  monolith: {{url: "{monolith}", timeout: 10s}}
+  catalog: {{url: "{catalog.url}", timeout: 1s}}
+breaker: {{failures: 100}}
+routes:
+  - id: catalog-read
+    match: {{path: /api/products/**}}
+    to: {{monolith: 0, catalog: 100}}
+    timeout: 6s
+    retries: {{attempts: 2}}
+    fallback: monolith
+default: {{to: monolith}}
+"""
+        )
+        recorder = Recorder()
+        with facade(config, client=recorder) as (url, _):
+            read = get(url + "/api/products/1", timeout=30)
+            write = post(url + "/api/products", content=b"{}", timeout=30)
+            metrics = get(url + "/_strangler/metrics").text
+    assert read.status_code == 200 and read.json()["upstream"] == "monolith"
+    assert recorder.attempts == [("catalog", "GET"), ("catalog", "GET"), ("monolith", "GET"), ("catalog", "POST")]
+    # A write is not retried once it may have arrived, nor moved: the service's timeout answers it.
+    assert write.status_code == 504
+    assert write.json() == {
+        "error": "upstream_timeout",
+        "detail": "upstream 'catalog' sent no response head within its timeout of 1s",
+        "request_id": write.headers["x-request-id"],
+    }
+    assert len(catalog.accepted) == 3  # each timed-out attempt dropped its connection
+    assert 'strangler_errors_total{reason="upstream_timeout",route="catalog-read",upstream="catalog"} 1.0' in metrics

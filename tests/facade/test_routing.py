@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from facade.config import FacadeConfig, RouteConfig
-from facade.routing import BUCKETS, Route, RouteTable, canonical_path, override, sticky_key
+from facade.routing import BUCKETS, Route, RouteTable, canonical_path, override, path_problem, sticky_key
 
 UPSTREAMS = {"monolith": {"url": "http://127.0.0.1:8001"}, "catalog": {"url": "http://127.0.0.1:8002"}}
 
@@ -319,18 +319,31 @@ def test_sticky_key_from_header_cookie_or_client() -> None:
     assert sticky_key(t.default, headers, cookies, "10.0.0.1") is None
 
 
-def test_override_header_forces_only_declared_upstreams() -> None:
-    t = table(route("/a"))
-    assert override(t, {"x-strangler-upstream": "catalog"}) == "catalog"
-    assert override(t, {"x-strangler-upstream": " monolith "}) == "monolith"
-    assert override(t, {"x-strangler-upstream": "http://evil.example"}) is None
-    assert override(t, {"x-strangler-upstream": ""}) is None
-    assert override(t, {}) is None
-    custom = table(route("/a"), assignment={"override_header": "X-Force"})
-    assert override(custom, {"x-force": "catalog"}) == "catalog"
-    assert override(custom, {"x-strangler-upstream": "catalog"}) is None
-    off = table(route("/a"), assignment={"override_header": None})
-    assert override(off, {"x-strangler-upstream": "catalog"}) is None
+def test_override_header_forces_only_the_routes_own_upstreams_and_shadow_target() -> None:
+    upstreams = {**UPSTREAMS, "sandbox": {"url": "http://127.0.0.1:8003"}, "next": {"url": "http://127.0.0.1:8004"}}
+    t = table(
+        route("/a", id="a", to={"monolith": 100, "catalog": 0}),
+        {**route("/s", id="s", to="monolith"), "shadow": {"to": "next"}},
+        route("/b", id="b", to="sandbox"),
+        upstreams=upstreams,
+    )
+    a, s = t.by_id["a"], t.by_id["s"]
+    assert override(t, a, {"x-strangler-upstream": "catalog"}) == "catalog"  # weight 0 is still the route's
+    assert override(t, a, {"x-strangler-upstream": " monolith "}) == "monolith"
+    assert override(t, a, {"x-strangler-upstream": "sandbox"}) is None  # declared, but another route's
+    assert override(t, a, {"x-strangler-upstream": "next"}) is None
+    assert override(t, s, {"x-strangler-upstream": "next"}) == "next"  # the route's shadow target
+    assert override(t, s, {"x-strangler-upstream": "catalog"}) is None
+    assert override(t, t.default, {"x-strangler-upstream": "catalog"}) is None
+    assert override(t, t.default, {"x-strangler-upstream": "monolith"}) == "monolith"
+    assert override(t, a, {"x-strangler-upstream": "http://evil.example"}) is None
+    assert override(t, a, {"x-strangler-upstream": ""}) is None
+    assert override(t, a, {}) is None
+    custom = table(route("/a", id="a", to={"monolith": 50, "catalog": 50}), assignment={"override_header": "X-Force"})
+    assert override(custom, custom.by_id["a"], {"x-force": "catalog"}) == "catalog"
+    assert override(custom, custom.by_id["a"], {"x-strangler-upstream": "catalog"}) is None
+    off = table(route("/a", id="a", to={"monolith": 50, "catalog": 50}), assignment={"override_header": None})
+    assert override(off, off.by_id["a"], {"x-strangler-upstream": "catalog"}) is None
 
 
 def test_as_dict_describes_the_table() -> None:
@@ -370,3 +383,26 @@ def test_the_index_finds_the_same_route_as_a_linear_scan(
     path = "/" + "/".join(segments)
     expected = next((r for r in t.routes if r.matches(method, path, {}, {}, {})), t.default)
     assert t.match(method, path, {}, {}, {}) is expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (b"/api/products/7", None),
+        (b"/", None),
+        (b"/a%20b/%C3%A9/%25/%3F", None),
+        (b"/.well-known/x/..x/x..", None),
+        (b"/a//b", None),
+        (b"/a/./b", "the path '/a/./b' has a dot segment ('.' or '..'), which the façade does not resolve; send it as '/a/b'"),
+        (b"/a/b/..", "the path '/a/b/..' has a dot segment ('.' or '..'), which the façade does not resolve; send it as '/a/'"),
+        (b"/../../x", "the path '/../../x' has a dot segment ('.' or '..'), which the façade does not resolve; send it as '/x'"),
+        (b"/%5F%73trangler/x", "the path '/%5F%73trangler/x' percent-encodes '_' (%5F), which needs no encoding; send it as '/_strangler/x'"),
+        (b"/a%7eb", "the path '/a%7eb' percent-encodes '~' (%7e), which needs no encoding; send it as '/a~b'"),
+        (b"/a%2fb", "the path '/a%2fb' has an encoded '/' (%2f), which the façade does not route on; send the path without it"),
+        (b"/a%5Cb", "the path '/a%5Cb' has an encoded '\\\\' (%5C), which the façade does not route on; send the path without it"),
+    ],
+)
+def test_path_problem_refuses_dot_segments_needless_escapes_and_encoded_separators(raw: bytes, problem: str | None) -> None:
+    from urllib.parse import unquote
+
+    assert path_problem(raw, unquote(raw.decode("latin-1"))) == problem

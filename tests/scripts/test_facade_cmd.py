@@ -95,3 +95,20 @@ def test_sighup_reloads_every_worker_in_place(tmp_path: Path) -> None:
             process.terminate()
             process.wait(timeout=20)
         assert process.returncode == 0, log_path.read_text()
+
+
+def test_a_bad_port_or_log_level_is_one_line_before_anything_listens(tmp_path: Path) -> None:
+    path = tmp_path / "routing.yaml"
+    write_routing(path, "http://127.0.0.1:9", "http://127.0.0.1:9", to="monolith")
+    for option, value, expected in (
+        ("--port", "99999", "FAILED: --port 99999 is not a TCP port; give one from 1 to 65535"),
+        ("--port", "0", "FAILED: --port 0 is not a TCP port; give one from 1 to 65535"),
+        ("--log-level", "bogus", "FAILED: --log-level 'bogus' is not a log level; use one of: critical, error, warning, info, debug, trace"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "scripts", "facade", "serve", "--config", str(path), option, value],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.strip() == expected
+        assert done.stdout == ""

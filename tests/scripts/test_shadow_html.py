@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -58,11 +57,9 @@ def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-# `make test` installs Chromium when it runs as root (as CI does), so there a missing browser is
-# a failure; only a user who cannot install packages gets a skip, with the command to run.
-@pytest.mark.skipif(CHROMIUM is None and os.geteuid() != 0, reason="needs Debian's chromium: sudo apt-get update && sudo apt-get install -y chromium")
+# `make test` installs Chromium (as root); without it this fails saying how to get it, never skips.
 def test_html_report_renders_charts_and_tables_in_chromium(tmp_path: Path) -> None:
-    assert CHROMIUM is not None, "chromium not found; make test installs it as root: apt-get update && apt-get install -y chromium"
+    assert CHROMIUM is not None, "chromium not found; install it with: sudo apt-get update && sudo apt-get install -y chromium (or, as root, make test-tools)"
     url = f"sqlite:///{tmp_path}/shadow.db"
     seed(url)
     store = ShadowStore(url)
