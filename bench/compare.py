@@ -1,4 +1,4 @@
-"""Comparator benchmark: time `facade.compare.compare` on two ~400 KB JSON bodies.
+"""Comparator benchmark: time `facade.shadow.compare.compare` on two ~400 KB JSON bodies.
 
 Target (shadow issue): comparing two 400 KB JSON bodies takes at most 5 ms. Cases:
 identical content serialised differently (the common case: parse both, prove equal), a handful of
@@ -27,7 +27,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from facade.compare import CompareRules, Normalizer, Reply, compare  # noqa: E402
+from facade.shadow.compare import Reply, compare  # noqa: E402
+from facade.shadow.rules import CompareRules, Normalizer  # noqa: E402
 
 TARGET_MS = 5.0
 HEADERS = {"content-type": "application/json"}

@@ -29,7 +29,6 @@ from cdc.pgoutput import (
     Delete,
     Insert,
     LogicalMessage,
-    Message,
     Origin,
     PgOutputError,
     Relation,

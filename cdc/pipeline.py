@@ -16,7 +16,6 @@ next run resumes after that chunk.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import threading
 import time

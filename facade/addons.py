@@ -4,6 +4,11 @@ An addon is any object with some of these hooks, all optional:
 
 - `async start()` / `async stop()`: lifecycle, called from the app's lifespan. An addon that does
   I/O owns its tasks and awaits them in `stop()`.
+- `configure(table)` (plain or async): the routing table in force, after `start()` and again after
+  every successful reload, so what an addon derives from `routing.yaml` follows the file (as
+  mitmproxy's `configure(updated)`). An addon with an `active` attribute that is false after it
+  is left out of the request hooks until a later `configure` sets it: costing nothing per request
+  while, say, no route is shadowed.
 - `request_started(flow)`: the route and upstream are chosen, nothing was sent yet.
 - `request_chunk(flow, data)`: a piece of the request body on its way to the upstream.
 - `response_started(flow)`: the upstream answered; `flow.status` and `flow.response_headers` are set.
@@ -12,12 +17,14 @@ An addon is any object with some of these hooks, all optional:
 
 Hooks are synchronous and must be cheap: they run on the request path. An addon that raises is
 logged and counted (`AddonManager.failures`), the request carries on. The dispatch lists are
-computed once, so a hook nobody implements costs nothing per request or per chunk.
+computed at start and after each `configure`, so a hook nobody implements (or only an inactive
+addon does) costs nothing per request or per chunk.
 """
 
 from __future__ import annotations
 
 import collections
+import inspect
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -79,14 +86,39 @@ class AddonManager:
     def __init__(self, addons: Iterable[object] = ()) -> None:
         self.addons: tuple[object, ...] = tuple(addons)
         self.failures: collections.Counter[str] = collections.Counter()
-        self.request_started: tuple[Callable[[Flow], None], ...] = self._hooks("request_started")
-        self.request_chunk: tuple[Callable[[Flow, bytes], None], ...] = self._hooks("request_chunk")
-        self.response_started: tuple[Callable[[Flow], None], ...] = self._hooks("response_started")
-        self.response_chunk: tuple[Callable[[Flow, bytes], None], ...] = self._hooks("response_chunk")
-        self.request_finished: tuple[Callable[[Flow], None], ...] = self._hooks("request_finished")
+        self.request_started: tuple[Callable[[Flow], None], ...] = ()
+        self.request_chunk: tuple[Callable[[Flow, bytes], None], ...] = ()
+        self.response_started: tuple[Callable[[Flow], None], ...] = ()
+        self.response_chunk: tuple[Callable[[Flow, bytes], None], ...] = ()
+        self.request_finished: tuple[Callable[[Flow], None], ...] = ()
+        self._dispatch()
 
-    def _hooks(self, name: str) -> tuple[Any, ...]:
-        return tuple(getattr(addon, name) for addon in self.addons if callable(getattr(addon, name, None)))
+    def _dispatch(self) -> None:
+        # Each tuple is replaced whole: a request in flight keeps the one it read.
+        active = [addon for addon in self.addons if getattr(addon, "active", True)]
+        self.request_started = self._hooks(active, "request_started")
+        self.request_chunk = self._hooks(active, "request_chunk")
+        self.response_started = self._hooks(active, "response_started")
+        self.response_chunk = self._hooks(active, "response_chunk")
+        self.request_finished = self._hooks(active, "request_finished")
+
+    @staticmethod
+    def _hooks(addons: Sequence[object], name: str) -> tuple[Any, ...]:
+        return tuple(getattr(addon, name) for addon in addons if callable(getattr(addon, name, None)))
+
+    async def configure(self, table: RouteTable) -> None:
+        """Hand every addon the table in force; a failing `configure` is logged and counted."""
+        for addon in self.addons:
+            configure = getattr(addon, "configure", None)
+            if configure is None:
+                continue
+            try:
+                result = configure(table)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                self._failed(addon, "configure")
+        self._dispatch()
 
     def find(self, kind: type) -> Any | None:
         """The first addon that is an instance of `kind`, or None."""

@@ -2,8 +2,10 @@
 
 `create_app(config_path)` validates `routing.yaml` (raising `ConfigError` with every problem),
 checks that the admin API is protected when it is reachable from other hosts, and composes the
-parts: proxy core, upstream client, breakers, addons (metrics and access log built in), reloader
-and admin API. `/_strangler/...` goes to the admin API; every other HTTP request to the proxy.
+parts: proxy core, upstream client, breakers, addons (metrics and access log built in, the rest
+passed in by whoever starts the façade, e.g. shadowing by `strangler facade serve`), reloader and
+admin API. `/_strangler/...` goes to the admin API; every other HTTP request to the proxy. The
+addons are configured with the table at start and after every successful reload.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -30,10 +32,10 @@ from facade.errors import AdminTokenMissing
 from facade.hold import Holds
 from facade.metrics import Metrics
 from facade.proxy import Proxy
-from facade.reload import Reloader, load_table
+from facade.reload import Reloader, file_signature, load_table
 from facade.routing import path_problem
 
-__all__ = ["FacadeApp", "admin_token", "app_from_env", "create_app", "is_loopback"]
+__all__ = ["AddonFactory", "FacadeApp", "admin_token", "app_from_env", "create_app", "is_loopback"]
 
 log = logging.getLogger("strangler.facade")
 
@@ -43,6 +45,9 @@ ACCESS_LOG_ENV = "STRANGLER_FACADE_ACCESS_LOG"
 WATCH_ENV = "STRANGLER_FACADE_WATCH"
 SUPERVISOR_ENV = "STRANGLER_FACADE_SUPERVISOR"
 WORKERS_ENV = "STRANGLER_FACADE_WORKERS"
+
+AddonFactory = Callable[[Path], object]
+"""Builds an addon for the routing file at the given (absolute) path."""
 
 
 def is_loopback(host: str) -> bool:
@@ -93,6 +98,7 @@ class FacadeApp:
 
     async def startup(self) -> None:
         await self.addons.start()
+        await self.addons.configure(self.reloader.table)
         self.reloader.start(watch=self.watch)
         self.proxy.holds.start()
         self.started = True
@@ -125,7 +131,8 @@ class FacadeApp:
 def create_app(
     config_path: str | os.PathLike[str],
     *,
-    addons: Iterable[object] | None = None,
+    addons: Iterable[object] = (),
+    addon_factories: Sequence[AddonFactory] = (),
     client: UpstreamClient | None = None,
     host: str = "127.0.0.1",
     env: Mapping[str, str] | None = None,
@@ -138,8 +145,8 @@ def create_app(
 ) -> FacadeApp:
     """Build the façade for `config_path`, to be served on `host`.
 
-    `addons` run after the built-in metrics and access log; when None, a shadow addon is added
-    if the file declares shadowing. `client` replaces the aiohttp upstream client. `env` (default
+    `addons` run after the built-in metrics and access log, then one addon from each of
+    `addon_factories` (called with the file's absolute path). `client` replaces the aiohttp upstream client. `env` (default
     `os.environ`) supplies `${VAR}` interpolation and the admin token. `access_log` is a stream
     for the JSON access lines (buffered); without it they go to the `strangler.access` logger.
     `after_api_reload` runs after each `POST /_strangler/reload` (a worker tells its siblings).
@@ -149,6 +156,7 @@ def create_app(
     """
     env = os.environ if env is None else env
     path = Path(config_path)
+    signature = file_signature(path)  # before reading: an edit made meanwhile is reloaded
     table, digest, loaded_at = load_table(path, env)
     config = table.config
     token = admin_token(config, env)
@@ -159,7 +167,7 @@ def create_app(
             f"set the environment variable {variable} (named by admin.token_env in {path}) or bind to 127.0.0.1"
         )
     metrics = Metrics()
-    extra = list(addons) if addons is not None else _default_addons(config)
+    extra = [*addons, *(factory(path.resolve()) for factory in addon_factories)]
     for addon in extra:
         if callable(getattr(addon, "collect", None)):
             metrics.registry.register(addon)  # an addon with its own Prometheus numbers (shadow)
@@ -175,8 +183,8 @@ def create_app(
     proxy = Proxy(table, client=client or H1Client(), addons=manager, breakers=breakers, holds=holds,
                   override_secrets=override_secrets)
     reloader = Reloader(
-        path, table, digest, loaded_at, install=proxy.swap, env=env, on_result=[lambda result: metrics.reloaded(result.ok)],
-        interval=watch_interval,
+        path, table, digest, loaded_at, install=proxy.swap, configure=manager.configure, env=env,
+        on_result=[lambda result: metrics.reloaded(result.ok)], interval=watch_interval, signature=signature,
     )
     metrics.breaker_states = breakers.states
     metrics.config_info = lambda: (reloader.version, str(reloader.status()["loaded_at"]))
@@ -191,22 +199,14 @@ def create_app(
     return FacadeApp(proxy=proxy, admin=admin, reloader=reloader, addons=manager, watch=watch)
 
 
-def _default_addons(config: FacadeConfig) -> list[object]:
-    if not any(route.shadow is not None for route in config.routes):
-        return []
-    from facade.shadow import ShadowAddon
-
-    return [ShadowAddon(store_config=config.shadow_store, worker_config=config.shadow_worker)]
-
-
 def _addon_name(addon: object) -> str:
     name = getattr(addon, "admin_name", None) or type(addon).__name__.lower().removesuffix("addon")
     return str(name)
 
 
-def app_from_env() -> FacadeApp:
-    """Factory for `uvicorn --factory` workers: the config path and bind host come from the
-    environment the serve command sets (`STRANGLER_FACADE_CONFIG`, `STRANGLER_FACADE_HOST`,
+def app_from_env(addon_factories: Sequence[AddonFactory] = ()) -> FacadeApp:
+    """For the factory of `uvicorn --factory` workers (which passes its `addon_factories`): the
+    config path and bind host come from the environment the serve command sets (`STRANGLER_FACADE_CONFIG`, `STRANGLER_FACADE_HOST`,
     `STRANGLER_FACADE_ACCESS_LOG`: `stdout` for buffered lines on stdout, else the logger;
     `STRANGLER_FACADE_WATCH`: `0` to not watch the file; `STRANGLER_FACADE_SUPERVISOR`: the pid
     of `facade serve`'s worker supervisor; `STRANGLER_FACADE_WORKERS`: how many workers it runs)."""
@@ -220,6 +220,6 @@ def app_from_env() -> FacadeApp:
     broadcast = (lambda: os.kill(supervisor, signal.SIGHUP)) if supervisor and supervisor == os.getppid() else None
     return create_app(
         os.environ[CONFIG_ENV], host=os.environ.get(HOST_ENV, "127.0.0.1"), access_log=stream,
-        watch=os.environ.get(WATCH_ENV, "1") != "0", after_api_reload=broadcast,
+        watch=os.environ.get(WATCH_ENV, "1") != "0", after_api_reload=broadcast, addon_factories=addon_factories,
         hold_group=f"supervisor-{supervisor}" if supervisor else None, workers=int(os.environ.get(WORKERS_ENV) or 1),
     )

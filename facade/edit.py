@@ -23,7 +23,7 @@ from facade.config import ConfigError, check_file, check_text
 from facade.diff import weight_changes, weights_text
 from facade.exceptions import FacadeError
 
-__all__ = ["ShiftResult", "resolve_weights", "shift_weights", "write_atomically"]
+__all__ = ["RouteEdit", "ShiftResult", "resolve_weights", "set_shadow_sample", "shift_weights", "write_atomically"]
 
 
 @dataclass(frozen=True)
@@ -157,6 +157,91 @@ def shift_weights(
         write_atomically(target, new_text)
         written = True
     return ShiftResult(target, route_id, current, new, diff, written, new_text)
+
+
+@dataclass(frozen=True)
+class RouteEdit:
+    """What `set_shadow_sample` did (or, with dry_run, would do): one field of one route."""
+
+    path: Path
+    route_id: str
+    field: str
+    old: float | None
+    new: float
+    diff: str
+    written: bool
+    text: str = field(repr=False, default="")
+
+    def describe(self) -> str:
+        before = "absent" if self.old is None else f"{self.old:g}%"
+        return f"{self.route_id}: {self.field} {before} → {self.new:g}%"
+
+
+def set_shadow_sample(
+    path: str | os.PathLike[str],
+    route_id: str,
+    candidate: str,
+    sample: float,
+    *,
+    dry_run: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> RouteEdit:
+    """Set `shadow.sample` of a route (adding `shadow: {to: candidate, sample: N}` when it has none),
+    keeping every other byte of the file; validated, then written atomically (not with `dry_run`)."""
+    target = Path(path)
+    problems = check_file(target, env=env)
+    if problems:
+        raise ConfigError(problems)
+    if not 0 <= sample <= 100:
+        raise FacadeError(f"shadow sample {sample:g} is not a percentage from 0 to 100")
+    text = target.read_text(encoding="utf-8")
+    root = YAML(typ="rt").load(text)
+    route, ids = _find_route(root, route_id)
+    if route is None:
+        raise FacadeError(f"route {route_id!r} is not in {target}; routes: {', '.join(ids) or '(none)'}")
+    starts = _offsets(text)
+    shadow = route.get("shadow")
+    old: float | None = None
+    if isinstance(shadow, dict):
+        if shadow.get("to") != candidate:
+            raise FacadeError(
+                f"route {route_id!r} in {target} shadows to {shadow.get('to')!r}, not {candidate!r}; edit its shadow: by hand"
+            )
+        if "sample" in shadow:
+            old = float(shadow["sample"])
+            line, column = shadow.lc.value("sample")
+            token = _NUMBER.match(text, starts[line] + column)
+            if token is None:
+                raise FacadeError(f"the shadow sample of route {route_id!r} is not a plain number in the file; edit it by hand")
+            edits = [(token.start(), token.end(), _number_text(sample))]
+        else:
+            old = 100.0  # the model's default
+            edits = [_insertion(text, starts, shadow, {"sample": sample})]
+    elif shadow is None:
+        line, column = route.lc.key("to")
+        if route.fa.flow_style() or text[starts[line] : starts[line] + column].strip() not in ("",):
+            raise FacadeError(f"route {route_id!r} in {target} is not in block style; add its shadow: by hand")
+        entry = f"{' ' * column}shadow: {{to: {candidate}, sample: {_number_text(sample)}}}\n"
+        edits = [(starts[line], starts[line], entry)]
+    else:
+        raise FacadeError(f"route {route_id!r} in {target} has a shadow: that is not a mapping; edit it by hand")
+    new_text = _apply_edits(text, starts, edits) if old != sample else text
+    config, problems = check_text(new_text, str(target), env=env)
+    if problems:
+        raise ConfigError(problems)
+    assert config is not None
+    written_route = next(item for item in config.routes if item.id == route_id)
+    if written_route.shadow is None or written_route.shadow.sample != sample:
+        raise FacadeError(f"editing {target} would not give route {route_id!r} shadow sample {sample:g}; edit the file by hand")
+    diff = "".join(
+        difflib.unified_diff(
+            text.splitlines(keepends=True), new_text.splitlines(keepends=True), f"{target} (before)", f"{target} (after)"
+        )
+    )
+    written = not dry_run and new_text != text
+    if written:
+        write_atomically(target, new_text)
+    return RouteEdit(target, route_id, "shadow.sample", old, float(sample), diff, written, new_text)
 
 
 def _check_names(

@@ -435,11 +435,6 @@ class Proxy:
                     key = "%032x" % _bits(128)
                     set_cookie = generation.cookie.encode("latin-1") + b"=" + key.encode("ascii") + generation.cookie_suffix
             name = route.choose(key)
-        if key is None and route.config.shadow is not None:
-            # Shadow sampling by user also on a route with one upstream and no sticky source,
-            # the usual route before a shift: the assignment cookie if the client has one, else
-            # its address; never the request id, which is random (and the client's to choose).
-            key = cookies.get(generation.cookie) or (client[0] if client else None)
 
         flow = Flow(request_id_text, route, table, name, method, raw_path, query_string, request_headers, client, started, key)
         addons = self.addons

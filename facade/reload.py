@@ -4,7 +4,8 @@ Triggers: a change of the file (polled: mtime, size and inode, debounced until i
 `POST /_strangler/reload`, and SIGHUP. A reload reads the file once, hashes exactly the text it
 parses, validates it, builds a new route table and hands it to `install` (the proxy's `swap`).
 On any problem the table in force keeps serving and the problems (`file:line:col: message`) are
-kept as `last_error` until a later reload succeeds. Parsing runs on a worker thread so requests
+kept as `last_error` until a later reload succeeds. After a successful swap, `configure` hands the
+new table to the addons. Parsing runs on a worker thread so requests
 keep flowing while a large file is read.
 """
 
@@ -18,7 +19,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 from facade.config import ConfigError, FacadeConfig, Problem, parse_config
 from facade.routing import RouteTable
 
-__all__ = ["ReloadResult", "Reloader", "load_table"]
+__all__ = ["ReloadResult", "Reloader", "file_signature", "load_table"]
 
 log = logging.getLogger("strangler.facade")
 
@@ -52,6 +53,15 @@ def load_table(path: Path, env: Mapping[str, str] | None = None, clock: Callable
     # The version names the content and when it was loaded: a reload of the same bytes is visible too.
     version = f"{digest}-{int(loaded_at * 1000):x}"
     return RouteTable.build(config, version), digest, loaded_at
+
+
+def file_signature(path: Path) -> tuple[int, int, int] | None:
+    """What the watcher compares: mtime, size and inode (None when the file cannot be read)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,16 +94,19 @@ class Reloader:
         loaded_at: float,
         *,
         install: Callable[[RouteTable], None],
+        configure: Callable[[RouteTable], Awaitable[None]] | None = None,
         env: Mapping[str, str] | None = None,
         on_result: list[Callable[[ReloadResult], None]] | None = None,
         interval: float = 0.5,
         debounce: float = 0.2,
+        signature: tuple[int, int, int] | None = None,
     ) -> None:
         self.path = path
         self.table = table
         self.content_hash = content_hash
         self.loaded_at = loaded_at
         self.install = install
+        self.configure = configure
         self.env = env
         self.on_result = list(on_result or [])
         self.interval = interval
@@ -102,7 +115,9 @@ class Reloader:
         self.last_result: ReloadResult | None = None
         self.reloads = 0
         self._lock = asyncio.Lock()
-        self._signature = self._stat()
+        # `signature`: the file's as taken before `table` was read, so a change made while it was
+        # being read is still seen as a change.
+        self._signature = signature if signature is not None else self._stat()
         self._task: asyncio.Task[None] | None = None
         self._signal_installed = False
         self._pending: set[asyncio.Task[Any]] = set()
@@ -123,11 +138,7 @@ class Reloader:
         }
 
     def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            stat = os.stat(self.path)
-        except OSError:
-            return None
-        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        return file_signature(self.path)
 
     async def reload(self, trigger: str = "api") -> ReloadResult:
         """Parse, validate and install the file now; keep the table in force on any problem."""
@@ -150,6 +161,8 @@ class Reloader:
             else:
                 self.install(table)
                 self.table, self.content_hash, self.loaded_at = table, digest, loaded_at
+                if self.configure is not None:
+                    await self.configure(table)  # the addons follow the new table (never raises)
                 self.last_error = None
                 self.reloads += 1
                 result = ReloadResult(True, table.version, at=loaded_at)

@@ -8,12 +8,13 @@ from importlib.metadata import version as package_version
 import typer
 
 from cdc.exceptions import CDCError
+from cutover.exceptions import CutoverError
 from facade.exceptions import FacadeError
-from scripts import cdc_cmd, demo, facade_cmd, routes_cmd, shadow_cmd
+from scripts import cdc_cmd, cutover_cmd, demo, facade_cmd, routes_cmd, shadow_cmd
 from common.extras import MissingExtraError
 from common.postgres import PostgresError
 
-KNOWN_ERRORS: tuple[type[Exception], ...] = (FacadeError, CDCError, PostgresError, MissingExtraError)
+KNOWN_ERRORS: tuple[type[Exception], ...] = (FacadeError, CDCError, PostgresError, MissingExtraError, CutoverError)
 
 app = typer.Typer(
     name="strangler",
@@ -42,6 +43,7 @@ app.add_typer(facade_cmd.app, name="facade")
 app.add_typer(routes_cmd.app, name="routes")
 app.add_typer(cdc_cmd.app, name="cdc")
 app.add_typer(shadow_cmd.app, name="shadow")
+app.add_typer(cutover_cmd.app, name="cutover")
 app.command("verify")(cdc_cmd.verify)
 app.command("demo")(demo.demo)
 

@@ -392,7 +392,7 @@ def _shadow_settled(numbers: dict[str, object]) -> bool:
 
 def _shadow_round(env: DemoEnv, console: Console, requests: int, label: str, discrepancy: bool) -> None:
     """Catalog reads served by the monolith, mirrored to the catalog service and compared."""
-    from scripts.shadow_cmd import write_report
+    from facade.shadow import write_report
 
     started = time.time()
     with console.status(f"Shadowing {requests} catalog reads to the catalog service ({label})…"):

@@ -2,8 +2,9 @@
 
 `serve_facade` is the plain function behind the command. It validates `routing.yaml` (and the
 admin token rule) before anything listens, so a bad file exits 1 with every `file:line:col`
-problem. With `--workers N` uvicorn starts N processes, each building the app from the factory
-`facade.app:app_from_env` and watching the file itself; SIGHUP to the parent reloads the file in
+problem. The façade is composed here: the core plus the addons in `ADDONS` (shadowing). With
+`--workers N` uvicorn starts N processes, each building the app from the factory
+`scripts.facade_cmd:app_from_env` and watching the file itself; SIGHUP to the parent reloads the file in
 every worker in place (each keeps serving its last good table on a problem), where plain uvicorn
 would restart the workers.
 """
@@ -22,11 +23,21 @@ import typer
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
+from facade import app as facade_app
 from facade.accesslog import ACCESS_LOGGER
-from facade.app import ACCESS_LOG_ENV, CONFIG_ENV, HOST_ENV, SUPERVISOR_ENV, WATCH_ENV, WORKERS_ENV, create_app
+from facade.app import ACCESS_LOG_ENV, CONFIG_ENV, HOST_ENV, SUPERVISOR_ENV, WATCH_ENV, WORKERS_ENV, AddonFactory, FacadeApp, create_app
 from facade.exceptions import FacadeError
+from facade.shadow import ShadowAddon
 
-__all__ = ["app", "logging_config", "serve_facade"]
+__all__ = ["ADDONS", "app", "app_from_env", "logging_config", "serve_facade"]
+
+ADDONS: tuple[AddonFactory, ...] = (ShadowAddon.for_config,)
+"""The addons the served façade runs beside its built-in metrics and access log."""
+
+
+def app_from_env() -> FacadeApp:
+    """The factory of `uvicorn --factory` workers: `facade.app.app_from_env` with `ADDONS`."""
+    return facade_app.app_from_env(addon_factories=ADDONS)
 
 app = typer.Typer(no_args_is_help=True, help="Run the routing façade.")
 
@@ -104,7 +115,7 @@ def serve_facade(
     """Serve the façade until interrupted. Raises `ConfigError`/`FacadeError` before listening."""
     check_serve_options(port=port, log_level=log_level)
     # Validates the file and the token rule; with one worker this is the app that serves.
-    facade = create_app(config, host=host, access_log=sys.stdout if access_log else None, watch=watch)
+    facade = create_app(config, host=host, access_log=sys.stdout if access_log else None, watch=watch, addon_factories=ADDONS)
     options: dict[str, Any] = dict(
         host=host,
         port=port,
@@ -130,7 +141,7 @@ def serve_facade(
     os.environ[WATCH_ENV] = "1" if watch else "0"
     os.environ[SUPERVISOR_ENV] = str(os.getpid())
     os.environ[WORKERS_ENV] = str(workers)
-    uv_config = uvicorn.Config("facade.app:app_from_env", factory=True, workers=workers, **options)
+    uv_config = uvicorn.Config("scripts.facade_cmd:app_from_env", factory=True, workers=workers, **options)
     sock = uv_config.bind_socket()
     try:
         with contextlib.suppress(KeyboardInterrupt):

@@ -11,12 +11,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from typer.testing import CliRunner
 
-from facade.recorder import RecorderError, TrafficRecorder, read_traffic, redacted_exchange
-from facade.redact import Redactor
-from facade.shadow_store import ShadowStore
+from facade.shadow.recorder import RecorderError, TrafficRecorder, read_traffic, redacted_exchange
+from facade.shadow.redact import Redactor
+from facade.shadow.exceptions import ReplayError
+from facade.shadow.replay import resolve_target, run_replay
+from facade.shadow.report import make_report
+from facade.shadow.store import ShadowStore
 from scripts import cli
-from scripts.shadow_cmd import make_report, run_replay
-from scripts.shadow_replay import ReplayError, resolve_target
 from tests.support import serve
 
 SECRET = "Bearer very-secret-token"
@@ -174,7 +175,7 @@ def test_cli_replay_shows_progress_and_says_why_writes_were_skipped(tmp_path: Pa
 def test_replay_reads_no_more_of_an_answer_than_its_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from starlette.responses import StreamingResponse
 
-    from scripts import shadow_replay
+    from facade.shadow import replay as shadow_replay
 
     monkeypatch.setattr(shadow_replay, "CANDIDATE_BODY_CAP", 64 * 1024)
     produced = [0]

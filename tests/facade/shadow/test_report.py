@@ -11,14 +11,16 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from facade.compare import Reply
 from facade.config import CompareConfig, RedactConfig
-from facade.noise import NoiseModel
 from facade.shadow import failure_record, judge, route_rules
-from facade.shadow_store import DropRecord, ShadowStore
+from facade.shadow.compare import Reply
+from facade.shadow.exceptions import ReportError, ShadowFailed
+from facade.shadow.gate import parse_rate
+from facade.shadow.noise import NoiseModel
+from facade.shadow.render import render
+from facade.shadow.report import build_report, make_report, parse_since
+from facade.shadow.store import DropRecord, ShadowStore
 from scripts import cli
-from scripts.shadow_cmd import ShadowFailed, make_report
-from scripts.shadow_report import ReportError, build_report, parse_rate, parse_since, render
 
 SECRET = "hunter2-secret-token"
 EP = "GET /api/products/{id}"
@@ -105,7 +107,9 @@ def test_renderings_carry_the_numbers_and_never_the_secret(store_url: str, tmp_p
 def test_since_and_route_filters(store_url: str) -> None:
     store = ShadowStore(store_url)
     assert make_report(store, since="245s").compared == 4  # seeded every 10 s up to 210 s ago
-    assert make_report(store, route="other").routes == []
+    # An unknown route is an error that names the routes there are, not an empty report.
+    with pytest.raises(ReportError, match="route 'other' has no comparisons.*catalog-read"):
+        make_report(store, route="other")
     store.close()
 
 
@@ -128,7 +132,7 @@ def test_cli_report_writes_file_and_fails_over_a_rate(store_url: str, tmp_path: 
 
 
 def test_write_report_for_callers(store_url: str, tmp_path: Path) -> None:
-    from scripts.shadow_cmd import write_report
+    from facade.shadow.render import write_report
 
     report = write_report(store_url, tmp_path / "out" / "r.md", fmt="md")
     assert report.compared == 40 and "$.price" in (tmp_path / "out" / "r.md").read_text()
@@ -145,7 +149,7 @@ def test_option_parsing_explains_bad_values() -> None:
 
 
 def test_empty_store_is_explained(tmp_path: Path) -> None:
-    from facade.shadow_store import ShadowStoreError
+    from facade.shadow.store import ShadowStoreError
 
     store = ShadowStore(f"sqlite:///{tmp_path}/none.db")
     with pytest.raises(ShadowStoreError, match="no comparisons yet"):
@@ -154,7 +158,7 @@ def test_empty_store_is_explained(tmp_path: Path) -> None:
 
 
 def test_empty_report_renders() -> None:
-    from facade.shadow_store import StoreData
+    from facade.shadow.store import StoreData
 
     report = build_report(StoreData(), now=0.0)
     assert report.mismatch_rate == 0.0

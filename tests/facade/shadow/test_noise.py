@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from facade.noise import NoiseModel, NoiseThresholds, significant
+from facade.shadow.noise import NoiseModel, NoiseThresholds, significant
 
 EP = "GET /api/products/{id}"
 

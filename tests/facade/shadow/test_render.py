@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from facade.shadow_store import ShadowStore
-from scripts.shadow_cmd import make_report
-from scripts.shadow_report import render
-from tests.scripts.test_shadow_report import SECRET, seed
+from facade.shadow.render import render
+from facade.shadow.report import make_report
+from facade.shadow.store import ShadowStore
+from tests.facade.shadow.test_report import SECRET, seed
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
     "--headless",

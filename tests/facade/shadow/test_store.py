@@ -6,15 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from facade.shadow_store import (
-    ComparisonRecord,
-    DiffRecord,
-    DropRecord,
-    SampleRecord,
-    ShadowStore,
-    ShadowStoreError,
-    StoreWriter,
-)
+from facade.shadow.store import ComparisonRecord, DiffRecord, DropRecord, SampleRecord, ShadowStore, ShadowStoreError
+from facade.shadow.writer import StoreWriter
 
 EP = "GET /api/products/{id}"
 

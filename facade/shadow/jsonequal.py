@@ -7,7 +7,7 @@ both sides list keys alike, sorted (or as it is, for a side that sorts its keys 
 The probe is only a guess and equal bytes are the only proof, so a wrong guess costs time, never a
 wrong answer: unequal bytes fall back to the sorted serialisation or to a closer look.
 
-Pure functions over the values `orjson.loads` returns; `facade.compare` uses them to skip the equal
+Pure functions over the values `orjson.loads` returns; `facade.shadow.compare` uses them to skip the equal
 subtrees of large, mostly equal bodies.
 """
 

@@ -1,7 +1,7 @@
 """The shadow worker process: mirroring, comparing and storing away from the façade's event loop.
 
 The façade's hooks hand each sampled request to `ProcessSink`, which writes it as one frame to
-the worker's stdin and returns at once. The worker (`python -m facade.shadow_worker`) runs a
+the worker's stdin and returns at once. The worker (`python -m facade.shadow.worker`) runs a
 `ShadowEngine` (bounded per-route queues, in-flight caps, candidate and noise requests,
 comparison, the store writer) and writes its live counters back on stdout within 0.1 s of a
 change. So shadowing costs the façade a copy and a pickle per request, and its CPU-heavy parts
@@ -29,7 +29,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from facade.config import ShadowConfig, ShadowStoreConfig
-from facade.shadow import RawJob, RouteInfo, ShadowEngine
+from facade.shadow.engine import ShadowEngine
+from facade.shadow.jobs import RawJob, RouteInfo
 
 __all__ = ["ProcessSink", "main"]
 
@@ -124,12 +125,13 @@ class ProcessSink:
         self._pending_drops: dict[str, dict[str, int]] = {reason: {} for reason in DROP_REASONS}
         self._pending = False
         self._broken = False
+        self._stopping = False
         self._batch: list[bytes] = []
         self._flush_scheduled = False
 
     async def start(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
-            self.python, "-m", "facade.shadow_worker", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+            self.python, "-m", "facade.shadow.worker", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
         )
         self._write(("init", self.store_config.model_dump(mode="json"), self.response_cap, self.cpu_budget))
         self._reader = asyncio.get_running_loop().create_task(self._read(), name="shadow-worker-reader")
@@ -230,9 +232,10 @@ class ProcessSink:
         return self._store
 
     def worker_stats(self) -> dict[str, Any]:
-        """The worker's budget, whether it is over it now and the CPU seconds it has used (shown at
-        `/_strangler/shadow`)."""
+        """The worker's process id, budget, whether it is over it now and the CPU seconds it has
+        used (shown at `/_strangler/shadow`)."""
         return {
+            "pid": self._proc.pid if self._proc is not None else None,
             "cpu_budget": self.cpu_budget,
             "over_budget": self.paused,
             "cpu_seconds": round(self._cpu_seconds, 3),
@@ -245,6 +248,9 @@ class ProcessSink:
         while True:
             message = await _read_frame(proc.stdout)
             if message is None:
+                if self._proc is proc and not self._stopping:
+                    log.error("the shadow worker process ended (exit status %s); shadow jobs are dropped from now on", await proc.wait())
+                self._broken = True
                 return
             if message[0] == "counters":
                 self._remote, self._store, self._cpu_seconds = message[1], message[2], message[3]
@@ -257,6 +263,7 @@ class ProcessSink:
         proc = self._proc
         if proc is None:
             return
+        self._stopping = True
         self._send_pending_drops()
         self._flush()
         if proc.stdin is not None and not proc.stdin.is_closing():
@@ -387,7 +394,7 @@ async def _main() -> None:
 
 
 def main() -> None:
-    """Entry point of `python -m facade.shadow_worker` (started by the façade, not by people)."""
+    """Entry point of `python -m facade.shadow.worker` (started by the façade, not by people)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s shadow-worker %(levelname)s %(message)s", stream=sys.stderr)
     # Shadowing only gets the CPU the primary traffic leaves over: when the machine is busy the
     # worker falls behind, its queues fill, and the excess is dropped and counted.

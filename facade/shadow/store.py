@@ -2,27 +2,27 @@
 
 Per comparison: time, route, endpoint, status pair, latency pair, match flags (raw and with noise
 removed), the differing paths with kinds; a few redacted sample pairs per endpoint and field; drop
-counts. Everything written here has been redacted by the caller (`facade.redact`). Retention by
-age and row count. `StoreWriter` batches writes on a worker thread, off the request path.
+counts. Everything written here has been redacted by the caller (`facade.shadow.redact`). Retention by
+age, row count and size. `facade.shadow.writer.StoreWriter` batches writes off the request path.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import logging
+import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.request import pathname2url
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from facade.config import ShadowStoreConfig
-from facade.exceptions import FacadeError
+from facade.shadow.exceptions import ShadowStoreError
 
 __all__ = [
     "ComparisonRecord",
@@ -32,10 +32,12 @@ __all__ = [
     "ShadowStore",
     "ShadowStoreError",
     "StoreData",
-    "StoreWriter",
+    "resolve_url",
 ]
 
 log = logging.getLogger("strangler.shadow.store")
+
+DEFAULT_URL = "sqlite:///.strangler/shadow.db"
 
 metadata = sa.MetaData()
 
@@ -95,10 +97,6 @@ drops = sa.Table(
     sa.Column("reason", sa.String(40), nullable=False),
     sa.Column("count", sa.Integer, nullable=False),
 )
-
-
-class ShadowStoreError(FacadeError):
-    """The shadow store cannot be opened or read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,13 +165,14 @@ class ShadowStore:
 
     def __init__(
         self,
-        url: str = "sqlite:///.strangler/shadow.db",
+        url: str = DEFAULT_URL,
         *,
         retention: float = 7 * 86400.0,
         max_rows: int = 100_000,
         max_size: int | None = None,
         samples_per_field: int = 3,
         engine: Engine | None = None,
+        read_only: bool = False,
     ) -> None:
         self.url = url
         self.retention = retention
@@ -181,13 +180,20 @@ class ShadowStore:
         self.max_size = max_size
         self.samples_per_field = samples_per_field
         self._sample_counts: dict[tuple[str, str], int] = {}
-        self.engine = engine or _engine(url)
+        self.read_only = read_only
+        self.engine = engine or _engine(url, read_only=read_only)
 
     def create(self) -> None:
-        try:
-            metadata.create_all(self.engine)
-        except SQLAlchemyError as exc:
-            raise ShadowStoreError(f"cannot create the shadow tables at {_safe(self.url)}: {exc}") from exc
+        # Several processes may create a new store at the same moment (the shadow workers of the
+        # façade's workers, started by one reload): a table made by another between the check
+        # and the CREATE fails this attempt, and the next one finds it.
+        for attempt in range(3):
+            try:
+                metadata.create_all(self.engine)
+                return
+            except SQLAlchemyError as exc:
+                if attempt == 2:
+                    raise ShadowStoreError(f"cannot create the shadow tables at {_safe(self.url)}: {exc}") from exc
 
     def close(self) -> None:
         self.engine.dispose()
@@ -266,9 +272,20 @@ class ShadowStore:
         return self._sample_counts.get((endpoint, field_name), 0) < self.samples_per_field
 
     @classmethod
-    def from_config(cls, config: ShadowStoreConfig) -> ShadowStore:
-        """The store `routing.yaml`'s `shadow_store:` describes, with its retention limits."""
-        return cls(config.url, retention=config.retention, max_rows=config.max_rows, max_size=config.max_size)
+    def from_config(cls, config: ShadowStoreConfig, *, base: Path | None = None, read_only: bool = False) -> ShadowStore:
+        """The store `routing.yaml`'s `shadow_store:` describes, with its retention limits; a relative
+        SQLite path is taken from `base`, the directory of routing.yaml (see `resolve_url`)."""
+        return cls(
+            resolve_url(config.url, base), retention=config.retention, max_rows=config.max_rows, max_size=config.max_size, read_only=read_only
+        )
+
+    @classmethod
+    def open(cls, url: str | None, config: ShadowStoreConfig | None = None, *, base: Path | None = None, read_only: bool = False) -> ShadowStore:
+        """The store a command names: `url` as given (`--store`, relative to the current directory),
+        else the one routing.yaml describes (relative to `base`, its directory), else the default."""
+        if url is None and config is not None:
+            return cls.from_config(config, base=base, read_only=read_only)
+        return cls(url or DEFAULT_URL, read_only=read_only)
 
     def prune(self, now: float | None = None) -> int:
         """Apply retention by age, by row count and by size; returns the comparisons deleted."""
@@ -339,15 +356,29 @@ class ShadowStore:
             )
         return None
 
+    def empty_message(self) -> str:
+        """What a reader says of a store without comparisons (one sentence with the fix)."""
+        return (
+            f"the shadow store at {_safe(self.url)} holds no comparisons yet; turn on shadow: for a route in routing.yaml "
+            "and send traffic, or run `strangler shadow replay`, or pass the façade's store with --store or its routing.yaml with --config"
+        )
+
+    def routes(self) -> list[str]:
+        """The route ids that have comparisons in the store, sorted (empty for a new store)."""
+        try:
+            with self.engine.connect() as conn:
+                if not sa.inspect(conn).has_table(comparisons.name):
+                    return []
+                return sorted(conn.execute(sa.select(comparisons.c.route).distinct()).scalars())
+        except SQLAlchemyError as exc:
+            raise ShadowStoreError(f"cannot read the shadow store at {_safe(self.url)}: {exc.__class__.__name__}; check --store") from exc
+
     def load(self, *, since: float | None = None, route: str | None = None) -> StoreData:
         """Everything recorded since `since` (epoch seconds), optionally for one route."""
         try:
             with self.engine.connect() as conn:
                 if not sa.inspect(conn).has_table(comparisons.name):
-                    raise ShadowStoreError(
-                        f"the shadow store at {_safe(self.url)} holds no comparisons yet; turn on shadow: for a route "
-                        "in routing.yaml and send traffic, or run `strangler shadow replay`, or pass the right --store"
-                    )
+                    raise ShadowStoreError(self.empty_message())
                 cond = []
                 if since is not None:
                     cond.append(comparisons.c.ts >= since)
@@ -368,6 +399,25 @@ class ShadowStore:
                 f"cannot read the shadow store at {_safe(self.url)}: {exc.__class__.__name__}: {exc.args[0] if exc.args else exc}; "
                 "check --store (a SQLAlchemy URL such as sqlite:///.strangler/shadow.db)"
             ) from exc
+
+
+def resolve_url(url: str, base: Path | None) -> str:
+    """`url` with a relative SQLite file path taken from `base` (None: the current directory).
+
+    The façade and every command resolve `shadow_store.url` against the directory of the
+    routing.yaml that names it, so they read and write the same file wherever they are started."""
+    if base is None:
+        return url
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - _engine reports a bad URL with the fix
+        return url
+    database = parsed.database
+    if not parsed.drivername.startswith("sqlite") or not database or database == ":memory:" or database.startswith("file:"):
+        return url
+    if Path(database).is_absolute():
+        return url
+    return parsed.set(database=str(Path(base) / database)).render_as_string(hide_password=False)
 
 
 def _safe(url: str) -> str:
@@ -391,13 +441,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _engine(url: str) -> Engine:
+def _engine(url: str, *, read_only: bool = False) -> Engine:
     try:
         parsed = make_url(url)
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises ArgumentError and friends
         raise ShadowStoreError(f"shadow store URL {url!r} is not a SQLAlchemy URL; write sqlite:///path/shadow.db or postgresql://user@host/db") from exc
     if parsed.drivername.startswith("sqlite"):
         on_disk = bool(parsed.database) and parsed.database != ":memory:"
+        if on_disk and read_only:
+            return _read_only_sqlite(Path(parsed.database))
         if on_disk:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30})
@@ -406,117 +458,20 @@ def _engine(url: str) -> Engine:
         return engine
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg2")
+    # A reader's transactions are read-only on the server: a report can never change the store.
+    connect_args = {"options": "-c default_transaction_read_only=on"} if read_only and parsed.drivername.startswith("postgresql") else {}
     try:
-        return sa.create_engine(parsed, pool_pre_ping=True)
+        return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
     except Exception as exc:  # noqa: BLE001 - a missing driver, a bad option
         raise ShadowStoreError(f"cannot open shadow store {_safe(url)}: {exc}") from exc
 
 
-class StoreWriter:
-    """Batches records and writes them on a worker thread; never blocks the caller.
-
-    `submit` appends to a bounded buffer (overflow is counted in `lost`); a task owned by the
-    writer flushes `interval` seconds after the first record arrives or as soon as `batch` records
-    are waiting (`poke()` asks the same for drops waiting at `drops_source`), and applies retention
-    every `prune_every` seconds; `on_written` is called after each batch stored. An idle writer
-    sets no timers but that one. `stop()` flushes what is left.
-    """
-
-    def __init__(
-        self,
-        store: ShadowStore,
-        *,
-        batch: int = 200,
-        interval: float = 0.5,
-        capacity: int = 10_000,
-        prune_every: float = 300.0,
-        drops_source: Callable[[], list[DropRecord]] | None = None,
-        on_written: Callable[[], None] | None = None,
-    ) -> None:
-        self.store = store
-        self._drops_source = drops_source
-        self._on_written = on_written
-        self.batch = batch
-        self.interval = interval
-        self.prune_every = prune_every
-        self.lost = 0
-        self.written = 0
-        self.failed = 0
-        self._records: collections.deque[ComparisonRecord] = collections.deque()
-        self._drops: list[DropRecord] = []
-        self._capacity = capacity
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._closing = False
-        self._last_prune = 0.0
-
-    async def start(self) -> None:
-        await asyncio.to_thread(self.store.create)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="shadow-store-writer")
-
-    def submit(self, record: ComparisonRecord) -> None:
-        if len(self._records) >= self._capacity:
-            self.lost += 1
-            return
-        self._records.append(record)
-        if len(self._records) >= self.batch:
-            self._wake.set()
-        else:
-            self.poke()
-
-    def poke(self) -> None:
-        """Flush within `interval` (something is waiting); no-op before `start()`."""
-        if self._timer is None and self._task is not None and not self._wake.is_set():
-            self._timer = asyncio.get_running_loop().call_later(self.interval, self._wake.set)
-
-    def submit_drops(self, records: Iterable[DropRecord]) -> None:
-        self._drops.extend(records)
-
-    @property
-    def pending(self) -> int:
-        return len(self._records)
-
-    async def flush(self) -> None:
-        if self._drops_source is not None:
-            self._drops.extend(self._drops_source())
-        while self._records or self._drops:
-            batch = [self._records.popleft() for _ in range(min(self.batch, len(self._records)))]
-            dropped, self._drops = self._drops, []
-            try:
-                await asyncio.to_thread(self.store.write, batch, dropped)
-                self.written += len(batch)
-                if self._on_written is not None:
-                    self._on_written()
-            except Exception:  # noqa: BLE001 - a store outage must not stop the façade
-                self.failed += len(batch)
-                log.exception("shadow store write failed; %d comparisons lost", len(batch))
-                return
-        now = time.monotonic()
-        if now - self._last_prune >= self.prune_every:
-            self._last_prune = now
-            try:
-                await asyncio.to_thread(self.store.prune)
-            except Exception:  # noqa: BLE001
-                log.exception("shadow store retention failed")
-
-    async def _run(self) -> None:
-        while not self._closing:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.prune_every)
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            await self.flush()
-
-    async def stop(self) -> None:
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
-        await self.flush()
-        await asyncio.to_thread(self.store.close)
+def _read_only_sqlite(path: Path) -> Engine:
+    """An engine that opens an existing SQLite file read-only: no directory, file or table is made."""
+    if not path.is_file():
+        raise ShadowStoreError(
+            f"there is no shadow store at {str(path)!r}; pass --store with the façade's store URL, or --config with the "
+            "routing.yaml it serves (a relative store path is taken from that file's directory)"
+        )
+    uri = f"file:{pathname2url(str(path.resolve()))}?mode=ro"
+    return sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30))

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
-from facade.compare import Difference
+from facade.shadow.compare import Difference
 
 __all__ = ["ALWAYS_REDACTED", "REDACTED", "Redactor", "scrub_urls", "truncate"]
 

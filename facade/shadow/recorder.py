@@ -1,6 +1,6 @@
 """Traffic recording for offline replay: requests with their primary responses, one JSON per line.
 
-Everything is redacted (`facade.redact`) and truncated before it is written. The façade's hooks
+Everything is redacted (`facade.shadow.redact`) and truncated before it is written. The façade's hooks
 only capture a sampled exchange and hand it on (`ShadowSink.record`); `Recordings` redacts it where
 the shadow work runs (the worker process, unless shadowing is inline), so redacting a large body
 never holds up the façade's event loop. `TrafficRecorder` buffers lines in memory (bounded;
@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
-from facade.exceptions import FacadeError
-from facade.redact import REDACTED, Redactor
+from facade.shadow.exceptions import RecorderError
+from facade.shadow.redact import REDACTED, Redactor
 
 __all__ = ["RECORD_BODY_CAP", "RecordedExchange", "RecorderError", "Recordings", "TrafficRecorder", "read_traffic", "redacted_exchange"]
 
@@ -29,10 +29,6 @@ __all__ = ["RECORD_BODY_CAP", "RecordedExchange", "RecorderError", "Recordings",
 RECORD_BODY_CAP = 64 * 1024
 
 log = logging.getLogger("strangler.shadow.recorder")
-
-
-class RecorderError(FacadeError):
-    """A traffic file cannot be read."""
 
 
 @dataclass(frozen=True, slots=True)

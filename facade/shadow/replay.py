@@ -1,6 +1,6 @@
 """Offline replay: send recorded requests to a candidate and compare with the recorded answers.
 
-The recorded primary responses (from `facade.recorder`) stand in for the primary; results go to
+The recorded primary responses (from `facade.shadow.recorder`) stand in for the primary; results go to
 the same shadow store as live shadowing (marked `source = replay`), so `shadow report` shows them.
 """
 
@@ -14,19 +14,20 @@ from pathlib import Path
 
 import httpx
 
-from facade.compare import Reply
-from facade.config import FacadeConfig, load_config
-from facade.exceptions import FacadeError
-from facade.noise import NoiseModel
-from facade.recorder import RECORD_BODY_CAP, RecordedExchange, RecorderError, read_traffic
-from facade.shadow import SAFE_METHODS, RouteRules, failure_record, judge, route_rules
-from facade.shadow_store import ComparisonRecord, ShadowStore, StoreWriter
+from facade.config import FacadeConfig
+from facade.shadow.compare import Reply
+from facade.shadow.exceptions import ReplayError
+from facade.shadow.jobs import SAFE_METHODS
+from facade.shadow.judge import RouteRules, failure_record, judge, route_rules
+from facade.shadow.noise import NoiseModel
+from facade.shadow.recorder import RECORD_BODY_CAP, RecordedExchange, RecorderError, read_traffic
+from facade.shadow.store import ComparisonRecord, ShadowStore
+from facade.shadow.writer import StoreWriter
 
-__all__ = ["ReplayError", "ReplaySummary", "count_exchanges", "is_sandbox", "load_exchanges", "replay_exchanges", "resolve_target", "rules_by_route"]
-
-
-class ReplayError(FacadeError):
-    """Replay cannot start: an unknown upstream, an unreadable file."""
+__all__ = [
+    "ReplaySummary", "check_options", "count_exchanges", "is_sandbox", "load_exchanges", "replay_exchanges", "resolve_target", "rules_by_route",
+    "run_replay",
+]
 
 
 @dataclass
@@ -208,11 +209,45 @@ def count_exchanges(traffic: Path, route: str | None = None) -> int | None:
         return None
 
 
-def open_store(store_url: str | None, config: FacadeConfig | None) -> ShadowStore:
-    if store_url is None and config is not None:
-        return ShadowStore.from_config(config.shadow_store)
-    return ShadowStore(store_url or "sqlite:///.strangler/shadow.db")
+def check_options(*, rate: float | None, concurrency: int, timeout: float) -> None:
+    """Refuse replay options that cannot mean anything, before anything is read or sent."""
+    if rate is not None and not rate > 0:
+        raise ReplayError(f"--rate {rate:g} is not a positive number of requests per second; give e.g. --rate 50, or leave it out to go as fast as --concurrency allows")
+    if concurrency < 1:
+        raise ReplayError(f"--concurrency {concurrency} must be at least 1; give e.g. --concurrency 4")
+    if not timeout > 0:
+        raise ReplayError(f"--timeout {timeout:g} must be a positive number of seconds; give e.g. --timeout 10")
 
 
-def load_optional_config(path: Path | None) -> FacadeConfig | None:
-    return load_config(path) if path is not None else None
+def run_replay(
+    traffic: Path,
+    against: str,
+    *,
+    config: FacadeConfig | None = None,
+    store: ShadowStore,
+    rate: float | None = None,
+    timeout: float = 10.0,
+    concurrency: int = 4,
+    route: str | None = None,
+    allow_writes: bool = False,
+    on_done: Callable[[ComparisonRecord | None], None] | None = None,
+) -> ReplaySummary:
+    """Replay a traffic file against a candidate and store the comparisons. Write methods go only
+    to an upstream `routing.yaml` declares a sandbox, or with `allow_writes`."""
+    check_options(rate=rate, concurrency=concurrency, timeout=timeout)
+    base_url = resolve_target(against, config)
+    exchanges = load_exchanges(traffic, route)
+    rules = rules_by_route(config)
+    writes = allow_writes or is_sandbox(against, config)
+
+    async def go() -> ReplaySummary:
+        writer = StoreWriter(store)
+        await writer.start()
+        try:
+            return await replay_exchanges(
+                exchanges, base_url, writer=writer, rules=rules, rate=rate, timeout=timeout, concurrency=concurrency, allow_writes=writes, on_done=on_done
+            )
+        finally:
+            await writer.stop()
+
+    return asyncio.run(go())

@@ -22,11 +22,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from facade.recorder import read_traffic
-from facade.shadow_store import ShadowStore
 from common.postgres import free_port
-from scripts.shadow_cmd import make_report
-from scripts.shadow_report import render
+from facade.shadow.recorder import read_traffic
+from facade.shadow.render import render
+from facade.shadow.report import make_report
+from facade.shadow.store import ShadowStore
 from tests.support import serve, wait_for
 
 SECRETS = {
@@ -148,12 +148,13 @@ shadow_store: {{url: "sqlite:///{tmp}/shadow.db"}}
 @contextmanager
 def facade(tmp: Path, primary: Upstream, candidate: Upstream | None, *, shadow: str, sandbox: bool = False, extra: str = NO_BUDGET) -> Iterator[tuple[httpx.Client, str]]:
     from facade.app import create_app
+    from scripts.facade_cmd import ADDONS
 
     with ExitStack() as stack:
         primary_url = stack.enter_context(serve(primary.app()))
         candidate_url = stack.enter_context(serve(candidate.app())) if candidate else f"http://127.0.0.1:{free_port()}"
         config = routing(tmp, primary_url, candidate_url, shadow=shadow, sandbox=sandbox, extra=extra)
-        url = stack.enter_context(serve(create_app(config)))
+        url = stack.enter_context(serve(create_app(config, addon_factories=ADDONS)))
         client = stack.enter_context(httpx.Client(base_url=url, timeout=10))
         yield client, url
 
@@ -290,7 +291,7 @@ def test_a_worker_over_its_cpu_budget_sheds_shadows_and_counts_them(tmp_path: Pa
 
 
 def test_the_cpu_budget_is_a_token_bucket_over_process_time() -> None:
-    from facade.shadow_worker import CpuBudget
+    from facade.shadow.worker import CpuBudget
 
     now, used = [0.0], [0.0]
     budget = CpuBudget(10, burst=1.0, clock=lambda: now[0], cpu=lambda: used[0])
@@ -398,7 +399,7 @@ def test_a_token_in_the_query_stays_out_of_a_failed_shadow_error(tmp_path: Path)
 
 
 def test_traffic_recorded_by_the_facade_replays_against_a_candidate(tmp_path: Path) -> None:
-    from scripts.shadow_cmd import run_replay
+    from facade.shadow.replay import run_replay
 
     primary, candidate = Upstream(), Upstream(candidate=True, token_differs=True)
     traffic = tmp_path / "traffic.jsonl"
@@ -427,7 +428,7 @@ def test_traffic_recorded_by_the_facade_replays_against_a_candidate(tmp_path: Pa
 
 
 def test_recorded_exchanges_are_redacted_by_the_worker_not_on_the_facades_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from facade.redact import Redactor
+    from facade.shadow.redact import Redactor
 
     # Redacting parses and rewrites whole bodies: in the façade's process it would hold up
     # every other request on its event loop. Spy on it here; the worker process is not spied on.

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import json
 
-from facade.compare import Difference, DiffKind, Reply, compare
-from facade.redact import REDACTED, Redactor, truncate
+from facade.shadow.compare import Difference, DiffKind, Reply, compare
+from facade.shadow.redact import REDACTED, Redactor, truncate
 
 SECRET = "s3cr3t-value"
 

@@ -7,17 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from facade.compare import (
-    CompareError,
-    CompareRules,
-    DiffKind,
-    Normalizer,
-    PathPattern,
-    Reply,
-    compare,
-    field_of,
-    rules_from,
-)
+from facade.shadow.compare import DiffKind, Reply, compare, field_of
+from facade.shadow.exceptions import CompareError
+from facade.shadow.rules import CompareRules, Normalizer, PathPattern, rules_from
 
 JSON = {"content-type": "application/json"}
 

@@ -5,7 +5,7 @@ typed tree and every difference is flattened to a path (`$.results[3].price`) wi
 content types are compared as text. Equal subtrees are skipped by C-level equality tests plus a
 serialisation of everything `==` called equal (so `true` never equals `1`), which keeps large,
 mostly equal bodies fast. Those proofs, and the key-order probe that picks the serialisation,
-live in `facade.jsonequal`.
+live in `facade.shadow.jsonequal`.
 """
 
 from __future__ import annotations
@@ -14,39 +14,22 @@ import difflib
 import enum
 import gc
 import itertools
-import math
 import operator
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from facade.exceptions import FacadeError
-from facade.jsonequal import canonical, identical, same, same_document, serialise_same, unlike
+from facade.shadow.jsonequal import canonical, identical, same, same_document, serialise_same, unlike
+from facade.shadow.rules import CompareRules, CompiledRules
 
-__all__ = [
-    "CompareError",
-    "CompareRules",
-    "Comparison",
-    "DiffKind",
-    "Difference",
-    "Normalizer",
-    "PathPattern",
-    "Reply",
-    "compare",
-    "compare_all",
-    "field_of",
-]
+__all__ = ["Comparison", "DiffKind", "Difference", "Reply", "compare", "compare_all", "field_of"]
 
 SAMPLE_CHARS = 200
 TEXT_DIFF_MAX_LINES = 2000
-
-
-class CompareError(FacadeError):
-    """A comparison rule cannot be used (for example an invalid regular expression)."""
 
 
 class DiffKind(str, enum.Enum):
@@ -113,126 +96,6 @@ class Comparison:
 
     def fields(self) -> frozenset[str]:
         return frozenset(d.field for d in self.differences)
-
-
-_SEGMENT = r"(?:\.[^.\[]+|\[[^\]]*\])"
-
-
-class PathPattern:
-    """A JSONPath-like selector: `$.a.b`, `$.results[*].price`, `$..updated_at`, `$.attrs.*`.
-
-    A pattern selects the node it names and everything below it. Paths outside the body are
-    named `status` and `headers.<name>`; they can be selected literally.
-    """
-
-    __slots__ = ("source", "_regex")
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self._regex = re.compile(self._translate(source))
-
-    @staticmethod
-    def _translate(source: str) -> str:
-        text = source.strip()
-        if not text.startswith("$"):
-            return "^" + re.escape(text) + r"(?=$|[.\[])"
-        out = ["^\\$"]
-        i = 1
-        while i < len(text):
-            if text.startswith("..", i):
-                out.append(_SEGMENT + "*")
-                i += 1  # the next '.' starts the named segment
-                continue
-            ch = text[i]
-            if ch == ".":
-                j = i + 1
-                while j < len(text) and text[j] not in ".[":
-                    j += 1
-                name = text[i + 1 : j]
-                if not name:
-                    raise CompareError(f"path pattern {source!r} has an empty segment at {i}; write names like $.a.b")
-                out.append(r"\.[^.\[]+" if name == "*" else re.escape("." + name))
-                i = j
-            elif ch == "[":
-                j = text.find("]", i)
-                if j < 0:
-                    raise CompareError(f"path pattern {source!r} has an unclosed '['; write $.items[*] or $.items[0]")
-                inner = text[i + 1 : j]
-                out.append(r"\[[^\]]*\]" if inner in ("*", "") else re.escape("[" + inner + "]"))
-                i = j + 1
-            else:
-                raise CompareError(f"path pattern {source!r} has {ch!r} at {i}; segments start with '.' or '['")
-        out.append(r"(?=$|[.\[])")
-        return "".join(out)
-
-    def matches(self, path: str) -> bool:
-        return self._regex.match(path) is not None
-
-    def __repr__(self) -> str:
-        return f"PathPattern({self.source!r})"
-
-
-@dataclass(frozen=True, slots=True)
-class Normalizer:
-    """Replace `pattern` by `replace` in strings (at `path`, or everywhere) before comparing."""
-
-    pattern: str
-    replace: str = ""
-    path: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CompareRules:
-    """Per-route comparison rules, compiled once."""
-
-    headers: tuple[str, ...] = ()
-    ignore: tuple[str, ...] = ()
-    normalize: tuple[Normalizer, ...] = ()
-    tolerance: float = 0.0
-    unordered: tuple[str, ...] = ()
-    array_keys: Mapping[str, str] = field(default_factory=dict)
-    tolerances: Mapping[str, float] = field(default_factory=dict)  # path → tolerance there
-    _compiled: _Compiled = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_compiled", _Compiled.build(self))
-
-
-class _Compiled:
-    __slots__ = ("headers", "ignore", "normalize", "tolerance", "tolerances", "unordered", "array_keys")
-
-    def __init__(self) -> None:
-        self.headers: tuple[str, ...] = ()
-        self.ignore: tuple[PathPattern, ...] = ()
-        self.normalize: tuple[tuple[re.Pattern[str], str, PathPattern | None], ...] = ()
-        self.tolerance = 0.0
-        self.tolerances: tuple[tuple[PathPattern, float], ...] = ()
-        self.unordered: tuple[PathPattern, ...] = ()
-        self.array_keys: tuple[tuple[PathPattern, str], ...] = ()
-
-    @classmethod
-    def build(cls, rules: CompareRules) -> _Compiled:
-        c = cls()
-        c.headers = tuple(h.lower() for h in rules.headers)
-        c.ignore = tuple(PathPattern(p) for p in rules.ignore)
-        compiled = []
-        for n in rules.normalize:
-            try:
-                regex = re.compile(n.pattern)
-            except re.error as exc:
-                raise CompareError(f"normalize pattern {n.pattern!r} is not a valid regular expression: {exc}") from exc
-            compiled.append((regex, n.replace, PathPattern(n.path) if n.path else None))
-        c.normalize = tuple(compiled)
-        if rules.tolerance < 0 or math.isnan(rules.tolerance):
-            raise CompareError(f"tolerance {rules.tolerance!r} must be a number >= 0")
-        c.tolerance = float(rules.tolerance)
-        for where, value in rules.tolerances.items():
-            if value < 0 or math.isnan(value):
-                raise CompareError(f"tolerance {value!r} at {where!r} must be a number >= 0")
-        c.tolerances = tuple((PathPattern(p), float(v)) for p, v in rules.tolerances.items())
-        c.unordered = tuple(PathPattern(p) for p in rules.unordered)
-        c.array_keys = tuple((PathPattern(p), k) for p, k in rules.array_keys.items())
-        return c
 
 
 _INDEX = re.compile(r"\[(?:\d+|[^\]=]+=[^\]]*)\]")
@@ -302,7 +165,7 @@ def _json_type(value: Any) -> str:
 class _Differ:
     __slots__ = ("rules", "out", "limit", "_ignore", "_segments", "_normalised")
 
-    def __init__(self, rules: _Compiled, limit: int) -> None:
+    def __init__(self, rules: CompiledRules, limit: int) -> None:
         self.rules = rules
         self.out: list[Difference] = []
         self.limit = limit
@@ -591,7 +454,7 @@ def compare_all(primary: Reply, others: Sequence[Reply], rules: CompareRules | N
             gc.enable()
 
 
-def _compare_one(primary: Reply, primary_doc: Callable[[], Any], candidate: Reply, compiled: _Compiled, limit: int) -> Comparison:
+def _compare_one(primary: Reply, primary_doc: Callable[[], Any], candidate: Reply, compiled: CompiledRules, limit: int) -> Comparison:
     differ = _Differ(compiled, limit)
     if primary.status != candidate.status and not differ.ignored("status"):
         differ.add("status", DiffKind.VALUE, primary.status, candidate.status)
@@ -625,34 +488,3 @@ def _compare_one(primary: Reply, primary_doc: Callable[[], Any], candidate: Repl
 
 
 _DEFAULT_RULES = CompareRules()
-
-
-def rules_from(
-    *,
-    headers: Iterable[str] = (),
-    ignore: Iterable[str] = (),
-    normalize: Iterable[Normalizer | Mapping[str, Any] | Sequence[str]] = (),
-    tolerance: float | Mapping[str, float] = 0.0,
-    unordered: Iterable[str] = (),
-    array_keys: Mapping[str, str] | None = None,
-) -> CompareRules:
-    """Build `CompareRules` from plain configuration values (mappings or pairs for normalizers)."""
-    norms: list[Normalizer] = []
-    for n in normalize:
-        if isinstance(n, Normalizer):
-            norms.append(n)
-        elif isinstance(n, Mapping):
-            pattern = n.get("regex", n.get("pattern"))
-            norms.append(Normalizer(str(pattern), str(n.get("replace", "")), n.get("path")))
-        else:
-            items = list(n)
-            norms.append(Normalizer(str(items[0]), str(items[1]) if len(items) > 1 else ""))
-    return CompareRules(
-        headers=tuple(headers),
-        ignore=tuple(ignore),
-        normalize=tuple(norms),
-        tolerance=float(tolerance) if isinstance(tolerance, (int, float)) else 0.0,
-        tolerances=dict(tolerance) if isinstance(tolerance, Mapping) else {},
-        unordered=tuple(unordered),
-        array_keys=dict(array_keys or {}),
-    )

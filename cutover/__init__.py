@@ -1,0 +1,42 @@
+"""The migration procedure: a plan file, gates, a journal and a runner that moves a route's
+traffic to the new service step by step, reversibly (`strangler cutover`).
+
+- `cutover.plan`: the plan model and `load_plan`.
+- `cutover.gates`: pure verdicts over readings (pass / fail / inconclusive) and `decide`.
+- `cutover.readings`: the sources: the façade's admin API, the shadow store, CDC status, verify.
+- `cutover.journal`: the journal and the lease in PostgreSQL; `cutover.state` folds it.
+- `cutover.runner`: the one loop for run and dry run; `cutover.control`: the operator's functions.
+
+It talks to the façade only through its admin API and the routing file; it imports `common`,
+`facade` and `cdc`, never `scripts`.
+"""
+
+from __future__ import annotations
+
+from cutover.control import overview, request, run, status
+from cutover.exceptions import CutoverError, LeaseHeld, PlanError, SourceUnreachable
+from cutover.gates import Decision, Readings, Verdict, decide, evaluate
+from cutover.plan import Plan, json_schema, load_plan
+from cutover.runner import Action, RunResult, Runner
+
+__all__ = [
+    "Action",
+    "CutoverError",
+    "Decision",
+    "LeaseHeld",
+    "Plan",
+    "PlanError",
+    "Readings",
+    "RunResult",
+    "Runner",
+    "SourceUnreachable",
+    "Verdict",
+    "decide",
+    "evaluate",
+    "json_schema",
+    "load_plan",
+    "overview",
+    "request",
+    "run",
+    "status",
+]
