@@ -5,6 +5,7 @@ The journey of a change, module by module: `slot` (publication and replication s
 events in batches, heartbeats) → `transport` (in process) or `kafka` (Debezium-compatible topics;
 `debezium` parses what Debezium Connect writes) → `mapping` (the spec's anti-corruption layer) →
 `apply` (idempotent apply, checkpoint in the same transaction, dead letters in `deadletter`).
+`preflight` checks what a run needs (`cdc check`), `dryrun` tries the snapshot on a sample,
 `snapshot` copies the tables first, `relations` checks the legacy tables against the spec on every
 start, `pipeline` runs the whole of it (`cdc run`), `status`, `verify` and `teardown` serve the
 other commands, `eventfile` applies a file of events, `database` opens the two connections.
@@ -16,10 +17,12 @@ needed only by the distributed mode).
 from __future__ import annotations
 
 from cdc.apply import Applier, ApplyError, ApplyResult, Checkpoint
+from cdc.dryrun import DryRunResult, dry_run
 from cdc.eventfile import apply_file, read_events
 from cdc.events import ChangeEvent, Column, Source
 from cdc.exceptions import CDCError, MappingError, SchemaChangedError
 from cdc.pipeline import RunStats, prepare, run
+from cdc.preflight import PreflightError, PreflightResult, preflight
 from cdc.relations import check_relations
 from cdc.snapshot import copy_pipe, snapshot_tables
 from cdc.spec import SyncSpec, load_spec
@@ -35,7 +38,10 @@ __all__ = [
     "ChangeEvent",
     "Checkpoint",
     "Column",
+    "DryRunResult",
     "MappingError",
+    "PreflightError",
+    "PreflightResult",
     "RunStats",
     "SchemaChangedError",
     "Source",
@@ -46,7 +52,9 @@ __all__ = [
     "check_relations",
     "copy_pipe",
     "drop",
+    "dry_run",
     "load_spec",
+    "preflight",
     "prepare",
     "read_events",
     "run",

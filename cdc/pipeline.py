@@ -26,14 +26,13 @@ from typing import Any
 import psycopg2
 
 from cdc.apply import Applier, Checkpoint
-from cdc.database import connect
 from cdc.exceptions import CDCError
-from cdc.relations import check_relations
+from cdc.preflight import preflight, require
 from cdc.slot import wait_released
 from cdc.snapshot import SNAPSHOT_CHUNK_ROWS, ProgressFn, snapshot_tables
 from cdc.spec import SyncSpec
 
-__all__ = ["RunStats", "prepare", "run", "stream"]
+__all__ = ["RunStats", "prepare", "run", "stop_on_signals", "stream"]
 
 
 
@@ -186,7 +185,8 @@ def stream(
 
 
 @contextlib.contextmanager
-def _signals(stop: threading.Event) -> Iterator[None]:
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Set `stop` on SIGINT/SIGTERM while the context is open (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -215,6 +215,7 @@ def run(
     kafka_config: Mapping[str, Any] | None = None,
     chunk_rows: int = SNAPSHOT_CHUNK_ROWS,
     record_lag: bool = False,
+    preflight_wal_sample: float = 0.2,
 ) -> RunStats:
     """Run the sync until stopped (SIGINT/SIGTERM or `stop`), or until caught up."""
     stop = stop or threading.Event()
@@ -222,9 +223,10 @@ def run(
         raise CDCError(f"unknown transport {transport!r}; use memory or kafka")
     stats = RunStats()
     in_process = transport == "memory"
-    with _signals(stop), Applier(spec, ordered=in_process, in_process=in_process) as applier:
-        if spec.source_url:
-            _check_source(spec, applier)
+    if spec.source_url and spec.target_url:
+        # `cdc check`'s checks, before anything is created on either side.
+        require(preflight(spec, replication=in_process or capture, wal_sample_seconds=preflight_wal_sample))
+    with stop_on_signals(stop), Applier(spec, ordered=in_process, in_process=in_process) as applier:
         if transport == "memory" or capture:
             stats.snapshot_rows = prepare(spec, applier, progress=on_progress, chunk_rows=chunk_rows, stop=stop)
         if stop.is_set():
@@ -242,15 +244,6 @@ def run(
                 # and the next run need not wait for it. Still held after the wait: the next run waits.
                 with contextlib.suppress(CDCError, psycopg2.Error):
                     wait_released(spec.source_url or "", spec.slot_name, 10.0)
-
-
-def _check_source(spec: SyncSpec, applier: Applier) -> None:
-    """The legacy tables as they are now against the spec and the target (see `cdc.relations`)."""
-    source = connect(spec.source_url or "")
-    try:
-        check_relations(spec, source, applier.conn)
-    finally:
-        source.close()
 
 
 def _run_memory(

@@ -14,6 +14,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -126,8 +127,11 @@ class EmbeddedPostgres:
         port: int | None = None,
         ephemeral: bool = False,
         bin_dir: Path | None = None,
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
+        # Overrides of SERVER_SETTINGS, e.g. {"wal_level": "replica"} for a cluster that lacks something.
+        self.settings = {**SERVER_SETTINGS, **(settings or {})}
         self.port = port
         self.ephemeral = ephemeral
         self._bin_dir = bin_dir
@@ -157,7 +161,7 @@ class EmbeddedPostgres:
         if self.port is None:
             self.port = free_port()
         args = [str(bin_dir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port)]
-        for key, value in SERVER_SETTINGS.items():
+        for key, value in self.settings.items():
             args += ["-c", f"{key}={value}"]
         log = open(self.data_dir / "server.log", "ab")
         self._process = subprocess.Popen(

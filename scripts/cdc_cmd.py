@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -75,11 +76,22 @@ def run_command(
     kafka_option: list[str] = typer.Option(
         [], "--kafka-option", help="A librdkafka setting KEY=VALUE for the Kafka clients (repeatable), e.g. session.timeout.ms=6000."
     ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Try the snapshot on a sample in a scratch schema; leave nothing behind."),
+    sample: int = typer.Option(1000, "--sample", help="With --dry-run: rows per table (first in key order)."),
+    all_rows: bool = typer.Option(False, "--all", help="With --dry-run: every row, not a sample."),
+    no_write: bool = typer.Option(False, "--no-write", help="With --dry-run: map in memory only, write nothing to the target."),
+    chunk_rows: int = typer.Option(1000, "--chunk-rows", help="With --dry-run: rows read and written at a time."),
+    json_output: bool = typer.Option(False, "--json", help="With --dry-run: print the report as JSON."),
 ) -> None:
     """Snapshot the legacy tables if needed, then stream changes into the service's store."""
     from cdc.pipeline import run
 
     spec = _spec(spec_path, source_url, target_url)
+    if not dry_run and (all_rows or no_write or json_output):
+        raise CDCError("--all, --no-write and --json are options of the dry-run; add --dry-run")
+    if dry_run:
+        _dry_run(spec, sample=None if all_rows else sample, write=not no_write, chunk_rows=chunk_rows, json_output=json_output)
+        return
     kafka_config: dict[str, str] = {}
     for item in kafka_option:
         key, sep, value = item.partition("=")
@@ -102,6 +114,80 @@ def run_command(
             kafka_config=kafka_config,
         )
     console.print(f"stopped: {stats.applied} changes applied, {stats.dead_lettered} dead-lettered, position {stats.position}")
+
+
+def _dry_run(spec: SyncSpec, *, sample: int | None, write: bool, chunk_rows: int, json_output: bool) -> None:
+    from cdc.dryrun import dry_run
+    from cdc.preflight import size_text
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console,
+                  transient=True) as progress:
+        tasks: dict[str, Any] = {}
+
+        def on_progress(table: str, done: int, total: int) -> None:
+            if table not in tasks:
+                tasks[table] = progress.add_task(f"dry-run {table}", total=max(total, 1))
+            progress.update(tasks[table], completed=done, total=max(total, done, 1))
+
+        result = dry_run(spec, sample=sample, write=write, chunk_rows=chunk_rows, progress=on_progress,
+                         on_stage=lambda message: console.print(escape(message), highlight=False))
+    if json_output:
+        typer.echo(json.dumps(result.to_dict(), default=str))
+    else:
+        out = Console(soft_wrap=True)
+        table = Table(title=f"dry-run {result.spec} ({'all rows' if sample is None else f'sample {sample}'}"
+                            f"{', in memory' if not write else ''})")
+        for col in ("table", "read", "filtered", "mapped", "rejected", "rows/s", "rows (est.)", "full copy", "verify"):
+            table.add_column(col)
+        for t in result.tables:
+            verdict = "-" if t.verify is None else ("ok" if t.verify["ok"] else "DIFFERS")
+            full = f"{t.projected_seconds:.1f} s" if t.projected_seconds is not None else "-"
+            table.add_row(f"{t.source} → {t.target}", str(t.read), str(t.filtered), str(t.mapped), str(t.rejected),
+                          f"{t.rate:.0f}", str(t.estimated_rows), full, verdict)
+        out.print(table)
+        for t in result.tables:
+            for example in t.examples:
+                out.print(f"  rejected {t.source} key={escape(str(example['key']))}: {escape(example['reason'])}", highlight=False)
+        if result.projected_seconds is not None:
+            out.print(f"full snapshot: about {result.projected_seconds:.1f} s; the slot would retain about "
+                      f"{size_text(result.projected_wal_bytes or 0)} of WAL (source WAL rate "
+                      f"{size_text(result.wal_bytes_per_second)}/s)", highlight=False)
+    if result.interrupted:
+        raise CDCError("dry-run interrupted; nothing was left behind")
+    if not result.verified:
+        raise CDCError("dry-run: the scratch copy differs from the mapped source sample (see verify above)")
+
+
+# -- cdc check --------------------------------------------------------------------------------------
+
+_MARKS = {"ok": "[green]✓[/green]", "fail": "[red]✗[/red]", "warn": "[yellow]![/yellow]"}
+
+
+@app.command("check")
+def check_command(
+    spec_path: Path = SPEC_OPTION,
+    source_url: str = SOURCE_OPTION,
+    target_url: str = TARGET_OPTION,
+    json_output: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
+    wal_sample: float = typer.Option(1.0, "--wal-sample", help="Seconds between the two WAL position readings."),
+) -> None:
+    """Check everything `cdc run` needs, changing nothing; exit 1 when a check fails."""
+    from cdc.preflight import preflight
+
+    result = preflight(_spec(spec_path, source_url, target_url), wal_sample_seconds=wal_sample)
+    if json_output:
+        typer.echo(json.dumps(result.to_dict()))
+    else:
+        out = Console(highlight=False, soft_wrap=True)
+        for c in result.checks:
+            out.print(f"{_MARKS[c.status]} {c.name}: {escape(c.message)}")
+            if c.fix and c.status != "ok":
+                out.print(f"    fix: {escape(c.fix)}")
+        ok = sum(c.status == "ok" for c in result.checks)
+        out.print(f"{ok} passed, {len(result.failures)} failed, {len(result.warnings)} warnings")
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 # -- cdc status -------------------------------------------------------------------------------------
