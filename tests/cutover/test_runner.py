@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from facade.config import load_config
 from facade.edit import shift_weights
+from facade.shadow import ShadowAddon
 from tests.cutover.conftest import Stack, journal_entries, journal_has, run_cli, start_cli, traffic, write_plan
 from tests.facade.proxy_support import facade
 from tests.support import wait_for
@@ -302,7 +303,7 @@ def test_the_shadow_step_mirrors_every_read_and_judges_only_its_own_window(pair:
 
     routing = write_routing(tmp_path / "routing.yaml", pair.monolith_url, pair.catalog_url, shadow=True)
     notified = tmp_path / "notified.jsonl"
-    with facade(routing) as (url, _app):
+    with facade(routing, addon_factories=(ShadowAddon.for_config,)) as (url, _app):
         plan = write_plan(tmp_path / "plan.yaml", routing, [url], database, f"""\
             steps: [shadow, 10]
             soak: {{min_time: 0.3s, min_requests: 20}}
@@ -334,9 +335,10 @@ def test_the_shadow_step_mirrors_every_read_and_judges_only_its_own_window(pair:
 def test_pause_holds_the_step_without_rolling_back_and_resume_carries_on(stack: Stack) -> None:
     plan = write_plan(stack.directory / "plan.yaml", stack.routing, [stack.facade_url], stack.journal_url, """\
         steps: [10, 50]
-        soak: {min_time: 1s, min_requests: 0}
+        soak: {min_time: 10s, min_requests: 0}
         interval: 0.05s
         """)
+    # The soak outlasts starting the `pause` command (a new Python process) on a busy machine.
     runner = start_cli("cutover", "run", str(plan), "--exit-when-paused", "--json")
     try:
         wait_for(lambda: journal_has(stack.journal_url, lambda e: e["kind"] == "soak"), timeout=60, what="the 10% step to soak")
