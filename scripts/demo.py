@@ -37,7 +37,9 @@ from rich.table import Table
 from common.postgres import free_port, resolve_server
 from common.processes import ProcessError, ProcessGroup, python_module
 from common.waiting import TimedOut, wait_until
-from scripts.demo_cutover import STEPS, RunOutcome, StepRecorder, StepResult, Traffic, journal_summary, run_cutover, write_plan
+from scripts.demo_cutover import (
+    STEPS, RunOutcome, StepRecorder, StepResult, Traffic, journal_summary, print_journal, print_step, run_cutover, write_plan,
+)
 
 FAULT_PERCENT = 30  # share of product reads the faulty catalog build answers with 500
 ROUTE_ID = "catalog-read"
@@ -471,7 +473,7 @@ def _cut_over(env: DemoEnv, products: int, requests_per_step: int, console: Cons
     finally:
         traffic.stop()
     env.cutover_status = journal_summary(env.cutover_plan, run_env)
-    _print_journal(env, console)
+    print_journal(console, env.cutover_plan, env.cutover_status)
 
 
 def _cutover_run(
@@ -488,18 +490,7 @@ def _cutover_run(
             _restart_catalog(env, discrepancy=False, errors=FAULT_PERCENT)
             traffic.go()
 
-    def step(result: StepResult) -> None:
-        mark = "[green]✓[/green]" if result.decision == "advance" else "[red]✗[/red]"
-        gates = ", ".join(f"{v['gate']} {v['result']}" for v in result.verdicts)
-        console.print(
-            f"    {mark} {result.weight:g}%: {result.total} requests ({result.per_upstream['monolith']} → monolith, "
-            f"{result.per_upstream['catalog']} → catalog), {result.errors} errors; gates: {gates} → {result.decision}"
-        )
-        for verdict in result.verdicts:
-            if verdict["result"] != "pass":
-                console.print(f"        {verdict['gate']}: {verdict['reason']}", markup=False, highlight=False)
-
-    recorder = StepRecorder(label, traffic, lambda: _requests_by_upstream(env), step, applied)
+    recorder = StepRecorder(label, traffic, lambda: _requests_by_upstream(env), lambda r: print_step(console, r), applied)
     assert env.cutover_plan is not None
     outcome = run_cutover(env.cutover_plan, run_env, recorder)
     outcome.label = label
@@ -507,19 +498,6 @@ def _cutover_run(
     env.cutover_runs.append(outcome)
     mark = "[green]✓[/green]" if outcome.status == "done" else "[yellow]↩[/yellow]" if outcome.status == "rolled_back" else "[red]✗[/red]"
     console.print(f"{mark} cutover run ({label}): {outcome.status} — {outcome.reason}", highlight=False)
-
-
-def _print_journal(env: DemoEnv, console: Console) -> None:
-    """The journal's summary, as `strangler cutover status PLAN` shows it."""
-    status = env.cutover_status
-    console.print(
-        f"[green]✓[/green] journal (strangler cutover status {env.cutover_plan}): {status['status']}, step {status['step']}, "
-        f"{status['weight']:g}% to catalog, {status['entries']} entries"
-    )
-    history = status.get("history") or []
-    assert isinstance(history, list)
-    for item in history:
-        console.print(f"    #{item['id']} {item['kind']}: {item['text']}", markup=False, highlight=False)
 
 
 def _requests_by_upstream(env: DemoEnv) -> dict[str, float]:

@@ -4,7 +4,8 @@
 verify gates, the journal in the catalog database, events in the work dir); `run_cutover` runs
 it with `cutover.run`, the function behind `strangler cutover run`, while a `Traffic` thread
 reads products through the façade, and records each step (requests per upstream, errors, the
-gate verdicts and the decision) from the runner's events.
+gate verdicts and the decision) from the runner's events; `print_step` and `print_journal`
+render them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from rich.console import Console
 
 STEPS = (10, 50, 100)
 
@@ -179,3 +181,26 @@ def journal_summary(plan_path: Path, env: Mapping[str, str]) -> dict[str, Any]:
     import cutover
 
     return cutover.status(cutover.load_plan(plan_path, env=env), env=env)
+
+
+def print_step(console: Console, result: StepResult) -> None:
+    """One soaked step: requests per upstream, errors, each gate's verdict, the decision."""
+    mark = "[green]✓[/green]" if result.decision == "advance" else "[red]✗[/red]"
+    gates = ", ".join(f"{v['gate']} {v['result']}" for v in result.verdicts)
+    console.print(
+        f"    {mark} {result.weight:g}%: {result.total} requests ({result.per_upstream['monolith']} → monolith, "
+        f"{result.per_upstream['catalog']} → catalog), {result.errors} errors; gates: {gates} → {result.decision}"
+    )
+    for verdict in result.verdicts:
+        if verdict["result"] != "pass":
+            console.print(f"        {verdict['gate']}: {verdict['reason']}", markup=False, highlight=False)
+
+
+def print_journal(console: Console, plan_path: Path, status: Mapping[str, Any]) -> None:
+    """The journal's summary, as `strangler cutover status PLAN` shows it."""
+    console.print(
+        f"[green]✓[/green] journal (strangler cutover status {plan_path}): {status['status']}, step {status['step']}, "
+        f"{status['weight']:g}% to catalog, {status['entries']} entries"
+    )
+    for item in status.get("history") or []:
+        console.print(f"    #{item['id']} {item['kind']}: {item['text']}", markup=False, highlight=False)
