@@ -5,10 +5,13 @@ seeds data; fills the catalog service's own store by change data capture (snapsh
 stream: a price change and an order placed through the monolith show up in the catalog service);
 mirrors catalog reads to the new service and writes the shadow comparison report
 (first with a deliberate, documented discrepancy switched on — `serve --demo-discrepancy` of the
-catalog service — then with it fixed); then sends traffic through the façade while shifting
-catalog reads 0 → 10 → 50 → 100 % with `routes shift`, printing requests per upstream at each
-step; ends with `strangler verify`, the row-by-row diff of the two stores. Everything it started
-is stopped on exit or Ctrl-C.
+catalog service — then with it fixed); then moves catalog reads 10 → 50 → 100 % with the cutover
+runner (`strangler cutover run`, scripts/demo_cutover.py) while traffic goes through the façade:
+a first run in which a faulty catalog build (`serve --demo-errors`) is deployed at 50 %, so the
+error-rate gate fails and the runner rolls back to 10 % by itself, then, the fault fixed, a clean
+run to 100 %; prints requests per upstream and the gate verdicts at each step and the journal's
+summary; ends with `strangler verify`, the row-by-row diff of the two stores. Everything it
+started is stopped on exit or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -34,8 +37,11 @@ from rich.table import Table
 from common.postgres import free_port, resolve_server
 from common.processes import ProcessError, ProcessGroup, python_module
 from common.waiting import TimedOut, wait_until
+from scripts.demo_cutover import (
+    STEPS, RunOutcome, StepRecorder, StepResult, Traffic, journal_summary, print_journal, print_step, run_cutover, write_plan,
+)
 
-STEPS = (0, 10, 50, 100)
+FAULT_PERCENT = 30  # share of product reads the faulty catalog build answers with 500
 ROUTE_ID = "catalog-read"
 SPEC_PATH = Path(__file__).resolve().parent.parent / "extracted" / "catalog" / "sync.yaml"
 
@@ -46,18 +52,6 @@ class CdcResult:
     live_change_ms: float
     verify_identical: bool
     verify_tables: dict[str, dict[str, int]]
-
-
-@dataclass
-class StepResult:
-    weight: int
-    per_upstream: dict[str, int]
-    errors: int
-    clients: int
-
-    @property
-    def total(self) -> int:
-        return sum(self.per_upstream.values())
 
 
 @dataclass
@@ -88,6 +82,10 @@ class DemoEnv:
     shadow_rounds: list[ShadowRound] = field(default_factory=list)
     catalog_port: int = 0
     cdc: CdcResult | None = None
+    fault: bool = True
+    cutover_plan: Path | None = None
+    cutover_runs: list[RunOutcome] = field(default_factory=list)
+    cutover_status: dict[str, object] = field(default_factory=dict)
 
     def failures(self) -> list[str]:
         """What went wrong on the journey, as sentences; empty when every check held."""
@@ -98,8 +96,16 @@ class DemoEnv:
             if not r.discrepancy and r.real_fields:
                 problems.append(f"the shadow report of round {r.label!r} still shows real differences: {', '.join(r.real_fields)}")
         for step in self.results:
-            if step.errors:
-                problems.append(f"{step.errors} requests failed at catalog weight {step.weight}%")
+            if step.errors and step.decision == "advance":
+                problems.append(f"{step.errors} requests failed at catalog weight {step.weight:g}% ({step.run} run)")
+        runs = {run.label: run for run in self.cutover_runs}
+        if self.fault and "with-fault" in runs and runs["with-fault"].status != "rolled_back":
+            problems.append(f"the cutover run with the faulty catalog build ended {runs['with-fault'].status!r}, not rolled back")
+        if "clean" in runs and (runs["clean"].status != "done" or self.cutover_status.get("weight") != 100):
+            problems.append(
+                f"the clean cutover run ended {runs['clean'].status!r} ({runs['clean'].reason}) at "
+                f"{self.cutover_status.get('weight')}% to catalog, not done at 100%"
+            )
         return problems
 
     def services(self) -> dict[str, str]:
@@ -119,10 +125,15 @@ def demo(
         help="Start the catalog service with its deliberate demo bug (prices rounded to whole units, "
         "attributes missing) for the first shadow round, so the report has something to find.",
     ),
+    fault: bool = typer.Option(
+        True, "--fault/--no-fault",
+        help=f"Deploy a catalog build that fails {FAULT_PERCENT}% of product reads (serve --demo-errors) during a "
+        "first cutover run, so its error-rate gate fails and the runner rolls back by itself.",
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print the step results as JSON."),
 ) -> None:
     """Run the whole journey on the embedded PostgreSQL: monolith, catalog service, façade,
-    traffic, and a stepwise shift of catalog reads with `routes shift`."""
+    traffic, and the gated cutover of catalog reads with `strangler cutover run`."""
     console = Console(stderr=json_output)
     # SIGTERM (a closed terminal, a CI runner stopping) unwinds like Ctrl-C, so the children,
     # which run in sessions of their own, are stopped too.
@@ -130,7 +141,7 @@ def demo(
     try:
         result = run_demo(
             database_url=database_url, products=products, requests_per_step=requests_per_step,
-            work_dir=work_dir, console=console, discrepancy=discrepancy,
+            work_dir=work_dir, console=console, discrepancy=discrepancy, fault=fault,
         )
     except ProcessError as exc:
         console.print(f"[red]FAILED:[/red] {exc}")
@@ -145,10 +156,14 @@ def demo(
         typer.echo(json.dumps({
             "services": result.services(),
             "shadow": [r.__dict__ for r in result.shadow_rounds],
-            "steps": [r.__dict__ for r in result.results],
+            "steps": [r.as_dict() for r in result.results],
+            "cutover": {
+                "plan": str(result.cutover_plan), "runs": [r.__dict__ for r in result.cutover_runs],
+                "status": result.cutover_status,
+            },
             "cdc": result.cdc.__dict__ if result.cdc else None,
             "failures": failures,
-        }, indent=2))
+        }, indent=2, default=str))
     for problem in failures:
         console.print(f"[red]FAILED:[/red] {problem}")
     if failures:
@@ -161,14 +176,14 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def run_demo(
     *, database_url: str | None, products: int, requests_per_step: int, work_dir: Path, console: Console,
-    discrepancy: bool = True, db_prefix: str = "demo",
+    discrepancy: bool = True, fault: bool = True, db_prefix: str = "demo",
 ) -> DemoEnv:
     work_dir = work_dir.absolute()
     if work_dir.exists():
         shutil.rmtree(work_dir / "logs", ignore_errors=True)
     work_dir.mkdir(parents=True, exist_ok=True)
     with _postgres(database_url, work_dir, console) as server, ProcessGroup(work_dir / "logs") as group:
-        env = DemoEnv(work_dir=work_dir, group=group)
+        env = DemoEnv(work_dir=work_dir, group=group, fault=fault)
         # A fresh pair of databases each run, so the demo always starts from the same point.
         env.legacy_db = _fresh_database(server, f"{db_prefix}_legacy")
         env.catalog_db = _fresh_database(server, f"{db_prefix}_catalog")
@@ -183,7 +198,7 @@ def run_demo(
                 console.print("[cyan]→[/cyan] fixing the catalog service (restarting it without the demo bug)")
                 _restart_catalog(env, discrepancy=False)
                 _shadow_round(env, console, requests_per_step, "fixed", False)
-            _shift_reads(env, requests_per_step, console)
+            _cut_over(env, products, requests_per_step, console)
             _verify(env, console)
             _print_summary(env, console)
         finally:
@@ -358,7 +373,7 @@ def _drop_cdc(env: DemoEnv) -> None:
     drop(load_spec(SPEC_PATH, env={**os.environ, **_spec_env(env)}))
 
 
-def _restart_catalog(env: DemoEnv, *, discrepancy: bool) -> None:
+def _restart_catalog(env: DemoEnv, *, discrepancy: bool, errors: int = 0) -> None:
     for child in list(env.group.children):
         if child.name == "catalog":
             env.group.stop(child)
@@ -368,6 +383,8 @@ def _restart_catalog(env: DemoEnv, *, discrepancy: bool) -> None:
     ]
     if discrepancy:
         args.append("--demo-discrepancy")
+    if errors:
+        args += ["--demo-errors", str(errors)]
     catalog = env.group.start("catalog", python_module(*args))
     env.group.wait_healthy(catalog, f"{env.catalog_url}/healthz")
 
@@ -396,7 +413,7 @@ def _shadow_round(env: DemoEnv, console: Console, requests: int, label: str, dis
 
     started = time.time()
     with console.status(f"Shadowing {requests} catalog reads to the catalog service ({label})…"):
-        _send_traffic(env, 0, requests)
+        _send_traffic(env, requests)
         with contextlib.suppress(TimedOut):  # the report says what was compared by then
             wait_until(lambda: _shadow_settled(_shadow_numbers(env)), 60, 0.2, what="the shadow worker")
     report_path = env.work_dir / f"shadow-report-{label}.html"
@@ -427,35 +444,60 @@ def _shadow_round(env: DemoEnv, console: Console, requests: int, label: str, dis
     console.print(f"    report: {report_path}")
 
 
-def _shift_reads(env: DemoEnv, requests_per_step: int, console: Console) -> None:
-    from facade.edit import shift_weights
-
-    for weight in STEPS:
-        before = _route_version(env)
-        shifted = shift_weights(env.routing_path, ROUTE_ID, {"catalog": weight, "monolith": 100 - weight})
-        if shifted.written:
-            _wait_reloaded(env, before)
-            console.print(f"[cyan]→[/cyan] routes shift {ROUTE_ID} --to catalog={weight}: façade reloaded")
+def _cut_over(env: DemoEnv, products: int, requests_per_step: int, console: Console) -> None:
+    """`strangler cutover run` on a plan of the demo's stack, with traffic through the façade."""
+    env.cutover_plan = env.work_dir / "cutover.yaml"
+    events = env.work_dir / "cutover-events.jsonl"
+    events.unlink(missing_ok=True)  # the journal is new with the catalog database, so are the events
+    write_plan(
+        env.cutover_plan, routing=env.routing_path, spec=SPEC_PATH, facade_url=env.facade_url,
+        journal_url=env.catalog_db, events=events, min_requests=requests_per_step,
+    )
+    run_env = {**os.environ, **_spec_env(env)}
+    console.print(f"[cyan]→[/cyan] cutover plan {env.cutover_plan}: catalog reads {' → '.join(f'{w}%' for w in STEPS)}, "
+                  f"each step soaks 2s and {requests_per_step} requests; gates error_rate, latency, cdc, verify")
+    traffic = Traffic(env.facade_url, products).start()
+    try:
+        if env.fault:
+            console.print(f"[cyan]→[/cyan] strangler cutover run (1): a catalog build failing {FAULT_PERCENT}% of product "
+                          "reads is deployed once 50% is served")
+            _cutover_run(env, run_env, traffic, console, "with-fault", fault_at=50)
+            console.print("[cyan]→[/cyan] fixing the catalog service (restarting it without --demo-errors)")
+            traffic.hold()
+            _restart_catalog(env, discrepancy=False)
+            traffic.go()
+            console.print("[cyan]→[/cyan] strangler cutover run (2): from the last passed step, with the fixed build")
         else:
-            console.print(f"[cyan]→[/cyan] {ROUTE_ID} already sends {weight}% to catalog")
-        env.results.append(_send_traffic(env, weight, requests_per_step))
+            console.print("[cyan]→[/cyan] strangler cutover run")
+        _cutover_run(env, run_env, traffic, console, "clean", fault_at=None)
+    finally:
+        traffic.stop()
+    env.cutover_status = journal_summary(env.cutover_plan, run_env)
+    print_journal(console, env.cutover_plan, env.cutover_status)
 
 
-def _route_version(env: DemoEnv) -> str:
-    return str(httpx.get(f"{env.facade_url}/_strangler/routes", timeout=5).json().get("version"))
+def _cutover_run(
+    env: DemoEnv, run_env: dict[str, str], traffic: Traffic, console: Console, label: str, fault_at: float | None,
+) -> None:
+    def applied(weight: float, why: str) -> None:
+        if why == "advance":
+            console.print(f"    {ROUTE_ID} → catalog {weight:g}%: every façade replica serves it; soaking")
+        else:
+            console.print(f"    [yellow]↩[/yellow] {ROUTE_ID} rolled back to catalog {weight:g}% by the runner ({why})")
+        if fault_at is not None and why == "advance" and weight == fault_at:
+            console.print(f"    [yellow]![/yellow] deploying the faulty catalog build (serve --demo-errors {FAULT_PERCENT})")
+            traffic.hold()  # no reads while the service restarts: the gate must judge the build, not the restart
+            _restart_catalog(env, discrepancy=False, errors=FAULT_PERCENT)
+            traffic.go()
 
-
-def _wait_reloaded(env: DemoEnv, previous_version: str, timeout: float = 15.0) -> None:
-    """Wait for the façade to pick up the edited file (it watches it), nudging it via the API."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = httpx.get(f"{env.facade_url}/_strangler/routes", timeout=5).json()
-        if str(body.get("version")) != previous_version:
-            if body.get("last_error"):
-                raise ProcessError(f"the façade rejected the new routing.yaml: {body['last_error']}")
-            return
-        time.sleep(0.1)
-    httpx.post(f"{env.facade_url}/_strangler/reload", timeout=5)
+    recorder = StepRecorder(label, traffic, lambda: _requests_by_upstream(env), lambda r: print_step(console, r), applied)
+    assert env.cutover_plan is not None
+    outcome = run_cutover(env.cutover_plan, run_env, recorder)
+    outcome.label = label
+    env.results.extend(recorder.results)
+    env.cutover_runs.append(outcome)
+    mark = "[green]✓[/green]" if outcome.status == "done" else "[yellow]↩[/yellow]" if outcome.status == "rolled_back" else "[red]✗[/red]"
+    console.print(f"{mark} cutover run ({label}): {outcome.status} — {outcome.reason}", highlight=False)
 
 
 def _requests_by_upstream(env: DemoEnv) -> dict[str, float]:
@@ -471,39 +513,25 @@ def _requests_by_upstream(env: DemoEnv) -> dict[str, float]:
     return counts
 
 
-def _send_traffic(env: DemoEnv, weight: int, total: int) -> StepResult:
+def _send_traffic(env: DemoEnv, total: int) -> None:
     """Anonymous clients, each with its own cookie jar (so its own sticky assignment cookie),
-    read products through the façade; per-upstream counts come from the façade's metrics."""
-    before = _requests_by_upstream(env)
+    read products through the façade (all of them on the monolith, mirrored for the shadow round)."""
     per_client = 2
-    clients = max(1, total // per_client)
-    errors = 0
-    for client_no in range(clients):
+    for client_no in range(max(1, total // per_client)):
         with httpx.Client(base_url=env.facade_url, timeout=10) as client:
             for i in range(per_client):
-                product_id = 1 + (client_no * per_client + i) % 1000
-                if client.get(f"/api/products/{product_id}").status_code != 200:
-                    errors += 1
-    after = _requests_by_upstream(env)
-    per_upstream = {name: int(after.get(name, 0) - before.get(name, 0)) for name in sorted(set(after) | set(before))}
-    per_upstream.setdefault("monolith", 0)
-    per_upstream.setdefault("catalog", 0)
-    return StepResult(weight, per_upstream, errors, clients)
+                client.get(f"/api/products/{1 + (client_no * per_client + i) % 1000}")
 
 
 def _print_summary(env: DemoEnv, console: Console) -> None:
-    table = Table(title="Catalog reads through the façade, per weight step")
-    table.add_column("catalog weight", justify="right")
-    table.add_column("requests", justify="right")
-    table.add_column("→ monolith", justify="right")
-    table.add_column("→ catalog", justify="right")
-    table.add_column("catalog share", justify="right")
-    table.add_column("errors", justify="right")
+    table = Table(title="Catalog reads through the façade, per cutover step")
+    for column in ("run", "catalog weight", "requests", "→ monolith", "→ catalog", "catalog share", "errors", "gates"):
+        table.add_column(column, justify="left" if column in ("run", "gates") else "right")
     for r in env.results:
         share = r.per_upstream.get("catalog", 0) / r.total if r.total else 0.0
         table.add_row(
-            f"{r.weight}%", str(r.total), str(r.per_upstream.get("monolith", 0)),
-            str(r.per_upstream.get("catalog", 0)), f"{share:.0%}", str(r.errors),
+            r.run, f"{r.weight:g}%", str(r.total), str(r.per_upstream.get("monolith", 0)),
+            str(r.per_upstream.get("catalog", 0)), f"{share:.0%}", str(r.errors), r.decision,
         )
     console.print(table)
     console.print(f"Logs of every process: {env.group.log_dir}")

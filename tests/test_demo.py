@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 
-from scripts.demo import STEPS
 from common.postgres import EmbeddedPostgres
 from tests.support import wait_for
 
@@ -51,7 +50,7 @@ def slots_left(pg: EmbeddedPostgres) -> list[str]:
         conn.close()
 
 
-def test_demo_shifts_reads_step_by_step(pg: EmbeddedPostgres, tmp_path: Path) -> None:
+def test_demo_cuts_reads_over_with_the_runner_and_a_rollback(pg: EmbeddedPostgres, tmp_path: Path) -> None:
     run = subprocess.run(demo_command(pg, tmp_path / "demo"), capture_output=True, text=True, timeout=280, check=False, env=DEMO_ENV)
     assert run.returncode == 0, run.stderr[-4000:]
     result = json.loads(run.stdout)
@@ -70,20 +69,48 @@ def test_demo_shifts_reads_step_by_step(pg: EmbeddedPostgres, tmp_path: Path) ->
     # The terminal output names the report and its headline numbers.
     assert f"report: {buggy['report_path']}" in run.stderr
     assert f"shadow report (with-discrepancy): 120 compared, mismatch rate {buggy['mismatch_rate']:.1%}" in run.stderr
-    assert "Catalog reads through the façade, per weight step" in run.stderr
+    assert "Catalog reads through the façade, per cutover step" in run.stderr
+    # The cutover ran twice through the runner: the faulty build (serve --demo-errors) failed the
+    # error-rate gate at 50% and the runner rolled back to 10% itself; the clean run reached 100%.
+    cutover = result["cutover"]
+    faulty, clean = cutover["runs"]
+    assert faulty["status"] == "rolled_back"
+    assert faulty["actions"] == ["catalog-read: catalog 0% → 10%", "catalog-read: catalog 10% → 50%", "catalog-read: catalog 50% → 10%"]
+    assert clean["status"] == "done"
+    assert clean["actions"] == ["catalog-read: catalog 10% → 50%", "catalog-read: catalog 50% → 100%"]
     steps = result["steps"]
-    assert [s["weight"] for s in steps] == list(STEPS)
+    assert [(s["run"], s["weight"], s["decision"]) for s in steps] == [
+        ("with-fault", 10, "advance"), ("with-fault", 50, "fail"), ("clean", 50, "advance"), ("clean", 100, "advance"),
+    ]
+    failed = steps[1]
+    gate = next(v for v in failed["verdicts"] if v["gate"] == "error_rate")
+    assert gate["result"] == "fail" and gate["reading"]["target_errors"] > 0
+    assert failed["errors"] > 0  # the readers saw the 500s the gate counted
     for step in steps:
-        total = sum(step["per_upstream"].values())
-        assert step["errors"] == 0
-        assert total == 120
-        share = step["per_upstream"]["catalog"] / total
-        # Sticky buckets over 60 anonymous clients: the share follows the weight loosely
-        # at 10/50 %, exactly at 0 and 100 %.
-        if step["weight"] in (0, 100):
-            assert share == step["weight"] / 100
+        verdicts = {v["gate"]: v["result"] for v in step["verdicts"]}
+        assert set(verdicts) == {"error_rate", "latency", "cdc", "verify"}
+        if step["decision"] != "advance":
+            continue
+        assert step["errors"] == 0 and set(verdicts.values()) == {"pass"}
+        assert step["total"] >= 120
+        # Sticky buckets over anonymous clients: the share follows the weight loosely at 10/50 %,
+        # exactly at 100 %.
+        share = step["per_upstream"]["catalog"] / step["total"]
+        if step["weight"] == 100:
+            assert share == 1
         else:
             assert abs(share - step["weight"] / 100) < 0.3
+    # The journal's summary (what `strangler cutover status --json` gives) ends done at 100%,
+    # and it explains the rollback: a failed decision at 50%, then the change back to 10%.
+    status = cutover["status"]
+    assert status["status"] == "done" and status["weight"] == 100 and status["step"] == "100%"
+    kinds = [(item["kind"], item["text"]) for item in status["history"]]
+    fail_at = next(i for i, (kind, text) in enumerate(kinds) if kind == "decision" and text.startswith("50%: fail"))
+    assert kinds[fail_at + 1:fail_at + 3] == [("intent", "catalog-read: catalog 50% → 10%"), ("applied", "catalog-read: catalog 50% → 10%")]
+    assert kinds[-1] == ("done", "every step passed")
+    assert "rolled back to catalog 10% by the runner" in run.stderr
+    events = [json.loads(line) for line in (tmp_path / "demo" / "cutover-events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events].count("run.start") == 2
     # Everything it started is stopped, and its replication slot is gone.
     for url in result["services"].values():
         assert not answers(url), f"{url} still answers after the demo ended"

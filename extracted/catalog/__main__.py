@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from extracted.catalog.app import DEFAULT_MONOLITH_URL, ENV_DATABASE_URL, ENV_DEMO_DISCREPANCY, ENV_MONOLITH_URL
+from extracted.catalog.app import DEFAULT_MONOLITH_URL, ENV_DATABASE_URL, ENV_DEMO_DISCREPANCY, ENV_DEMO_ERRORS, ENV_MONOLITH_URL
 from common.extras import MissingExtraError
 from extracted.catalog.db import check_url
 from extracted.catalog.exceptions import CatalogError
@@ -184,6 +184,11 @@ def serve(
                            help="Answer product details with a deliberate bug (prices rounded to whole units, "
                                 "attributes missing) so shadow comparison has something to find. Demo only."),
     ] = False,
+    demo_errors: Annotated[
+        int, typer.Option("--demo-errors", envvar=ENV_DEMO_ERRORS, show_envvar=True, min=0, max=100, metavar="PERCENT",
+                          help="Answer 500 for the details of products whose id modulo 100 is below PERCENT, as a "
+                               "bad build would, so the cutover's error-rate gate has something to catch. Demo only."),
+    ] = 0,
 ) -> None:
     """Serve the catalog API (same contract as the monolith's /api/products and /api/categories)."""
     import uvicorn
@@ -209,6 +214,7 @@ def serve(
     os.environ[ENV_DATABASE_URL] = url
     os.environ[ENV_MONOLITH_URL] = monolith_url
     os.environ[ENV_DEMO_DISCREPANCY] = "1" if demo_discrepancy else ""
+    os.environ[ENV_DEMO_ERRORS] = str(demo_errors)
     uvicorn.run(
         "extracted.catalog.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
         log_level="info", access_log=access_log,

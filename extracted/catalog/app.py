@@ -18,6 +18,7 @@ from extracted.catalog.web import api_error_response
 ENV_DATABASE_URL = "STRANGLER_CATALOG_DATABASE_URL"
 ENV_MONOLITH_URL = "STRANGLER_MONOLITH_URL"
 ENV_DEMO_DISCREPANCY = "STRANGLER_CATALOG_DEMO_DISCREPANCY"
+ENV_DEMO_ERRORS = "STRANGLER_CATALOG_DEMO_ERRORS"
 DEFAULT_MONOLITH_URL = "http://127.0.0.1:8001"
 
 
@@ -28,6 +29,7 @@ def create_app(
     sessions: SessionValidator | None = None,
     pool_size: int = 10,
     demo_discrepancy: bool = False,
+    demo_errors: int = 0,
 ) -> Starlette:
     """The catalog service on the store at `database_url`; sessions are checked with the monolith
     at `monolith_url` unless a `SessionValidator` is given."""
@@ -47,6 +49,7 @@ def create_app(
     app.state.sessions = sessionmaker(engine, expire_on_commit=False)
     app.state.session_validator = validator
     app.state.demo_discrepancy = demo_discrepancy
+    app.state.demo_errors = demo_errors
     return app
 
 
@@ -59,4 +62,5 @@ def create_app_from_env() -> Starlette:
         url,
         monolith_url=os.environ.get(ENV_MONOLITH_URL, DEFAULT_MONOLITH_URL),
         demo_discrepancy=os.environ.get(ENV_DEMO_DISCREPANCY, "") == "1",
+        demo_errors=int(os.environ.get(ENV_DEMO_ERRORS, "") or 0),
     )

@@ -47,6 +47,8 @@ async def product_create(request: Request) -> Response:
 
 async def product_detail(request: Request) -> Response:
     """GET /api/products/{id}, with an ETag; a matching If-None-Match gets 304 (conditional GET)."""
+    if request.path_params["id"] % 100 < request.app.state.demo_errors:
+        return demo_error(request.path_params["id"], request.app.state.demo_errors)
     product = await run_db(request, store.get_product, request.path_params["id"])
     if request.app.state.demo_discrepancy:
         product = with_demo_discrepancy(product)
@@ -64,6 +66,16 @@ def with_demo_discrepancy(product: dict[str, Any]) -> dict[str, Any]:
     if changed.get("stock", 0) > 0:
         changed.pop("attributes", None)
     return changed
+
+
+def demo_error(product_id: int, percent: int) -> Response:
+    """The deliberate fault the demo switches on (`serve --demo-errors PERCENT`) so that the
+    cutover's error-rate gate has something to catch: the details of products whose id modulo 100
+    is below PERCENT answer 500, as a bad build would."""
+    return JSONResponse(
+        {"detail": f"demo fault: product {product_id} fails on purpose (serve --demo-errors {percent}); restart without it"},
+        status_code=500,
+    )
 
 
 async def product_update(request: Request) -> Response:
