@@ -174,13 +174,14 @@ class SyncSpec:
     def with_ownership(self, ownership: str, owned_by_service: Mapping[str, Sequence[str]] | None = None) -> SyncSpec:
         """This spec with ownership switched (and, given, each table's service-owned columns replaced).
 
-        `owned_by_service` maps a service table (`catalog.products`) to its service-owned columns,
+        `owned_by_service` maps a service (or legacy) table to its service-owned service columns,
         as the cutover plan's `writes.ownership` names them; raises `SpecError` on a bad name."""
         chk = _Checker(self.path)
         if ownership not in OWNERSHIP:
             chk.node(None, f"ownership {ownership!r} is not known; use enforced or off")
         tables = list(self.tables)
-        by_target = {t.target: i for i, t in enumerate(tables)}
+        # A table is named by its service table or its legacy table (as the cutover plan may).
+        by_target = {**{t.source: i for i, t in enumerate(tables)}, **{t.target: i for i, t in enumerate(tables)}}
         for target, columns in (owned_by_service or {}).items():
             if target not in by_target:
                 chk.node(None, f"ownership names service table {target!r}, which the spec does not feed; "

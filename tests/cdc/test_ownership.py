@@ -55,6 +55,8 @@ def test_owned_by_service_in_the_spec_is_validated_with_the_fix() -> None:
                     + "ownership: enforced\n", file="sync.yaml", env={})
     assert ok.ownership_enforced and ok.table_for("public", "catalog_product").owned_by_service == ("title",)
     assert not parse_spec(SYNC_YAML.read_text(), env={}).ownership_enforced
+    by_legacy_name = ok.with_ownership("enforced", {"public.catalog_product": ["price_cents"]})
+    assert by_legacy_name.table_for("public", "catalog_product").owned_by_service == ("price_cents",)
     with pytest.raises(SpecError, match="not a mapped service column"):
         ok.with_ownership("enforced", {"catalog.products": ["stock_level"]})
 
