@@ -17,6 +17,16 @@ Snapshot rows (`op="r"`) order before every streamed change, so one is applied o
 streamed change has touched its row yet. An unchanged TOASTed column (`UNAVAILABLE`) is left as
 it is in the target. The target session carries the replication origin `strangler_<name>` so
 capture on this database skips what the applier writes.
+
+Column ownership (`ownership: enforced` in the spec, after the write switch): an update writes
+only the legacy-owned columns of a row the service already has; a service-owned column whose
+legacy value changed and differs from the service's is recorded in `strangler.conflict`
+(`cdc.conflicts`) with both values, in the same transaction, and the service's value stays.
+"Changed" is read from the event's before image when the legacy table has `REPLICA IDENTITY
+FULL`; without one, any difference from the service's current value counts. Inserts and deletes
+keep moving whole rows: a row the service does not have yet (an insert, or an update that brings
+a row into the spec's filter) is created in full, and a legacy delete removes it, since the
+monolith still decides which rows exist.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 
-from cdc import deadletter
+from cdc import conflicts, deadletter
 from cdc.database import connect as connect_database
 from common.waiting import TimedOut, wait_until
 from cdc.events import UNAVAILABLE, ChangeEvent
@@ -68,7 +78,7 @@ CREATE TABLE IF NOT EXISTS strangler.table_position (
     lsn bigint NOT NULL,
     PRIMARY KEY (name, target_table)
 );
-""" + deadletter.DDL
+""" + deadletter.DDL + conflicts.DDL
 
 Position = tuple[int, int]
 
@@ -185,10 +195,7 @@ def _adapt(value: Any) -> Any:
     return value
 
 
-def _pk_json(key: tuple[Any, ...]) -> str:
-    if len(key) == 1 and type(key[0]) is int:
-        return f"[{key[0]}]"
-    return json.dumps(list(key), default=str, separators=(",", ":"))
+_pk_json = conflicts.pk_text
 
 
 def _ident(*parts: str) -> str:
@@ -230,6 +237,7 @@ class Applier:
         self._checkpoint = Checkpoint()
         self._streamed_tables: set[str] = set()
         self._tables: dict[tuple[str, str], TableSpec | None] = {}
+        self._column_types: dict[str, dict[str, str]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -586,6 +594,8 @@ class Applier:
         if not deletes and self._insert_new(cur, table, upserts, positions):
             self._streamed_tables.add(target)
             return len(upserts)
+        if self.spec.ownership_enforced and table.owned_by_service:
+            upserts = [self._owned(cur, table, op) for op in upserts]
         self._upsert(cur, table, upserts)
         if positions:
             upsert_positions = (
@@ -632,6 +642,54 @@ class Applier:
             return False
         cur.execute("RELEASE SAVEPOINT strangler_insert")
         return True
+
+    def _owned(self, cur: Any, table: TableSpec, op: _Op) -> _Op:
+        """A streamed update narrowed to the legacy-owned columns; its conflicts recorded."""
+        row = op.row
+        if op.event.op != "u" or op.snapshot or row is None:
+            return op
+        owned = [c for c in table.owned_by_service if c in row and row[c] is not UNAVAILABLE]
+        if not owned:
+            return op
+        types = self._types_of(cur, table)
+        name = _ident(table.target_schema, table.target_table)
+        where = " AND ".join(f"{_ident(c)} = %s" for c in table.target_key)
+        probes = ", ".join(f"to_jsonb({_ident(c)}), {_ident(c)} IS DISTINCT FROM %s::{types[c]}" for c in owned)
+        cur.execute(f"SELECT {probes} FROM {name} WHERE {where}", [*(_adapt(row[c]) for c in owned), *op.key])
+        current = cur.fetchone()
+        if current is None:
+            return op  # a row new to the service: created whole
+        before = self._before(table, op.event)
+        found: dict[str, dict[str, Any]] = {}
+        for i, column in enumerate(owned):
+            service_value, differs = current[2 * i], current[2 * i + 1]
+            legacy_changed = before is None or _text(before.get(column)) != _text(row[column])
+            if differs and legacy_changed:
+                found[column] = {"legacy": row[column], "service": service_value}
+        if found:
+            conflicts.insert(cur, self.spec.name, table.target, op.key, found, op.position, op.event.source.ts_ms)
+        narrowed = {c: (UNAVAILABLE if c in table.owned_by_service else v) for c, v in row.items()}
+        return _Op(op.kind, table, op.key, narrowed, op.position, op.snapshot, op.event)
+
+    def _before(self, table: TableSpec, event: ChangeEvent) -> dict[str, Any] | None:
+        """The mapped before image of an update, when the source sent a full one."""
+        if not event.before or any(c not in event.before for c in table.source_columns):
+            return None
+        try:
+            return self.mappers[table.source].map(event.before, raw_text=True)
+        except CDCError:
+            return None
+
+    def _types_of(self, cur: Any, table: TableSpec) -> dict[str, str]:
+        types = self._column_types.get(table.target)
+        if types is None:
+            cur.execute(
+                "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+                (_ident(table.target_schema, table.target_table),),
+            )
+            types = self._column_types[table.target] = dict(cur.fetchall())
+        return types
 
     def _upsert(self, cur: Any, table: TableSpec, ops: list[_Op]) -> None:
         if not ops:
@@ -822,6 +880,11 @@ _COPY_BY_TYPE: dict[type, Callable[[Any], str]] = {
 }
 
 
+def _text(value: Any) -> str | None:
+    """A mapped value as comparable text (raw server text and Python values alike)."""
+    return None if value is None else _copy_text(value)
+
+
 def _copy_text(value: Any) -> str:
     """A value in COPY's text format."""
     fn = _COPY_BY_TYPE.get(type(value))
@@ -841,6 +904,7 @@ def ensure_schema(conn: Any) -> None:
     with conn.cursor() as cur:
         cur.execute(
             "SELECT to_regclass('strangler.dead_letter') IS NOT NULL AND to_regclass('strangler.table_position') IS NOT NULL "
+            "AND to_regclass('strangler.conflict') IS NOT NULL "
             "AND EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('strangler.checkpoint') "
             "AND attname = 'in_process')"
         )

@@ -18,6 +18,12 @@ A spec is a YAML file beside the extracted service (e.g. `extracted/catalog/sync
           price: {to: price_cents, transform: cents}
         filter: {sku: {not_startswith: "TEST-"}}   # every condition must hold
         transform: "extracted.catalog.sync_transforms:product"   # row -> row | None
+        owned_by_service: [title, price_cents, description]   # after the write switch
+
+`ownership: enforced` (default `off`) puts `owned_by_service` in force: the forward applier then
+writes only the legacy-owned columns of updates and records a legacy change to a service-owned
+column as a conflict (`cdc.conflicts`). The cutover's write switch turns it on through
+`SyncSpec.with_ownership`, so the spec stays the one thing the applier reads.
 
 It loads once into immutable models; every problem is reported as `file:line:col: message`.
 Reading, parsing, positions and `${VAR:-default}` interpolation are the shared loader's
@@ -29,8 +35,8 @@ from __future__ import annotations
 import importlib
 import os
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +59,7 @@ __all__ = [
 BUILTIN_TRANSFORMS = frozenset({"cents", "lower", "strip", "json"})
 FILTER_OPS = frozenset({"eq", "ne", "in", "not_in", "startswith", "not_startswith", "is_null", "gt", "gte", "lt", "lte"})
 ON_ERROR = ("dead_letter", "stop")
+OWNERSHIP = ("off", "enforced")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -94,6 +101,8 @@ class TableSpec:
     filters: tuple[FilterSpec, ...] = ()
     transform: str | None = None
     function: Callable[[dict[str, Any]], dict[str, Any] | None] | None = field(default=None, compare=False, repr=False)
+    # Service columns the service writes after the write switch (in force with `ownership: enforced`).
+    owned_by_service: tuple[str, ...] = ()
 
     @property
     def source(self) -> str:
@@ -129,6 +138,11 @@ class SyncSpec:
     batch_size: int
     tables: tuple[TableSpec, ...]
     path: str = "<string>"
+    ownership: str = "off"
+
+    @property
+    def ownership_enforced(self) -> bool:
+        return self.ownership == "enforced"
 
     @property
     def slot_name(self) -> str:
@@ -155,6 +169,50 @@ class SyncSpec:
         from dataclasses import replace
 
         return replace(self, source_url=source_url or self.source_url, target_url=target_url or self.target_url)
+
+
+    def with_ownership(self, ownership: str, owned_by_service: Mapping[str, Sequence[str]] | None = None) -> SyncSpec:
+        """This spec with ownership switched (and, given, each table's service-owned columns replaced).
+
+        `owned_by_service` maps a service (or legacy) table to its service-owned service columns,
+        as the cutover plan's `writes.ownership` names them; raises `SpecError` on a bad name."""
+        chk = _Checker(self.path)
+        if ownership not in OWNERSHIP:
+            chk.node(None, f"ownership {ownership!r} is not known; use enforced or off")
+        tables = list(self.tables)
+        # A table is named by its service table or its legacy table (as the cutover plan may).
+        by_target = {**{t.source: i for i, t in enumerate(tables)}, **{t.target: i for i, t in enumerate(tables)}}
+        for target, columns in (owned_by_service or {}).items():
+            if target not in by_target:
+                chk.node(None, f"ownership names service table {target!r}, which the spec does not feed; "
+                         f"known: {', '.join(sorted(by_target))}")
+                continue
+            table = tables[by_target[target]]
+            owned = _owned_columns(list(columns), table, chk, f"ownership of {target}", None)
+            tables[by_target[target]] = replace(table, owned_by_service=owned)
+        if chk.problems:
+            raise SpecError(chk.problems)
+        return replace(self, ownership=ownership, tables=tuple(tables))
+
+
+def _owned_columns(node: Any, table: TableSpec, chk: _Checker, where: str, parent: Any) -> tuple[str, ...]:
+    """Validated service-owned columns of a table: mapped service columns, never key columns."""
+    if not isinstance(node, list):
+        chk.at(parent, "owned_by_service", f"{where}: 'owned_by_service' must list service columns, "
+               f"e.g. [title, price_cents], got {node!r}", value=True)
+        return ()
+    out: list[str] = []
+    targets = table.target_columns
+    for name in node:
+        if name not in targets:
+            chk.node(node, f"{where}: owned_by_service names {name!r}, which is not a mapped service column; "
+                     f"mapped: {', '.join(targets)}")
+        elif name in table.target_key:
+            chk.node(node, f"{where}: owned_by_service names key column {name!r}; the key belongs to both sides, "
+                     "remove it")
+        elif name not in out:
+            out.append(str(name))
+    return tuple(out)
 
 
 def _resolve_callable(ref: str) -> Callable[..., Any]:
@@ -306,7 +364,7 @@ def _table(node: Any, index: int, chk: _Checker) -> TableSpec | None:
     if not isinstance(node, Mapping):
         chk.node(node, f"{where} must be a mapping with source, target, key, columns")
         return None
-    known = {"source", "target", "key", "columns", "filter", "transform"}
+    known = {"source", "target", "key", "columns", "filter", "transform", "owned_by_service"}
     for k in node:
         if k not in known:
             chk.at(node, k, f"{where}: unknown field '{k}'; known: {', '.join(sorted(known))}")
@@ -353,11 +411,14 @@ def _table(node: Any, index: int, chk: _Checker) -> TableSpec | None:
                        "'module:function' importable from the project", value=True)
     if not ok or src is None or dst is None:
         return None
-    return TableSpec(
+    table = TableSpec(
         source_schema=src[0], source_table=src[1], target_schema=dst[0], target_table=dst[1],
         key=tuple(str(k) for k in key), columns=tuple(columns), filters=tuple(filters),
         transform=transform, function=fn,
     )
+    if "owned_by_service" in node:
+        table = replace(table, owned_by_service=_owned_columns(node["owned_by_service"], table, chk, where, node))
+    return table
 
 
 def parse_spec(text: str, *, file: str = "<string>", env: Mapping[str, str] | None = None) -> SyncSpec:
@@ -372,7 +433,7 @@ def parse_spec(text: str, *, file: str = "<string>", env: Mapping[str, str] | No
     )
     if problems:
         raise SpecError(problems)
-    known = {"version", "name", "source", "target", "on_error", "batch_size", "tables"}
+    known = {"version", "name", "source", "target", "on_error", "batch_size", "tables", "ownership"}
     for k in doc:
         if k not in known:
             chk.at(doc, k, f"unknown field '{k}'; known: {', '.join(sorted(known))}")
@@ -387,6 +448,13 @@ def parse_spec(text: str, *, file: str = "<string>", env: Mapping[str, str] | No
     on_error = doc.get("on_error", "dead_letter")
     if on_error not in ON_ERROR:
         chk.at(doc, "on_error", f"on_error {on_error!r} is not known; use dead_letter or stop", value=True)
+    ownership = doc.get("ownership", "off")
+    if ownership is False:  # YAML 1.1 reads a bare `off` as false
+        ownership = "off"
+    if ownership not in OWNERSHIP:
+        chk.at(doc, "ownership", f"ownership {ownership!r} is not known; use enforced (after the write switch) or off",
+               value=True)
+        ownership = "off"
     batch_size = doc.get("batch_size", 1000)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         chk.at(doc, "batch_size", f"batch_size must be a positive integer, got {batch_size!r}", value=True)
@@ -413,7 +481,7 @@ def parse_spec(text: str, *, file: str = "<string>", env: Mapping[str, str] | No
     return SyncSpec(
         name=str(name), source_url=source_url, target_url=target_url,
         topic_prefix=prefix or "legacy", on_error=str(on_error), batch_size=int(batch_size),
-        tables=tuple(tables), path=file,
+        tables=tuple(tables), path=file, ownership=str(ownership),
     )
 
 

@@ -1,4 +1,4 @@
-"""Health of a sync: applied position, lag in bytes and seconds, slot retained WAL, dead letters."""
+"""Health of a sync: applied position, lag in bytes and seconds, slot retained WAL, dead letters, conflicts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg2
 
-from cdc import deadletter
+from cdc import conflicts, deadletter
 from cdc.apply import format_lsn, load_checkpoint
 from cdc.database import one_line
 from cdc.exceptions import CDCError
@@ -49,6 +49,10 @@ class SyncStatus:
     slot_retained_bytes: int | None
     snapshot: dict[str, Any]
     dead_letters: int
+    # Legacy writes to service-owned columns not applied (`cdc.conflicts`); the latest few.
+    conflicts: int = 0
+    recent_conflicts: list[dict[str, Any]] = field(default_factory=list)
+    ownership: str = "off"
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,6 +118,8 @@ def status(
         with target.cursor() as cur:
             cur.execute("SELECT to_regclass('strangler.dead_letter') IS NOT NULL")
             dead = deadletter.count(cur, spec.name) if cur.fetchone()[0] else 0
+            conflict_count = conflicts.count(cur, spec.name)
+            recent = [c.to_dict() for c in conflicts.list_recent(cur, spec.name)] if conflict_count else []
         target.rollback()
     finally:
         target.close()
@@ -140,10 +146,14 @@ def status(
         warnings.append(f"slot {spec.slot_name} does not exist on the source: `strangler cdc run` creates it")
     if dead:
         warnings.append(f"{dead} dead-lettered event(s) in strangler.dead_letter")
+    if conflict_count:
+        warnings.append(f"{conflict_count} legacy write(s) to service-owned columns recorded in strangler.conflict "
+                        "and not applied: find the writer that bypasses the façade")
     return SyncStatus(
         spec=spec.name, slot=spec.slot_name, applied_position=checkpoint.position,
         applied_lsn=format_lsn(applied), source_lsn=format_lsn(source_lsn) if source_lsn is not None else None,
         lag_bytes=lag_bytes, lag_seconds=lag_seconds, slot_exists=exists, slot_active=active,
         slot_confirmed_flush_lsn=format_lsn(confirmed) if confirmed is not None else None,
-        slot_retained_bytes=retained, snapshot=dict(checkpoint.snapshot), dead_letters=dead, warnings=warnings,
+        slot_retained_bytes=retained, snapshot=dict(checkpoint.snapshot), dead_letters=dead,
+        conflicts=conflict_count, recent_conflicts=recent, ownership=spec.ownership, warnings=warnings,
     )

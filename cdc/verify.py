@@ -6,18 +6,25 @@ applier uses (filtered rows are expected to be absent from the target). Position
 first: the diff runs once the applier's checkpoint (or the slot's confirmed flush position)
 has reached the source's current WAL position, and is retried while the applier catches up; the
 positions compared are part of the result.
+
+A mismatched row whose differing columns were the subject of a recorded ownership conflict
+(`cdc.conflicts`: a legacy write to a service-owned column, not applied) is counted as
+`conflicted` and its sample names the conflict; it fails the verify like any mismatch, and no
+amount of waiting heals it, so the retries stop when only such rows differ.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psycopg2
 
+from cdc import conflicts as conflict_table
 from cdc.apply import load_checkpoint
+from cdc.conflicts import Conflict, pk_text
 from cdc.database import one_line
 from cdc.exceptions import CDCError
 from cdc.mapping import RowMapper
@@ -39,6 +46,8 @@ class TableDiff:
     mismatched: int = 0
     only_in_source: int = 0
     only_in_target: int = 0
+    # Mismatched rows explained by a recorded ownership conflict (also counted in `mismatched`).
+    conflicted: int = 0
     samples: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -94,8 +103,11 @@ def diff_rows(
     target_rows: Iterator[dict[str, Any]],
     *,
     samples: int = SAMPLES,
+    conflicts: Mapping[str, Conflict] | None = None,
 ) -> TableDiff:
-    """Merge-join mapped source rows and target rows, both ordered by key. Pure."""
+    """Merge-join mapped source rows and target rows, both ordered by key. Pure.
+
+    `conflicts`: the latest recorded conflict of each row, by key text (`cdc.conflicts.pk_text`)."""
     mapper = RowMapper(table)
     diff = TableDiff(source=table.source, target=table.target)
     key_cols = table.target_key
@@ -109,10 +121,20 @@ def diff_rows(
             if out is not None:
                 yield tuple(out[k] for k in key_cols), out
 
-    def sample(kind: str, key: tuple[Any, ...], src: dict[str, Any] | None, dst: dict[str, Any] | None) -> None:
+    def conflict_of(key: tuple[Any, ...], src: dict[str, Any], dst: dict[str, Any]) -> Conflict | None:
+        found = conflicts.get(pk_text(key)) if conflicts else None
+        if found is None:
+            return None
+        differing = {c for c in src if _normalise(src.get(c)) != _normalise(dst.get(c))}
+        return found if differing & set(found.columns) else None
+
+    def sample(kind: str, key: tuple[Any, ...], src: dict[str, Any] | None, dst: dict[str, Any] | None,
+               conflict: Conflict | None = None) -> None:
         if len(diff.samples) >= samples:
             return
         entry: dict[str, Any] = {"kind": kind, "key": _jsonable(list(key))}
+        if conflict is not None:
+            entry["conflict"] = {"id": conflict.id, "position": list(conflict.position), "describe": conflict.describe()}
         if src is not None and dst is not None:
             entry["columns"] = {
                 c: {"source": _jsonable(src.get(c)), "target": _jsonable(dst.get(c))}
@@ -142,7 +164,9 @@ def diff_rows(
                 diff.matching += 1
             else:
                 diff.mismatched += 1
-                sample("mismatched", a[0], src, dst)
+                conflict = conflict_of(a[0], src, dst)
+                diff.conflicted += conflict is not None
+                sample("mismatched", a[0], src, dst, conflict)
             a = next(left, None)
             b = next(right, None)
     return diff
@@ -163,15 +187,17 @@ def _ident(*parts: str) -> str:
     return ".".join('"' + p.replace('"', '""') + '"' for p in parts)
 
 
-def _diff_table(source: Any, target: Any, table: TableSpec, samples: int) -> TableDiff:
+def _diff_table(spec: SyncSpec, source: Any, target: Any, table: TableSpec, samples: int) -> TableDiff:
     src_cols = ", ".join(_ident(c) for c in table.source_columns)
     dst_cols = ", ".join(_ident(c) for c in table.target_columns)
     src_sql = (f"SELECT {src_cols} FROM {_ident(table.source_schema, table.source_table)} "
                f"ORDER BY {', '.join(_ident(k) for k in table.key)}")
     dst_sql = (f"SELECT {dst_cols} FROM {_ident(table.target_schema, table.target_table)} "
                f"ORDER BY {', '.join(_ident(k) for k in table.target_key)}")
+    with target.cursor() as cur:
+        recorded = conflict_table.for_table(cur, spec.name, table.target)
     return diff_rows(table, _stream(source, src_sql, "strangler_verify_src"), _stream(target, dst_sql, "strangler_verify_dst"),
-                     samples=samples)
+                     samples=samples, conflicts=recorded)
 
 
 def _aligned(spec: SyncSpec, source: Any, target: Any) -> tuple[bool, int, tuple[int, int]]:
@@ -217,7 +243,7 @@ def verify(
         tables = []
         for table in spec.tables:
             try:
-                tables.append(_diff_table(source, target, table, samples))
+                tables.append(_diff_table(spec, source, target, table, samples))
             except psycopg2.Error as exc:
                 raise CDCError(f"verify could not read {table.source} or {table.target}: {str(exc).strip()}") from exc
             finally:
@@ -225,7 +251,10 @@ def verify(
                 target.rollback()
         results.append(VerifyResult(spec=spec.name, tables=tables, source_lsn=source_lsn, applied_position=applied,
                                     aligned=aligned))
-        return results[-1].identical
+        last = results[-1]
+        # Only rows held apart by recorded conflicts differ: waiting changes nothing.
+        settled = all(not (t.only_in_source or t.only_in_target) and t.mismatched == t.conflicted for t in last.tables)
+        return last.identical or (last.aligned and settled)
 
     try:
         with contextlib.suppress(TimedOut):  # still different after `wait`: the last diff is the answer

@@ -201,7 +201,7 @@ def status_command(
     json_output: bool = typer.Option(False, "--json", help="Print the status as JSON."),
     retained_warning_mb: int = typer.Option(1024, "--retained-warning-mb", help="Warn when the slot retains more WAL than this."),
 ) -> None:
-    """Applied position, lag in seconds and bytes, slot retained WAL and dead letters."""
+    """Applied position, lag in seconds and bytes, slot retained WAL, dead letters and ownership conflicts."""
     from cdc.status import status
 
     st = status(_spec(spec_path, source_url, target_url), retained_warning=retained_warning_mb << 20)
@@ -219,6 +219,7 @@ def status_command(
         ("slot retained WAL", f"{st.slot_retained_bytes} bytes" if st.slot_retained_bytes is not None else "-"),
         ("snapshot", "done" if st.snapshot.get("done") else ("in progress" if st.snapshot else "not started")),
         ("dead letters", str(st.dead_letters)),
+        ("conflicts", f"{st.conflicts} (ownership {st.ownership})"),
     ]:
         table.add_row(label, value)
     console.print(table)
@@ -279,6 +280,8 @@ def verify(
             for sample in t.samples:
                 out.print(f"  {t.target} {sample['kind']} key={sample['key']}: "
                           f"{json.dumps(sample.get('columns') or sample.get('row'), default=str)[:300]}")
+                if "conflict" in sample:
+                    out.print(f"    [red]{escape(sample['conflict']['describe'])}[/red] (strangler.conflict)")
         if not result.aligned:
             out.print(f"[yellow]positions not aligned:[/yellow] source at {result.source_lsn}, applied {result.applied_position}")
         out.print("[green]identical[/green]" if result.identical else "[red]differences found[/red]")
