@@ -5,13 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from facade.app import create_app, is_loopback
 from facade.errors import AdminTokenMissing
-from tests.facade.proxy_support import client, get, post, put, request, echo, facade, refused_url, serve, write_config
+from tests.facade.proxy_support import get, post, request, echo, facade, refused_url, serve, write_config
 
 ENDPOINTS = [("GET", "health"), ("GET", "routes"), ("GET", "metrics"), ("POST", "reload")]
 

@@ -12,10 +12,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.facade.proxy_support import client, get, post, put, request, echo, facade, header_values, read_body, serve, write_config
+from tests.facade.proxy_support import client, get, post, put, echo, facade, header_values, read_body, serve, write_config
 
 
 def raw_exchange(base_url: str, request: bytes) -> bytes:

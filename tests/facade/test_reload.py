@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.facade.proxy_support import client, get, post, put, request, echo, facade, read_body, serve, wait_for, write_config
+from tests.facade.proxy_support import client, get, post, echo, facade, read_body, serve, wait_for, write_config
 
 SPLIT = """
 - id: catalog-read

@@ -9,13 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from facade.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
 from facade.client import H1Client, Body, Upstream, UpstreamResponse
 from facade.errors import UpstreamConnectError
-from tests.facade.proxy_support import client, get, post, put, request, RawUpstream, echo, facade, ok_response, read_body, refused_url, serve, write_config
+from tests.facade.proxy_support import get, post, put, request, RawUpstream, echo, facade, ok_response, read_body, refused_url, serve, write_config
 
 
 def test_slow_upstream_gets_504_at_the_route_timeout(tmp_path: Path) -> None:

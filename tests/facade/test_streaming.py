@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.facade.proxy_support import client, get, post, put, request, RawUpstream, facade, read_body, serve, wait_for, write_config
+from tests.facade.proxy_support import get, post, RawUpstream, facade, read_body, serve, wait_for, write_config
 from tests.support import free_port
 
 

@@ -9,7 +9,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 
 from facade.shadow.render import render
 from facade.shadow.report import make_report
