@@ -147,7 +147,7 @@ def test_models_are_frozen() -> None:
 def test_the_repository_routing_file_is_valid() -> None:
     root = Path(__file__).resolve().parents[2]
     config = load_config(root / "routing.yaml", env={})
-    assert [route.id for route in config.routes] == ["catalog-read"]
+    assert [route.id for route in config.routes] == ["catalog-read", "catalog-write"]
     assert config.routes[0].to == {"monolith": 100, "catalog": 0}
     assert config.default.to == "monolith"
     assert (root / "routing.yaml").read_text().startswith("# yaml-language-server: $schema=./routing.schema.json\n")

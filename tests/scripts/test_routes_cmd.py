@@ -99,8 +99,8 @@ def test_check_a_valid_file(routing: Path) -> None:
     result = runner.invoke(app, ["check", str(routing)])
     assert result.exit_code == 0
     assert result.output == (
-        f"{routing}: OK, 2 upstreams (monolith, catalog), 1 route and the default to monolith; "
-        "catalog-read monolith 100%, catalog 0%\n"
+        f"{routing}: OK, 2 upstreams (monolith, catalog), 2 routes and the default to monolith; "
+        "catalog-read monolith 100%, catalog 0%; catalog-write monolith 100%, catalog 0%\n"
     )
 
 
