@@ -50,6 +50,7 @@ itself, and nothing switched.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,10 +68,13 @@ from facade.config import ConfigError, load_config
 from facade.exceptions import FacadeError
 from facade.hold_edit import clear_hold, set_hold
 
-__all__ = ["STEPS", "WriteSwitch", "WriteSwitchResult", "writes_state"]
+__all__ = ["CRASH_ENV", "STEPS", "WriteSwitch", "WriteSwitchResult", "writes_state"]
 
 Direction = Literal["forward", "back"]
 STEPS = ("preflight", "estimate", "hold", "acks", "fence", "ownership", "reverse", "switch", "verify")
+CRASH_ENV = "STRANGLER_CUTOVER_CRASH_AT"
+"""Crash testing: `step:phase` (e.g. `fence:intent`) makes the runner SIGKILL itself right after
+journaling it, so a test can resume from exactly that point."""
 _POLL = 0.005
 """Seconds between polls inside the pause (acks, fence, replicas serving the switch)."""
 
@@ -254,6 +258,8 @@ class WriteSwitch:
             self.result.timeline.append(record)
         if not self.dry_run:
             self.journal.write("writes.step", detail={"direction": self.direction, **record})
+            if os.environ.get(CRASH_ENV) == f"{step}:{phase}":
+                os.kill(os.getpid(), signal.SIGKILL)  # crash testing: die right after journaling this step
         self._event(f"writes.{step}.{phase}", **detail)
 
     def _end(self, outcome: str, reason: str) -> WriteSwitchResult:
