@@ -558,13 +558,33 @@ class Applier:
         if not ops:
             return 0
         by_table: dict[str, dict[tuple[Any, ...], _Op]] = {}
-        for op in ops:
-            # The last change of a row within the batch wins (ops arrive in stream order).
-            by_table.setdefault(op.table.target, {})[op.key] = op
         applied = 0
-        for target, latest in by_table.items():
-            applied += self._table_ops(cur, target, list(latest.values()))
-        return applied
+        for op in ops:
+            # The last change of a row within the batch wins (ops arrive in stream order), unless
+            # ownership judges each update by its own before image and position: then the earlier
+            # changes are applied first.
+            latest = by_table.setdefault(op.table.target, {})
+            if op.key in latest and op.event.op == "u" and self._judges_updates(cur, op.table):
+                applied += self._table_groups(cur, by_table)
+                by_table = {}
+                latest = by_table.setdefault(op.table.target, {})
+            latest[op.key] = op
+        return applied + self._table_groups(cur, by_table)
+
+    def _table_groups(self, cur: Any, by_table: dict[str, dict[tuple[Any, ...], _Op]]) -> int:
+        return sum(self._table_ops(cur, target, list(latest.values())) for target, latest in by_table.items())
+
+    def _judges_updates(self, cur: Any, table: TableSpec) -> bool:
+        """Whether some update of `table` may be narrowed by ownership (in this transaction's setting)."""
+        if self.spec.reverse:
+            return bool(table.legacy_owned_targets)
+        return self._ownership(cur).may_enforce(table)
+
+    def _ownership(self, cur: Any) -> ownership.OwnershipPolicy:
+        """The forward ownership settings, read once per target transaction."""
+        if self._policy is None:
+            self._policy = ownership.load_policy(cur, self.spec)
+        return self._policy
 
     def _table_ops(self, cur: Any, target: str, ops: list[_Op]) -> int:
         table = ops[0].table
@@ -661,9 +681,7 @@ class Applier:
         """Target columns a streamed update must not write: the other side owns them."""
         if self.spec.reverse:
             return table.legacy_owned_targets
-        if self._policy is None:
-            self._policy = ownership.load_policy(cur, self.spec)
-        return self._policy.owned(table, op.position[0])
+        return self._ownership(cur).owned(table, op.position[0])
 
     def _owned(self, cur: Any, table: TableSpec, op: _Op) -> _Op:
         """A streamed update narrowed to the columns its source owns; its conflicts recorded."""
@@ -690,11 +708,20 @@ class Applier:
             target_value, differs = current[2 * i], current[2 * i + 1]
             source_changed = before is None or _text(before.get(column)) != _text(row[column])
             if differs and source_changed:
-                found[column] = {incoming: row[column], current_side: target_value}
+                found[column] = {incoming: self._plain(table, op, column), current_side: target_value}
         if found:
             conflicts.insert(cur, self.spec.name, table.target, op.key, found, op.position, op.event.source.ts_ms)
         narrowed = {c: (UNAVAILABLE if c in guarded else v) for c, v in row.items()}
         return _Op(op.kind, table, op.key, narrowed, op.position, op.snapshot, op.event)
+
+    def _plain(self, table: TableSpec, op: _Op, column: str) -> Any:
+        """An update's mapped value as a Python value (a copied column may hold the server's text)."""
+        value = op.row[column]  # type: ignore[index]
+        spec = next(c for c in table.columns if c.target == column)
+        if isinstance(value, str) and op.event.after is not None and spec.transform is None and spec.function is None \
+                and table.function is None:
+            return op.event.after.get(spec.source, value)
+        return value
 
     def _advance_sequence(self, cur: Any, table: TableSpec, ops: list[_Op]) -> None:
         """Move the target key's sequence (if it has one) past the highest key these ops write."""

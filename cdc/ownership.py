@@ -73,6 +73,13 @@ class OwnershipPolicy:
             found = setting
         return found
 
+    def may_enforce(self, table: TableSpec) -> bool:
+        """Whether any setting (the spec's or a row's) narrows updates of `table`."""
+        if self.spec.ownership_enforced and table.owned_by_service:
+            return True
+        return any(s.enforced and (table.owned_by_service if s.owned is None else s.owned.get(table.target))
+                   for s in self._settings)
+
     def owned(self, table: TableSpec, commit_lsn: int) -> tuple[str, ...]:
         setting = self.setting_at(commit_lsn)
         if setting is None:
