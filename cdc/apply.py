@@ -34,7 +34,8 @@ A reverse spec (`direction: reverse`: the service's store feeding the legacy tab
 enforces it the other way round: updates write only the columns the service owns and a service
 change to a legacy-owned column (`stock`) is a conflict recorded in the legacy database. Its
 inserts carry the service's ids, so each batch also moves the legacy key's sequence past the
-highest id written, and the monolith's own inserts (after a rollback) do not collide.
+highest id written, and the monolith's own inserts (after a rollback) do not collide. A truncate
+of the service table is dead-lettered, never carried into the legacy table.
 """
 
 from __future__ import annotations
@@ -367,6 +368,10 @@ class Applier:
         pos = event.position
         snap = event.op == "r"
         if event.op == "t":
+            if self.spec.reverse:
+                raise MappingError(f"a truncate of the service table {table.source} is not carried into the legacy table "
+                                   f"{table.target} (the monolith still decides which rows exist); delete the rows "
+                                   "explicitly, or let the forward stream's snapshot copy them again")
             return [_Op("truncate", table, (), None, pos, False, event)]
         if event.op == "d":
             image = event.before or event.key

@@ -214,7 +214,7 @@ def test_the_reverse_applier_writes_service_columns_and_records_a_stock_change_a
         assert verify(reverse, wait=5).identical
 
 
-def test_a_reverse_insert_moves_the_legacy_sequence_and_a_delete_deletes(legacy_and_target: tuple[str, str]) -> None:
+def test_a_reverse_insert_moves_the_legacy_sequence_a_delete_deletes_a_truncate_does_not(legacy_and_target: tuple[str, str]) -> None:
     legacy, service = legacy_and_target
     with both_streams(legacy, service) as (_, reverse, _, _):
         # The service's next id is the one the legacy sequence would hand out next.
@@ -230,6 +230,12 @@ def test_a_reverse_insert_moves_the_legacy_sequence_and_a_delete_deletes(legacy_
         execute(legacy, "INSERT INTO catalog_product (sku, name, slug, price, category_id, created_at, updated_at) "
                         "VALUES ('MONO-1', 'Mono', 'mono', 1, 1, now(), now())")
         assert one(legacy, "SELECT id FROM catalog_product WHERE sku = 'MONO-1'") == 7
+        # A truncate of the service's table never empties the monolith's.
+        execute(service, "TRUNCATE catalog.products")
+        wait_applied(legacy, reverse.name, emit_fence(service, "truncate"), 10)
+        assert one(legacy, "SELECT count(*) FROM catalog_product") == 6
+        [(reason,)] = query(legacy, "SELECT reason FROM strangler.dead_letter WHERE spec = %s", (reverse.name,))
+        assert "is not carried into the legacy table public.catalog_product" in reason
 
 
 # -- fences -------------------------------------------------------------------------------------------
