@@ -415,6 +415,8 @@ class WriteSwitch:
                       f"{lag:.3f}s (limit {max_lag:g}s)" if lag is not None else "nothing applied yet; wait for the stream to stream")
             check(f"{what} dead letters", state.dead_letters <= max_dead,
                   f"{state.dead_letters} (limit {max_dead}); look at them with strangler cdc status --spec {spec.path}")
+        for item in _replica_identity(streams, list(self.writes.ownership)):
+            check("replica identity", item[1], item[2])
         for spec, what in ((streams.forward, "forward"), (streams.reverse, "reverse")):
             if what == "reverse" and self.direction == "forward":
                 continue  # nothing to compare yet: the service has written nothing of its own
@@ -431,10 +433,11 @@ class WriteSwitch:
 
         wait = self.plan.gates.verify.wait if self.plan.gates.verify is not None else 30.0
         try:
-            result = verify(spec, wait=wait)
+            result = verify(spec, wait=wait, steady=True)  # writes go on while it compares
         except CDCError as exc:
             return False, f"verify: {exc}"
-        parts = [f"{t.target}: {t.matching} identical" if t.identical else
+        parts = [f"{t.target}: {t.matching} identical" + (f" ({t.transient} in flight while compared)" if t.transient else "")
+                 if t.identical else
                  f"{t.target}: {t.mismatched} mismatched, {t.only_in_source} only in source, {t.only_in_target} only in target"
                  for t in result.tables]
         return result.identical, "; ".join(parts)
@@ -719,6 +722,31 @@ def _resend_conflicts(spec: Any, after_lsn: int) -> int:
         source.close()
         target.close()
     return touched
+
+
+def _replica_identity(streams: _Streams, owned_tables: Sequence[str]) -> list[tuple[str, bool, str]]:
+    """Each source table of both streams with REPLICA IDENTITY FULL? Ownership needs the old row of
+    an update to tell which columns it changed; without it a stale copy of the other side's column
+    in the same row looks like a change to it, and becomes a false conflict."""
+    out = []
+    for spec in (streams.forward, streams.reverse):
+        owned = [table for table in spec.tables if table.owned_by_service or table.target in owned_tables
+                 or table.source in owned_tables]
+        conn = psycopg2.connect(spec.source_url)
+        try:
+            with conn.cursor() as cur:
+                for table in owned:
+                    cur.execute("SELECT c.relreplident FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                                "WHERE n.nspname = %s AND c.relname = %s", (table.source_schema, table.source_table))
+                    row = cur.fetchone()
+                    name = f"{table.source_schema}.{table.source_table}"
+                    full = row is not None and row[0] == "f"
+                    out.append((name, full, f"{name}: full" if full else
+                                f"{name} does not log whole old rows; run ALTER TABLE {name} REPLICA IDENTITY FULL; "
+                                "(column ownership needs them to tell a change from a stale copy)"))
+        finally:
+            conn.close()
+    return out
 
 
 def _conflict_counts(streams: _Streams) -> dict[str, int]:

@@ -43,7 +43,7 @@ def test_write_cutover_and_rollback_under_load_lose_and_double_nothing(stack: Wr
         assert done.returncode == 0 and forward["outcome"] == "switched", forward
         assert stack.write_weights() == {"monolith": 0, "catalog": 100} and not _hold_in_file(stack)
         steps = [item["step"] for item in forward["timeline"]]
-        assert steps[:7] == ["estimate", "hold", "acks", "fence", "ownership", "reverse", "switch"], steps
+        assert steps == ["preflight", "estimate", "hold", "acks", "fence", "ownership", "reverse", "switch", "verify"], steps
         assert forward["pause_s"] is not None and forward["pause_s"] < 1.0
         assert forward["verify"]["forward"]["identical"] and forward["verify"]["reverse"]["identical"], forward["verify"]
         time.sleep(1.5)  # writes go to the catalog service now, and reach legacy by the reverse stream

@@ -34,7 +34,7 @@ from tests.support import serve
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZES = SeedSizes(products=60, categories=4, users=2, orders=3, seed=5, inactive_percent=0)
-OWNERSHIP = "catalog.products: {service: [title, description, price_cents, active, attributes], legacy: [stock]}"
+OWNERSHIP = "catalog.products: {service: [sku, title, slug, description, price_cents, active, category_id, attributes, created_at, updated_at], legacy: [stock]}"
 
 
 def cli(*args: str) -> list[str]:
@@ -60,9 +60,9 @@ class WriteStack:
 
     def start_stream(self, which: str) -> None:
         spec = self.forward_spec if which == "forward" else self.reverse_spec
-        log = (self.directory / f"cdc-{which}.log").open("ab")
-        self.streams[which] = subprocess.Popen(cli("cdc", "run", "--spec", str(spec)), cwd=ROOT, env=self.env,
-                                               stdout=log, stderr=subprocess.STDOUT)
+        with (self.directory / f"cdc-{which}.log").open("ab") as log:
+            self.streams[which] = subprocess.Popen(cli("cdc", "run", "--spec", str(spec)), cwd=ROOT, env=self.env,
+                                                   stdout=log, stderr=subprocess.STDOUT)
 
     def stop_stream(self, which: str) -> None:
         process = self.streams.pop(which, None)
@@ -127,6 +127,15 @@ def _scalar(url: str, sql: str, params: tuple[Any, ...] = ()) -> Any:
         conn.close()
 
 
+def _execute(url: str, sql: str) -> None:
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
+
+
 def _spec_copy(source: Path, target: Path, name: str) -> Path:
     text = source.read_text()
     lines = [f"name: {name}" if line.startswith("name:") else line for line in text.splitlines()]
@@ -142,6 +151,7 @@ def write_stack(pg: EmbeddedPostgres, directory: Path, *, budget: str = "1s", sl
     legacy = seeded_database(pg.create_database(f"legacy_w_{tag}"), SIZES)
     store = pg.create_database(f"catalog_w_{tag}")
     migrate(store)
+    _execute(legacy, "ALTER TABLE public.catalog_product REPLICA IDENTITY FULL")  # the switch's preparation
     forward_name, reverse_name = f"catalog_{tag}", f"catalog_{tag}_rev"
     forward_spec = _spec_copy(ROOT / "extracted/catalog/sync.yaml", directory / "sync.yaml", forward_name)
     reverse_spec = _spec_copy(ROOT / "extracted/catalog/reverse.yaml", directory / "reverse.yaml", reverse_name)
