@@ -77,8 +77,8 @@ def test_a_runner_killed_at_a_step_is_finished_or_undone_by_the_next_run(stack: 
         time.sleep(0.5)
         stack.env[CRASH_ENV] = crash_at
         crashed = stack.start_runner("writes", str(stack.plan), "--json")
-        crashed.wait(60)  # SIGKILLed by itself right after journaling `crash_at`
-        assert crashed.returncode == -signal.SIGKILL, crashed.stderr.read() if crashed.stderr else ""
+        _, stderr = crashed.communicate(timeout=60)  # SIGKILLed by itself right after journaling `crash_at`
+        assert crashed.returncode == -signal.SIGKILL, stderr
         kinds = [(e["kind"], e.get("step"), e.get("phase")) for e in journal(stack)]
         step, phase = crash_at.split(":")
         assert kinds[-1] == ("writes.step", step, phase), kinds[-5:]
