@@ -312,7 +312,7 @@ def verify(
 
     try:
         with contextlib.suppress(TimedOut):  # still different after `wait`: the last diff is the answer
-            wait_until(diff, wait, 0.5, what="source and target to match")
+            wait_until(diff, wait, 0.2 if steady else 0.5, what="source and target to match")
         return results[-1]
     finally:
         source.close()
