@@ -15,40 +15,16 @@ from typing import Any
 from common.waiting import TimedOut, wait_until
 from cutover.exceptions import CutoverError, LeaseHeld
 from cutover.gates import RouteTraffic, evaluate
-from cutover.journal import MemoryJournal, PostgresJournal, new_holder
+from cutover.journal import MemoryJournal, journal_url, new_holder, open_journal
 from cutover.plan import Plan
 from cutover.readings import Sources
 from cutover.runner import DryExecutor, LiveExecutor, Runner, RunResult, file_hash, route_state
 from cutover.state import REQUESTS, fold
-from cutover.writes import WriteSwitch, WriteSwitchResult, writes_state
+from cutover.writes import switch_writes, writes_state
 from facade.diff import weight_changes
 from facade.edit import shift_weights
 
 __all__ = ["finish", "journal_url", "open_journal", "overview", "request", "run", "status", "switch_writes"]
-
-
-def journal_url(plan: Plan, env: Mapping[str, str] | None = None) -> str:
-    """The journal's database: `journal.database_url`, else the sync spec's target database."""
-    if plan.journal.database_url:
-        return plan.journal.database_url
-    if plan.sync:
-        from cdc.exceptions import CDCError
-        from cdc.spec import load_spec
-
-        try:
-            spec = load_spec(plan.sync, env=os.environ if env is None else env)
-        except CDCError as exc:
-            raise CutoverError(f"the plan's sync spec does not load: {exc}") from exc
-        if spec.target_url:
-            return spec.target_url
-    raise CutoverError(
-        "the plan names no journal database: set journal.database_url, or a sync spec (sync:) with a target database url"
-    )
-
-
-def open_journal(plan: Plan, env: Mapping[str, str] | None = None, *, create: bool = True) -> PostgresJournal:
-    """The plan's journal; with `create=False` (dry run, status, plan) its tables are not created."""
-    return PostgresJournal(journal_url(plan, env), plan.name, lease=plan.journal.lease, create=create)
 
 
 def _old_upstream(plan: Plan, env: Mapping[str, str] | None) -> str:
@@ -135,33 +111,6 @@ def run(
             runner = Runner(plan, journal, executor, sources, env=env, exit_when_paused=exit_when_paused,
                             on_event=on_event, on_view=on_view)
             return runner.run()
-        finally:
-            journal.release()
-    finally:
-        journal.close()
-
-
-def switch_writes(
-    plan: Plan,
-    *,
-    direction: str = "forward",
-    dry_run: bool = False,
-    env: Mapping[str, str] | None = None,
-    on_event: Callable[[dict[str, Any]], None] | None = None,
-) -> WriteSwitchResult:
-    """Switch the plan's write routes to the target (`forward`) or back; journaled, under the lease."""
-    if direction not in ("forward", "back"):
-        raise CutoverError(f"direction {direction!r}: use forward or back")
-    env = os.environ if env is None else env
-    sources = Sources(plan, env=env)
-    journal = open_journal(plan, env, create=not dry_run)
-    try:
-        if dry_run:
-            memory = MemoryJournal(journal.entries())
-            return WriteSwitch(plan, memory, sources, direction=direction, dry_run=True, env=env, on_event=on_event).run()  # type: ignore[arg-type]
-        journal.acquire(new_holder())
-        try:
-            return WriteSwitch(plan, journal, sources, direction=direction, env=env, on_event=on_event).run()  # type: ignore[arg-type]
         finally:
             journal.release()
     finally:

@@ -60,7 +60,7 @@ import psycopg2
 
 from cutover.exceptions import CutoverError
 from cutover.gates import quantile
-from cutover.journal import Entry, JournalStore
+from cutover.journal import Entry, JournalStore, MemoryJournal, new_holder, open_journal
 from cutover.plan import Plan
 from cutover.readings import Sources, parse_traffic
 from cutover.runner import _emit, file_hash
@@ -68,7 +68,7 @@ from facade.config import ConfigError, load_config
 from facade.exceptions import FacadeError
 from facade.hold_edit import clear_hold, set_hold
 
-__all__ = ["CRASH_ENV", "STEPS", "WriteSwitch", "WriteSwitchResult", "writes_state"]
+__all__ = ["CRASH_ENV", "STEPS", "WriteSwitch", "WriteSwitchResult", "switch_writes", "writes_state"]
 
 Direction = Literal["forward", "back"]
 STEPS = ("preflight", "estimate", "hold", "acks", "fence", "ownership", "reverse", "switch", "verify")
@@ -763,3 +763,30 @@ def _conflict_counts(streams: _Streams) -> dict[str, int]:
         finally:
             conn.close()
     return out
+
+
+def switch_writes(
+    plan: Plan,
+    *,
+    direction: str = "forward",
+    dry_run: bool = False,
+    env: Mapping[str, str] | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> WriteSwitchResult:
+    """Switch the plan's write routes to the target (`forward`) or back; journaled, under the lease."""
+    if direction not in ("forward", "back"):
+        raise CutoverError(f"direction {direction!r}: use forward or back")
+    env = os.environ if env is None else env
+    sources = Sources(plan, env=env)
+    journal = open_journal(plan, env, create=not dry_run)
+    try:
+        if dry_run:
+            memory = MemoryJournal(journal.entries())
+            return WriteSwitch(plan, memory, sources, direction=direction, dry_run=True, env=env, on_event=on_event).run()  # type: ignore[arg-type]
+        journal.acquire(new_holder())
+        try:
+            return WriteSwitch(plan, journal, sources, direction=direction, env=env, on_event=on_event).run()  # type: ignore[arg-type]
+        finally:
+            journal.release()
+    finally:
+        journal.close()
