@@ -23,7 +23,7 @@ from typing import Any
 import psycopg2
 
 from cutover.plan import load_plan
-from cutover.rehearsal import scaling_for
+from cutover.rehearsal import command_argv, scaled_plan, scaling_for
 from cutover.rehearsal_replay import survey
 from tests.cutover.conftest import legacy_db, legacy_monolith  # noqa: F401  (fixtures)
 from tests.facade.proxy_support import client, facade, get, wait_for
@@ -171,3 +171,37 @@ def test_rehearsal_of_the_sample_plan_completes_and_leaves_nothing(tmp_path: Pat
     assert f'id="outcome" class="{doc["run"]["status"]}">{doc["run"]["status"]}<' in dom
     assert "writes: not rehearsed" in dom
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+def test_scaling_keeps_what_a_step_would_see_in_production(tmp_path: Path) -> None:
+    from collections import Counter
+
+    from cutover.rehearsal_replay import Survey
+
+    # 100 records over 99 s on the route, each standing for 10 requests (a 10% sample).
+    found = Survey(records=100, replayable=100, on_routes=100, weight_on_routes=1000.0, first_at=0.0, last_at=99.0,
+                   not_replayed=Counter())
+    fast = scaling_for(found, speed=10, max_rate=1000)
+    assert fast.replay_rate == 10.0 and fast.factor == 0.1  # one record sent for every ten requests recorded
+    capped = scaling_for(found, speed=100, max_rate=50)
+    assert capped.replay_rate == 50 and capped.factor == 0.05 and capped.requests(200) == 10 and capped.requests(0) == 0
+    plan = load_plan(PLAN, env={})
+    rehearsed, changes = scaled_plan(plan, capped, routing=tmp_path / "r.yaml", sync=None, reverse_sync=None,
+                                     journal_url="postgresql://x/y", facade_url="http://127.0.0.1:1", events_dir=tmp_path)
+    assert rehearsed.soak.min_time == 3.0 and rehearsed.soak.min_requests == 10 and rehearsed.interval == 0.25
+    assert rehearsed.gates.error_rate is not None and rehearsed.gates.error_rate.min_requests == 5
+    assert rehearsed.events.notify is None and rehearsed.facade.replicas == ("http://127.0.0.1:1",)
+    assert {"key": "on_inconclusive.max_soak", "plan": 1800.0, "rehearsal": 18.0} in changes
+
+
+def test_a_command_with_an_unknown_placeholder_is_refused() -> None:
+    from cutover.exceptions import CutoverError
+
+    argv = command_argv("python -m monolith serve --port {port}", {"port": "81"}, "legacy.serve")
+    assert argv == [sys.executable, "-m", "monolith", "serve", "--port", "81"]
+    try:
+        command_argv("myapp --db {databse_url}", {"port": "81"}, "legacy.serve")
+    except CutoverError as exc:
+        assert "rehearsal.legacy.serve" in str(exc) and "{database_url}" in str(exc)
+    else:
+        raise AssertionError("an unknown placeholder was accepted")
