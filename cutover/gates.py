@@ -300,14 +300,24 @@ def command_verdict(gate: CommandGate, reading: CommandReading | None) -> Verdic
     return Verdict(name, INCONCLUSIVE, f"`{gate.run}` {how}{tail}", numbers)
 
 
-def evaluate(gates: Gates, readings: Readings, *, target: str, old: str) -> list[Verdict]:
-    """Every configured gate's verdict, in the plan's order."""
+def evaluate(gates: Gates, readings: Readings, *, target: str, old: str, weight: float | None = None) -> list[Verdict]:
+    """Every configured gate's verdict, in the plan's order.
+
+    Given the step's `weight`, a gate with nothing to judge there passes as not applicable: the
+    error-rate and latency gates at 0% (the target serves nothing; a shadow step's own gate is
+    the shadow one), the shadow gate at 100% (nothing is left on the old upstream to mirror)."""
     verdicts: list[Verdict] = []
     for name in gates.names():
+        gate = getattr(gates, name)
+        if weight is not None and weight <= 0 and isinstance(gate, ErrorRateGate | LatencyGate):
+            verdicts.append(Verdict(name, PASS, f"not applicable at 0%: {target} serves none of the route"))
+            continue
+        if weight is not None and weight >= 100 and isinstance(gate, ShadowGate):
+            verdicts.append(Verdict(name, PASS, f"not applicable at 100%: nothing is left on {old} to mirror"))
+            continue
         if name in readings.unreadable:
             verdicts.append(Verdict(name, INCONCLUSIVE, f"cannot read its source: {readings.unreadable[name]}"))
             continue
-        gate = getattr(gates, name)
         if isinstance(gate, ShadowGate):
             verdicts.append(shadow_verdict(gate, readings.shadow))
         elif isinstance(gate, ErrorRateGate):

@@ -444,7 +444,8 @@ class Runner:
             weight=self._weight_at(index), last_verify=state.last_verify,
             on_verify=lambda identical, summary: self._write("verify", detail={"identical": identical, "summary": summary}),
         )
-        verdicts = evaluate(self.plan.gates, readings, target=self.plan.target, old=self._old)
+        verdicts = evaluate(self.plan.gates, readings, target=self.plan.target, old=self._old,
+                            weight=self._weight_at(index))
         elapsed = self.clock() - since
         requests = readings.window.requests
         if self.dry_run:

@@ -175,6 +175,20 @@ def test_unreadable_source_is_inconclusive_with_its_reason() -> None:
     assert "cannot connect" in verdicts[1].reason
 
 
+def test_gates_with_nothing_to_judge_at_the_steps_weight_pass_as_not_applicable() -> None:
+    gates = Gates(shadow_mismatch=ShadowGate(min_compared=10), error_rate=ErrorRateGate(min_requests=10),
+                  latency=LatencyGate(min_requests=10))
+    readings = Readings(window=traffic(monolith=UpstreamTraffic(50, 0)), shadow=ShadowReading(0, 0))
+    at_shadow = evaluate(gates, readings, target="catalog", old="monolith", weight=0)
+    assert [(v.gate, v.result) for v in at_shadow] == [("shadow_mismatch", "inconclusive"), ("error_rate", "pass"), ("latency", "pass")]
+    assert "not applicable at 0%" in at_shadow[1].reason
+    at_full = evaluate(gates, readings, target="catalog", old="monolith", weight=100)
+    assert (at_full[0].result, at_full[1].result) == ("pass", "inconclusive")
+    assert "nothing is left on monolith to mirror" in at_full[0].reason
+    between = evaluate(gates, readings, target="catalog", old="monolith", weight=25)
+    assert [v.result for v in between] == ["inconclusive"] * 3
+
+
 RESULTS = st.sampled_from(["pass", "fail", "inconclusive"])
 
 
