@@ -399,6 +399,10 @@ def _start_stack(
     if plan.writes is not None and plan.writes.reverse_sync and Path(plan.writes.reverse_sync).exists():
         specs["reverse"] = write_spec(Path(plan.writes.reverse_sync), scratch / "reverse.yaml", source_url=service_db,
                                       target_url=legacy_db)
+        with progress.phase("reverse", "CDC: the reverse stream (service store → legacy tables), idle until the write switch"):
+            _start_cdc(group, "cdc-reverse", specs["reverse"], source_url=service_db, target_url=legacy_db)
+        state.setdefault("synced", {})["reverse"] = specs["reverse"]
+        processes.append({"name": "cdc-reverse", "role": "reverse sync", "spec": plan.writes.reverse_sync})
     with progress.phase("facade", "starting the scratch façade"):
         chosen = write_routing(Path(plan.routing), scratch / "routing.yaml", urls=urls, shadow_db=scratch / "shadow.db")
         facade_url = f"http://127.0.0.1:{facade_port}"
@@ -479,10 +483,10 @@ def _rehearse_writes(plan: Plan, rehearsed: Plan, status: str, env: Mapping[str,
         return {"rehearsed": False, "reason": "the plan has no writes: section"}
     if status != "done":
         return {"rehearsed": False, "reason": f"the read cutover ended {status}, and the write switch follows a finished one"}
-    try:
-        from cutover.writes import switch_writes  # type: ignore[attr-defined]
-    except ImportError:
-        return {"rehearsed": False, "reason": "this version of strangler has no write switch (cutover/writes.py) yet"}
+    if rehearsed.writes is None or not rehearsed.writes.reverse_sync or not Path(rehearsed.writes.reverse_sync).exists():
+        return {"rehearsed": False, "reason": "the plan's reverse sync spec (writes.reverse_sync) is missing"}
+    from cutover.writes import switch_writes
+
     result = switch_writes(rehearsed, env=env, direction="forward", dry_run=False)
     return {"rehearsed": True, **result.as_dict()}
 

@@ -91,12 +91,47 @@ def _children_of(pid: int) -> list[str]:
 
 def test_rehearsal_of_the_sample_plan_completes_and_leaves_nothing(tmp_path: Path, legacy_db: str, legacy_monolith: str) -> None:  # noqa: F811
     traffic = _record(tmp_path, legacy_monolith)
+    # The write switch's one preparation of the legacy database (its preflight asks for it); the
+    # copy takes it along. Undone at the end: the other tests share this database.
+    _execute(legacy_db, "ALTER TABLE public.catalog_product REPLICA IDENTITY FULL")
+    try:
+        _rehearse(tmp_path, legacy_db, traffic)
+    finally:
+        _execute(legacy_db, "ALTER TABLE public.catalog_product REPLICA IDENTITY DEFAULT")
+
+
+def _execute(url: str, sql: str) -> None:
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
+
+
+def _sample_plan_copy(tmp_path: Path) -> Path:
+    """The sample plan with its paths made absolute and its latency gate loosened: on a shared
+    two-core test machine the services' p99 is noise, and this test is about the rehearsal."""
+    text = PLAN.read_text()
+    base = PLAN.parent
+    for key, value in (("routing", "../../routing.yaml"), ("sync", "sync.yaml"), ("reverse_sync", "reverse.yaml")):
+        text = text.replace(f"{key}: {value}", f"{key}: {(base / value).resolve()}")
+    text = text.replace("latency: {max_p99_ratio: 1.5,", "latency: {max_p99_ratio: 50,")
+    text = text.replace("file: ../../.strangler/cutover-events.jsonl", f"file: {tmp_path / 'events.jsonl'}")
+    assert "max_p99_ratio: 50" in text and str(base / "sync.yaml") in text
+    copy = tmp_path / "cutover.yaml"
+    copy.write_text(text)
+    return copy
+
+
+def _rehearse(tmp_path: Path, legacy_db: str, traffic: Path) -> None:
     before = _fingerprint(legacy_db)
+    plan_file = _sample_plan_copy(tmp_path)
     work = tmp_path / "work"
     report_html, report_json = tmp_path / "report.html", tmp_path / "report.json"
     env = {**os.environ, "COLUMNS": "200", "STRANGLER_MONOLITH_DATABASE_URL": legacy_db}
     process = subprocess.Popen(
-        [sys.executable, "-m", "scripts", "rehearse", str(PLAN), "--traffic", str(traffic), "--speed", "150",
+        [sys.executable, "-m", "scripts", "rehearse", str(plan_file), "--traffic", str(traffic), "--speed", "150",
          "--sample", "150", "--work-dir", str(work), "--out", str(report_html), "--out", str(report_json)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -107,7 +142,7 @@ def test_rehearsal_of_the_sample_plan_completes_and_leaves_nothing(tmp_path: Pat
     assert _fingerprint(legacy_db) == before
 
     doc = json.loads(report_json.read_text())
-    plan = load_plan(PLAN, env={"STRANGLER_MONOLITH_DATABASE_URL": legacy_db})
+    plan = load_plan(plan_file, env={"STRANGLER_MONOLITH_DATABASE_URL": legacy_db})
     # Setup: a sample of each legacy table, the applications and the sync on it.
     copied = {t["table"]: t["rows"] for t in doc["setup"]["copy"]["tables"]}
     assert copied["public.catalog_product"] == 150 and copied["public.catalog_category"] == 8
@@ -128,14 +163,17 @@ def test_rehearsal_of_the_sample_plan_completes_and_leaves_nothing(tmp_path: Pat
             assert step["readings"] >= 1 and {v["gate"] for v in step["verdicts"]} == set(plan.gates.names())
     if steps["approve"]["reached"]:
         assert steps["approve"]["approved_by"] == "strangler rehearse"
-    last = [s for s in doc["steps"] if s["reached"]][-1]
-    status = doc["run"]["status"]
-    assert status in ("done", "paused", "rolled_back") and process.returncode == {"done": 0, "rolled_back": 1, "paused": 3}[status]
-    if status == "paused":
-        assert last["decision"] == "paused" and last["reason"] == doc["run"]["reason"]
+    # The sample plan on the recorded reads reaches 100% (the demo build is clean), every step passed.
+    assert doc["run"]["status"] == "done" and process.returncode == 0, doc["run"]
+    assert all(s["reached"] for s in doc["steps"]) and steps["100%"]["decision"] == "advance", doc["steps"]
     decided = [e for e in doc["timeline"] if e["event"] in ("applied", "decision", "paused")]
     assert decided and decided[0]["step"] == "shadow" and decided[0]["t"] >= 0
-    assert doc["writes"] == {"rehearsed": False, "reason": doc["writes"]["reason"]} and doc["pause"] is None
+    # Then the write switch, with its pause estimated before and measured at the façade.
+    writes = doc["writes"]
+    assert writes["rehearsed"] and writes["outcome"] == "switched", writes
+    assert [item["step"] for item in writes["timeline"]][-2:] == ["switch", "verify"]
+    assert writes["verify"]["forward"]["identical"] and writes["verify"]["reverse"]["identical"]
+    assert doc["pause"]["estimate_s"] == writes["estimate"]["pause_s"] and doc["pause"]["measured_s"] == writes["pause_s"] > 0
     # The data: the scratch store identical to the copy, no dead letters.
     sync = doc["data"]["sync"]
     assert sync["verify"]["identical"] and sync["dead_letters"] == 0
@@ -145,8 +183,8 @@ def test_rehearsal_of_the_sample_plan_completes_and_leaves_nothing(tmp_path: Pat
     assert replay["not_replayed"] == {"PATCH catalog-write": WRITES}
     assert doc["cleanup"]["temp_dir_removed"] and doc["cleanup"]["cluster_removed"]
     assert all(p["group_gone"] for p in doc["cleanup"]["processes"])
-    assert {p["name"] for p in doc["cleanup"]["processes"]} == {"monolith", "catalog", "cdc", "facade"}
-    assert f"writes: not rehearsed ({doc['writes']['reason']})" in stderr
+    assert {p["name"] for p in doc["cleanup"]["processes"]} == {"monolith", "catalog", "cdc", "cdc-reverse", "facade"}
+    assert doc["data"]["reverse"]["verify"]["identical"] and doc["data"]["reverse"]["conflicts"] == 0
 
     # The HTML report, laid out by a real browser.
     assert CHROMIUM is not None, "chromium not found; install it with: sudo apt-get update && sudo apt-get install -y chromium (or, as root, make test-tools)"
@@ -169,7 +207,7 @@ def test_rehearsal_of_the_sample_plan_completes_and_leaves_nothing(tmp_path: Pat
     dom = measured.stdout
     assert f'id="replayed">{replay["sent"]}<' in dom
     assert f'id="outcome" class="{doc["run"]["status"]}">{doc["run"]["status"]}<' in dom
-    assert "writes: not rehearsed" in dom
+    assert "writes: not rehearsed" not in dom and 'id="pause"' in dom and 'id="writes-timeline"' in dom
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
 
 
