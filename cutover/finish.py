@@ -67,7 +67,7 @@ def finish_plan(plan: Plan, journal: JournalStore, *, env: Mapping[str, str] | N
         if spec is None:
             continue
         try:
-            result = verify(spec, wait=wait)
+            result = verify(spec, wait=wait, steady=True)  # the service keeps writing while it compares
         except CDCError as exc:
             raise CutoverError(f"verify {what}: {exc}") from exc
         verified[what] = result.identical

@@ -391,6 +391,8 @@ def _route_problems(file: str, routes: list[str], target: str, routing: FacadeCo
         elif target not in route.to:
             found.append(Found(("target",), False, (
                 f"route {route_id!r} sends to {', '.join(route.to)}, not to {target!r}; add `{target}: 0` to its `to:` in {file}")))
+        elif len(route.to) == 1:
+            pass  # all on the target already: a finished plan (`strangler cutover finish`) stays readable
         elif len(route.to) != 2:
             found.append(Found(("routes", index), False, (
                 f"route {route_id!r} sends to {len(route.to)} upstreams ({', '.join(route.to)}); the cutover moves a route "

@@ -55,6 +55,18 @@ def test_write_cutover_and_rollback_under_load_lose_and_double_nothing(stack: Wr
         assert back["outcome"] == "switched" and back["direction"] == "back", back
         assert stack.write_weights() == {"monolith": 100, "catalog": 0} and not _hold_in_file(stack)
         time.sleep(1.0)
+        # The monolith creates again after the rollback (its sequence is past the ids the service
+        # used); the load's own creates already show it, one more names it.
+        with httpx.Client(base_url=stack.facade_url, cookies={"sessionid": load.session}, timeout=10) as client:
+            response = client.post("/api/products", json={"sku": "after-rollback", "name": "After", "price": "2.00", "category": 1})
+        assert response.status_code == 201, response.text
+
+        again = result_json(stack.run("writes", str(stack.plan), "--json"))
+        assert again["outcome"] == "switched", again
+        switched_at = time.time()
+        too_early = stack.run("finish", str(stack.plan))
+        assert too_early.returncode == 1 and "of the soak" in too_early.stdout + too_early.stderr
+        time.sleep(0.5)
     finally:
         load.stop()
     stack.converge()
@@ -64,10 +76,16 @@ def test_write_cutover_and_rollback_under_load_lose_and_double_nothing(stack: Wr
     assert counts["errors"] == 0, counts
     for side in ("legacy", "service"):
         assert counts[side]["lost"] == 0 and counts[side]["doubled"] == 0, counts
-    # After the rollback the monolith creates again: its sequence is past the ids the service used.
-    with httpx.Client(base_url=stack.facade_url, cookies={"sessionid": load.session}, timeout=10) as client:
-        response = client.post("/api/products", json={"sku": "after-rollback", "name": "After", "price": "2.00", "category": 1})
-    assert response.status_code == 201, response.text
+
+    time.sleep(max(0.0, 3.2 - (time.time() - switched_at)))  # the plan's soak is 3s
+    finished = result_json(stack.run("finish", str(stack.plan), "--json"))
+    assert finished["routes"] == ["catalog-read", "catalog-write"]
+    text = stack.routing.read_text()
+    assert text.count("to: catalog\n") == 2, text
+    assert finished["stream"]["forward"] == "narrowed" and "stock" in finished["stream"]["detail"]
+    left = finished["left_in_monolith"]
+    assert left["tables_read_in_monolith"] == ["public.catalog_product"] and left["columns_written_by_monolith"] == {"catalog.products": ["stock"]}
+    assert result_json(stack.run("status", str(stack.plan), "--json"))["writes"]["last"]["outcome"] == "finished"
 
 
 @pytest.mark.parametrize("crash_at", ["hold:done", "ownership:done", "switch:intent", "switch:done"])

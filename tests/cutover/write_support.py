@@ -187,7 +187,7 @@ def write_stack(pg: EmbeddedPostgres, directory: Path, *, budget: str = "1s", sl
                 sync: {forward_spec}
                 facade: {{replicas: ["{facade_url}"], reload_timeout: 10s}}
                 steps: [100]
-                soak: {{min_time: 1s, min_requests: 0}}
+                soak: {{min_time: 3s, min_requests: 0}}
                 interval: 1s
                 gates:
                   cdc: {{max_lag: 5s, max_dead_letters: 0}}
