@@ -58,6 +58,10 @@ def emit_fence(source_url: str, label: str) -> int:
     conn = connect(source_url, "source")
     try:
         with conn, conn.cursor() as cur:
+            # Flushed at commit whatever the server's setting: a walsender sends only flushed WAL,
+            # so with synchronous_commit off the fence (and the writes before it) would wait for
+            # the WAL writer (wal_writer_delay, 200 ms by default) before any applier could see it.
+            cur.execute("SET LOCAL synchronous_commit = on")
             cur.execute("SELECT pg_logical_emit_message(true, %s, %s)::text", (FENCE_PREFIX, label))
             lsn = parse_lsn(cur.fetchone()[0])
     except psycopg2.Error as exc:
