@@ -23,7 +23,7 @@ def _command(service: str) -> list[str]:
 
 
 def test_every_part_of_the_distributed_mode_is_there() -> None:
-    assert {"postgres", "kafka", "connect", "connect-register", "monolith", "catalog", "facade", "applier"} <= set(SERVICES)
+    assert {"postgres", "kafka", "connect", "connect-register", "monolith", "catalog", "facade", "applier", "reverse"} <= set(SERVICES)
     assert "zookeeper" not in SERVICES
 
 
@@ -90,3 +90,8 @@ def test_services_reach_each_other_by_name() -> None:
                 SERVICES["applier"]["environment"]["STRANGLER_CATALOG_DATABASE_URL"]):
         assert f"CREATE DATABASE {url.rsplit('/', 1)[1]};" in init
     assert CONNECTOR["config"]["database.dbname"] == "legacy"
+
+
+def test_the_reverse_stream_runs_strangler_s_own_capture_on_the_reverse_spec() -> None:
+    assert _command("reverse") == ["strangler", "cdc", "run", "--spec", "extracted/catalog/reverse.yaml"]
+    assert "migrate" in SERVICES["reverse"]["depends_on"]
