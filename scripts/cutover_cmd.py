@@ -184,6 +184,19 @@ def status_command(
     if reading:
         console.print(f"last reading at step {reading['label']}: {reading['requests']} requests, {reading['decision']}")
         console.print(_verdicts_table(reading["verdicts"]))
+    writes = result.get("writes")
+    if writes:
+        last = writes["last"] or {}
+        console.print(f"writes: on {writes['writer']}" + (f"; last switch {last.get('direction', '')} {last.get('outcome')}"
+                                                           f" ({last.get('reason', '')})" if last else ""))
+        if writes["unfinished"]:
+            console.print(f"[yellow]unfinished write switch[/] ({writes['unfinished']['direction']}): "
+                          f"{', '.join(writes['unfinished']['steps'])}; `strangler cutover writes` finishes or undoes it")
+        for side, item in (writes.get("conflicts") or {}).items():
+            if isinstance(item, dict) and item.get("count"):
+                console.print(f"[red]{item['count']} conflict(s)[/] in the {side} stream, latest: {'; '.join(item['recent'])}")
+            elif side == "error":
+                console.print(f"conflicts: cannot read them ({item})")
     table = Table(title="journal", title_justify="left")
     for column in ("#", "when", "what", "detail"):
         table.add_column(column)
