@@ -179,3 +179,5 @@ def test_a_legacy_write_to_a_service_owned_column_after_the_switch_is_a_conflict
     status = result_json(stack.run("status", str(stack.plan), "--json"))
     conflicts = status["writes"]["conflicts"]["forward"]
     assert conflicts["count"] == 1 and "Bypassed" in conflicts["recent"][0], conflicts
+    text = stack.run("status", str(stack.plan)).stdout
+    assert "writes: on catalog" in text and "1 conflict(s) in the forward stream" in text, text
