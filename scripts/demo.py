@@ -37,7 +37,7 @@ from common.waiting import TimedOut, wait_until
 from scripts.demo_cutover import (
     STEPS, RunOutcome, StepRecorder, StepResult, Traffic, journal_summary, print_journal, print_step, run_cutover, write_plan,
 )
-from scripts.demo_stack import SPEC_PATH, Stack, restart_catalog, sample_stack, spec_env
+from scripts.demo_stack import REVERSE_SPEC_PATH, SPEC_PATH, Stack, restart_catalog, sample_stack, spec_env
 
 FAULT_PERCENT = 30  # share of product reads the faulty catalog build answers with 500
 ROUTE_ID = "catalog-read"
@@ -105,7 +105,12 @@ def demo(
         help=f"Deploy a catalog build that fails {FAULT_PERCENT}% of product reads (serve --demo-errors) during a "
         "first cutover run, so its error-rate gate fails and the runner rolls back by itself.",
     ),
-    json_output: bool = typer.Option(False, "--json", help="Print the step results as JSON."),
+    stay_up: bool = typer.Option(
+        False, "--stay-up",
+        help="Only start the sample stack (PostgreSQL, monolith, catalog, façade, CDC), print where everything is "
+        "(one JSON line with --json) and keep it running until Ctrl-C or SIGTERM, for `strangler cutover ...` by hand.",
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Print the step results as JSON (with --stay-up: one line)."),
 ) -> None:
     """Run the whole journey on the embedded PostgreSQL: monolith, catalog service, façade,
     traffic, and the gated cutover of catalog reads with `strangler cutover run`."""
@@ -113,6 +118,16 @@ def demo(
     # SIGTERM (a closed terminal, a CI runner stopping) unwinds like Ctrl-C, so the children,
     # which run in sessions of their own, are stopped too.
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    if stay_up:
+        try:
+            keep_stack_up(database_url=database_url, products=products, work_dir=work_dir, console=console,
+                          requests_per_step=requests_per_step, json_output=json_output)
+        except ProcessError as exc:
+            console.print(f"[red]FAILED:[/red] {exc}")
+            raise typer.Exit(1) from exc
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        return
     try:
         result = run_demo(
             database_url=database_url, products=products, requests_per_step=requests_per_step,
@@ -147,6 +162,67 @@ def demo(
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def keep_stack_up(
+    *, database_url: str | None, products: int, work_dir: Path, console: Console, requests_per_step: int, json_output: bool,
+) -> None:
+    """`strangler demo --stay-up`: the sample stack, where it is, until Ctrl-C or SIGTERM (then
+    everything stopped, the slot dropped, an embedded PostgreSQL's data directory removed)."""
+    try:
+        with sample_stack(database_url=database_url, products=products, work_dir=work_dir, console=console,
+                          db_prefix="stack", ephemeral=True) as env:
+            plan = write_plan(
+                env.work_dir / "cutover.yaml", routing=env.routing_path, spec=SPEC_PATH, facade_url=env.facade_url,
+                journal_url=env.catalog_db, events=env.work_dir / "cutover-events.jsonl", min_requests=requests_per_step,
+                reverse_spec=REVERSE_SPEC_PATH if REVERSE_SPEC_PATH.exists() else None,
+            )
+            info = stack_info(env, plan)
+            if json_output:
+                typer.echo(json.dumps(info))
+            else:
+                _print_stack(console, info)
+            while True:
+                for child in env.group.children:
+                    if child.process.poll() is not None:
+                        raise ProcessError(
+                            f"{child.name} exited with code {child.process.returncode}; last lines of {child.log_path}:\n{child.tail()}"
+                        )
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        console.print("[green]✓[/green] stopped; everything the stack started has been stopped and cleaned up")
+
+
+def stack_info(env: Stack, plan: Path) -> dict[str, object]:
+    """What `--stay-up` prints: URLs, databases, files, and the environment for `strangler cutover ...`."""
+    reverse = REVERSE_SPEC_PATH if REVERSE_SPEC_PATH.exists() else None
+    environment = {
+        **spec_env(env), "STRANGLER_FACADE_URL": env.facade_url, "MONOLITH_URL": env.monolith_url,
+        "CATALOG_URL": env.catalog_url,
+    }
+    return {
+        "services": {**env.services(), "admin": f"{env.facade_url}/_strangler"},
+        "databases": {"server": env.database_url, "legacy": env.legacy_db, "catalog": env.catalog_db},
+        "files": {
+            "routing": str(env.routing_path), "plan": str(plan), "sync_spec": str(SPEC_PATH),
+            "reverse_spec": str(reverse) if reverse else None, "logs": str(env.group.log_dir), "work_dir": str(env.work_dir),
+        },
+        "env": environment,
+        "commands": [f"strangler cutover plan {plan}", f"strangler cutover writes {plan} --dry-run",
+                     f"strangler cutover writes {plan}", f"strangler cutover rollback {plan} --writes"],
+        "pid": os.getpid(),
+    }
+
+
+def _print_stack(console: Console, info: dict[str, object]) -> None:
+    files = cast(dict[str, str], info["files"])
+    console.print(f"[green]✓[/green] the sample stack is up; plan {files['plan']}, routing {files['routing']}, logs {files['logs']}")
+    console.print("  for `strangler cutover ...` in another shell:", highlight=False)
+    for name, value in cast(dict[str, str], info["env"]).items():
+        console.print(f"    export {name}={value}", markup=False, highlight=False)
+    for command in cast(list[str], info["commands"]):
+        console.print(f"    {command}", markup=False, highlight=False)
+    console.print("  Ctrl-C (or SIGTERM) stops everything.")
 
 
 def run_demo(

@@ -21,14 +21,15 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 
-from common.postgres import free_port, resolve_server
+from common.postgres import ENV_DATABASE_URL, EmbeddedPostgres, PostgresServer, free_port, resolve_server
 from common.processes import ProcessError, ProcessGroup, python_module
 from common.waiting import TimedOut, wait_until
 
-__all__ = ["CdcResult", "SPEC_PATH", "Stack", "restart_catalog", "sample_stack", "spec_env"]
+__all__ = ["CdcResult", "REVERSE_SPEC_PATH", "SPEC_PATH", "Stack", "restart_catalog", "sample_stack", "spec_env"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_PATH = ROOT / "extracted" / "catalog" / "sync.yaml"
+REVERSE_SPEC_PATH = ROOT / "extracted" / "catalog" / "reverse.yaml"
 
 
 @dataclass
@@ -63,14 +64,14 @@ class Stack:
 @contextmanager
 def sample_stack(
     *, database_url: str | None, products: int, work_dir: Path, console: Console, db_prefix: str = "demo",
-    stack_type: type[Stack] = Stack,
+    stack_type: type[Stack] = Stack, ephemeral: bool = False,
 ) -> Iterator[Stack]:
     """Start the whole sample stack (see the module's docstring); stop and clean it on exit."""
     work_dir = work_dir.absolute()
     if work_dir.exists():
         shutil.rmtree(work_dir / "logs", ignore_errors=True)
     work_dir.mkdir(parents=True, exist_ok=True)
-    with postgres(database_url, work_dir, console) as server, ProcessGroup(work_dir / "logs") as group:
+    with postgres(database_url, work_dir, console, ephemeral=ephemeral) as server, ProcessGroup(work_dir / "logs") as group:
         env = stack_type(work_dir=work_dir, group=group, database_url=server.url())  # type: ignore[attr-defined]
         # A fresh pair of databases each run, so the stack always starts from the same point.
         env.legacy_db = fresh_database(server, f"{db_prefix}_legacy")
@@ -85,9 +86,14 @@ def sample_stack(
 
 
 @contextmanager
-def postgres(database_url: str | None, work_dir: Path, console: Console) -> Iterator[object]:
+def postgres(database_url: str | None, work_dir: Path, console: Console, *, ephemeral: bool = False) -> Iterator[object]:
+    """The server of `database_url` (or STRANGLER_DATABASE_URL), else an embedded one under
+    `work_dir` (its data directory removed on exit when `ephemeral`)."""
     with console.status("Starting PostgreSQL (wal_level=logical)…"):
-        server = resolve_server(database_url, work_dir / "postgres")
+        if database_url or os.environ.get(ENV_DATABASE_URL) or not ephemeral:
+            server: PostgresServer = resolve_server(database_url, work_dir / "postgres")
+        else:
+            server = EmbeddedPostgres(work_dir / "postgres", ephemeral=True).start()
     console.print(f"[green]✓[/green] PostgreSQL at {server.url()}")
     try:
         yield server
