@@ -5,6 +5,9 @@ The journey of a change, module by module: `slot` (publication and replication s
 events in batches, heartbeats) → `transport` (in process) or `kafka` (Debezium-compatible topics;
 `debezium` parses what Debezium Connect writes) → `mapping` (the spec's anti-corruption layer) →
 `apply` (idempotent apply, checkpoint in the same transaction, dead letters in `deadletter`).
+`fence` takes positions in the source's WAL and waits for an applier to pass them, and
+`ownership` switches column ownership from such a position in a running applier (the write
+cutover; a `direction: reverse` spec streams the service's store back into the legacy tables).
 `preflight` checks what a run needs (`cdc check`), `dryrun` tries the snapshot on a sample,
 `snapshot` copies the tables first, `relations` checks the legacy tables against the spec on every
 start, `pipeline` runs the whole of it (`cdc run`), `status`, `verify` and `teardown` serve the
@@ -21,6 +24,8 @@ from cdc.dryrun import DryRunResult, dry_run
 from cdc.eventfile import apply_file, read_events
 from cdc.events import ChangeEvent, Column, Source
 from cdc.exceptions import CDCError, MappingError, SchemaChangedError
+from cdc.fence import FenceTimeout, applied_lsn, emit_fence, wait_applied
+from cdc.ownership import ownership_state, set_ownership
 from cdc.pipeline import RunStats, prepare, run
 from cdc.preflight import PreflightError, PreflightResult, preflight
 from cdc.relations import check_relations
@@ -39,6 +44,7 @@ __all__ = [
     "Checkpoint",
     "Column",
     "DryRunResult",
+    "FenceTimeout",
     "MappingError",
     "PreflightError",
     "PreflightResult",
@@ -48,17 +54,22 @@ __all__ = [
     "SyncSpec",
     "SyncStatus",
     "VerifyResult",
+    "applied_lsn",
     "apply_file",
     "check_relations",
     "copy_pipe",
     "drop",
     "dry_run",
+    "emit_fence",
     "load_spec",
+    "ownership_state",
     "preflight",
     "prepare",
     "read_events",
     "run",
+    "set_ownership",
     "snapshot_tables",
     "status",
     "verify",
+    "wait_applied",
 ]

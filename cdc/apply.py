@@ -26,7 +26,16 @@ legacy value changed and differs from the service's is recorded in `strangler.co
 FULL`; without one, any difference from the service's current value counts. Inserts and deletes
 keep moving whole rows: a row the service does not have yet (an insert, or an update that brings
 a row into the spec's filter) is created in full, and a legacy delete removes it, since the
-monolith still decides which rows exist.
+monolith still decides which rows exist. A running applier's ownership also follows
+`strangler.ownership` (`cdc.ownership`): the setting in force for each transaction is the one
+recorded from a source position before its commit, read once per batch with updates.
+
+A reverse spec (`direction: reverse`: the service's store feeding the legacy tables) always
+enforces it the other way round: updates write only the columns the service owns and a service
+change to a legacy-owned column (`stock`) is a conflict recorded in the legacy database. Its
+inserts carry the service's ids, so each batch also moves the legacy key's sequence past the
+highest id written, and the monolith's own inserts (after a rollback) do not collide. A truncate
+of the service table is dead-lettered, never carried into the legacy table.
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 
-from cdc import conflicts, deadletter
+from cdc import conflicts, deadletter, ownership
 from cdc.database import connect as connect_database
 from common.waiting import TimedOut, wait_until
 from cdc.events import UNAVAILABLE, ChangeEvent
@@ -78,7 +87,7 @@ CREATE TABLE IF NOT EXISTS strangler.table_position (
     lsn bigint NOT NULL,
     PRIMARY KEY (name, target_table)
 );
-""" + deadletter.DDL + conflicts.DDL
+""" + deadletter.DDL + conflicts.DDL + ownership.DDL
 
 Position = tuple[int, int]
 
@@ -238,6 +247,9 @@ class Applier:
         self._streamed_tables: set[str] = set()
         self._tables: dict[tuple[str, str], TableSpec | None] = {}
         self._column_types: dict[str, dict[str, str]] = {}
+        # The ownership rows in force, read once per target transaction that needs them.
+        self._policy: ownership.OwnershipPolicy | None = None
+        self._sequences: dict[str, str | None] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -356,6 +368,10 @@ class Applier:
         pos = event.position
         snap = event.op == "r"
         if event.op == "t":
+            if self.spec.reverse:
+                raise MappingError(f"a truncate of the service table {table.source} is not carried into the legacy table "
+                                   f"{table.target} (the monolith still decides which rows exist); delete the rows "
+                                   "explicitly, or let the forward stream's snapshot copy them again")
             return [_Op("truncate", table, (), None, pos, False, event)]
         if event.op == "d":
             image = event.before or event.key
@@ -394,6 +410,7 @@ class Applier:
             raise ApplyError(f"event at {event.position} on {event.source.schema}.{event.source.table} cannot be "
                              f"mapped: {reason} (on_error: stop)")
         conn = self.conn
+        self._policy = None
         try:
             with conn.cursor() as cur:
                 try:
@@ -402,6 +419,7 @@ class Applier:
                     if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
                         raise
                     conn.rollback()
+                    self._policy = None  # its lock went with the rollback: read it again
                     if self.spec.on_error == "stop":
                         raise ApplyError(f"the target refused a batch: {str(exc).strip()} (on_error: stop)") from exc
                     result.applied = 0
@@ -545,13 +563,33 @@ class Applier:
         if not ops:
             return 0
         by_table: dict[str, dict[tuple[Any, ...], _Op]] = {}
-        for op in ops:
-            # The last change of a row within the batch wins (ops arrive in stream order).
-            by_table.setdefault(op.table.target, {})[op.key] = op
         applied = 0
-        for target, latest in by_table.items():
-            applied += self._table_ops(cur, target, list(latest.values()))
-        return applied
+        for op in ops:
+            # The last change of a row within the batch wins (ops arrive in stream order), unless
+            # ownership judges each update by its own before image and position: then the earlier
+            # changes are applied first.
+            latest = by_table.setdefault(op.table.target, {})
+            if op.key in latest and op.event.op == "u" and self._judges_updates(cur, op.table):
+                applied += self._table_groups(cur, by_table)
+                by_table = {}
+                latest = by_table.setdefault(op.table.target, {})
+            latest[op.key] = op
+        return applied + self._table_groups(cur, by_table)
+
+    def _table_groups(self, cur: Any, by_table: dict[str, dict[tuple[Any, ...], _Op]]) -> int:
+        return sum(self._table_ops(cur, target, list(latest.values())) for target, latest in by_table.items())
+
+    def _judges_updates(self, cur: Any, table: TableSpec) -> bool:
+        """Whether some update of `table` may be narrowed by ownership (in this transaction's setting)."""
+        if self.spec.reverse:
+            return bool(table.legacy_owned_targets)
+        return self._ownership(cur).may_enforce(table)
+
+    def _ownership(self, cur: Any) -> ownership.OwnershipPolicy:
+        """The forward ownership settings, read once per target transaction."""
+        if self._policy is None:
+            self._policy = ownership.load_policy(cur, self.spec)
+        return self._policy
 
     def _table_ops(self, cur: Any, target: str, ops: list[_Op]) -> int:
         table = ops[0].table
@@ -591,11 +629,12 @@ class Applier:
             (upserts if op.kind == "upsert" else deletes).append(op)
         # Deletes first: a row deleted and another inserted with its unique values in one batch.
         self._delete(cur, table, deletes)
+        if self.spec.reverse:
+            self._advance_sequence(cur, table, upserts)
         if not deletes and self._insert_new(cur, table, upserts, positions):
             self._streamed_tables.add(target)
             return len(upserts)
-        if self.spec.ownership_enforced and table.owned_by_service:
-            upserts = [self._owned(cur, table, op) for op in upserts]
+        upserts = [self._owned(cur, table, op) for op in upserts]
         self._upsert(cur, table, upserts)
         if positions:
             upsert_positions = (
@@ -643,12 +682,19 @@ class Applier:
         cur.execute("RELEASE SAVEPOINT strangler_insert")
         return True
 
+    def _guarded(self, cur: Any, table: TableSpec, op: _Op) -> tuple[str, ...]:
+        """Target columns a streamed update must not write: the other side owns them."""
+        if self.spec.reverse:
+            return table.legacy_owned_targets
+        return self._ownership(cur).owned(table, op.position[0])
+
     def _owned(self, cur: Any, table: TableSpec, op: _Op) -> _Op:
-        """A streamed update narrowed to the legacy-owned columns; its conflicts recorded."""
+        """A streamed update narrowed to the columns its source owns; its conflicts recorded."""
         row = op.row
         if op.event.op != "u" or op.snapshot or row is None:
             return op
-        owned = [c for c in table.owned_by_service if c in row and row[c] is not UNAVAILABLE]
+        guarded = self._guarded(cur, table, op)
+        owned = [c for c in guarded if c in row and row[c] is not UNAVAILABLE]
         if not owned:
             return op
         types = self._types_of(cur, table)
@@ -661,15 +707,42 @@ class Applier:
             return op  # a row new to the service: created whole
         before = self._before(table, op.event)
         found: dict[str, dict[str, Any]] = {}
+        # The incoming value is the legacy side's in the forward stream, the service's in the reverse.
+        incoming, current_side = ("service", "legacy") if self.spec.reverse else ("legacy", "service")
         for i, column in enumerate(owned):
-            service_value, differs = current[2 * i], current[2 * i + 1]
-            legacy_changed = before is None or _text(before.get(column)) != _text(row[column])
-            if differs and legacy_changed:
-                found[column] = {"legacy": row[column], "service": service_value}
+            target_value, differs = current[2 * i], current[2 * i + 1]
+            source_changed = before is None or _text(before.get(column)) != _text(row[column])
+            if differs and source_changed:
+                found[column] = {incoming: self._plain(table, op, column), current_side: target_value}
         if found:
             conflicts.insert(cur, self.spec.name, table.target, op.key, found, op.position, op.event.source.ts_ms)
-        narrowed = {c: (UNAVAILABLE if c in table.owned_by_service else v) for c, v in row.items()}
+        narrowed = {c: (UNAVAILABLE if c in guarded else v) for c, v in row.items()}
         return _Op(op.kind, table, op.key, narrowed, op.position, op.snapshot, op.event)
+
+    def _plain(self, table: TableSpec, op: _Op, column: str) -> Any:
+        """An update's mapped value as a Python value (a copied column may hold the server's text)."""
+        value = op.row[column]  # type: ignore[index]
+        spec = next(c for c in table.columns if c.target == column)
+        if isinstance(value, str) and op.event.after is not None and spec.transform is None and spec.function is None \
+                and table.function is None:
+            return op.event.after.get(spec.source, value)
+        return value
+
+    def _advance_sequence(self, cur: Any, table: TableSpec, ops: list[_Op]) -> None:
+        """Move the target key's sequence (if it has one) past the highest key these ops write."""
+        if not ops or len(table.target_key) != 1:
+            return
+        if table.target not in self._sequences:
+            cur.execute("SELECT pg_get_serial_sequence(%s, %s)",
+                        (_ident(table.target_schema, table.target_table), table.target_key[0]))
+            self._sequences[table.target] = cur.fetchone()[0]
+        sequence = self._sequences[table.target]
+        keys = [op.key[0] for op in ops]
+        if sequence is None or not all(isinstance(k, int) for k in keys):
+            return
+        # GREATEST: never back, past ids the monolith took itself (NULL: the sequence was never used).
+        cur.execute("SELECT setval(%s::regclass, GREATEST(%s, COALESCE(pg_sequence_last_value(%s::regclass), 0)))",
+                    (sequence, max(keys), sequence))
 
     def _before(self, table: TableSpec, event: ChangeEvent) -> dict[str, Any] | None:
         """The mapped before image of an update, when the source sent a full one."""
@@ -904,7 +977,7 @@ def ensure_schema(conn: Any) -> None:
     with conn.cursor() as cur:
         cur.execute(
             "SELECT to_regclass('strangler.dead_letter') IS NOT NULL AND to_regclass('strangler.table_position') IS NOT NULL "
-            "AND to_regclass('strangler.conflict') IS NOT NULL "
+            "AND to_regclass('strangler.conflict') IS NOT NULL AND to_regclass('strangler.ownership') IS NOT NULL "
             "AND EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('strangler.checkpoint') "
             "AND attname = 'in_process')"
         )

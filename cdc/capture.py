@@ -46,9 +46,12 @@ from cdc.replication import PsycopgReplicationStream, ReplicationError, Replicat
 from cdc.textrow import RowLayout, TextRow
 from cdc.transport import MemoryTransport, Transport, TransportClosedError
 
-__all__ = ["HEARTBEAT_PREFIX", "Capture", "CaptureConfig", "CaptureStats", "EventBuilder", "pgoutput_options"]
+__all__ = ["FENCE_PREFIX", "HEARTBEAT_PREFIX", "Capture", "CaptureConfig", "CaptureStats", "EventBuilder", "pgoutput_options"]
 
 HEARTBEAT_PREFIX = "strangler.heartbeat"
+# A fence (`cdc.fence`): a transactional message whose transaction, like a heartbeat, moves the
+# applier's checkpoint past it even when nothing else is written.
+FENCE_PREFIX = "strangler.fence"
 
 KeyLookup = Callable[[str, str], "tuple[str, ...] | None"]
 
@@ -244,6 +247,7 @@ class CaptureStats:
     batches: int = 0
     heartbeats_sent: int = 0
     heartbeats_seen: int = 0
+    fences_seen: int = 0
     flushed_lsn: int = 0
     last_commit_lsn: int = 0
     last_commit_ms: int = 0
@@ -470,6 +474,13 @@ class Capture:
                         at = message.lsn + 1
                         self._publish([], final=True, flush_lsn=at, position=(at, 0),
                                       heartbeat_ms=_heartbeat_ms(message.content))
+                    elif message.prefix == FENCE_PREFIX:
+                        stats.fences_seen += 1
+                        if not message.transactional:
+                            at = message.lsn + 1
+                            self._publish([], final=True, flush_lsn=at, position=(at, 0))
+                        # A transactional one: its transaction's commit (below) moves the checkpoint,
+                        # to the commit's position, which is past the message.
                 elif isinstance(message, (StreamStart, StreamStop, StreamCommit, StreamAbort)):
                     raise CDCError(
                         "the server streams in-progress transactions, which this capture does not "

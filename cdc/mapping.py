@@ -74,6 +74,24 @@ def _cents(scale: int | None) -> Transform:
     return cents
 
 
+def _from_cents(scale: int | None) -> Transform:
+    """Integer cents (or another minor unit: `scale` decimal places, default 2) as an exact Decimal."""
+    places = 2 if scale is None else scale
+
+    def from_cents(value: Any) -> Decimal:
+        if isinstance(value, bool) or not isinstance(value, (int, str, Decimal)):
+            raise MappingError(f"from_cents needs an integer amount, got {value!r}")
+        try:
+            amount = Decimal(value)
+        except InvalidOperation:
+            raise MappingError(f"from_cents needs an integer amount, got {value!r}") from None
+        if amount != amount.to_integral_value():
+            raise MappingError(f"{value!r} is not a whole number of cents")
+        return amount.scaleb(-places)
+
+    return from_cents
+
+
 def _lower(value: Any) -> str:
     if not isinstance(value, str):
         raise MappingError(f"lower needs text, got {value!r}")
@@ -103,6 +121,8 @@ def transform_value(column: ColumnSpec) -> Transform | None:
         return column.function
     if column.transform == "cents":
         return _cents(column.scale)
+    if column.transform == "from_cents":
+        return _from_cents(column.scale)
     if column.transform == "lower":
         return _lower
     if column.transform == "strip":

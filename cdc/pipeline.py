@@ -10,7 +10,8 @@ Distributed mode (`transport="kafka"`): the applier consumes `<prefix>.<schema>.
 
 The copy itself is `cdc.snapshot.snapshot_tables` (chunked, the checkpoint committed with each
 chunk). A stop (SIGINT/SIGTERM) during the copy ends the run after the chunk in progress; the
-next run resumes after that chunk.
+next run resumes after that chunk. A spec with `snapshot: never` (the reverse stream) copies
+nothing and never empties the target's tables: the stream starts at the slot's creation.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import psycopg2
 from cdc.apply import Applier, Checkpoint
 from cdc.exceptions import CDCError
 from cdc.preflight import preflight, require
-from cdc.slot import wait_released
+from cdc.slot import SlotState, wait_released
 from cdc.snapshot import SNAPSHOT_CHUNK_ROWS, ProgressFn, snapshot_tables
 from cdc.spec import SyncSpec
 
@@ -70,6 +71,8 @@ def prepare(
     checkpoint: Checkpoint = applier.checkpoint
     # A killed predecessor's walsender lingers until the server notices the dead connection.
     slot = wait_released(spec.source_url, spec.slot_name, slot_wait)
+    if spec.snapshot == "never":
+        return _prepare_stream_only(spec, applier, slot, published_before)
     if slot is not None and not checkpoint.snapshot:
         # The slot was created but nothing was recorded before a crash: start over.
         from cdc.slot import drop_slot
@@ -109,6 +112,34 @@ def prepare(
     state["done"] = True
     applier.save_checkpoint(position=(state["consistent_point"], 0), snapshot=state)
     return rows
+
+
+def _prepare_stream_only(spec: SyncSpec, applier: Applier, slot: SlotState | None, published_before: bool) -> int:
+    """`snapshot: never`: a slot from now on (or the existing one), recorded as a finished snapshot."""
+    from cdc.slot import create_slot
+
+    checkpoint = applier.checkpoint
+    if checkpoint.snapshot_done and slot is not None:
+        return 0
+    if slot is None:
+        if checkpoint.snapshot_done:
+            raise CDCError(
+                f"replication slot {spec.slot_name} is gone but the target has a checkpoint of {spec.name!r}: the "
+                f"source's changes since were not applied. Compare the two sides (`strangler verify --spec {spec.path}`), "
+                f"repair what differs, then `strangler cdc drop --spec {spec.path} --reset` and `cdc run` again."
+            )
+        try:
+            with create_slot(spec.source_url or "", spec.slot_name) as created:
+                start = created.consistent_point
+        except BaseException:
+            _undo_first_run(spec, drop_publication=not published_before)
+            raise
+    else:
+        # Created by a run that stopped before recording it: nothing was applied, stream from its start.
+        start = slot.confirmed_flush_lsn or 0
+    state = {"consistent_point": start, "done": True, "never": True, "tables": {}, "completed": [], "rows": {}}
+    applier.save_checkpoint(position=(start, 0), snapshot=state)
+    return 0
 
 
 def _undo_first_run(spec: SyncSpec, *, drop_publication: bool) -> None:

@@ -185,15 +185,31 @@ def _privileges(conn: Any, spec: SyncSpec, tables: list[TableSpec], replication:
     return checks
 
 
-def _version(conn: Any) -> Check:
+def _version(conn: Any, spec: SyncSpec) -> Check:
     number = int(_one(conn, "SHOW server_version_num"))
     shown = f"{number // 10000}.{number % 10000}"
+    other = "forward" if spec.reverse else "reverse"
     if number >= 160000:
-        return Check("PostgreSQL version", "ok", f"PostgreSQL {shown} filters changes by replication origin")
-    return Check("PostgreSQL version", "warn",
-                 f"PostgreSQL {shown} cannot filter changes by replication origin (needs 16+): once a reverse "
-                 "stream writes into the legacy tables, those writes come back through this slot as changes",
-                 "upgrade the source to PostgreSQL 16+ before cutting over writes")
+        return Check("PostgreSQL version", "ok", f"PostgreSQL {shown} filters changes by replication origin "
+                     f"(origin 'none'): what the {other} stream's applier writes here is not captured again")
+    # Before 16 the server cannot filter, but it sends each replayed transaction's Origin message.
+    return Check("PostgreSQL version", "ok", f"PostgreSQL {shown} sends the replication origin of each transaction and "
+                 f"the capture drops those an applier wrote: what the {other} stream's applier writes here is not "
+                 "captured again")
+
+
+def _replica_identity(conn: Any, tables: list[TableSpec]) -> Check:
+    """Reverse spec: full before images tell a service change of a legacy-owned column from a stale copy."""
+    partial = [t.source for t in tables if _one(conn, "SELECT relreplident FROM pg_class WHERE oid = to_regclass(%s)",
+                                                (_q(t.source_schema, t.source_table),)) != "f"]
+    if not partial:
+        return Check("replica identity", "ok", "every service table sends full old rows: only a real service change "
+                     "to a legacy-owned column is a conflict")
+    return Check("replica identity", "warn",
+                 f"{', '.join(partial)} sends no old values with its updates, so a service update of a row whose "
+                 "legacy-owned columns (e.g. stock) changed in the legacy database since is recorded as a conflict",
+                 "run " + " ".join(f"ALTER TABLE {t} REPLICA IDENTITY FULL;" for t in partial)
+                 + " (in the service's migrations)")
 
 
 def _keys(conn: Any, tables: list[TableSpec]) -> tuple[Check, list[TableSpec]]:
@@ -264,6 +280,8 @@ def _columns(spec: SyncSpec, source: Any, target: Any) -> Check:
 def _wal_headroom(conn: Any, spec: SyncSpec, tables: list[TableSpec], sample_seconds: float) -> Check:
     if _one(conn, "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (spec.slot_name,)):
         return Check("WAL headroom", "ok", f"slot {spec.slot_name} exists: no new snapshot to copy")
+    if spec.snapshot == "never":
+        return Check("WAL headroom", "ok", "snapshot: never: the stream starts at the slot's creation, nothing to copy")
     table_bytes = sum(int(_one(conn, "SELECT pg_total_relation_size(%s::regclass)", (_q(t.source_schema, t.source_table),)))
                       for t in tables)
     rate = wal_rate(conn, sample_seconds)
@@ -329,9 +347,11 @@ def preflight(spec: SyncSpec, *, replication: bool = True, wal_sample_seconds: f
             if replication:
                 add(_wal_level(source))
                 result.checks += _slots(source, spec)
-            add(_version(source))
+            add(_version(source, spec))
             keys, present = _keys(source, list(spec.tables))
             add(keys)
+            if spec.reverse:
+                add(_replica_identity(source, present))
             result.checks += _privileges(source, spec, present, replication)
             add(_transforms(spec))
             add(_filters(source, present))

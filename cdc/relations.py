@@ -4,7 +4,7 @@ The applier catches a mapped column that changes type while it streams (`SchemaG
 retyped or dropped while no applier ran arrives already changed. So each `cdc run` first reads
 both catalogs: every mapped legacy column must exist, and its type must still fit the service
 column it is written to (PostgreSQL's type categories: numbers, strings, booleans, date/time,
-...; a text column takes any value, `cents` needs a number on both sides). A misfit stops the
+...; a text column takes any value, `cents` and `from_cents` need a number on both sides). A misfit stops the
 run with `SchemaChangedError`, as a retype seen live does.
 """
 
@@ -40,7 +40,7 @@ def _columns(conn: Any, schema: str, table: str) -> dict[str, tuple[str, str]]:
 def fits(source: tuple[str, str], target: tuple[str, str], transform: str | None) -> bool:
     """Whether a legacy column of type `source` (name, category) can fill `target` through `transform`."""
     (s_name, s_cat), (t_name, t_cat) = source, target
-    if transform == "cents":
+    if transform in ("cents", "from_cents"):
         return s_cat == "N" and t_cat == "N"
     if transform == "json" or t_name in _JSON:
         return t_name in _JSON or t_cat == "S"

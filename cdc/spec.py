@@ -23,7 +23,14 @@ A spec is a YAML file beside the extracted service (e.g. `extracted/catalog/sync
 `ownership: enforced` (default `off`) puts `owned_by_service` in force: the forward applier then
 writes only the legacy-owned columns of updates and records a legacy change to a service-owned
 column as a conflict (`cdc.conflicts`). The cutover's write switch turns it on through
-`SyncSpec.with_ownership`, so the spec stays the one thing the applier reads.
+`SyncSpec.with_ownership`, or for a running applier by source position (`cdc.ownership`).
+
+`direction: reverse` (default `forward`) marks the reverse stream of the write cutover: its source
+is the service's store and its target the legacy database (`extracted/catalog/reverse.yaml`).
+There `owned_by_service` names the SOURCE (service) columns, in the same vocabulary as the
+forward spec, and ownership is always enforced: updates write only those columns. `snapshot:
+never` (default `initial`) starts the stream at the slot's creation without copying the tables
+first (the legacy side has the rows already; copying could overwrite newer legacy values).
 
 It loads once into immutable models; every problem is reported as `file:line:col: message`.
 Reading, parsing, positions and `${VAR:-default}` interpolation are the shared loader's
@@ -56,10 +63,12 @@ __all__ = [
     "parse_spec",
 ]
 
-BUILTIN_TRANSFORMS = frozenset({"cents", "lower", "strip", "json"})
+BUILTIN_TRANSFORMS = frozenset({"cents", "from_cents", "lower", "strip", "json"})
 FILTER_OPS = frozenset({"eq", "ne", "in", "not_in", "startswith", "not_startswith", "is_null", "gt", "gte", "lt", "lte"})
 ON_ERROR = ("dead_letter", "stop")
 OWNERSHIP = ("off", "enforced")
+DIRECTIONS = ("forward", "reverse")
+SNAPSHOTS = ("initial", "never")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -74,7 +83,8 @@ class ColumnSpec:
     source: str
     target: str
     transform: str | None = None
-    # Scale of a numeric arriving as Debezium precise-mode bytes without a schema.
+    # Scale of a numeric arriving as Debezium precise-mode bytes without a schema; with
+    # `from_cents`, the decimal places of the number written (2: cents to units).
     scale: int | None = None
     function: Callable[[Any], Any] | None = field(default=None, compare=False, repr=False)
 
@@ -101,7 +111,8 @@ class TableSpec:
     filters: tuple[FilterSpec, ...] = ()
     transform: str | None = None
     function: Callable[[dict[str, Any]], dict[str, Any] | None] | None = field(default=None, compare=False, repr=False)
-    # Service columns the service writes after the write switch (in force with `ownership: enforced`).
+    # Service columns the service writes after the write switch (in force with `ownership: enforced`);
+    # in a reverse spec these are source columns (the source is the service's store).
     owned_by_service: tuple[str, ...] = ()
 
     @property
@@ -125,6 +136,11 @@ class TableSpec:
     def source_columns(self) -> tuple[str, ...]:
         return tuple(c.source for c in self.columns)
 
+    @property
+    def legacy_owned_targets(self) -> tuple[str, ...]:
+        """Reverse spec: the target (legacy) columns fed by mapped source columns the service does not own."""
+        return tuple(c.target for c in self.columns if c.source not in self.owned_by_service and c.source not in self.key)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SyncSpec:
@@ -139,10 +155,16 @@ class SyncSpec:
     tables: tuple[TableSpec, ...]
     path: str = "<string>"
     ownership: str = "off"
+    direction: str = "forward"
+    snapshot: str = "initial"
 
     @property
     def ownership_enforced(self) -> bool:
         return self.ownership == "enforced"
+
+    @property
+    def reverse(self) -> bool:
+        return self.direction == "reverse"
 
     @property
     def slot_name(self) -> str:
@@ -179,6 +201,8 @@ class SyncSpec:
         chk = _Checker(self.path)
         if ownership not in OWNERSHIP:
             chk.node(None, f"ownership {ownership!r} is not known; use enforced or off")
+        elif self.reverse and ownership != "enforced":
+            chk.node(None, "a reverse spec always enforces ownership; stop its `cdc run` instead of turning it off")
         tables = list(self.tables)
         # A table is named by its service table or its legacy table (as the cutover plan may).
         by_target = {**{t.source: i for i, t in enumerate(tables)}, **{t.target: i for i, t in enumerate(tables)}}
@@ -188,26 +212,30 @@ class SyncSpec:
                          f"known: {', '.join(sorted(by_target))}")
                 continue
             table = tables[by_target[target]]
-            owned = _owned_columns(list(columns), table, chk, f"ownership of {target}", None)
+            owned = _owned_columns(list(columns), table, chk, f"ownership of {target}", None, reverse=self.reverse)
             tables[by_target[target]] = replace(table, owned_by_service=owned)
         if chk.problems:
             raise SpecError(chk.problems)
         return replace(self, ownership=ownership, tables=tuple(tables))
 
 
-def _owned_columns(node: Any, table: TableSpec, chk: _Checker, where: str, parent: Any) -> tuple[str, ...]:
-    """Validated service-owned columns of a table: mapped service columns, never key columns."""
+def _owned_columns(
+    node: Any, table: TableSpec, chk: _Checker, where: str, parent: Any, *, reverse: bool = False
+) -> tuple[str, ...]:
+    """Validated service-owned columns of a table: mapped service columns, never key columns.
+
+    The service's columns are the target's in a forward spec and the source's in a reverse one."""
     if not isinstance(node, list):
         chk.at(parent, "owned_by_service", f"{where}: 'owned_by_service' must list service columns, "
                f"e.g. [title, price_cents], got {node!r}", value=True)
         return ()
     out: list[str] = []
-    targets = table.target_columns
+    service_columns, service_key = (table.source_columns, table.key) if reverse else (table.target_columns, table.target_key)
     for name in node:
-        if name not in targets:
+        if name not in service_columns:
             chk.node(node, f"{where}: owned_by_service names {name!r}, which is not a mapped service column; "
-                     f"mapped: {', '.join(targets)}")
-        elif name in table.target_key:
+                     f"mapped: {', '.join(service_columns)}")
+        elif name in service_key:
             chk.node(node, f"{where}: owned_by_service names key column {name!r}; the key belongs to both sides, "
                      "remove it")
         elif name not in out:
@@ -359,7 +387,7 @@ def _filters(node: Any, chk: _Checker, where: str, columns: set[str]) -> list[Fi
     return out
 
 
-def _table(node: Any, index: int, chk: _Checker) -> TableSpec | None:
+def _table(node: Any, index: int, chk: _Checker, reverse: bool = False) -> TableSpec | None:
     where = f"tables[{index}]"
     if not isinstance(node, Mapping):
         chk.node(node, f"{where} must be a mapping with source, target, key, columns")
@@ -417,7 +445,11 @@ def _table(node: Any, index: int, chk: _Checker) -> TableSpec | None:
         transform=transform, function=fn,
     )
     if "owned_by_service" in node:
-        table = replace(table, owned_by_service=_owned_columns(node["owned_by_service"], table, chk, where, node))
+        table = replace(table, owned_by_service=_owned_columns(node["owned_by_service"], table, chk, where, node,
+                                                               reverse=reverse))
+    elif reverse:
+        chk.node(node, f"{where}: a reverse table needs 'owned_by_service': the source (service) columns the "
+                 "service owns, which its updates write into the legacy table, e.g. [title, price_cents]")
     return table
 
 
@@ -433,7 +465,8 @@ def parse_spec(text: str, *, file: str = "<string>", env: Mapping[str, str] | No
     )
     if problems:
         raise SpecError(problems)
-    known = {"version", "name", "source", "target", "on_error", "batch_size", "tables", "ownership"}
+    known = {"version", "name", "source", "target", "on_error", "batch_size", "tables", "ownership", "direction",
+             "snapshot"}
     for k in doc:
         if k not in known:
             chk.at(doc, k, f"unknown field '{k}'; known: {', '.join(sorted(known))}")
@@ -448,13 +481,31 @@ def parse_spec(text: str, *, file: str = "<string>", env: Mapping[str, str] | No
     on_error = doc.get("on_error", "dead_letter")
     if on_error not in ON_ERROR:
         chk.at(doc, "on_error", f"on_error {on_error!r} is not known; use dead_letter or stop", value=True)
-    ownership = doc.get("ownership", "off")
+    direction = doc.get("direction", "forward")
+    if direction not in DIRECTIONS:
+        chk.at(doc, "direction", f"direction {direction!r} is not known; use forward (legacy -> service) or reverse "
+               "(service -> legacy, after the write switch)", value=True)
+        direction = "forward"
+    reverse = direction == "reverse"
+    snapshot = doc.get("snapshot", "initial")
+    if snapshot not in SNAPSHOTS:
+        chk.at(doc, "snapshot", f"snapshot {snapshot!r} is not known; use initial (copy the tables first) or never "
+               "(stream from the slot's creation)", value=True)
+        snapshot = "initial"
+    if reverse and "snapshot" in doc and snapshot != "never":
+        chk.at(doc, "snapshot", "a reverse spec must not copy the service's rows over the legacy ones (they may be "
+               "older); use snapshot: never", value=True)
+    ownership = doc.get("ownership", "enforced" if reverse else "off")
     if ownership is False:  # YAML 1.1 reads a bare `off` as false
         ownership = "off"
     if ownership not in OWNERSHIP:
         chk.at(doc, "ownership", f"ownership {ownership!r} is not known; use enforced (after the write switch) or off",
                value=True)
         ownership = "off"
+    if reverse and ownership != "enforced":
+        chk.at(doc, "ownership", "a reverse spec always enforces ownership (its updates write only the service's "
+               "columns); remove 'ownership'", value=True)
+        ownership = "enforced"
     batch_size = doc.get("batch_size", 1000)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         chk.at(doc, "batch_size", f"batch_size must be a positive integer, got {batch_size!r}", value=True)
@@ -467,7 +518,7 @@ def parse_spec(text: str, *, file: str = "<string>", env: Mapping[str, str] | No
     else:
         seen: dict[str, int] = {}
         for i, node in enumerate(tables_node):
-            table = _table(node, i, chk)
+            table = _table(node, i, chk, reverse)
             if table is None:
                 continue
             if table.source in seen:
@@ -481,7 +532,8 @@ def parse_spec(text: str, *, file: str = "<string>", env: Mapping[str, str] | No
     return SyncSpec(
         name=str(name), source_url=source_url, target_url=target_url,
         topic_prefix=prefix or "legacy", on_error=str(on_error), batch_size=int(batch_size),
-        tables=tuple(tables), path=file, ownership=str(ownership),
+        tables=tuple(tables), path=file, ownership=str(ownership), direction=str(direction),
+        snapshot="never" if reverse else str(snapshot),
     )
 
 

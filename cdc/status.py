@@ -52,7 +52,10 @@ class SyncStatus:
     # Legacy writes to service-owned columns not applied (`cdc.conflicts`); the latest few.
     conflicts: int = 0
     recent_conflicts: list[dict[str, Any]] = field(default_factory=list)
+    # In force for the newest transactions: the latest `strangler.ownership` row, else the spec's.
     ownership: str = "off"
+    ownership_from_lsn: str | None = None
+    direction: str = "forward"
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,6 +123,12 @@ def status(
             dead = deadletter.count(cur, spec.name) if cur.fetchone()[0] else 0
             conflict_count = conflicts.count(cur, spec.name)
             recent = [c.to_dict() for c in conflicts.list_recent(cur, spec.name)] if conflict_count else []
+            recorded = None
+            cur.execute("SELECT to_regclass('strangler.ownership') IS NOT NULL")
+            if cur.fetchone()[0]:
+                cur.execute("SELECT enforced, from_lsn FROM strangler.ownership WHERE name = %s "
+                            "ORDER BY from_lsn DESC, id DESC LIMIT 1", (spec.name,))
+                recorded = cur.fetchone()
         target.rollback()
     finally:
         target.close()
@@ -146,7 +155,10 @@ def status(
         warnings.append(f"slot {spec.slot_name} does not exist on the source: `strangler cdc run` creates it")
     if dead:
         warnings.append(f"{dead} dead-lettered event(s) in strangler.dead_letter")
-    if conflict_count:
+    if conflict_count and spec.reverse:
+        warnings.append(f"{conflict_count} service write(s) to legacy-owned columns recorded in the legacy database's "
+                        "strangler.conflict and not applied: the service must not change those columns")
+    elif conflict_count:
         warnings.append(f"{conflict_count} legacy write(s) to service-owned columns recorded in strangler.conflict "
                         "and not applied: find the writer that bypasses the façade")
     return SyncStatus(
@@ -155,5 +167,8 @@ def status(
         lag_bytes=lag_bytes, lag_seconds=lag_seconds, slot_exists=exists, slot_active=active,
         slot_confirmed_flush_lsn=format_lsn(confirmed) if confirmed is not None else None,
         slot_retained_bytes=retained, snapshot=dict(checkpoint.snapshot), dead_letters=dead,
-        conflicts=conflict_count, recent_conflicts=recent, ownership=spec.ownership, warnings=warnings,
+        conflicts=conflict_count, recent_conflicts=recent,
+        ownership=("enforced" if recorded[0] else "off") if recorded else spec.ownership,
+        ownership_from_lsn=format_lsn(int(recorded[1])) if recorded else None, direction=spec.direction,
+        warnings=warnings,
     )

@@ -11,13 +11,18 @@ A mismatched row whose differing columns were the subject of a recorded ownershi
 (`cdc.conflicts`: a legacy write to a service-owned column, not applied) is counted as
 `conflicted` and its sample names the conflict; it fails the verify like any mismatch, and no
 amount of waiting heals it, so the retries stop when only such rows differ.
+
+A reverse spec (service store → legacy tables) is compared the same way, service rows through
+the reverse mapping against the legacy rows; its filters then also say which legacy rows are
+not the service's (the legacy-only rows the forward spec filters out), on the columns they name
+that are copied unchanged, and those legacy rows are left out of the comparison.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import psycopg2
@@ -196,8 +201,22 @@ def _diff_table(spec: SyncSpec, source: Any, target: Any, table: TableSpec, samp
                f"ORDER BY {', '.join(_ident(k) for k in table.target_key)}")
     with target.cursor() as cur:
         recorded = conflict_table.for_table(cur, spec.name, table.target)
-    return diff_rows(table, _stream(source, src_sql, "strangler_verify_src"), _stream(target, dst_sql, "strangler_verify_dst"),
+    target_rows = _stream(target, dst_sql, "strangler_verify_dst")
+    if spec.reverse and table.filters:
+        target_rows = _service_rows(table, target_rows)
+    return diff_rows(table, _stream(source, src_sql, "strangler_verify_src"), target_rows,
                      samples=samples, conflicts=recorded)
+
+
+def _service_rows(table: TableSpec, rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Reverse spec: the legacy rows its filters accept (on the columns copied unchanged)."""
+    plain = {c.target: c.source for c in table.columns if c.transform is None and c.function is None}
+    named = {f.column for f in table.filters}
+    columns = {t: s for t, s in plain.items() if s in named}
+    mapper = RowMapper(replace(table, filters=tuple(f for f in table.filters if f.column in columns.values())))
+    for row in rows:
+        if mapper.accepts({s: row[t] for t, s in columns.items()}):
+            yield row
 
 
 def _aligned(spec: SyncSpec, source: Any, target: Any) -> tuple[bool, int, tuple[int, int]]:

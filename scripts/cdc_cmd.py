@@ -24,8 +24,12 @@ __all__ = ["app", "verify"]
 app = typer.Typer(no_args_is_help=True, help="Change data capture: snapshot + stream legacy tables into a service's store.")
 
 SPEC_OPTION = typer.Option(..., "--spec", help="Sync spec YAML, e.g. extracted/catalog/sync.yaml.")
-SOURCE_OPTION = typer.Option(None, "--source-url", envvar="STRANGLER_MONOLITH_DATABASE_URL", help="Legacy (source) database URL; overrides the spec.")
-TARGET_OPTION = typer.Option(None, "--target-url", envvar="STRANGLER_CATALOG_DATABASE_URL", help="Service (target) database URL; overrides the spec.")
+# No envvar= fallbacks: which variable names which side is the spec's to say (sync.yaml reads the
+# monolith's URL as its source, reverse.yaml as its target).
+SOURCE_OPTION = typer.Option(None, "--source-url", help="Source database URL (legacy; the service's store in a reverse "
+                             "spec); overrides the spec's source.url.")
+TARGET_OPTION = typer.Option(None, "--target-url", help="Target database URL (the service's store; legacy in a reverse "
+                             "spec); overrides the spec's target.url.")
 
 
 def _spec(path: Path, source_url: str | None, target_url: str | None) -> SyncSpec:

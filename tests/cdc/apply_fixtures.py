@@ -16,12 +16,15 @@ from typing import Any
 import psycopg2
 import pytest
 
+from cdc.capture import Capture, CaptureConfig
 from cdc.events import ChangeEvent, Source
 from cdc.pgoutput import RelationColumn
 from cdc.pipeline import RunStats, run
 from cdc.spec import SyncSpec, load_spec
 from cdc.textrow import RowLayout, TextRow
+from cdc.transport import MemoryTransport
 from tests.cdc.pgoutput_encoder import pg_text
+from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SYNC_YAML = ROOT / "extracted" / "catalog" / "sync.yaml"
@@ -221,3 +224,27 @@ LAYOUT = RowLayout(tuple(RelationColumn(0, name, oid, -1) for name, _, oid in LE
 def text_row(row: dict[str, object]) -> TextRow:
     """A legacy row as our capture hands it on: the server's text output of each value."""
     return TextRow(LAYOUT, tuple(pg_text(type_name, row[name]) for name, type_name, _ in LEGACY_PRODUCT))
+
+
+def collect_events(spec: SyncSpec, until: int) -> list[ChangeEvent]:
+    """Events of the slot from its confirmed position, read without acknowledging any."""
+    transport = MemoryTransport()
+    capture = Capture(CaptureConfig(dsn=spec.source_url or "", slot=spec.slot_name, publication=spec.publication_name,
+                                    read_timeout=0.2), transport)
+    capture.start()
+    events: list[ChangeEvent] = []
+    try:
+        def enough() -> bool:
+            for batch in transport.batches(0.05):
+                events.extend(batch.events)
+                if len(events) >= until:
+                    return True
+            return len(events) >= until
+
+        wait_for(enough, timeout=20, what=f"{until} events from the slot")
+    finally:
+        capture.stop()
+        transport.close()
+        capture.join(timeout=20)
+        capture.close()
+    return events

@@ -8,15 +8,11 @@ import pytest
 from typer.testing import CliRunner
 
 from cdc.apply import Applier
-from cdc.capture import Capture, CaptureConfig
-from cdc.events import ChangeEvent
 from cdc.pipeline import run
 from cdc.spec import SpecError, SyncSpec, parse_spec
 from cdc.status import status
-from cdc.transport import MemoryTransport
 from cdc.verify import verify
-from tests.cdc.apply_fixtures import SYNC_YAML, execute, legacy_and_target, query, seed, spec_for
-from tests.support import wait_for
+from tests.cdc.apply_fixtures import SYNC_YAML, collect_events, execute, legacy_and_target, query, seed, spec_for
 
 __all__ = ["legacy_and_target"]
 
@@ -107,30 +103,6 @@ def test_a_full_before_image_tells_a_legacy_change_from_a_service_write(legacy_a
     assert pk == "[3]" and set(columns) == {"price_cents"} and columns["price_cents"]["legacy"] == 500
 
 
-def _collect(spec: SyncSpec, until: int) -> list[ChangeEvent]:
-    """Events of the slot from its confirmed position, read without acknowledging any."""
-    transport = MemoryTransport()
-    capture = Capture(CaptureConfig(dsn=spec.source_url or "", slot=spec.slot_name, publication=spec.publication_name,
-                                    read_timeout=0.2), transport)
-    capture.start()
-    events: list[ChangeEvent] = []
-    try:
-        def enough() -> bool:
-            for batch in transport.batches(0.05):
-                events.extend(batch.events)
-                if len(events) >= until:
-                    return True
-            return len(events) >= until
-
-        wait_for(enough, timeout=20, what=f"{until} events from the slot")
-    finally:
-        capture.stop()
-        transport.close()
-        capture.join(timeout=20)
-        capture.close()
-    return events
-
-
 @pytest.mark.parametrize("ordered", [True, False], ids=["in-process", "kafka-like"])
 def test_a_conflict_redelivered_after_a_crash_is_recorded_once(legacy_and_target: tuple[str, str], ordered: bool) -> None:
     legacy, target = legacy_and_target
@@ -138,7 +110,7 @@ def test_a_conflict_redelivered_after_a_crash_is_recorded_once(legacy_and_target
     spec = _enforced(legacy, target)
     _catch_up(spec)
     execute(legacy, "UPDATE catalog_product SET name = 'Batch job' WHERE id = 1")
-    events = _collect(spec, 1)
+    events = collect_events(spec, 1)
     # Applied and committed, then "killed" before the slot heard of it: the slot sends it again.
     with Applier(spec, ordered=ordered) as first:
         first.apply(events)
