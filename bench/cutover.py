@@ -2,7 +2,8 @@
 
 One run, everything on 127.0.0.1, bounded in time. Each phase starts the sample stack of
 `strangler demo` (scripts/demo_stack.py: a fresh pair of databases on one private PostgreSQL,
-the seeded monolith, the catalog service, the façade, the forward CDC stream) and puts the write
+the seeded monolith, the catalog service, the façade, the forward CDC stream and, with
+extracted/catalog/reverse.yaml, the reverse one, in both phases alike) and puts the write
 load of scripts/write_load.py on the façade (creates and updates of products through the route
 catalog-write, reads, monolith orders that take stock), then switches:
 
@@ -14,7 +15,7 @@ catalog-write, reads, monolith orders that take stock), then switches:
 Each phase gets its own databases, so the naive flip's damage does not leak into the gated one.
 After the load stops and the streams have applied everything, scripts/write_check.py reads both
 stores and counts, per switch (writes due from it to the next), acknowledged writes lost and
-creates doubled; from the clients' timings: errors, write latency p50/p99/max in the switch
+creates doubled (from 1 s before it began: writes in flight then are its); from the clients' timings: errors, write latency p50/p99/max in the switch
 window (its start to 1 s after it ended) against the steady seconds before it, and the pause the
 clients saw; from the façade: the hold's duration (its metrics); from the switch: its estimate
 and its measured pause. `--quick` is the small run the test uses. `--json` prints everything.
@@ -54,6 +55,8 @@ from scripts.write_load import LoadSettings, WriteLoad, run_in_background  # noq
 WRITE_ROUTE = "catalog-write"
 AFTER_SWITCH = 1.0
 """Seconds after a switch ended that still belong to its window (released requests finish)."""
+IN_FLIGHT = 1.0
+"""Seconds before a switch began whose writes are counted with it (in flight when it began)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,18 +142,21 @@ def run_phase(
                 stopped = time.time()
         with console.status(f"{name}: waiting for the streams to apply everything, then reading both stores…"):
             specs = {"forward": load_spec(SPEC_PATH, env={**os.environ, **spec_env(env)})}
+            if env.reverse_spec is not None:
+                specs["reverse"] = load_spec(env.reverse_spec, env={**os.environ, **spec_env(env)})
             caught_up = wait_caught_up(specs)
             rows = read_stores(env.legacy_db, env.catalog_db, sizes.load.run_id)
     verdicts = {store: judge(store, load.samples, rows[store]) for store in ("legacy", "service")}
     writes = [s for s in load.samples if s.kind in ("create", "update") and s.due >= started]
     switched = []
     for i, record in enumerate(records):
-        until = records[i + 1]["start"] if i + 1 < len(records) else stopped
+        until = records[i + 1]["start"] - IN_FLIGHT if i + 1 < len(records) else stopped
+        since = record["start"] - IN_FLIGHT
         window = (record["start"], record["end"] + AFTER_SWITCH)
         steady_from = records[i - 1]["end"] + AFTER_SWITCH if i else started
         seen = figures(load.samples, window, before=(max(steady_from, record["start"] - sizes.steady), record["start"]))
         errors = figures(load.samples, (record["start"], until))
-        per_store = {store: v.within(record["start"], until) for store, v in verdicts.items()}
+        per_store = {store: v.within(since, until) for store, v in verdicts.items()}
         result = record["result"]
         estimate = (result.get("estimate") or {}).get("pause_s")
         measured = result.get("pause_s")

@@ -37,7 +37,7 @@ from common.waiting import TimedOut, wait_until
 from scripts.demo_cutover import (
     STEPS, RunOutcome, StepRecorder, StepResult, Traffic, journal_summary, print_journal, print_step, run_cutover, write_plan,
 )
-from scripts.demo_stack import REVERSE_SPEC_PATH, SPEC_PATH, Stack, restart_catalog, sample_stack, spec_env
+from scripts.demo_stack import SPEC_PATH, Stack, restart_catalog, sample_stack, spec_env
 
 FAULT_PERCENT = 30  # share of product reads the faulty catalog build answers with 500
 ROUTE_ID = "catalog-read"
@@ -175,7 +175,7 @@ def keep_stack_up(
             plan = write_plan(
                 env.work_dir / "cutover.yaml", routing=env.routing_path, spec=SPEC_PATH, facade_url=env.facade_url,
                 journal_url=env.catalog_db, events=env.work_dir / "cutover-events.jsonl", min_requests=requests_per_step,
-                reverse_spec=REVERSE_SPEC_PATH if REVERSE_SPEC_PATH.exists() else None,
+                reverse_spec=env.reverse_spec,
             )
             info = stack_info(env, plan)
             if json_output:
@@ -195,7 +195,7 @@ def keep_stack_up(
 
 def stack_info(env: Stack, plan: Path) -> dict[str, object]:
     """What `--stay-up` prints: URLs, databases, files, and the environment for `strangler cutover ...`."""
-    reverse = REVERSE_SPEC_PATH if REVERSE_SPEC_PATH.exists() else None
+    reverse = env.reverse_spec
     environment = {
         **spec_env(env), "STRANGLER_FACADE_URL": env.facade_url, "MONOLITH_URL": env.monolith_url,
         "CATALOG_URL": env.catalog_url,

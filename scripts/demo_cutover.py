@@ -136,7 +136,9 @@ def write_plan(
         "  budget: 1s\n"
         + (f"  reverse_sync: {reverse_spec}\n" if reverse_spec is not None else "")
         + "  ownership:\n"
-        "    catalog.products: {service: [title, description, price_cents, active, attributes], legacy: [stock]}\n",
+        "    catalog.products:\n"
+        "      service: [sku, title, slug, description, price_cents, active, category_id, attributes, created_at, updated_at]\n"
+        "      legacy: [stock]\n",
         encoding="utf-8",
     )
     return path

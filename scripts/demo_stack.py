@@ -56,6 +56,8 @@ class Stack:
     routing_path: Path = field(default_factory=Path)
     catalog_port: int = 0
     cdc: CdcResult | None = None
+    reverse_spec: Path | None = None
+    """The reverse stream's spec, once that stream runs (service store → legacy tables)."""
 
     def services(self) -> dict[str, str]:
         return {"monolith": self.monolith_url, "catalog": self.catalog_url, "facade": self.facade_url}
@@ -64,9 +66,10 @@ class Stack:
 @contextmanager
 def sample_stack(
     *, database_url: str | None, products: int, work_dir: Path, console: Console, db_prefix: str = "demo",
-    stack_type: type[Stack] = Stack, ephemeral: bool = False,
+    stack_type: type[Stack] = Stack, ephemeral: bool = False, reverse: bool | None = None,
 ) -> Iterator[Stack]:
-    """Start the whole sample stack (see the module's docstring); stop and clean it on exit."""
+    """Start the whole sample stack (see the module's docstring); stop and clean it on exit.
+    `reverse`: also run the reverse stream (by default when extracted/catalog/reverse.yaml exists)."""
     work_dir = work_dir.absolute()
     if work_dir.exists():
         shutil.rmtree(work_dir / "logs", ignore_errors=True)
@@ -79,6 +82,8 @@ def sample_stack(
         start_services(env, products, console)
         try:
             start_cdc(env, console)
+            if REVERSE_SPEC_PATH.exists() if reverse is None else reverse:
+                start_reverse(env, console)
             yield env
         finally:
             # Also when interrupted: a slot left behind would hold WAL on the server forever.
@@ -194,6 +199,39 @@ def start_cdc(env: Stack, console: Console) -> None:
     )
 
 
+def start_reverse(env: Stack, console: Console, timeout: float = 60.0) -> None:
+    """`strangler cdc run --spec extracted/catalog/reverse.yaml`: the service store's changes into
+    the legacy tables (no snapshot: from its slot's creation), running beside the forward stream."""
+    import psycopg2
+
+    from cdc.spec import load_spec
+
+    spec = load_spec(REVERSE_SPEC_PATH, env={**os.environ, **spec_env(env)})
+    child = env.group.start(
+        "cdc-reverse", python_module("scripts", "cdc", "run", "--spec", str(REVERSE_SPEC_PATH)), env=spec_env(env)
+    )
+    env.reverse_spec = REVERSE_SPEC_PATH
+
+    def streaming() -> bool:
+        if child.process.poll() is not None:
+            raise ProcessError(f"the reverse cdc run exited with code {child.process.returncode}; last lines:\n{child.tail()}")
+        conn = psycopg2.connect(env.catalog_db)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (spec.slot_name,))
+                row = cur.fetchone()
+        finally:
+            conn.close()
+        return bool(row and row[0])
+
+    with console.status("CDC: starting the reverse stream (catalog store → legacy tables)…"):
+        try:
+            wait_until(streaming, timeout, 0.1, what="the reverse stream's slot to be active")
+        except TimedOut as exc:
+            raise ProcessError(f"the reverse stream did not start within {timeout:.0f}s; see {child.log_path}") from exc
+    console.print(f"[green]✓[/green] reverse CDC streaming (slot {spec.slot_name}): the catalog store's writes reach the legacy tables")
+
+
 def live_change(env: Stack, timeout: float = 30.0) -> float:
     """Change a price and place an order through the monolith; time until the catalog service shows both."""
     with httpx.Client(base_url=env.monolith_url, timeout=10) as staff, \
@@ -229,9 +267,11 @@ def drop_cdc(env: Stack) -> None:
     from cdc.teardown import drop
 
     for child in list(env.group.children):
-        if child.name == "cdc":
+        if child.name in ("cdc", "cdc-reverse"):
             env.group.stop(child)
     drop(load_spec(SPEC_PATH, env={**os.environ, **spec_env(env)}))
+    if env.reverse_spec is not None:
+        drop(load_spec(env.reverse_spec, env={**os.environ, **spec_env(env)}))
 
 
 def restart_catalog(env: Stack, *, discrepancy: bool, errors: int = 0) -> None:

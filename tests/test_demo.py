@@ -192,10 +192,12 @@ def test_stay_up_prints_where_the_stack_is_and_cleans_up_on_sigterm(tmp_path: Pa
             assert plan.facade.replicas == (facade,) and plan.writes is not None and plan.writes.routes == ("catalog-write",)
             assert info["env"]["STRANGLER_FACADE_URL"] == facade
             assert Path(info["files"]["routing"]).is_file() and Path(info["files"]["sync_spec"]).is_file()
+            # The reverse stream runs beside the forward one, and the plan's write switch names its spec.
+            assert info["files"]["reverse_spec"] and plan.writes.reverse_sync == info["files"]["reverse_spec"]
             data_dir = work_dir / "postgres"
             assert data_dir.is_dir()
             children = children_of(process.pid)
-            assert len(children) >= 5  # PostgreSQL, monolith, catalog, façade, CDC
+            assert len(children) >= 6  # PostgreSQL, monolith, catalog, façade, both CDC streams
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=60) == 0, "".join(errors)[-3000:]
         finally:

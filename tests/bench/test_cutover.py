@@ -1,7 +1,8 @@
 """bench/cutover.py --quick end to end: the sample stack under write load, the naive flip as
-the baseline (it loses acknowledged writes: nothing carries the catalog's writes back to the
-legacy tables, and the ids it hands out collide with the monolith's), and the gated write
-cutover when `cutover.writes` is there (it must lose, double and fail nothing)."""
+the baseline (what it loses depends on the timing: a create in flight at the monolith while the
+catalog hands out the same id), and the gated write cutover when `cutover.writes` is there (it
+must lose, double and fail nothing). The checker's counting itself is tested in
+tests/scripts/test_write_check.py."""
 
 from __future__ import annotations
 
@@ -25,10 +26,11 @@ def test_quick_bench_measures_the_naive_flip_and_the_gated_switches() -> None:
     naive = phases["naive"]
     assert [s["label"] for s in naive["switches"]] == ["naive flip to catalog", "naive flip back"]
     assert naive["writes_per_s"] > 30  # the load ran near its quick rate of 60 writes/s
-    # The catalog's acknowledged creates never reach the legacy table: the checker sees them lost.
+    # Every lost write is placed in a switch's span (the load's steady start loses nothing).
+    for store in ("legacy", "service"):
+        assert sum(s["per_store"][store]["lost"] for s in naive["switches"]) == naive["stores"][store]["lost"], naive["stores"]
+        assert naive["stores"][store]["rows"] >= 40  # the pool, at least, is in both stores
     flip = naive["switches"][0]
-    assert flip["per_store"]["legacy"]["lost"] > 0
-    assert naive["stores"]["legacy"]["lost_creates"] > 0
     assert flip["latency_before_ms"]["n"] > 0 and flip["latency_window_ms"]["n"] > 0
     assert "Write switches under load" in run.stderr
     if importlib.util.find_spec("cutover.writes") is None:
