@@ -37,7 +37,7 @@ from common.waiting import TimedOut, wait_until
 from scripts.demo_cutover import (
     STEPS, RunOutcome, StepRecorder, StepResult, Traffic, journal_summary, print_journal, print_step, run_cutover, write_plan,
 )
-from scripts.demo_stack import SPEC_PATH, Stack, restart_catalog, sample_stack, spec_env
+from scripts.demo_stack import SPEC_PATH, Stack, cutover_env, restart_catalog, sample_stack, spec_env
 
 FAULT_PERCENT = 30  # share of product reads the faulty catalog build answers with 500
 ROUTE_ID = "catalog-read"
@@ -196,10 +196,7 @@ def keep_stack_up(
 def stack_info(env: Stack, plan: Path) -> dict[str, object]:
     """What `--stay-up` prints: URLs, databases, files, and the environment for `strangler cutover ...`."""
     reverse = env.reverse_spec
-    environment = {
-        **spec_env(env), "STRANGLER_FACADE_URL": env.facade_url, "MONOLITH_URL": env.monolith_url,
-        "CATALOG_URL": env.catalog_url,
-    }
+    environment = cutover_env(env)
     return {
         "services": {**env.services(), "admin": f"{env.facade_url}/_strangler"},
         "databases": {"server": env.database_url, "legacy": env.legacy_db, "catalog": env.catalog_db},

@@ -25,7 +25,7 @@ from common.postgres import ENV_DATABASE_URL, EmbeddedPostgres, PostgresServer, 
 from common.processes import ProcessError, ProcessGroup, python_module
 from common.waiting import TimedOut, wait_until
 
-__all__ = ["CdcResult", "REVERSE_SPEC_PATH", "SPEC_PATH", "Stack", "restart_catalog", "sample_stack", "spec_env"]
+__all__ = ["CdcResult", "REVERSE_SPEC_PATH", "SPEC_PATH", "Stack", "cutover_env", "restart_catalog", "sample_stack", "spec_env"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_PATH = ROOT / "extracted" / "catalog" / "sync.yaml"
@@ -173,6 +173,13 @@ def fresh_database(server: object, name: str) -> str:
 
 def spec_env(env: Stack) -> dict[str, str]:
     return {"STRANGLER_MONOLITH_DATABASE_URL": env.legacy_db, "STRANGLER_CATALOG_DATABASE_URL": env.catalog_db}
+
+
+def cutover_env(env: Stack) -> dict[str, str]:
+    """The environment `strangler cutover ...` needs against the stack: both databases (the sync
+    specs read them), the façade (the plan's replicas) and the upstreams (the routing file)."""
+    return {**spec_env(env), "STRANGLER_FACADE_URL": env.facade_url, "MONOLITH_URL": env.monolith_url,
+            "CATALOG_URL": env.catalog_url}
 
 
 def start_cdc(env: Stack, console: Console) -> None:
