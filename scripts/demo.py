@@ -10,13 +10,19 @@ runner (`strangler cutover run`, scripts/demo_cutover.py) while traffic goes thr
 a first run in which a faulty catalog build (`serve --demo-errors`) is deployed at 50 %, so the
 error-rate gate fails and the runner rolls back to 10 % by itself, then, the fault fixed, a clean
 run to 100 %; prints requests per upstream and the gate verdicts at each step and the journal's
-summary; ends with `strangler verify`, the row-by-row diff of the two stores. Everything it
-started is stopped on exit or Ctrl-C.
+summary; then, when this build has `cutover.writes`, moves catalog writes with `strangler cutover
+writes` under live product writes (scripts/demo_writes.py) and prints what the switch lost,
+doubled, failed, paused and added in latency; ends with `strangler verify`, the row-by-row diff of
+the two stores. Everything it started is stopped on exit or Ctrl-C.
+
+`--stay-up` only starts the sample stack (scripts/demo_stack.py), prints where everything is (one
+JSON line with `--json`) and keeps it up until Ctrl-C or SIGTERM, for `strangler cutover ...` by hand.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -24,7 +30,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import httpx
 import typer
@@ -38,8 +44,11 @@ from scripts.demo_cutover import (
     STEPS, RunOutcome, StepRecorder, StepResult, Traffic, journal_summary, print_journal, print_step, run_cutover, write_plan,
 )
 from scripts.demo_stack import SPEC_PATH, Stack, cutover_env, restart_catalog, sample_stack, spec_env
+from scripts.demo_writes import SwitchFailed, SwitchTiming, gated, print_switch, run_switches
+from scripts.write_load import LoadSettings
 
 FAULT_PERCENT = 30  # share of product reads the faulty catalog build answers with 500
+WRITE_RATE = 200.0  # product writes per second during the write cutover (DESIGN.md's target load)
 ROUTE_ID = "catalog-read"
 
 
@@ -65,6 +74,8 @@ class DemoEnv(Stack):
     cutover_plan: Path | None = None
     cutover_runs: list[RunOutcome] = field(default_factory=list)
     cutover_status: dict[str, object] = field(default_factory=dict)
+    write_switch: dict[str, Any] | None = None
+    """What `run_switches` measured of the write cutover (None: not run)."""
 
     def failures(self) -> list[str]:
         """What went wrong on the journey, as sentences; empty when every check held."""
@@ -85,6 +96,14 @@ class DemoEnv(Stack):
                 f"the clean cutover run ended {runs['clean'].status!r} ({runs['clean'].reason}) at "
                 f"{self.cutover_status.get('weight')}% to catalog, not done at 100%"
             )
+        for switch in (self.write_switch or {}).get("switches", []):
+            if switch["outcome"] != "switched":
+                problems.append(f"the write cutover ended {switch['outcome']!r}: {switch['reason']}")
+            elif switch["lost"] or switch["doubled"] or switch["client_errors"]:
+                problems.append(
+                    f"the write cutover lost {switch['lost']} acknowledged writes, doubled {switch['doubled']} and "
+                    f"failed {switch['client_errors']} requests"
+                )
         return problems
 
 def demo(
@@ -94,6 +113,10 @@ def demo(
     ),
     products: int = typer.Option(5000, help="Products to seed into the monolith."),
     requests_per_step: int = typer.Option(400, help="Requests sent through the façade at each weight step."),
+    write_rate: float = typer.Option(
+        WRITE_RATE, min=0,
+        help="Product writes per second through the façade during the write cutover (0: no write cutover).",
+    ),
     work_dir: Path = typer.Option(Path(".strangler/demo"), help="Where the demo keeps its files and logs."),
     discrepancy: bool = typer.Option(
         True, "--discrepancy/--no-discrepancy",
@@ -131,9 +154,9 @@ def demo(
     try:
         result = run_demo(
             database_url=database_url, products=products, requests_per_step=requests_per_step,
-            work_dir=work_dir, console=console, discrepancy=discrepancy, fault=fault,
+            work_dir=work_dir, console=console, discrepancy=discrepancy, fault=fault, write_rate=write_rate,
         )
-    except ProcessError as exc:
+    except (ProcessError, SwitchFailed) as exc:
         console.print(f"[red]FAILED:[/red] {exc}")
         raise typer.Exit(1) from exc
     except KeyboardInterrupt:
@@ -151,6 +174,7 @@ def demo(
                 "plan": str(result.cutover_plan), "runs": [r.__dict__ for r in result.cutover_runs],
                 "status": result.cutover_status,
             },
+            "writes": result.write_switch,
             "cdc": result.cdc.__dict__ if result.cdc else None,
             "failures": failures,
         }, indent=2, default=str))
@@ -224,7 +248,7 @@ def _print_stack(console: Console, info: dict[str, object]) -> None:
 
 def run_demo(
     *, database_url: str | None, products: int, requests_per_step: int, work_dir: Path, console: Console,
-    discrepancy: bool = True, fault: bool = True, db_prefix: str = "demo",
+    discrepancy: bool = True, fault: bool = True, db_prefix: str = "demo", write_rate: float = WRITE_RATE,
 ) -> DemoEnv:
     with sample_stack(
         database_url=database_url, products=products, work_dir=work_dir, console=console, db_prefix=db_prefix,
@@ -241,6 +265,8 @@ def run_demo(
             restart_catalog(env, discrepancy=False)
             _shadow_round(env, console, requests_per_step, "fixed", False)
         _cut_over(env, products, requests_per_step, console)
+        if write_rate > 0:
+            _cut_over_writes(env, write_rate, console)
         _verify(env, console)
         _print_summary(env, console)
         return env
@@ -331,7 +357,7 @@ def _cut_over(env: DemoEnv, products: int, requests_per_step: int, console: Cons
     events.unlink(missing_ok=True)  # the journal is new with the catalog database, so are the events
     write_plan(
         env.cutover_plan, routing=env.routing_path, spec=SPEC_PATH, facade_url=env.facade_url,
-        journal_url=env.catalog_db, events=events, min_requests=requests_per_step,
+        journal_url=env.catalog_db, events=events, min_requests=requests_per_step, reverse_spec=env.reverse_spec,
     )
     run_env = {**os.environ, **spec_env(env)}
     console.print(f"[cyan]→[/cyan] cutover plan {env.cutover_plan}: catalog reads {' → '.join(f'{w}%' for w in STEPS)}, "
@@ -354,6 +380,30 @@ def _cut_over(env: DemoEnv, products: int, requests_per_step: int, console: Cons
         traffic.stop()
     env.cutover_status = journal_summary(env.cutover_plan, run_env)
     print_journal(console, env.cutover_plan, env.cutover_status)
+
+
+def _cut_over_writes(env: DemoEnv, write_rate: float, console: Console) -> None:
+    """`strangler cutover writes` on the demo's plan under live product writes, measured."""
+    if importlib.util.find_spec("cutover.writes") is None or env.reverse_spec is None:
+        console.print("[yellow]![/yellow] no write cutover: this build has no cutover.writes or no reverse stream spec")
+        return
+    assert env.cutover_plan is not None
+    console.print(
+        f"[cyan]→[/cyan] strangler cutover writes {env.cutover_plan}: catalog-write moves to the catalog service under "
+        f"{write_rate:g} writes/s (hold at the façade, fence, reverse stream)", highlight=False,
+    )
+    load = LoadSettings(rate=write_rate, read_rate=20, order_rate=5, pool=100)
+    env.write_switch = run_switches(
+        env, "demo", [("write cutover", gated("forward", env.cutover_plan))], load=load,
+        timing=SwitchTiming(steady=3.0, soak=3.0), console=console,
+    )
+    for switch in env.write_switch["switches"]:
+        print_switch(console, switch)
+    stores = env.write_switch["stores"]
+    console.print(
+        f"    checked both stores: legacy {stores['legacy']['rows']} rows of the load, service {stores['service']['rows']}; "
+        f"{env.write_switch['requests']} requests at {env.write_switch['writes_per_s']:.0f} writes/s", highlight=False,
+    )
 
 
 def _cutover_run(
