@@ -5,6 +5,7 @@ Both tests run the real `strangler demo` command in a process of its own, as `ma
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ from tests.support import wait_for
 def demo_command(pg: EmbeddedPostgres, work_dir: Path, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "scripts", "demo", "--database-url", pg.url(), "--work-dir", str(work_dir),
-        "--products", "300", "--requests-per-step", "120", "--json", *extra,
+        "--products", "300", "--requests-per-step", "120", "--write-rate", "40", "--json", *extra,
     ]
 
 
@@ -111,6 +112,18 @@ def test_demo_cuts_reads_over_with_the_runner_and_a_rollback(pg: EmbeddedPostgre
     assert "rolled back to catalog 10% by the runner" in run.stderr
     events = [json.loads(line) for line in (tmp_path / "demo" / "cutover-events.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events].count("run.start") == 2
+    # The write cutover under live writes (when this build has the write switch): nothing lost,
+    # doubled or failed, the pause measured and estimated, both stores read back.
+    if importlib.util.find_spec("cutover.writes") is None:
+        assert result["writes"] is None and "no write cutover" in run.stderr
+    else:
+        (switch,) = result["writes"]["switches"]
+        assert switch["outcome"] == "switched", switch
+        assert (switch["lost"], switch["doubled"], switch["client_errors"]) == (0, 0, 0), switch
+        assert switch["pause_s"] is not None and switch["estimate_s"] is not None
+        assert switch["latency_window_ms"]["n"] > 0
+        assert result["writes"]["stores"]["legacy"]["rows"] >= 100 and result["writes"]["stores"]["service"]["lost"] == 0
+        assert "write cutover: switched; 0 lost, 0 doubled, 0 client errors" in run.stderr
     # Everything it started is stopped, and its replication slot is gone.
     for url in result["services"].values():
         assert not answers(url), f"{url} still answers after the demo ended"
