@@ -3,7 +3,7 @@
 `run_switches` puts the load of `scripts.write_load` on a running sample stack (the façade's
 product writes, reads, monolith orders), lets it run steady, performs each switch with a soak
 after it, stops the load, waits until both streams have applied everything and judges both
-stores with `scripts.write_check`. Per switch (writes due from 1 s before it began to 1 s before
+stores with `scripts.write_check`. Per switch (writes sent from 1 s before it began to 1 s before
 the next one: those in flight when it began are its): acknowledged writes lost and creates
 doubled (the worse of the two stores), client errors, write latency p50/p99/max in the switch
 window (its start to 1 s after its end) against the steady load before it, the pause the

@@ -74,10 +74,11 @@ class StoreVerdict:
         return {**plain, "lost": self.lost}
 
     def within(self, start: float, end: float) -> dict[str, int]:
-        """Lost and doubled of the writes due in [start, end)."""
+        """Lost and doubled of the writes sent in [start, end) (sent, not due: a client behind its
+        rate sends a write long after its slot)."""
         return {
-            "lost": sum(1 for s in self.lost_writes if start <= s.due < end),
-            "doubled": sum(1 for s in self.doubled_writes if start <= s.due < end),
+            "lost": sum(1 for s in self.lost_writes if start <= s.sent < end),
+            "doubled": sum(1 for s in self.doubled_writes if start <= s.sent < end),
         }
 
 

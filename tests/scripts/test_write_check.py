@@ -33,9 +33,9 @@ def test_a_store_with_every_acknowledged_write_loses_nothing() -> None:
 
 
 def test_creates_missing_or_under_another_id_are_lost_and_a_marker_on_two_rows_is_doubled() -> None:
-    gone = Sample("create", f"{RUN}-c7", 7, 1.0, status=201, price="7.00")
-    moved = Sample("create", f"{RUN}-c8", 8, 2.0, status=201, price="8.00")
-    twice = Sample("create", f"{RUN}-c9", 9, 3.0, status=201, price="9.00")
+    gone = Sample("create", f"{RUN}-c7", 7, 1.0, sent=1.0, status=201, price="7.00")
+    moved = Sample("create", f"{RUN}-c8", 8, 2.0, sent=2.0, status=201, price="8.00")
+    twice = Sample("create", f"{RUN}-c9", 9, 0.5, sent=3.0, status=201, price="9.00")  # sent long after its slot
     failed = Sample("create", f"{RUN}-c10", None, 4.0, status=0, error="ConnectError")
     rows = [Row(8, f"{RUN}-c99", f"{RUN}-c99", "1.00", 0), Row(9, twice.marker, twice.marker, "9.00", 0),
             Row(19, "other", twice.marker, "9.00", 0)]
