@@ -153,12 +153,17 @@ def set_ownership(
     owned_text = _owned_json(owned, spec)
     conn = connect(target_url, "target")
     try:
-        from cdc.apply import ensure_schema
-
-        ensure_schema(conn)
         with conn, conn.cursor() as cur:
-            cur.execute("SELECT commit_lsn FROM strangler.checkpoint WHERE name = %s FOR UPDATE", (name,))
-            row = cur.fetchone()
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('strangler.ddl'))")
+            cur.execute(DDL)  # the applier's own tables come with its first run (cdc.apply.ensure_schema)
+        with conn, conn.cursor() as cur:
+            row = None
+            cur.execute("SELECT to_regclass('strangler.checkpoint') IS NOT NULL")
+            if cur.fetchone()[0]:
+                # The applier locks its checkpoint row while it reads ownership: a batch committed
+                # after this returns sees the new row.
+                cur.execute("SELECT commit_lsn FROM strangler.checkpoint WHERE name = %s FOR UPDATE", (name,))
+                row = cur.fetchone()
             cur.execute(
                 "INSERT INTO strangler.ownership (name, from_lsn, enforced, owned, note, applied_lsn) "
                 "VALUES (%s, %s, %s, %s::jsonb, %s, %s)",

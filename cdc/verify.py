@@ -54,6 +54,10 @@ class TableDiff:
     # Mismatched rows explained by a recorded ownership conflict (also counted in `mismatched`).
     conflicted: int = 0
     samples: list[dict[str, Any]] = field(default_factory=list)
+    # Keys of the rows that differ (for `verify(steady=True)`, which keeps those that differ every round).
+    differing: dict[tuple[Any, ...], str] = field(default_factory=dict, repr=False)
+    # With `steady`: rows that differed in a round but not in every one (changes in flight).
+    transient: int = 0
 
     @property
     def identical(self) -> bool:
@@ -81,7 +85,8 @@ class VerifyResult:
             "aligned": self.aligned,
             "source_lsn": self.source_lsn,
             "applied_position": list(self.applied_position),
-            "tables": [{**asdict(t), "identical": t.identical} for t in self.tables],
+            "tables": [{**{k: v for k, v in asdict(t).items() if k != "differing"}, "identical": t.identical}
+                       for t in self.tables],
         }
 
 
@@ -157,10 +162,12 @@ def diff_rows(
         if b is None or (a is not None and a[0] < b[0]):
             assert a is not None
             diff.only_in_source += 1
+            diff.differing[a[0]] = "only_in_source"
             sample("only_in_source", a[0], a[1], None)
             a = next(left, None)
         elif a is None or b[0] < a[0]:
             diff.only_in_target += 1
+            diff.differing[b[0]] = "only_in_target"
             sample("only_in_target", b[0], None, b[1])
             b = next(right, None)
         else:
@@ -171,10 +178,27 @@ def diff_rows(
                 diff.mismatched += 1
                 conflict = conflict_of(a[0], src, dst)
                 diff.conflicted += conflict is not None
+                diff.differing[a[0]] = "conflicted" if conflict is not None else "mismatched"
                 sample("mismatched", a[0], src, dst, conflict)
             a = next(left, None)
             b = next(right, None)
     return diff
+
+
+def _keep_persistent(table: TableDiff, before: TableDiff) -> None:
+    """Count as different only the rows that also differed in the round before (`before` holds
+    those that differed in every round so far); the rest become `transient`."""
+    persistent = {key: kind for key, kind in table.differing.items() if key in before.differing}
+    gone = len(table.differing) - len(persistent)
+    kinds = list(persistent.values())
+    table.only_in_source = kinds.count("only_in_source")
+    table.only_in_target = kinds.count("only_in_target")
+    table.conflicted = kinds.count("conflicted")
+    table.mismatched = kinds.count("mismatched") + table.conflicted
+    table.matching += gone
+    table.transient = before.transient + gone
+    table.samples = [s for s in table.samples if tuple(s["key"]) in {tuple(_jsonable(list(k))) for k in persistent}]
+    table.differing = persistent
 
 
 def _stream(conn: Any, sql: str, name: str, batch: int = 5000) -> Iterator[dict[str, Any]]:
@@ -244,8 +268,14 @@ def verify(
     samples: int = SAMPLES,
     connect: Callable[[str], Any] = psycopg2.connect,
     on_wait: Callable[[str], None] | None = None,
+    steady: bool = False,
 ) -> VerifyResult:
-    """Diff every table of the spec; retried while the applier catches up, for at most `wait` s."""
+    """Diff every table of the spec; retried while the applier catches up, for at most `wait` s.
+
+    `steady` is for a source under write load, where every full diff catches some rows between
+    their commit and their apply: a row counts as different only if it differs in every round, so
+    the answer is identical once no row has differed in all rounds (at least two); the others are
+    counted as `transient`. A lost or diverged row differs in every round and fails it."""
     if not spec.source_url or not spec.target_url:
         raise CDCError(f"{spec.path}: verify needs both databases: give --source-url/--target-url or set them in the spec")
     try:
@@ -268,16 +298,21 @@ def verify(
             finally:
                 source.rollback()
                 target.rollback()
+        if steady and results:
+            for table, before in zip(tables, results[-1].tables, strict=True):
+                _keep_persistent(table, before)
         results.append(VerifyResult(spec=spec.name, tables=tables, source_lsn=source_lsn, applied_position=applied,
                                     aligned=aligned))
         last = results[-1]
+        if steady:
+            return len(results) >= 2 and last.identical
         # Only rows held apart by recorded conflicts differ: waiting changes nothing.
         settled = all(not (t.only_in_source or t.only_in_target) and t.mismatched == t.conflicted for t in last.tables)
         return last.identical or (last.aligned and settled)
 
     try:
         with contextlib.suppress(TimedOut):  # still different after `wait`: the last diff is the answer
-            wait_until(diff, wait, 0.5, what="source and target to match")
+            wait_until(diff, wait, 0.2 if steady else 0.5, what="source and target to match")
         return results[-1]
     finally:
         source.close()

@@ -6,6 +6,8 @@ traffic to the new service step by step, reversibly (`strangler cutover`).
 - `cutover.readings`: the sources: the façade's admin API, the shadow store, CDC status, verify.
 - `cutover.journal`: the journal and the lease in PostgreSQL; `cutover.state` folds it.
 - `cutover.runner`: the one loop for run and dry run; `cutover.control`: the operator's functions.
+- `cutover.rehearsal`: `rehearse`, the whole plan on a scratch stack (`strangler rehearse`), with
+  its database copy, replay and report (`rehearsal_copy`, `rehearsal_replay`, `rehearsal_report`).
 
 It talks to the façade only through its admin API and the routing file; it imports `common`,
 `facade` and `cdc`, never `scripts`.
@@ -17,6 +19,7 @@ from cutover.control import overview, request, run, status
 from cutover.exceptions import CutoverError, LeaseHeld, PlanError, SourceUnreachable
 from cutover.gates import Decision, Readings, Verdict, decide, evaluate
 from cutover.plan import Plan, json_schema, load_plan
+from cutover.rehearsal import RehearsalOptions, rehearse
 from cutover.runner import Action, RunResult, Runner
 
 __all__ = [
@@ -27,6 +30,7 @@ __all__ = [
     "Plan",
     "PlanError",
     "Readings",
+    "RehearsalOptions",
     "RunResult",
     "Runner",
     "SourceUnreachable",
@@ -36,6 +40,7 @@ __all__ = [
     "json_schema",
     "load_plan",
     "overview",
+    "rehearse",
     "request",
     "run",
     "status",

@@ -15,39 +15,16 @@ from typing import Any
 from common.waiting import TimedOut, wait_until
 from cutover.exceptions import CutoverError, LeaseHeld
 from cutover.gates import RouteTraffic, evaluate
-from cutover.journal import MemoryJournal, PostgresJournal, new_holder
+from cutover.journal import MemoryJournal, journal_url, new_holder, open_journal
 from cutover.plan import Plan
 from cutover.readings import Sources
 from cutover.runner import DryExecutor, LiveExecutor, Runner, RunResult, file_hash, route_state
 from cutover.state import REQUESTS, fold
+from cutover.writes import switch_writes, writes_state
 from facade.diff import weight_changes
 from facade.edit import shift_weights
 
-__all__ = ["journal_url", "open_journal", "overview", "request", "run", "status"]
-
-
-def journal_url(plan: Plan, env: Mapping[str, str] | None = None) -> str:
-    """The journal's database: `journal.database_url`, else the sync spec's target database."""
-    if plan.journal.database_url:
-        return plan.journal.database_url
-    if plan.sync:
-        from cdc.exceptions import CDCError
-        from cdc.spec import load_spec
-
-        try:
-            spec = load_spec(plan.sync, env=os.environ if env is None else env)
-        except CDCError as exc:
-            raise CutoverError(f"the plan's sync spec does not load: {exc}") from exc
-        if spec.target_url:
-            return spec.target_url
-    raise CutoverError(
-        "the plan names no journal database: set journal.database_url, or a sync spec (sync:) with a target database url"
-    )
-
-
-def open_journal(plan: Plan, env: Mapping[str, str] | None = None, *, create: bool = True) -> PostgresJournal:
-    """The plan's journal; with `create=False` (dry run, status, plan) its tables are not created."""
-    return PostgresJournal(journal_url(plan, env), plan.name, lease=plan.journal.lease, create=create)
+__all__ = ["finish", "journal_url", "open_journal", "overview", "request", "run", "status", "switch_writes"]
 
 
 def _old_upstream(plan: Plan, env: Mapping[str, str] | None) -> str:
@@ -140,6 +117,25 @@ def run(
         journal.close()
 
 
+def finish(plan: Plan, *, env: Mapping[str, str] | None = None, dry_run: bool = False) -> dict[str, Any]:
+    """The last step: after the soak since the write switch, collapse the routes to the target, drop
+    or keep the forward stream (legacy-owned columns left?) and say what still lives in the monolith."""
+    from cutover.finish import finish_plan
+
+    env = os.environ if env is None else env
+    journal = open_journal(plan, env, create=not dry_run)
+    try:
+        if dry_run:
+            return finish_plan(plan, MemoryJournal(journal.entries()), env=env, dry_run=True)
+        journal.acquire(new_holder())
+        try:
+            return finish_plan(plan, journal, env=env)
+        finally:
+            journal.release()
+    finally:
+        journal.close()
+
+
 def status(plan: Plan, *, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Where the run stands, from the journal alone (works from any machine that reaches its database)."""
     journal = open_journal(plan, env, create=False)
@@ -163,8 +159,48 @@ def status(plan: Plan, *, env: Mapping[str, str] | None = None) -> dict[str, Any
         "file_hash": state.file_hash, "pending_intent": state.intent.detail.get("description") if state.intent else None,
         "last_reading": state.last_reading, "open_requests": [entry.kind.removeprefix("request.") for entry in state.requests],
         "lease": {"holder": lease[0], "expires_at": lease[1]} if lease else None, "entries": len(entries),
-        "history": summary,
+        "history": summary, "writes": _writes_status(plan, entries, env),
     }
+
+
+def _writes_status(plan: Plan, entries: list[Any], env: Mapping[str, str] | None) -> dict[str, Any] | None:
+    """The write switch's state from the journal, and the conflicts recorded on each side."""
+    if plan.writes is None:
+        return None
+    state = writes_state(entries)
+    unfinished = state["unfinished"]
+    out: dict[str, Any] = {
+        "writer": plan.target if state["writer"] == "target" else "old writer",
+        "last": state["last"],
+        "unfinished": None if unfinished is None else {
+            "direction": unfinished["start"].get("direction"),
+            "steps": [f"{step} {phase}" for step, phase, _ in unfinished["steps"] if phase in ("intent", "done")],
+        },
+        "conflicts": None,
+    }
+    import psycopg2
+
+    from cdc import conflicts
+    from cdc.exceptions import CDCError
+    from cdc.spec import load_spec
+
+    try:
+        counts = {}
+        for path, what in ((plan.sync, "forward"), (plan.writes.reverse_sync, "reverse")):
+            if path is None:
+                continue
+            spec = load_spec(path, env=os.environ if env is None else env)
+            conn = psycopg2.connect(spec.target_url)
+            try:
+                with conn.cursor() as cur:
+                    counts[what] = {"count": conflicts.count(cur, spec.name),
+                                    "recent": [c.describe() for c in conflicts.list_recent(cur, spec.name, 3)]}
+            finally:
+                conn.close()
+        out["conflicts"] = counts
+    except (CDCError, psycopg2.Error) as exc:  # status reads the journal; a database may be out of reach
+        out["conflicts"] = {"error": str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}
+    return out
 
 
 def request(

@@ -17,16 +17,19 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg2
 import psycopg2.extras
 
 from cutover.exceptions import CutoverError, LeaseHeld
 
-__all__ = ["Entry", "JournalStore", "MemoryJournal", "PostgresJournal", "new_holder"]
+if TYPE_CHECKING:
+    from cutover.plan import Plan
+
+__all__ = ["Entry", "JournalStore", "MemoryJournal", "PostgresJournal", "journal_url", "new_holder", "open_journal"]
 
 _SCHEMA = """
 CREATE SCHEMA IF NOT EXISTS strangler;
@@ -277,3 +280,27 @@ class MemoryJournal:
 
     def renew(self) -> None:
         return None
+
+
+def journal_url(plan: Plan, env: Mapping[str, str] | None = None) -> str:
+    """The journal's database: `journal.database_url`, else the sync spec's target database."""
+    if plan.journal.database_url:
+        return plan.journal.database_url
+    if plan.sync:
+        from cdc.exceptions import CDCError
+        from cdc.spec import load_spec
+
+        try:
+            spec = load_spec(plan.sync, env=os.environ if env is None else env)
+        except CDCError as exc:
+            raise CutoverError(f"the plan's sync spec does not load: {exc}") from exc
+        if spec.target_url:
+            return spec.target_url
+    raise CutoverError(
+        "the plan names no journal database: set journal.database_url, or a sync spec (sync:) with a target database url"
+    )
+
+
+def open_journal(plan: Plan, env: Mapping[str, str] | None = None, *, create: bool = True) -> PostgresJournal:
+    """The plan's journal; with `create=False` (dry run, status, plan) its tables are not created."""
+    return PostgresJournal(journal_url(plan, env), plan.name, lease=plan.journal.lease, create=create)

@@ -5,6 +5,7 @@ replicas that must all serve each change, the steps (`shadow`, weights in percen
 the soak of each step, the gates and what a failed or inconclusive gate does, the journal's
 database and where events go. `writes:` describes the write switch of the next part (routes,
 budget, column ownership); it is validated now and used by `strangler cutover writes`.
+`rehearsal:` names the commands `strangler rehearse` starts the two applications with.
 
 `load_plan(path)` is the one way in: located parse, `${VAR:-default}` interpolation, model
 validation, then the cross-checks against the routing file (the route exists, the target is one
@@ -39,6 +40,8 @@ __all__ = [
     "LatencyGate",
     "OnInconclusive",
     "Plan",
+    "RehearsalApp",
+    "RehearsalSpec",
     "ShadowGate",
     "Soak",
     "Step",
@@ -233,6 +236,34 @@ class WritesSpec(_Model):
     ownership: dict[str, ColumnOwnership] = Field(default_factory=dict, description="Per moved table (schema.table).")
 
 
+# --------------------------------------------------------------------------------------------
+# Rehearsal (`strangler rehearse`): how the scratch stack starts the two applications
+
+
+class RehearsalApp(_Model):
+    """An application the rehearsal starts on its scratch stack, from commands with placeholders.
+
+    Placeholders: `{port}` (a free loopback port), `{database_url}` (the application's scratch
+    database), `{legacy_url}` (the scratch legacy application's base URL), `{legacy_database_url}`,
+    `{service_database_url}` and `{python}` (this interpreter; a leading `python` means it too).
+    """
+
+    serve: str = Field(min_length=1, description="Serves the application on {port}, e.g. python -m monolith serve --port {port}.")
+    migrate: str | None = Field(default=None, description="Run once before serve, e.g. the store's migrations.")
+    health: str = Field(default="/healthz", pattern=r"^/", description="Answers below 500 once the application is up.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment of both commands (placeholders too).")
+    start_timeout: Duration = Field(default=30.0, description="How long `health` may take to answer.")
+
+
+class RehearsalSpec(_Model):
+    """`strangler rehearse PLAN --traffic FILE`: the old upstream's application (`legacy`) and the target's (`service`)."""
+
+    legacy: RehearsalApp = Field(description="The application behind the routes' old upstream, on a copy of the legacy database.")
+    service: RehearsalApp = Field(description="The application behind the target, on a scratch store filled by the plan's sync.")
+    sample: int = Field(default=1000, ge=1, description="Rows per table copied from the legacy database (--sample N, --all).")
+    max_rate: float = Field(default=200.0, gt=0, description="Most requests per second the replay sends.")
+
+
 class Plan(_Model):
     """A whole cutover plan."""
 
@@ -253,6 +284,7 @@ class Plan(_Model):
     events: EventsSpec = EventsSpec()
     postpone_file: str | None = Field(default=None, description="While this file exists no step advances (nothing rolls back).")
     writes: WritesSpec | None = None
+    rehearsal: RehearsalSpec | None = Field(default=None, description="How `strangler rehearse` starts the applications.")
 
     @model_validator(mode="after")
     def _lease_outlives_a_turn(self) -> Plan:

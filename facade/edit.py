@@ -23,7 +23,7 @@ from facade.config import ConfigError, check_file, check_text
 from facade.diff import weight_changes, weights_text
 from facade.exceptions import FacadeError
 
-__all__ = ["RouteEdit", "ShiftResult", "resolve_weights", "set_shadow_sample", "shift_weights", "write_atomically"]
+__all__ = ["RouteEdit", "ShiftResult", "resolve_weights", "collapse_route", "set_shadow_sample", "shift_text", "shift_weights", "write_atomically"]
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,26 @@ def shift_weights(
         # an edit starts from a valid file.
         raise ConfigError(problems)
     text = target.read_text(encoding="utf-8")
+    current, new, new_text = shift_text(text, target, route_id, weights, env=env)
+    diff = "".join(
+        difflib.unified_diff(
+            text.splitlines(keepends=True), new_text.splitlines(keepends=True), f"{target} (before)", f"{target} (after)"
+        )
+    )
+    written = False
+    if not dry_run and new_text != text:
+        write_atomically(target, new_text)
+        written = True
+    return ShiftResult(target, route_id, current, new, diff, written, new_text)
+
+
+def shift_text(
+    text: str, target: Path, route_id: str, weights: Mapping[str, float], *, env: Mapping[str, str] | None = None
+) -> tuple[dict[str, float], dict[str, float], str]:
+    """`shift_weights` on a file's text: (current weights, new weights, the new text, validated).
+
+    For edits that change more than the weights in one write (`facade.hold_edit.clear_hold` with
+    `weights=`, the write switch's switch-and-release)."""
     root = YAML(typ="rt").load(text)
     route, ids = _find_route(root, route_id)
     if route is None:
@@ -147,16 +167,46 @@ def shift_weights(
             f"editing {target} would give route {route_id!r} {weights_text(written_route.to)} instead of "
             f"{weights_text(new)}; edit the file by hand"
         )
-    diff = "".join(
-        difflib.unified_diff(
-            text.splitlines(keepends=True), new_text.splitlines(keepends=True), f"{target} (before)", f"{target} (after)"
-        )
-    )
-    written = False
-    if not dry_run and new_text != text:
+    return current, new, new_text
+
+
+def collapse_route(
+    path: str | os.PathLike[str], route_id: str, upstream: str, *, dry_run: bool = False, env: Mapping[str, str] | None = None
+) -> ShiftResult:
+    """Replace a route's weights (all of them on `upstream`) by `to: upstream`: the migration's last
+    routing edit (`strangler cutover finish`). Only a one-line `{...}` mapping is rewritten."""
+    target = Path(path)
+    problems = check_file(target, env=env)
+    if problems:
+        raise ConfigError(problems)
+    text = target.read_text(encoding="utf-8")
+    root = YAML(typ="rt").load(text)
+    route, ids = _find_route(root, route_id)
+    if route is None:
+        raise FacadeError(f"route {route_id!r} is not in {target}; routes: {', '.join(ids) or '(none)'}")
+    node = route.get("to")
+    if isinstance(node, str):
+        if node != upstream:
+            raise FacadeError(f"route {route_id!r} in {target} goes to {node!r}, not {upstream!r}")
+        return ShiftResult(target, route_id, {node: 100.0}, {node: 100.0}, "", False, text)
+    current = {str(name): float(value) for name, value in node.items()}
+    if current.get(upstream, 0.0) < 100.0:
+        raise FacadeError(f"route {route_id!r} in {target} sends {weights_text(current)}; move it all to {upstream} first")
+    starts = _offsets(text)
+    line, column = route.lc.value("to")
+    start = starts[line] + column
+    end = text.find("}", start) + 1
+    if text[start : start + 1] != "{" or end <= 0 or "\n" in text[start:end]:
+        raise FacadeError(f"the weights of route {route_id!r} are not a one-line {{...}} mapping; write `to: {upstream}` by hand")
+    new_text = text[:start] + upstream + text[end:]
+    config, problems = check_text(new_text, str(target), env=env)
+    if problems:
+        raise ConfigError(problems)
+    diff = "".join(difflib.unified_diff(text.splitlines(keepends=True), new_text.splitlines(keepends=True),
+                                        f"{target} (before)", f"{target} (after)"))
+    if not dry_run:
         write_atomically(target, new_text)
-        written = True
-    return ShiftResult(target, route_id, current, new, diff, written, new_text)
+    return ShiftResult(target, route_id, current, {upstream: 100.0}, diff, not dry_run, new_text)
 
 
 @dataclass(frozen=True)

@@ -358,13 +358,20 @@ def aggregate(workers: Iterable[Mapping[str, Any]], *, expected: int, now: float
             total = holds.setdefault(hold_id, {
                 "id": hold_id, "routes": set(), "until": 0.0, "budget": 0.0, "installed": 0, "drained": 0,
                 "held": 0, "oldest_wait": 0.0, "inflight": 0, "ended": set(),
+                "installed_at": None, "released_at": None,
             })
+            firsts = [float(entry["installed_at"]) for entry in items if entry.get("installed_at") is not None]
+            if firsts:
+                first = min(firsts)
+                total["installed_at"] = first if total["installed_at"] is None else min(total["installed_at"], first)
             active = [entry for entry in items if entry.get("released_at") is None]
             total["routes"].update(str(entry["route"]) for entry in items)
             total["until"] = max(total["until"], *(float(entry["until"]) for entry in items))
             total["budget"] = max(total["budget"], *(float(entry["budget"]) for entry in items))
             if not active:
                 total["ended"].update(str(entry["end"]) for entry in items if entry.get("end"))
+                last = max(float(entry["released_at"]) for entry in items if entry.get("released_at") is not None)
+                total["released_at"] = last if total["released_at"] is None else max(total["released_at"], last)
                 continue
             total["installed"] += 1
             total["drained"] += all(entry.get("drained_at") is not None for entry in active)
@@ -380,6 +387,8 @@ def aggregate(workers: Iterable[Mapping[str, Any]], *, expected: int, now: float
         total = holds[hold_id]
         installed, drained = total.pop("installed"), total.pop("drained")
         state = "released" if installed == 0 else "holding" if installed == seen else "partial"
+        if state != "released":
+            total["released_at"] = None
         out.append({
             **total,
             "routes": sorted(total["routes"]),

@@ -24,7 +24,7 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from facade.config import ConfigError, FacadeConfig, check_file, check_text
-from facade.edit import _find_route, _offsets, write_atomically
+from facade.edit import _find_route, _offsets, shift_text, write_atomically
 from facade.exceptions import FacadeError
 from facade.units import format_duration
 
@@ -119,10 +119,24 @@ def set_hold(
 
 
 def clear_hold(
-    path: str | os.PathLike[str], hold_id: str, *, dry_run: bool = False, env: Mapping[str, str] | None = None
+    path: str | os.PathLike[str],
+    hold_id: str,
+    *,
+    weights: Mapping[str, Mapping[str, float]] | None = None,
+    dry_run: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> HoldEdit:
-    """Remove hold `hold_id` from every route carrying it; nothing to do when none does."""
+    """Remove hold `hold_id` from every route carrying it; nothing to do when none does.
+
+    `weights` (route id → weights, as `shift_weights` takes them) shifts those routes in the same
+    write: every worker then goes from held to released-on-the-new-weights in one reload, so no
+    replica sends a held request to the old upstream, whatever order the replicas reload in."""
     target, text, root = _load(path, env)
+    original = text
+    for route_id, new in (weights or {}).items():
+        _, _, text = shift_text(text, target, route_id, new, env=env)
+    if weights:
+        root = YAML(typ="rt").load(text)
     starts = _offsets(text)
     edits: list[tuple[int, int, str]] = []
     cleared: list[str] = []
@@ -151,7 +165,7 @@ def clear_hold(
     def gone(config: FacadeConfig) -> bool:
         return not any(route.hold is not None and route.hold.id == hold_id for route in config.routes)
 
-    diff, written = _finish(target, text, new_text, gone, dry_run, env, f"clear hold {hold_id!r}")
+    diff, written = _finish(target, original, new_text, gone, dry_run, env, f"clear hold {hold_id!r}")
     return HoldEdit(target, hold_id, tuple(cleared), None, None, diff, written)
 
 

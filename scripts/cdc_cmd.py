@@ -77,6 +77,9 @@ def run_command(
         False, "--until-caught-up", "--once", help="Stop once the target has caught up with the source (snapshot + backlog)."
     ),
     idle_timeout: float = typer.Option(2.0, "--idle-timeout", help="With --until-caught-up: seconds without changes that count as caught up."),
+    heartbeat_interval: float = typer.Option(
+        5.0, "--heartbeat-interval", min=0.1, help="Seconds between heartbeats, which keep an idle sync's lag (and slot) moving."
+    ),
     kafka_option: list[str] = typer.Option(
         [], "--kafka-option", help="A librdkafka setting KEY=VALUE for the Kafka clients (repeatable), e.g. session.timeout.ms=6000."
     ),
@@ -115,7 +118,7 @@ def run_command(
         stats = run(
             spec, transport=transport, bootstrap_servers=bootstrap_servers, group_id=group_id, capture=capture,
             until_caught_up=until_caught_up, idle_timeout=idle_timeout, on_progress=on_progress,
-            kafka_config=kafka_config,
+            kafka_config=kafka_config, heartbeat_interval=heartbeat_interval,
         )
     console.print(f"stopped: {stats.applied} changes applied, {stats.dead_lettered} dead-lettered, position {stats.position}")
 

@@ -10,7 +10,7 @@ import typer
 from cdc.exceptions import CDCError
 from cutover.exceptions import CutoverError
 from facade.exceptions import FacadeError
-from scripts import cdc_cmd, cutover_cmd, demo, facade_cmd, routes_cmd, shadow_cmd
+from scripts import cdc_cmd, cutover_cmd, demo, facade_cmd, rehearse_cmd, routes_cmd, shadow_cmd
 from common.extras import MissingExtraError
 from common.postgres import PostgresError
 
@@ -46,6 +46,7 @@ app.add_typer(shadow_cmd.app, name="shadow")
 app.add_typer(cutover_cmd.app, name="cutover")
 app.command("verify")(cdc_cmd.verify)
 app.command("demo")(demo.demo)
+app.command("rehearse")(rehearse_cmd.rehearse)
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""`strangler cutover plan|run|status|approve|pause|resume|abort|rollback|schema`.
+"""`strangler cutover plan|run|writes|finish|status|approve|pause|resume|abort|rollback|schema`.
 
 Thin over `cutover.control`: load the plan, call one function, print. Errors are the package's
 `CutoverError` (printed by `scripts.cli` as `FAILED: ...`); an invalid plan prints every
@@ -231,10 +231,119 @@ def abort_command(plan_file: Path = typer.Argument(..., metavar="PLAN")) -> None
 @app.command("rollback")
 def rollback_command(
     plan_file: Path = typer.Argument(..., metavar="PLAN"),
-    to: str = typer.Option(..., "--to", help="The step to return to: one of the plan's weights, shadow, or 0."),
+    to: str | None = typer.Option(None, "--to", help="The step to return to: one of the plan's weights, shadow, or 0."),
+    writes: bool = typer.Option(False, "--writes", help="Switch the writes back to the old writer (the write switch in reverse)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="With --writes: preflight and pause estimate only."),
+    as_json: bool = typer.Option(False, "--json", help="With --writes: print the result as JSON."),
 ) -> None:
-    """Roll the route back to an earlier step now."""
+    """Roll the read route back to an earlier step now (--to), or the writes back (--writes)."""
+    if writes:
+        if to is not None:
+            raise typer.BadParameter("give either --to (the reads) or --writes, not both")
+        _writes(plan_file, "back", dry_run, as_json)
+        return
+    if to is None:
+        raise typer.BadParameter("give --to STEP (the reads: a weight of the plan's steps, shadow, or 0) or --writes")
     _request(plan_file, "rollback", to=to)
+
+
+_WRITE_EXIT = {"switched": 0, "already": 0, "estimated": 0, "refused": 1, "aborted": 1}
+
+
+def _writes(plan_file: Path, direction: str, dry_run: bool, as_json: bool) -> None:
+    plan = _load(plan_file)
+    console = Console(stderr=True)
+
+    def event(item: dict[str, Any]) -> None:
+        if as_json:
+            return
+        kind = str(item.get("event", ""))
+        if kind.endswith(".done") or kind in ("writes.warning",):
+            step = kind.removeprefix("writes.").removesuffix(".done")
+            extra = item.get("detail") or ", ".join(
+                f"{k}={v}" for k, v in item.items() if k not in ("event", "plan", "direction", "at", "parts") and not isinstance(v, dict | list))
+            console.print(f"  [bold]{step}[/] {extra}")
+
+    result = control.switch_writes(plan, direction=direction, dry_run=dry_run, on_event=event)
+    data = result.as_dict()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, default=str))
+        raise typer.Exit(_WRITE_EXIT.get(result.outcome, 1))
+    out = Console()
+    if result.recovered:
+        out.print(f"[yellow]recovered:[/] {result.recovered}")
+    if result.checks:
+        table = Table(title="preflight", title_justify="left")
+        for column in ("check", "", "detail"):
+            table.add_column(column)
+        marks = {"ok": "[green]ok[/]", "failed": "[red]FAILED[/]", "warning": "[yellow]warning[/]"}
+        for check in result.checks:
+            table.add_row(check["name"], marks.get(check["status"], check["status"]), Text(check["detail"]))
+        out.print(table)
+    if result.estimate:
+        parts = ", ".join(f"{name} {value * 1000:.1f} ms" for name, value in result.estimate["parts"].items())
+        out.print(f"pause estimate: [bold]{result.estimate['pause_s'] * 1000:.1f} ms[/] of a "
+                  f"{result.estimate['budget_s'] * 1000:.0f} ms budget ({parts})")
+    if result.timeline:
+        table = Table(title="timeline", title_justify="left")
+        for column in ("step", "at ms", "detail"):
+            table.add_column(column)
+        for item in result.timeline:
+            detail = ", ".join(f"{k}={v}" for k, v in item.items() if k not in ("step", "phase", "at", "elapsed_ms"))
+            table.add_row(item["step"], f"{item['elapsed_ms']:.1f}", Text(detail[:160]))
+        out.print(table)
+    if result.pause_s is not None:
+        out.print(f"pause measured at the façade: [bold]{result.pause_s * 1000:.1f} ms[/]")
+    for what, item in result.verify.items():
+        if isinstance(item, dict):
+            out.print(f"verify {what}: {'[green]identical[/]' if item['identical'] else '[red]differs[/]'} ({item['summary']})")
+        else:
+            out.print(f"{what}: {item}")
+    colour = "green" if result.ok else "red"
+    out.print(f"[{colour}]{result.outcome}[/]: {result.reason}")
+    raise typer.Exit(_WRITE_EXIT.get(result.outcome, 1))
+
+
+@app.command("writes")
+def writes_command(
+    plan_file: Path = typer.Argument(..., metavar="PLAN"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Run the preflight and the pause estimate, then stop: nothing is held."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Switch the write routes to the target: hold at the façade, fence, reverse stream, switch, verify.
+
+    Every step is journaled; run it again after a crash to finish or undo the switch it left.
+    Exit 0 when switched (or already), 1 when refused or aborted (then nothing changed)."""
+    _writes(plan_file, "forward", dry_run, as_json)
+
+
+@app.command("finish")
+def finish_command(
+    plan_file: Path = typer.Argument(..., metavar="PLAN"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what it would do; change nothing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """After the write switch's soak: collapse the routes, narrow or drop the forward stream.
+
+    Prints what of this capability still lives in the monolith (tables it reads, columns it writes)."""
+    plan = _load(plan_file)
+    result = control.finish(plan, dry_run=dry_run)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+        return
+    out = Console()
+    verb = "would collapse" if dry_run else "collapsed"
+    out.print(f"{verb} {', '.join(result['routes'])} to {plan.target}")
+    for diff in result["diffs"]:
+        if diff:
+            out.print(Text(diff))
+    out.print(f"forward stream: {result['stream']['detail']}")
+    left = result["left_in_monolith"]
+    out.print("[bold]still in the monolith:[/]")
+    out.print(f"  tables it reads, fed by the reverse stream: {', '.join(left['tables_read_in_monolith']) or '(none)'}")
+    cols = "; ".join(f"{t}: {', '.join(c)}" for t, c in left["columns_written_by_monolith"].items())
+    out.print(f"  columns it still writes: {cols or '(none)'}")
+    out.print(f"  routes still on it: {', '.join(left['routes_still_on_monolith']) or '(none)'}; default: {left['default']}")
 
 
 def schema_text() -> str:

@@ -266,6 +266,7 @@ def test_cdc_check_and_status_take_the_reverse_spec(legacy_and_target: tuple[str
     from scripts.cli import app
 
     legacy, service = legacy_and_target
+    execute(service, "ALTER TABLE catalog.products REPLICA IDENTITY DEFAULT")  # the migrations set FULL
     args = ["--spec", str(REVERSE_YAML), "--source-url", service, "--target-url", legacy]
     out = CliRunner().invoke(app, ["cdc", "check", *args, "--json", "--wal-sample", "0.05"])
     assert out.exit_code == 0, out.output

@@ -33,9 +33,9 @@ def _columns(url: str, table: str) -> list[tuple[str, str, str]]:
 
 
 def test_upgrade_head_creates_the_store(database: str) -> None:
-    assert migrate(database) == head_revision() == "0002"
-    assert migrate(database) == "0002"  # idempotent
-    assert scalar(database, "SELECT version_num FROM catalog.alembic_version") == "0002"
+    assert migrate(database) == head_revision() == "0003"
+    assert migrate(database) == "0003"  # idempotent
+    assert scalar(database, "SELECT version_num FROM catalog.alembic_version") == "0003"
     assert [c[:2] for c in _columns(database, "products")] == [
         ("id", "bigint"), ("sku", "text"), ("title", "text"), ("slug", "text"), ("description", "text"),
         ("price_cents", "bigint"), ("stock", "integer"), ("active", "boolean"), ("category_id", "integer"),
@@ -64,7 +64,7 @@ def test_migrate_command_works_from_any_directory(
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli, ["migrate", "--database-url", database])
     assert result.exit_code == 0, result.output
-    assert "revision 0002" in result.output
+    assert "revision 0003" in result.output
     assert scalar(database, "SELECT to_regclass('catalog.products') IS NOT NULL") is True
 
 

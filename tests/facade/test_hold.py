@@ -18,7 +18,7 @@ import pytest
 from common.postgres import free_port
 from facade.app import create_app
 from facade.config import check_text
-from facade.edit import shift_weights
+from facade.edit import collapse_route, shift_weights
 from facade.exceptions import FacadeError
 from facade.hold import aggregate
 from facade.hold_edit import clear_hold, set_hold
@@ -306,6 +306,31 @@ def test_set_and_clear_hold_keep_every_other_byte(tmp_path: Path) -> None:
     assert cleared.routes == ("writes", "flowy")
     assert path.read_text() == original
     assert clear_hold(path, "w-7").written is False  # releasing twice is harmless
+
+
+def test_clear_hold_with_weights_switches_and_releases_in_one_write(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "routing.yaml", {"monolith": "http://127.0.0.1:1", "catalog": "http://127.0.0.1:2"}, routes=ROUTES)
+    original = path.read_text()
+    set_hold(path, ["writes"], "w-1", lease=30, clock=lambda: 1000.0)
+    switched = clear_hold(path, "w-1", weights={"writes": {"catalog": 100}})
+    assert switched.written and switched.routes == ("writes",)
+    assert path.read_text() == original.replace("to: {monolith: 100, catalog: 0}", "to: {monolith: 0, catalog: 100}")
+    assert "+    to: {monolith: 0, catalog: 100}" in switched.diff and "-    hold:" in switched.diff
+    set_hold(path, ["writes"], "w-2", lease=30)
+    with pytest.raises(FacadeError, match="nowhere"):
+        clear_hold(path, "w-2", weights={"writes": {"nowhere": 100}})
+    assert "hold:" in path.read_text()  # a switch that cannot be written leaves the hold as it was
+
+
+def test_collapse_route_writes_the_upstream_alone_once_it_has_everything(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "routing.yaml", {"monolith": "http://127.0.0.1:1", "catalog": "http://127.0.0.1:2"}, routes=ROUTES)
+    with pytest.raises(FacadeError, match="sends monolith 100%, catalog 0%; move it all to catalog first"):
+        collapse_route(path, "writes", "catalog")
+    shift_weights(path, "writes", {"catalog": 100})
+    done = collapse_route(path, "writes", "catalog")
+    assert done.written and "  to: catalog\n" in path.read_text()
+    assert "# the write route the cutover moves" in path.read_text()
+    assert collapse_route(path, "writes", "catalog").written is False
 
 
 def test_the_route_timeout_starts_at_release_not_when_the_hold_began(tmp_path: Path) -> None:
