@@ -4,7 +4,9 @@
 databases, the seeded monolith, the catalog service (its store migrated by Alembic), the façade on
 a copy of the repository's `routing.yaml`, and the forward CDC stream (`strangler cdc run --spec
 extracted/catalog/sync.yaml`: snapshot, then live changes, checked with a price change and an
-order); on exit it stops the stream, drops its slot and publication and stops every process
+order) and, with extracted/catalog/reverse.yaml, the reverse stream; the product tables of both
+sides log whole old rows (REPLICA IDENTITY FULL), as column ownership after the write switch
+needs; on exit it stops the stream, drops its slot and publication and stops every process
 (also on Ctrl-C). `Stack` says where each part can be reached.
 """
 
@@ -80,6 +82,7 @@ def sample_stack(
         env.legacy_db = fresh_database(server, f"{db_prefix}_legacy")
         env.catalog_db = fresh_database(server, f"{db_prefix}_catalog")
         start_services(env, products, console)
+        replica_identity_full(env)
         try:
             start_cdc(env, console)
             if REVERSE_SPEC_PATH.exists() if reverse is None else reverse:
@@ -180,6 +183,26 @@ def cutover_env(env: Stack) -> dict[str, str]:
     specs read them), the façade (the plan's replicas) and the upstreams (the routing file)."""
     return {**spec_env(env), "STRANGLER_FACADE_URL": env.facade_url, "MONOLITH_URL": env.monolith_url,
             "CATALOG_URL": env.catalog_url}
+
+
+OWNED_TABLES = {"legacy_db": "public.catalog_product", "catalog_db": "catalog.products"}
+"""The tables whose columns the write switch splits between the two sides."""
+
+
+def replica_identity_full(env: Stack) -> None:
+    """`ALTER TABLE ... REPLICA IDENTITY FULL` on the product tables of both sides: column ownership
+    after the write switch needs an update's whole old row to tell what it changed (the write
+    switch's preflight asks for it)."""
+    import psycopg2
+
+    for attribute, table in OWNED_TABLES.items():
+        conn = psycopg2.connect(getattr(env, attribute))
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(f"ALTER TABLE {table} REPLICA IDENTITY FULL")
+        finally:
+            conn.close()
 
 
 def start_cdc(env: Stack, console: Console) -> None:
