@@ -10,23 +10,27 @@ runner (`strangler cutover run`, scripts/demo_cutover.py) while traffic goes thr
 a first run in which a faulty catalog build (`serve --demo-errors`) is deployed at 50 %, so the
 error-rate gate fails and the runner rolls back to 10 % by itself, then, the fault fixed, a clean
 run to 100 %; prints requests per upstream and the gate verdicts at each step and the journal's
-summary; ends with `strangler verify`, the row-by-row diff of the two stores. Everything it
-started is stopped on exit or Ctrl-C.
+summary; then, when this build has `cutover.writes`, moves catalog writes with `strangler cutover
+writes` under live product writes (scripts/demo_writes.py) and prints what the switch lost,
+doubled, failed, paused and added in latency; ends with `strangler verify`, the row-by-row diff of
+the two stores. Everything it started is stopped on exit or Ctrl-C.
+
+`--stay-up` only starts the sample stack (scripts/demo_stack.py), prints where everything is (one
+JSON line with `--json`) and keeps it up until Ctrl-C or SIGTERM, for `strangler cutover ...` by hand.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
-import shutil
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import typer
@@ -34,24 +38,18 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
-from common.postgres import free_port, resolve_server
-from common.processes import ProcessError, ProcessGroup, python_module
+from common.processes import ProcessError
 from common.waiting import TimedOut, wait_until
 from scripts.demo_cutover import (
     STEPS, RunOutcome, StepRecorder, StepResult, Traffic, journal_summary, print_journal, print_step, run_cutover, write_plan,
 )
+from scripts.demo_stack import SPEC_PATH, Stack, cutover_env, restart_catalog, sample_stack, spec_env
+from scripts.demo_writes import SwitchFailed, SwitchTiming, gated, print_switch, run_switches
+from scripts.write_load import LoadSettings
 
 FAULT_PERCENT = 30  # share of product reads the faulty catalog build answers with 500
+WRITE_RATE = 200.0  # product writes per second during the write cutover (DESIGN.md's target load)
 ROUTE_ID = "catalog-read"
-SPEC_PATH = Path(__file__).resolve().parent.parent / "extracted" / "catalog" / "sync.yaml"
-
-
-@dataclass
-class CdcResult:
-    snapshot_rows: int
-    live_change_ms: float
-    verify_identical: bool
-    verify_tables: dict[str, dict[str, int]]
 
 
 @dataclass
@@ -67,25 +65,17 @@ class ShadowRound:
 
 
 @dataclass
-class DemoEnv:
-    """Where everything the demo started can be reached."""
+class DemoEnv(Stack):
+    """The stack and what the journey found on it."""
 
-    work_dir: Path
-    group: ProcessGroup
-    monolith_url: str = ""
-    catalog_url: str = ""
-    facade_url: str = ""
-    legacy_db: str = ""
-    catalog_db: str = ""
-    routing_path: Path = field(default_factory=Path)
     results: list[StepResult] = field(default_factory=list)
     shadow_rounds: list[ShadowRound] = field(default_factory=list)
-    catalog_port: int = 0
-    cdc: CdcResult | None = None
     fault: bool = True
     cutover_plan: Path | None = None
     cutover_runs: list[RunOutcome] = field(default_factory=list)
     cutover_status: dict[str, object] = field(default_factory=dict)
+    write_switch: dict[str, Any] | None = None
+    """What `run_switches` measured of the write cutover (None: not run)."""
 
     def failures(self) -> list[str]:
         """What went wrong on the journey, as sentences; empty when every check held."""
@@ -106,11 +96,15 @@ class DemoEnv:
                 f"the clean cutover run ended {runs['clean'].status!r} ({runs['clean'].reason}) at "
                 f"{self.cutover_status.get('weight')}% to catalog, not done at 100%"
             )
+        for switch in (self.write_switch or {}).get("switches", []):
+            if switch["outcome"] != "switched":
+                problems.append(f"the write cutover ended {switch['outcome']!r}: {switch['reason']}")
+            elif switch["lost"] or switch["doubled"] or switch["client_errors"]:
+                problems.append(
+                    f"the write cutover lost {switch['lost']} acknowledged writes, doubled {switch['doubled']} and "
+                    f"failed {switch['client_errors']} requests"
+                )
         return problems
-
-    def services(self) -> dict[str, str]:
-        return {"monolith": self.monolith_url, "catalog": self.catalog_url, "facade": self.facade_url}
-
 
 def demo(
     database_url: str = typer.Option(
@@ -119,6 +113,10 @@ def demo(
     ),
     products: int = typer.Option(5000, help="Products to seed into the monolith."),
     requests_per_step: int = typer.Option(400, help="Requests sent through the façade at each weight step."),
+    write_rate: float = typer.Option(
+        WRITE_RATE, min=0,
+        help="Product writes per second through the façade during the write cutover (0: no write cutover).",
+    ),
     work_dir: Path = typer.Option(Path(".strangler/demo"), help="Where the demo keeps its files and logs."),
     discrepancy: bool = typer.Option(
         True, "--discrepancy/--no-discrepancy",
@@ -130,7 +128,12 @@ def demo(
         help=f"Deploy a catalog build that fails {FAULT_PERCENT}% of product reads (serve --demo-errors) during a "
         "first cutover run, so its error-rate gate fails and the runner rolls back by itself.",
     ),
-    json_output: bool = typer.Option(False, "--json", help="Print the step results as JSON."),
+    stay_up: bool = typer.Option(
+        False, "--stay-up",
+        help="Only start the sample stack (PostgreSQL, monolith, catalog, façade, CDC), print where everything is "
+        "(one JSON line with --json) and keep it running until Ctrl-C or SIGTERM, for `strangler cutover ...` by hand.",
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Print the step results as JSON (with --stay-up: one line)."),
 ) -> None:
     """Run the whole journey on the embedded PostgreSQL: monolith, catalog service, façade,
     traffic, and the gated cutover of catalog reads with `strangler cutover run`."""
@@ -138,12 +141,22 @@ def demo(
     # SIGTERM (a closed terminal, a CI runner stopping) unwinds like Ctrl-C, so the children,
     # which run in sessions of their own, are stopped too.
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    if stay_up:
+        try:
+            keep_stack_up(database_url=database_url, products=products, work_dir=work_dir, console=console,
+                          requests_per_step=requests_per_step, json_output=json_output)
+        except ProcessError as exc:
+            console.print(f"[red]FAILED:[/red] {exc}")
+            raise typer.Exit(1) from exc
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        return
     try:
         result = run_demo(
             database_url=database_url, products=products, requests_per_step=requests_per_step,
-            work_dir=work_dir, console=console, discrepancy=discrepancy, fault=fault,
+            work_dir=work_dir, console=console, discrepancy=discrepancy, fault=fault, write_rate=write_rate,
         )
-    except ProcessError as exc:
+    except (ProcessError, SwitchFailed) as exc:
         console.print(f"[red]FAILED:[/red] {exc}")
         raise typer.Exit(1) from exc
     except KeyboardInterrupt:
@@ -161,6 +174,7 @@ def demo(
                 "plan": str(result.cutover_plan), "runs": [r.__dict__ for r in result.cutover_runs],
                 "status": result.cutover_status,
             },
+            "writes": result.write_switch,
             "cdc": result.cdc.__dict__ if result.cdc else None,
             "failures": failures,
         }, indent=2, default=str))
@@ -174,169 +188,88 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def keep_stack_up(
+    *, database_url: str | None, products: int, work_dir: Path, console: Console, requests_per_step: int, json_output: bool,
+) -> None:
+    """`strangler demo --stay-up`: the sample stack, where it is, until Ctrl-C or SIGTERM (then
+    everything stopped, the slot dropped, an embedded PostgreSQL's data directory removed)."""
+    try:
+        with sample_stack(database_url=database_url, products=products, work_dir=work_dir, console=console,
+                          db_prefix="stack", ephemeral=True) as env:
+            plan = write_plan(
+                env.work_dir / "cutover.yaml", routing=env.routing_path, spec=SPEC_PATH, facade_url=env.facade_url,
+                journal_url=env.catalog_db, events=env.work_dir / "cutover-events.jsonl", min_requests=requests_per_step,
+                reverse_spec=env.reverse_spec,
+            )
+            info = stack_info(env, plan)
+            if json_output:
+                typer.echo(json.dumps(info))
+            else:
+                _print_stack(console, info)
+            while True:
+                for child in env.group.children:
+                    if child.process.poll() is not None:
+                        raise ProcessError(
+                            f"{child.name} exited with code {child.process.returncode}; last lines of {child.log_path}:\n{child.tail()}"
+                        )
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        console.print("[green]✓[/green] stopped; everything the stack started has been stopped and cleaned up")
+
+
+def stack_info(env: Stack, plan: Path) -> dict[str, object]:
+    """What `--stay-up` prints: URLs, databases, files, and the environment for `strangler cutover ...`."""
+    reverse = env.reverse_spec
+    environment = cutover_env(env)
+    return {
+        "services": {**env.services(), "admin": f"{env.facade_url}/_strangler"},
+        "databases": {"server": env.database_url, "legacy": env.legacy_db, "catalog": env.catalog_db},
+        "files": {
+            "routing": str(env.routing_path), "plan": str(plan), "sync_spec": str(SPEC_PATH),
+            "reverse_spec": str(reverse) if reverse else None, "logs": str(env.group.log_dir), "work_dir": str(env.work_dir),
+        },
+        "env": environment,
+        "commands": [f"strangler cutover plan {plan}", f"strangler cutover writes {plan} --dry-run",
+                     f"strangler cutover writes {plan}", f"strangler cutover rollback {plan} --writes"],
+        "pid": os.getpid(),
+    }
+
+
+def _print_stack(console: Console, info: dict[str, object]) -> None:
+    files = cast(dict[str, str], info["files"])
+    console.print(f"[green]✓[/green] the sample stack is up; plan {files['plan']}, routing {files['routing']}, logs {files['logs']}")
+    console.print("  for `strangler cutover ...` in another shell:", highlight=False)
+    for name, value in cast(dict[str, str], info["env"]).items():
+        console.print(f"    export {name}={value}", markup=False, highlight=False)
+    for command in cast(list[str], info["commands"]):
+        console.print(f"    {command}", markup=False, highlight=False)
+    console.print("  Ctrl-C (or SIGTERM) stops everything.")
+
+
 def run_demo(
     *, database_url: str | None, products: int, requests_per_step: int, work_dir: Path, console: Console,
-    discrepancy: bool = True, fault: bool = True, db_prefix: str = "demo",
+    discrepancy: bool = True, fault: bool = True, db_prefix: str = "demo", write_rate: float = WRITE_RATE,
 ) -> DemoEnv:
-    work_dir = work_dir.absolute()
-    if work_dir.exists():
-        shutil.rmtree(work_dir / "logs", ignore_errors=True)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    with _postgres(database_url, work_dir, console) as server, ProcessGroup(work_dir / "logs") as group:
-        env = DemoEnv(work_dir=work_dir, group=group, fault=fault)
-        # A fresh pair of databases each run, so the demo always starts from the same point.
-        env.legacy_db = _fresh_database(server, f"{db_prefix}_legacy")
-        env.catalog_db = _fresh_database(server, f"{db_prefix}_catalog")
-        _start_services(env, products, console)
-        try:
-            _start_cdc(env, console)
-            if discrepancy:
-                console.print("[cyan]→[/cyan] deploying a catalog build with a deliberate bug (serve --demo-discrepancy)")
-                _restart_catalog(env, discrepancy=True)
-            _shadow_round(env, console, requests_per_step, "with-discrepancy" if discrepancy else "clean", discrepancy)
-            if discrepancy:
-                console.print("[cyan]→[/cyan] fixing the catalog service (restarting it without the demo bug)")
-                _restart_catalog(env, discrepancy=False)
-                _shadow_round(env, console, requests_per_step, "fixed", False)
-            _cut_over(env, products, requests_per_step, console)
-            _verify(env, console)
-            _print_summary(env, console)
-        finally:
-            # Also when interrupted: a slot left behind would hold WAL on the server forever.
-            _drop_cdc(env)
+    with sample_stack(
+        database_url=database_url, products=products, work_dir=work_dir, console=console, db_prefix=db_prefix,
+        stack_type=DemoEnv,
+    ) as stack:
+        env = cast(DemoEnv, stack)
+        env.fault = fault
+        if discrepancy:
+            console.print("[cyan]→[/cyan] deploying a catalog build with a deliberate bug (serve --demo-discrepancy)")
+            restart_catalog(env, discrepancy=True)
+        _shadow_round(env, console, requests_per_step, "with-discrepancy" if discrepancy else "clean", discrepancy)
+        if discrepancy:
+            console.print("[cyan]→[/cyan] fixing the catalog service (restarting it without the demo bug)")
+            restart_catalog(env, discrepancy=False)
+            _shadow_round(env, console, requests_per_step, "fixed", False)
+        _cut_over(env, products, requests_per_step, console)
+        if write_rate > 0:
+            _cut_over_writes(env, write_rate, console)
+        _verify(env, console)
+        _print_summary(env, console)
         return env
-
-
-@contextmanager
-def _postgres(database_url: str | None, work_dir: Path, console: Console) -> Iterator[object]:
-    with console.status("Starting PostgreSQL (wal_level=logical)…"):
-        server = resolve_server(database_url, work_dir / "postgres")
-    console.print(f"[green]✓[/green] PostgreSQL at {server.url()}")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def _start_services(env: DemoEnv, products: int, console: Console) -> None:
-    group = env.group
-    with console.status(f"Creating and seeding the monolith's database ({products} products)…"):
-        group.run("monolith-migrate", python_module("monolith", "migrate", "--database-url", env.legacy_db))
-        group.run(
-            "monolith-seed",
-            python_module("monolith", "seed", "--database-url", env.legacy_db, "--products", str(products)),
-        )
-    console.print(f"[green]✓[/green] monolith database seeded with {products} products")
-
-    monolith_port, catalog_port, facade_port = free_port(), free_port(), free_port()
-    env.monolith_url = f"http://127.0.0.1:{monolith_port}"
-    env.catalog_url = f"http://127.0.0.1:{catalog_port}"
-    env.facade_url = f"http://127.0.0.1:{facade_port}"
-
-    monolith = group.start(
-        "monolith",
-        python_module("monolith", "serve", "--database-url", env.legacy_db, "--port", str(monolith_port)),
-    )
-    with console.status("Creating the catalog service's store (alembic upgrade head)…"):
-        group.run("catalog-migrate", python_module("extracted.catalog", "migrate", "--database-url", env.catalog_db))
-    env.catalog_port = catalog_port
-    group.wait_healthy(monolith, f"{env.monolith_url}/healthz")
-    _restart_catalog(env, discrepancy=False)
-    console.print(f"[green]✓[/green] monolith at {env.monolith_url}, catalog service at {env.catalog_url}")
-
-    env.routing_path = env.work_dir / "routing.yaml"
-    shutil.copyfile(Path(__file__).resolve().parent.parent / "routing.yaml", env.routing_path)
-    with open(env.routing_path, "a", encoding="utf-8") as routing:
-        # The demo's own shadow store, and half a core for the shadow worker (the default is 5%,
-        # meant for a busy primary): the demo wants every one of its few mirrored reads compared.
-        routing.write(
-            f'\n# Added by the demo: its own shadow store, every mirrored read compared.\n'
-            f'shadow_store: {{url: "sqlite:///{env.work_dir}/shadow.db"}}\nshadow_worker: {{cpu: 50}}\n'
-        )
-    facade = group.start(
-        "facade",
-        python_module("scripts", "facade", "serve", "--config", str(env.routing_path), "--port", str(facade_port)),
-        env={"MONOLITH_URL": env.monolith_url, "CATALOG_URL": env.catalog_url},
-    )
-    group.wait_healthy(facade, f"{env.facade_url}/_strangler/health")
-    console.print(f"[green]✓[/green] façade at {env.facade_url} (config {env.routing_path})")
-
-
-def _fresh_database(server: object, name: str) -> str:
-    """Drop `name` (and any logical slot left on it by an earlier run), then create it."""
-    import psycopg2
-    from psycopg2 import sql
-
-    admin_url = server.url()  # type: ignore[attr-defined]
-    conn = psycopg2.connect(admin_url)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = %s AND NOT active",
-                (name,),
-            )
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-    finally:
-        conn.close()
-    return server.create_database(name)  # type: ignore[attr-defined,no-any-return]
-
-
-def _spec_env(env: DemoEnv) -> dict[str, str]:
-    return {"STRANGLER_MONOLITH_DATABASE_URL": env.legacy_db, "STRANGLER_CATALOG_DATABASE_URL": env.catalog_db}
-
-
-def _start_cdc(env: DemoEnv, console: Console) -> None:
-    """`strangler cdc run`: snapshot of the legacy catalog tables, then the live stream."""
-    from cdc.spec import load_spec
-    from cdc.verify import verify
-
-    spec = load_spec(SPEC_PATH, env={**os.environ, **_spec_env(env)})
-    cdc = env.group.start(
-        "cdc", python_module("scripts", "cdc", "run", "--spec", str(SPEC_PATH)), env=_spec_env(env)
-    )
-    with console.status("CDC: snapshot of the legacy catalog into the catalog service's store…"):
-        result = verify(spec, wait=120)
-        if cdc.process.poll() is not None:
-            raise ProcessError(f"cdc run exited with code {cdc.process.returncode}; last lines:\n{cdc.tail()}")
-    rows = sum(t.matching for t in result.tables)
-    if not result.identical:
-        raise ProcessError(f"the catalog store did not catch up with the legacy tables: {result.to_dict()}")
-    console.print(f"[green]✓[/green] CDC snapshot done: {rows} rows in the catalog store, streaming live changes")
-    env.cdc = CdcResult(rows, _live_change(env), False, {})
-    console.print(
-        f"[green]✓[/green] a price change and an order placed through the monolith reached the catalog service "
-        f"in {env.cdc.live_change_ms:.0f} ms"
-    )
-
-
-def _live_change(env: DemoEnv, timeout: float = 30.0) -> float:
-    """Change a price and place an order through the monolith; time until the catalog service shows both."""
-    with httpx.Client(base_url=env.monolith_url, timeout=10) as staff, \
-            httpx.Client(base_url=env.monolith_url, timeout=10) as customer:
-        staff.post("/accounts/login", json={"username": "admin", "password": "admin"}).raise_for_status()
-        customer.post("/accounts/login", json={"username": "user1", "password": "password"}).raise_for_status()
-        before = staff.get("/api/products/2").json()
-        started = time.monotonic()
-        staff.patch("/api/products/1", json={"price": "123.45"}).raise_for_status()
-        customer.post("/api/orders", json={"items": [{"product_id": 2, "quantity": 1}]}).raise_for_status()
-    seen: dict[str, object] = {}
-
-    def arrived() -> bool:
-        seen["price"] = catalog.get("/api/products/1").json().get("price")
-        seen["stock"] = catalog.get("/api/products/2").json().get("stock")
-        return seen["price"] == "123.45" and seen["stock"] == before["stock"] - 1
-
-    with httpx.Client(base_url=env.catalog_url, timeout=10) as catalog:
-        try:
-            wait_until(arrived, max(0.0, started + timeout - time.monotonic()), 0.02, what="the live change")
-        except TimedOut:
-            raise ProcessError(
-                f"the live change did not reach the catalog service within {timeout:.0f}s (it shows price "
-                f"{seen.get('price')!r} for product 1 and stock {seen.get('stock')!r} for product 2; expected "
-                f"'123.45' and {before['stock'] - 1}); see the cdc log"
-            ) from None
-    return (time.monotonic() - started) * 1000
 
 
 def _verify(env: DemoEnv, console: Console) -> None:
@@ -344,7 +277,7 @@ def _verify(env: DemoEnv, console: Console) -> None:
     from cdc.spec import load_spec
     from cdc.verify import verify
 
-    spec = load_spec(SPEC_PATH, env={**os.environ, **_spec_env(env)})
+    spec = load_spec(SPEC_PATH, env={**os.environ, **spec_env(env)})
     with console.status("strangler verify: row-by-row diff of the legacy and catalog tables…"):
         result = verify(spec, wait=60)
     assert env.cdc is not None
@@ -360,33 +293,6 @@ def _verify(env: DemoEnv, console: Console) -> None:
         f"{n['only_in_source']}/{n['only_in_target']} only in source/target"
         for name, n in env.cdc.verify_tables.items()
     ))
-
-
-def _drop_cdc(env: DemoEnv) -> None:
-    """Stop the stream and remove its slot and publication, so no WAL is retained after the demo."""
-    from cdc.spec import load_spec
-    from cdc.teardown import drop
-
-    for child in list(env.group.children):
-        if child.name == "cdc":
-            env.group.stop(child)
-    drop(load_spec(SPEC_PATH, env={**os.environ, **_spec_env(env)}))
-
-
-def _restart_catalog(env: DemoEnv, *, discrepancy: bool, errors: int = 0) -> None:
-    for child in list(env.group.children):
-        if child.name == "catalog":
-            env.group.stop(child)
-    args = [
-        "extracted.catalog", "serve", "--database-url", env.catalog_db, "--port", str(env.catalog_port),
-        "--monolith-url", env.monolith_url,
-    ]
-    if discrepancy:
-        args.append("--demo-discrepancy")
-    if errors:
-        args += ["--demo-errors", str(errors)]
-    catalog = env.group.start("catalog", python_module(*args))
-    env.group.wait_healthy(catalog, f"{env.catalog_url}/healthz")
 
 
 def _shadow_numbers(env: DemoEnv) -> dict[str, object]:
@@ -451,9 +357,9 @@ def _cut_over(env: DemoEnv, products: int, requests_per_step: int, console: Cons
     events.unlink(missing_ok=True)  # the journal is new with the catalog database, so are the events
     write_plan(
         env.cutover_plan, routing=env.routing_path, spec=SPEC_PATH, facade_url=env.facade_url,
-        journal_url=env.catalog_db, events=events, min_requests=requests_per_step,
+        journal_url=env.catalog_db, events=events, min_requests=requests_per_step, reverse_spec=env.reverse_spec,
     )
-    run_env = {**os.environ, **_spec_env(env)}
+    run_env = {**os.environ, **spec_env(env)}
     console.print(f"[cyan]→[/cyan] cutover plan {env.cutover_plan}: catalog reads {' → '.join(f'{w}%' for w in STEPS)}, "
                   f"each step soaks 2s and {requests_per_step} requests; gates error_rate, latency, cdc, verify")
     traffic = Traffic(env.facade_url, products).start()
@@ -464,7 +370,7 @@ def _cut_over(env: DemoEnv, products: int, requests_per_step: int, console: Cons
             _cutover_run(env, run_env, traffic, console, "with-fault", fault_at=50)
             console.print("[cyan]→[/cyan] fixing the catalog service (restarting it without --demo-errors)")
             traffic.hold()
-            _restart_catalog(env, discrepancy=False)
+            restart_catalog(env, discrepancy=False)
             traffic.go()
             console.print("[cyan]→[/cyan] strangler cutover run (2): from the last passed step, with the fixed build")
         else:
@@ -474,6 +380,30 @@ def _cut_over(env: DemoEnv, products: int, requests_per_step: int, console: Cons
         traffic.stop()
     env.cutover_status = journal_summary(env.cutover_plan, run_env)
     print_journal(console, env.cutover_plan, env.cutover_status)
+
+
+def _cut_over_writes(env: DemoEnv, write_rate: float, console: Console) -> None:
+    """`strangler cutover writes` on the demo's plan under live product writes, measured."""
+    if importlib.util.find_spec("cutover.writes") is None or env.reverse_spec is None:
+        console.print("[yellow]![/yellow] no write cutover: this build has no cutover.writes or no reverse stream spec")
+        return
+    assert env.cutover_plan is not None
+    console.print(
+        f"[cyan]→[/cyan] strangler cutover writes {env.cutover_plan}: catalog-write moves to the catalog service under "
+        f"{write_rate:g} writes/s (hold at the façade, fence, reverse stream)", highlight=False,
+    )
+    load = LoadSettings(rate=write_rate, read_rate=20, order_rate=5, pool=100)
+    env.write_switch = run_switches(
+        env, "demo", [("write cutover", gated("forward", env.cutover_plan))], load=load,
+        timing=SwitchTiming(steady=3.0, soak=3.0), console=console,
+    )
+    for switch in env.write_switch["switches"]:
+        print_switch(console, switch)
+    stores = env.write_switch["stores"]
+    console.print(
+        f"    checked both stores: legacy {stores['legacy']['rows']} rows of the load, service {stores['service']['rows']}; "
+        f"{env.write_switch['requests']} requests at {env.write_switch['writes_per_s']:.0f} writes/s", highlight=False,
+    )
 
 
 def _cutover_run(
@@ -487,7 +417,7 @@ def _cutover_run(
         if fault_at is not None and why == "advance" and weight == fault_at:
             console.print(f"    [yellow]![/yellow] deploying the faulty catalog build (serve --demo-errors {FAULT_PERCENT})")
             traffic.hold()  # no reads while the service restarts: the gate must judge the build, not the restart
-            _restart_catalog(env, discrepancy=False, errors=FAULT_PERCENT)
+            restart_catalog(env, discrepancy=False, errors=FAULT_PERCENT)
             traffic.go()
 
     recorder = StepRecorder(label, traffic, lambda: _requests_by_upstream(env), lambda r: print_step(console, r), applied)

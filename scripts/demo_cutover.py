@@ -104,8 +104,10 @@ class Traffic:
 
 def write_plan(
     path: Path, *, routing: Path, spec: Path, facade_url: str, journal_url: str, events: Path, min_requests: int,
+    reverse_spec: Path | None = None,
 ) -> Path:
-    """The demo's cutover plan: the catalog plan's shape with soaks sized for a demo."""
+    """The demo's cutover plan: the catalog plan's shape with soaks sized for a demo, and the
+    write switch of extracted/catalog/cutover.yaml (with the reverse stream's spec when given)."""
     target = max(5, min_requests // 20)  # the 10% step sees about a tenth of the step's requests
     steps = ", ".join(str(weight) for weight in STEPS)
     path.write_text(
@@ -128,7 +130,15 @@ def write_plan(
         "on_fail: last_passed\n"
         "on_inconclusive: {max_soak: 60s, then: fail}\n"
         f'journal: {{database_url: "{journal_url}", lease: 30s}}\n'
-        f"events: {{file: {events}}}\n",
+        f"events: {{file: {events}}}\n"
+        "writes:\n"
+        "  routes: [catalog-write]\n"
+        "  budget: 1s\n"
+        + (f"  reverse_sync: {reverse_spec}\n" if reverse_spec is not None else "")
+        + "  ownership:\n"
+        "    catalog.products:\n"
+        "      service: [sku, title, slug, description, price_cents, active, category_id, attributes, created_at, updated_at]\n"
+        "      legacy: [stock]\n",
         encoding="utf-8",
     )
     return path

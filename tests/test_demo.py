@@ -5,6 +5,7 @@ Both tests run the real `strangler demo` command in a process of its own, as `ma
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ from tests.support import wait_for
 def demo_command(pg: EmbeddedPostgres, work_dir: Path, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "scripts", "demo", "--database-url", pg.url(), "--work-dir", str(work_dir),
-        "--products", "300", "--requests-per-step", "120", "--json", *extra,
+        "--products", "300", "--requests-per-step", "120", "--write-rate", "40", "--json", *extra,
     ]
 
 
@@ -111,6 +112,18 @@ def test_demo_cuts_reads_over_with_the_runner_and_a_rollback(pg: EmbeddedPostgre
     assert "rolled back to catalog 10% by the runner" in run.stderr
     events = [json.loads(line) for line in (tmp_path / "demo" / "cutover-events.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events].count("run.start") == 2
+    # The write cutover under live writes (when this build has the write switch): nothing lost,
+    # doubled or failed, the pause measured and estimated, both stores read back.
+    if importlib.util.find_spec("cutover.writes") is None:
+        assert result["writes"] is None and "no write cutover" in run.stderr
+    else:
+        (switch,) = result["writes"]["switches"]
+        assert switch["outcome"] == "switched", switch
+        assert (switch["lost"], switch["doubled"], switch["client_errors"]) == (0, 0, 0), switch
+        assert switch["pause_s"] is not None and switch["estimate_s"] is not None
+        assert switch["latency_window_ms"]["n"] > 0
+        assert result["writes"]["stores"]["legacy"]["rows"] >= 100 and result["writes"]["stores"]["service"]["lost"] == 0
+        assert "write cutover: switched; 0 lost, 0 doubled, 0 client errors" in run.stderr
     # Everything it started is stopped, and its replication slot is gone.
     for url in result["services"].values():
         assert not answers(url), f"{url} still answers after the demo ended"
@@ -141,3 +154,71 @@ def test_sigterm_stops_everything_the_demo_started(pg: EmbeddedPostgres, tmp_pat
     monolith = next(line for line in lines if "monolith at http://" in line).split("monolith at ", 1)[1].split(",")[0]
     assert not answers(f"{monolith}/healthz")
     assert slots_left(pg) == []
+
+
+def children_of(pid: int) -> list[int]:
+    """Every live process whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_stay_up_prints_where_the_stack_is_and_cleans_up_on_sigterm(tmp_path: Path) -> None:
+    import cutover
+
+    work_dir = tmp_path / "stack"
+    command = [sys.executable, "-m", "scripts", "demo", "--stay-up", "--json", "--products", "200", "--work-dir", str(work_dir)]
+    env = {key: value for key, value in DEMO_ENV.items() if key != "STRANGLER_DATABASE_URL"}  # its own embedded PostgreSQL
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as process:
+        assert process.stdout is not None and process.stderr is not None
+        errors: list[str] = []
+        reader = threading.Thread(target=lambda: errors.extend(iter(process.stderr.readline, "")), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        try:
+            line = process.stdout.readline()  # the one line, once everything is up
+            assert line, "".join(errors)[-3000:]
+            info = json.loads(line)
+            facade = info["services"]["facade"]
+            product = httpx.get(f"{facade}/api/products/1", timeout=10)
+            assert product.status_code == 200 and product.json()["id"] == 1
+            assert httpx.get(f"{info['services']['admin']}/health", timeout=5).json()["status"] == "ok"
+            # What a user needs for `strangler cutover ...` by hand: the plan loads with the printed env
+            # and names the stack's routing file, façade and write route.
+            plan = cutover.load_plan(Path(info["files"]["plan"]), env={**os.environ, **info["env"]})
+            assert str(plan.routing) == info["files"]["routing"]
+            assert plan.facade.replicas == (facade,) and plan.writes is not None and plan.writes.routes == ("catalog-write",)
+            assert info["env"]["STRANGLER_FACADE_URL"] == facade
+            assert Path(info["files"]["routing"]).is_file() and Path(info["files"]["sync_spec"]).is_file()
+            # The reverse stream runs beside the forward one, and the plan's write switch names its spec.
+            assert info["files"]["reverse_spec"] and plan.writes.reverse_sync == info["files"]["reverse_spec"]
+            data_dir = work_dir / "postgres"
+            assert data_dir.is_dir()
+            children = children_of(process.pid)
+            assert len(children) >= 6  # PostgreSQL, monolith, catalog, façade, both CDC streams
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0, "".join(errors)[-3000:]
+        finally:
+            if process.poll() is None:
+                process.kill()
+            reader.join(timeout=10)
+    assert [pid for pid in children if alive(pid)] == []
+    assert not data_dir.exists()
+    for url in (facade, info["services"]["monolith"], info["services"]["catalog"]):
+        assert not answers(url), f"{url} still answers after the stack stopped"
+    assert any("stopped; everything the stack started" in line for line in errors)
