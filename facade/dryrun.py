@@ -330,37 +330,40 @@ def forecast_mismatches(report: Report, before: RouteTable, history: Mapping[str
     only live comparisons count, and one that was not `compared` or not `match_denoised` is a
     mismatch, as the cutover gate counts them. A route missing from `history` has none.
     """
-    counts: dict[tuple[str, str], list[int]] = {}
+    # Live comparisons and mismatches per (route, endpoint), and per (route, None) for the route.
+    compared: Counter[tuple[str, str | None]] = Counter()
+    mismatched: Counter[tuple[str, str | None]] = Counter()
     for route in {key[0] for key in report.moving}:
         for row in history.get(route, ()):
             if row.get("source") != "live":
                 continue
-            tally = counts.setdefault((route, row["endpoint"]), [0, 0])
-            tally[0] += 1
-            tally[1] += row.get("outcome") != "compared" or not row.get("match_denoised")
+            for key in ((route, row["endpoint"]), (route, None)):
+                compared[key] += 1
+                mismatched[key] += row.get("outcome") != "compared" or not row.get("match_denoised")
     groups: defaultdict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
     for (route, old, new, endpoint), weight in report.moving.items():
         groups[route, old, new][endpoint] = weight
+
+    def forecast(key: tuple[str, str | None], weight: float, relevant: bool) -> Forecast:
+        return Forecast(weight, compared[key], mismatched[key]) if relevant else Forecast(weight)
+
     forecasts = []
     for (route, old, new), moving in sorted(groups.items()):
         shadow = before.by_id[route].config.shadow
         relevant = shadow is not None and shadow.to == new
-        endpoints = []
-        for endpoint, weight in moving.items():
-            compared, mismatched = counts.get((route, endpoint), (0, 0)) if relevant else (0, 0)
-            endpoints.append((endpoint, Forecast(weight, compared, mismatched)))
-        endpoints.sort(key=lambda item: (-(item[1].predicted or 0.0), -item[1].moving, item[0]))
-        compared = sum(tally[0] for (r, _), tally in counts.items() if r == route) if relevant else 0
-        mismatched = sum(tally[1] for (r, _), tally in counts.items() if r == route) if relevant else 0
-        total = Forecast(sum(moving.values()), compared, mismatched)
+        endpoints = sorted(
+            ((endpoint, forecast((route, endpoint), weight, relevant)) for endpoint, weight in moving.items()),
+            key=lambda item: (-(item[1].predicted or 0.0), -item[1].moving, item[0]),
+        )
+        total = forecast((route, None), sum(moving.values()), relevant)
         if shadow is None:
             note = f"route {route} has no shadow: in {report.before}, so the store holds no history of {new}'s answers"
         elif not relevant:
             note = f"route {route} mirrors to {shadow.to} in {report.before}, not to {new}: no history of {new}'s answers"
-        elif not compared:
+        elif not total.compared:
             note = f"no shadow history of {new} on route {route}"
         elif not total.enough:
-            note = f"too little history to predict ({compared} comparisons, fewer than {LEAST_HISTORY})"
+            note = f"too little history to predict ({total.compared} comparisons, fewer than {LEAST_HISTORY})"
         else:
             note = None
         forecasts.append(MoveForecast(route, old, new, total, tuple(endpoints), note))
