@@ -8,6 +8,14 @@ the override header, else the sticky key's digest (or the assignment cookie's) t
 `Route.digest_bucket` the façade uses, so predictions are exact. A record the new table cannot be
 judged on (a header it never recorded, a regex it never evaluated) is counted as unpredictable
 with the reason. Health checks of referenced upstreams are the one I/O, done by `check_health`.
+
+Requests that change upstream are counted per (route, old → new, endpoint), the route and endpoint
+being those of the table in force, under which the façade mirrored and stored them. Given the shadow
+store's comparisons of those routes (read by the caller; this module imports nothing of
+`facade.shadow`), `forecast_mismatches` predicts how many of the moving requests the new upstream
+answers differently: moving × the history's mismatch rate, counted as the cutover gate counts it.
+The store does not record a comparison's target, so a route's history speaks for the upstream its
+`shadow.to` names in the table in force, and for no other.
 """
 
 from __future__ import annotations
@@ -25,7 +33,26 @@ from facade.exceptions import FacadeError
 from facade.routing import Route, RouteTable, key_digest, sticky_key
 from facade.traffic import RECORD_VERSION, condition_label, key_id
 
-__all__ = ["DryRunError", "Prediction", "Report", "check_health", "dry_run", "predict", "read_traffic"]
+__all__ = [
+    "LEAST_HISTORY",
+    "DryRunError",
+    "Forecast",
+    "MoveForecast",
+    "Prediction",
+    "Report",
+    "check_health",
+    "dry_run",
+    "forecast_mismatches",
+    "mirrored_routes",
+    "predict",
+    "read_traffic",
+]
+
+LEAST_HISTORY = 20
+"""Fewer comparisons than this on a route or endpoint are too little history to predict from."""
+
+WORST = 5
+"""Endpoints shown per moving route, worst first."""
 
 
 class DryRunError(FacadeError):
@@ -147,6 +174,12 @@ class Report:
     never_hit: list[str] = field(default_factory=list)
     unhealthy: dict[str, str] = field(default_factory=dict)
     """Upstreams the new table sends traffic to that failed their health check: name → reason."""
+    moving: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
+    """Requests changing upstream: (route, old, new, endpoint) in the table in force → weighted count."""
+    shadow: list[MoveForecast] | None = None
+    """The mismatches the shadow history predicts per moving route; None when not looked up."""
+    shadow_note: str | None = None
+    """Why there is no shadow history at all (no store, an empty one), when that is so."""
 
     @property
     def ok(self) -> bool:
@@ -174,6 +207,11 @@ class Report:
             "unpredictable": dict(self.unpredictable),
             "never_hit": self.never_hit,
             "unhealthy": self.unhealthy,
+            "shadow": None if self.shadow is None else {
+                "note": self.shadow_note,
+                "predicted_mismatches": round(sum(m.total.predicted or 0.0 for m in self.shadow), 3),
+                "routes": [m.as_dict() for m in self.shadow],
+            },
             "ok": self.ok,
         }
 
@@ -207,11 +245,129 @@ def dry_run(before: RouteTable, after: RouteTable, records: Iterable[Mapping[str
             report.rerouted[old.route, new.route] += weight
         if old.upstream != new.upstream:
             report.moved_requests += weight
+            endpoint = before.by_id[old.route].endpoint(record["method"], record["path"].split("?", 1)[0])
+            report.moving[old.route, old.upstream, new.upstream, endpoint] += weight
             user = new.user or old.user or record.get("assign") or record.get("client") or "anonymous"
             moved["forward" if _forward(after.by_id[new.route], old.upstream, new.upstream) else "back"].add(user)
     report.forward, report.back = moved["forward"], moved["back"]
     report.never_hit = [route.id for route in after.all_routes if not hits[route.id]]
     return report
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast:
+    """`moving` (weighted) requests, and the history of the new upstream's answers to their kind:
+    `compared` live comparisons, `mismatched` of them failed or different once noise is removed."""
+
+    moving: float
+    compared: int = 0
+    mismatched: int = 0
+
+    @property
+    def rate(self) -> float | None:
+        return self.mismatched / self.compared if self.compared else None
+
+    @property
+    def predicted(self) -> float | None:
+        """Mismatching answers expected among the moving requests (moving × rate)."""
+        rate = self.rate
+        return None if rate is None else self.moving * rate
+
+    @property
+    def enough(self) -> bool:
+        return self.compared >= LEAST_HISTORY
+
+    def as_dict(self) -> dict[str, Any]:
+        rate, predicted = self.rate, self.predicted
+        return {
+            "moving": round(self.moving, 3),
+            "compared": self.compared,
+            "mismatched": self.mismatched,
+            "mismatch_rate": None if rate is None else round(rate, 6),
+            "predicted_mismatches": None if predicted is None else round(predicted, 3),
+            "enough_history": self.enough,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MoveForecast:
+    """The prediction for the requests moving from `old` to `new` on `route` (table in force), with
+    its endpoints worst first (most predicted mismatches); `note` says why it is missing or weak."""
+
+    route: str
+    old: str
+    new: str
+    total: Forecast
+    endpoints: tuple[tuple[str, Forecast], ...] = ()
+    note: str | None = None
+
+    def worst(self, count: int = WORST) -> list[tuple[str, Forecast]]:
+        """The endpoints with history and predicted mismatches, worst first."""
+        return [(name, f) for name, f in self.endpoints if f.predicted][:count]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "route": self.route,
+            "from": self.old,
+            "to": self.new,
+            **self.total.as_dict(),
+            "note": self.note,
+            "endpoints": [{"endpoint": name, **f.as_dict()} for name, f in self.endpoints],
+        }
+
+
+def mirrored_routes(report: Report, before: RouteTable) -> list[str]:
+    """Routes of the table in force whose moving requests go to the upstream they mirror to."""
+    return sorted(
+        {route for route, _, new, _ in report.moving if (shadow := before.by_id[route].config.shadow) is not None and shadow.to == new}
+    )
+
+
+def forecast_mismatches(report: Report, before: RouteTable, history: Mapping[str, Iterable[Mapping[str, Any]]]) -> list[MoveForecast]:
+    """Per (route, old → new) of `report`'s moving requests, the mismatches the history predicts (pure).
+
+    `history` maps a route id to its rows of the shadow store (`ShadowStore.load(...).comparisons`);
+    only live comparisons count, and one that was not `compared` or not `match_denoised` is a
+    mismatch, as the cutover gate counts them. A route missing from `history` has none.
+    """
+    # Live comparisons and mismatches per (route, endpoint), and per (route, None) for the route.
+    compared: Counter[tuple[str, str | None]] = Counter()
+    mismatched: Counter[tuple[str, str | None]] = Counter()
+    for route in {key[0] for key in report.moving}:
+        for row in history.get(route, ()):
+            if row.get("source") != "live":
+                continue
+            for key in ((route, row["endpoint"]), (route, None)):
+                compared[key] += 1
+                mismatched[key] += row.get("outcome") != "compared" or not row.get("match_denoised")
+    groups: defaultdict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
+    for (route, old, new, endpoint), weight in report.moving.items():
+        groups[route, old, new][endpoint] = weight
+
+    def forecast(key: tuple[str, str | None], weight: float, relevant: bool) -> Forecast:
+        return Forecast(weight, compared[key], mismatched[key]) if relevant else Forecast(weight)
+
+    forecasts = []
+    for (route, old, new), moving in sorted(groups.items()):
+        shadow = before.by_id[route].config.shadow
+        relevant = shadow is not None and shadow.to == new
+        endpoints = sorted(
+            ((endpoint, forecast((route, endpoint), weight, relevant)) for endpoint, weight in moving.items()),
+            key=lambda item: (-(item[1].predicted or 0.0), -item[1].moving, item[0]),
+        )
+        total = forecast((route, None), sum(moving.values()), relevant)
+        if shadow is None:
+            note = f"route {route} has no shadow: in {report.before}, so the store holds no history of {new}'s answers"
+        elif not relevant:
+            note = f"route {route} mirrors to {shadow.to} in {report.before}, not to {new}: no history of {new}'s answers"
+        elif not total.compared:
+            note = f"no shadow history of {new} on route {route}"
+        elif not total.enough:
+            note = f"too little history to predict ({total.compared} comparisons, fewer than {LEAST_HISTORY})"
+        else:
+            note = None
+        forecasts.append(MoveForecast(route, old, new, total, tuple(endpoints), note))
+    return forecasts
 
 
 def _forward(route: Route, old: str, new: str) -> bool:

@@ -1,14 +1,17 @@
-"""`strangler routes check|diff|shift|schema`: validate, compare and edit `routing.yaml`.
+"""`strangler routes check|diff|shift|schema|dry-run`: validate, compare, edit and try `routing.yaml`.
 
 Thin over the façade's library: `facade.config` validates, `facade.diff` compares two files,
-`facade.edit` shifts weights keeping comments and writes atomically. `check_routes` and the
-schema writer are plain functions usable from Python; the commands parse, call and print.
+`facade.edit` shifts weights keeping comments and writes atomically, `facade.dryrun` replays
+recorded traffic through an edit (with the shadow store's history read here, for its mismatch
+prediction). `check_routes`, `dry_run_routes` and the schema writer are plain functions usable
+from Python; the commands parse, call and print.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,19 +223,61 @@ def dry_run_routes(
     against: str | os.PathLike[str] = "routing.yaml",
     health: bool = True,
     health_path: str = "/healthz",
+    shadow: bool = True,
+    shadow_since: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Any:
-    """Replay the recorded `traffic` through `against` and `new`; the `facade.dryrun.Report`."""
-    from facade.dryrun import check_health, dry_run, read_traffic
-    from facade.routing import RouteTable
+    """Replay the recorded `traffic` through `against` and `new`; the `facade.dryrun.Report`.
 
+    With `shadow`, the store `against` names (`shadow_store:`, a relative path from its directory,
+    as the façade takes it) predicts the mismatches of the moving requests, from its comparisons
+    since `shadow_since` (`24h`, an ISO time; None: all)."""
+    from facade.dryrun import DryRunError, check_health, dry_run, read_traffic
+    from facade.routing import RouteTable
+    from facade.shadow import ReportError, parse_since
+
+    try:
+        since = parse_since(shadow_since, now=time.time())
+    except ReportError:
+        raise DryRunError(f"--shadow-since {shadow_since!r} is neither a duration nor a time; write e.g. 24h, 30m, 2d or 2024-05-01T12:00:00Z") from None
     before = RouteTable.build(load_config(against, env=env), "before")
     after = RouteTable.build(load_config(new, env=env), "after")
     report = dry_run(before, after, read_traffic(traffic), before_name=str(against), after_name=str(new))
     if health:
         used = {upstream for (_, upstream), count in report.shares_after.items() if count}
         report.unhealthy = {name: why for name, why in check_health(after, _health_get, path=health_path).items() if name in used}
+    if shadow:
+        _forecast(report, before, Path(against).resolve().parent, since)
     return report
+
+
+def _forecast(report: Any, before: Any, base: Path, since: float | None) -> None:
+    """Fill `report.shadow` from the store the table in force names; a missing or empty store is a note."""
+    from facade.dryrun import DryRunError, forecast_mismatches, mirrored_routes
+    from facade.shadow import ShadowStore, ShadowStoreError
+
+    history: dict[str, list[dict[str, Any]]] = {}
+    routes = mirrored_routes(report, before)
+    named = f"the shadow store named by {report.before}"
+    try:
+        store = ShadowStore.from_config(before.config.shadow_store, base=base, read_only=True) if routes else None
+    except ShadowStoreError as exc:
+        # A reader opening a SQLite file that is not there: the façade never stored a comparison.
+        if "there is no shadow store" not in str(exc):
+            raise DryRunError(f"cannot open {named}: {exc}; fix its shadow_store:, or pass --no-shadow") from exc
+        report.shadow_note = f"no shadow history: {named} does not exist yet"
+        store = None
+    if store is not None:
+        try:
+            if not store.routes():
+                report.shadow_note = f"no shadow history: {named} holds no comparisons yet"
+            else:
+                history = {route: store.load(since=since, route=route).comparisons for route in routes}
+        except ShadowStoreError as exc:
+            raise DryRunError(f"cannot read {named}: {exc.__cause__ or exc}; fix its shadow_store:, or pass --no-shadow") from exc
+        finally:
+            store.close()
+    report.shadow = forecast_mismatches(report, before, history)
 
 
 def _render(report: Any, fmt: str) -> str:
@@ -261,7 +306,50 @@ def _render(report: Any, fmt: str) -> str:
         lines.append(f"{bullet}{count} records unpredictable: {reason}")
     for name, why in data["unhealthy"].items():
         lines.append(f"{bullet}upstream {name} is unhealthy: {why}")
+    if report.shadow is not None:
+        lines.extend(_render_shadow(report, md))
     return "\n".join(lines)
+
+
+def _render_shadow(report: Any, md: bool) -> list[str]:
+    """The mismatch prediction: per moving route, then its worst endpoints (text or Markdown)."""
+    from facade.dryrun import LEAST_HISTORY, Forecast
+
+    def cells(f: Forecast) -> tuple[str, str, str, str]:
+        rate, predicted = f.rate, f.predicted
+        return f"{f.moving:g}", str(f.compared), "—" if rate is None else f"{100 * rate:.2f}%", "—" if predicted is None else f"{predicted:.1f}"
+
+    lines = ["", "## Predicted shadow mismatches" if md else "Predicted shadow mismatches (the shadow history of the new upstream, noise removed):"]
+    if report.shadow_note:
+        lines.append(("- " if md else "") + report.shadow_note)
+    if not report.shadow:
+        lines.append(("- " if md else "") + "no requests change upstream")
+        return lines
+    if md:
+        lines += ["", "| route | move | moving | compared | mismatch rate | predicted |", "|---|---|---:|---:|---:|---:|"]
+    else:
+        lines.append(f"{'route / endpoint':<32} {'move':<24} {'moving':>8} {'compared':>9} {'rate':>8} {'predicted':>10}")
+    notes = []
+    for move in report.shadow:
+        indent = "↳ " if md else "  "
+        rows = [(move.route, f"{move.old} → {move.new}", move.total)] + [(indent + name, "", f) for name, f in move.worst()]
+        for label, arrow, forecast in rows:
+            moving, compared, rate, predicted = cells(forecast)
+            thin = "" if forecast.enough or not forecast.compared else " *"
+            if md:
+                lines.append(f"| {label} | {arrow} | {moving} | {compared}{thin} | {rate} | {predicted} |")
+            else:
+                lines.append(f"{label:<32} {arrow:<24} {moving:>8} {compared + thin:>9} {rate:>8} {predicted:>10}")
+        if move.note:
+            notes.append(f"{move.route} ({move.old} → {move.new}): {move.note}")
+    total = sum(m.total.predicted or 0.0 for m in report.shadow)
+    lines.append("")
+    bullet = "- " if md else ""
+    lines.append(f"{bullet}predicted mismatching answers among the moving requests: {total:.1f}")
+    lines += [f"{bullet}{note}" for note in notes]
+    if any(not f.enough and f.compared for m in report.shadow for f in (m.total, *(f for _, f in m.worst()))):
+        lines.append(f"{bullet}* fewer than {LEAST_HISTORY} comparisons: too little history to predict")
+    return lines
 
 
 @app.command("dry-run")
@@ -274,11 +362,16 @@ def dry_run_command(
     health_path: str = typer.Option("/healthz", "--health-path", help="Path each upstream answers health checks on."),
     allow_back: bool = typer.Option(False, "--allow-back", help="Exit 0 although users move back."),
     allow_unhealthy: bool = typer.Option(False, "--allow-unhealthy", help="Exit 0 although an unhealthy upstream gets traffic."),
+    no_shadow: bool = typer.Option(False, "--no-shadow", help="Skip the mismatch prediction from the shadow store."),
+    shadow_since: str = typer.Option(None, "--shadow-since", help="Use the shadow history since then (24h, 30m, 2d or an ISO time); default all."),
 ) -> None:
-    """What NEW does to recorded traffic, user by user; exit 1 when users move back or traffic goes to an unhealthy upstream."""
+    """What NEW does to recorded traffic, user by user, and the shadow mismatches its moving requests should see;
+    exit 1 when users move back or traffic goes to an unhealthy upstream."""
     if fmt not in ("text", "json", "md"):
         raise typer.BadParameter(f"{fmt!r} is not a format; use text, json or md", param_hint="--format")
-    report = dry_run_routes(new, traffic, against=against, health=not no_health, health_path=health_path)
+    report = dry_run_routes(
+        new, traffic, against=against, health=not no_health, health_path=health_path, shadow=not no_shadow, shadow_since=shadow_since
+    )
     typer.echo(_render(report, fmt))
     if (report.back and not allow_back) or (report.unhealthy and not allow_unhealthy):
         raise typer.Exit(1)

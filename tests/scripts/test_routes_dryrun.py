@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from facade.config import load_config
-from facade.dryrun import predict, read_traffic
+from facade.dryrun import DryRunError, predict, read_traffic
 from facade.routing import RouteTable
 from tests.facade.proxy_support import client, echo, facade, get, post, serve, wait_for, write_config
 
@@ -136,3 +137,148 @@ def test_a_broken_traffic_file_is_one_failed_line(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith(f"FAILED: {traffic}:1:2: not a JSON record")
+
+
+# --------------------------------------------------------------------------------------------
+# The mismatch prediction from the shadow history
+
+
+def _service(name: str, *, candidate: bool) -> Any:
+    """A JSON product service; as the candidate it differs on every third product and on every review."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        parts = scope["path"].strip("/").split("/")
+        number = int(parts[2])
+        body: dict[str, Any] = {"id": number, "price": "9.99", "reviews" if len(parts) > 3 else "name": f"Product {number}"}
+        if candidate and (len(parts) > 3 or number % 3 == 0):
+            body["price"] = "10.99"
+        payload = json.dumps(body).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json"), (b"x-upstream", name.encode())]})
+        await send({"type": "http.response.body", "body": payload})
+
+    return app
+
+
+def _shadowed_routes(catalog: float, traffic: Path, *, store: str = "shadow.db") -> tuple[str, str]:
+    routes = f"""
+    - id: catalog-read
+      match: {{path: "/api/products/**", methods: [GET]}}
+      to: {{monolith: {100 - catalog:g}, catalog: {catalog:g}}}
+      sticky: {{header: X-User-Id}}
+      shadow: {{to: catalog, sample: 100, noise_sample: 0}}
+    """
+    # A relative store path: the façade and the dry-run both take it from the routing file's directory.
+    extra = (
+        f"assignment: {{key: \"${{STRANGLER_ASSIGNMENT_KEY}}\"}}\ntraffic_record: {{file: \"{traffic}\", sample: 100}}\n"
+        f"shadow_store: {{url: \"sqlite:///{store}\"}}\nshadow_worker: {{cpu: 100}}"
+    )
+    return routes, extra
+
+
+def _user_path(n: int) -> str:
+    return f"/api/products/{n}/reviews" if n % 4 == 0 else f"/api/products/{n}"
+
+
+@pytest.fixture
+def shadowed(tmp_path: Path) -> Any:
+    """Traffic recorded through a shadowing façade (everything on the monolith, mirrored to catalog)."""
+    from facade.shadow import ShadowStore
+    from scripts.facade_cmd import ADDONS
+
+    with serve(_service("monolith", candidate=False)) as monolith, serve(_service("catalog", candidate=True)) as catalog:
+        upstreams = {"monolith": monolith, "catalog": catalog}
+        traffic = tmp_path / "traffic.jsonl"
+        routes, extra = _shadowed_routes(0, traffic)
+        config = write_config(tmp_path / "routing.yaml", upstreams, routes=routes, extra=extra)
+        with facade(config, env=ENV, addon_factories=ADDONS) as (base, _app), client(base_url=base, timeout=10) as http:
+            for n in range(USERS):
+                answer = http.get(_user_path(n), headers={"X-User-Id": f"user-{n:04d}"})
+                assert answer.status_code == 200 and answer.headers["x-upstream"] == "monolith", answer.text
+            wait_for(lambda: (tmp_path / "shadow.db").is_file(), timeout=30, what="the shadow store beside routing.yaml")
+            store = ShadowStore(f"sqlite:///{tmp_path}/shadow.db", read_only=True)
+            try:
+                rows = wait_for(lambda: len(r := _stored(store)) == USERS and r, timeout=30, what="every request compared and stored")
+            finally:
+                store.close()
+            wait_for(lambda: traffic.exists() and len(traffic.read_text().splitlines()) == USERS, what="all requests recorded")
+        yield tmp_path, upstreams, traffic, config, rows
+
+
+def _stored(store: Any) -> list[dict[str, Any]]:
+    try:
+        return store.load(route="catalog-read").comparisons
+    except Exception:  # noqa: BLE001 - the file and tables appear with the first write
+        return []
+
+
+def _mismatch(row: dict[str, Any]) -> bool:
+    return row["outcome"] != "compared" or not row["match_denoised"]
+
+
+def test_dry_run_predicts_the_mismatches_of_the_moving_requests(shadowed: Any) -> None:
+    tmp_path, upstreams, traffic, config, rows = shadowed
+    routes, extra = _shadowed_routes(30, tmp_path / "unused.jsonl")
+    edit = write_config(tmp_path / "edit.yaml", upstreams, routes=routes, extra=extra)
+    command = [sys.executable, "-m", "scripts", "routes", "dry-run", str(edit), "--traffic", str(traffic), "--against", str(config), "--no-health"]
+    done = subprocess.run([*command, "--format", "json"], env=ENV, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    shadow = json.loads(done.stdout)["shadow"]
+    assert shadow["note"] is None
+    [move] = shadow["routes"]
+    # The rate as the cutover gate counts it, straight from the store's rows.
+    live = [row for row in rows if row["source"] == "live"]
+    rate = sum(map(_mismatch, live)) / len(live)
+    assert 0 < rate < 1
+    old = RouteTable.build(load_config(config, env=ENV), "old").by_id["catalog-read"]
+    moving = [n for n in range(USERS) if old.bucket(f"user-{n:04d}") >= 7000]  # the oldest upstream keeps the low buckets
+    assert (move["route"], move["from"], move["to"]) == ("catalog-read", "monolith", "catalog")
+    assert move["moving"] == len(moving) > 0
+    assert move["compared"] == len(live) == USERS
+    assert move["mismatch_rate"] == round(rate, 6)
+    assert move["predicted_mismatches"] == round(len(moving) * rate, 3) == shadow["predicted_mismatches"]
+    assert move["enough_history"] and move["note"] is None
+    # Per endpoint: the candidate gets every review wrong and a third of the products.
+    endpoints = {e["endpoint"]: e for e in move["endpoints"]}
+    assert set(endpoints) == {"GET /api/products/{id}", "GET /api/products/{id}/reviews"}
+    for endpoint, entry in endpoints.items():
+        mine = [row for row in live if row["endpoint"] == endpoint]
+        reviews = endpoint.endswith("reviews")
+        assert entry["moving"] == sum(1 for n in moving if (n % 4 == 0) == reviews)
+        assert entry["compared"] == len(mine) and entry["mismatched"] == sum(map(_mismatch, mine))
+    assert endpoints["GET /api/products/{id}/reviews"]["mismatch_rate"] == 1.0
+    assert move["endpoints"][0]["predicted_mismatches"] >= move["endpoints"][1]["predicted_mismatches"]
+    md = subprocess.run([*command, "--format", "md"], env=ENV, capture_output=True, text=True, timeout=60)
+    assert md.returncode == 0, md.stderr
+    assert "## Predicted shadow mismatches" in md.stdout
+    assert f"| catalog-read | monolith → catalog | {len(moving)} | {USERS} | {100 * rate:.2f}% | {len(moving) * rate:.1f} |" in md.stdout
+
+
+def test_dry_run_says_no_shadow_history_without_a_store(shadowed: Any) -> None:
+    from scripts.routes_cmd import _render, dry_run_routes
+
+    tmp_path, upstreams, traffic, config, rows = shadowed
+    routes, extra = _shadowed_routes(0, traffic, store="elsewhere/none.db")
+    against = write_config(tmp_path / "nostore.yaml", upstreams, routes=routes, extra=extra)
+    routes, extra = _shadowed_routes(30, tmp_path / "unused.jsonl")
+    edit = write_config(tmp_path / "edit.yaml", upstreams, routes=routes, extra=extra)
+    report = dry_run_routes(edit, traffic, against=against, health=False, env=ENV)
+    assert report.shadow_note == f"no shadow history: the shadow store named by {against} does not exist yet"
+    assert not (tmp_path / "elsewhere").exists()
+    [move] = report.shadow
+    assert move.total.moving > 0 and move.total.compared == 0 and move.total.predicted is None
+    assert move.note == "no shadow history of catalog on route catalog-read"
+    text = _render(report, "text")
+    assert "no shadow history: the shadow store" in text and "—" in text
+    # The history since the tenth newest comparison: too little to predict from.
+    since = dt.datetime.fromtimestamp(sorted(row["ts"] for row in rows)[-10], dt.UTC).isoformat()
+    newer = sum(row["ts"] >= dt.datetime.fromisoformat(since).timestamp() for row in rows)
+    [recent] = dry_run_routes(edit, traffic, against=config, health=False, shadow_since=since, env=ENV).shadow
+    assert recent.total.compared == newer and 0 < newer < 20
+    assert recent.note == f"too little history to predict ({newer} comparisons, fewer than 20)"
+    with pytest.raises(DryRunError, match="--shadow-since 'yesterday' is neither a duration nor a time"):
+        dry_run_routes(edit, traffic, against=config, health=False, shadow_since="yesterday", env=ENV)
+    skipped = dry_run_routes(edit, traffic, against=config, health=False, shadow=False, env=ENV)
+    assert skipped.shadow is None and skipped.as_dict()["shadow"] is None
+    assert "Predicted shadow mismatches" not in _render(skipped, "text")
