@@ -1,10 +1,10 @@
 """Write-switch benchmark: a naive route flip against the gated write cutover, under live writes.
 
 One run, everything on 127.0.0.1, bounded in time. Each phase starts the sample stack of
-`strangler demo` (scripts/demo_stack.py: a fresh pair of databases on one private PostgreSQL,
+`strangler demo` (cutover/sample_stack.py: a fresh pair of databases on one private PostgreSQL,
 the seeded monolith, the catalog service, the façade, the forward CDC stream and, with
 extracted/catalog/reverse.yaml, the reverse one, in both phases alike) and puts the write
-load of scripts/write_load.py on the façade (creates and updates of products through the route
+load of cutover/writeload.py on the façade (creates and updates of products through the route
 catalog-write, reads, monolith orders that take stock), then switches:
 
 1. **naive** (the baseline): `catalog-write` flipped to the catalog service by editing the
@@ -13,7 +13,7 @@ catalog-write, reads, monolith orders that take stock), then switches:
    reverse stream), back (rollback), forward again.
 
 Each phase gets its own databases, so the naive flip's damage does not leak into the gated one.
-The measuring is scripts/demo_writes.py's `run_switches` (what `make demo` prints for its write
+The measuring is cutover/switches.py's `run_switches` (what `make demo` prints for its write
 cutover): per switch, acknowledged writes lost and creates doubled in either store, client
 errors, the pauses (clients', façade's hold, the switch's own against its estimate) and the
 added write latency p50/p99/max. `--quick` is the small run the test uses; `--json` prints
@@ -44,10 +44,9 @@ from rich.console import Console  # noqa: E402
 from bench._harness import BenchError, Ratio, load_average, ratios_table, signals_as_interrupt  # noqa: E402
 from common.postgres import EmbeddedPostgres  # noqa: E402
 from common.processes import ProcessError  # noqa: E402
-from scripts.demo_cutover import write_plan  # noqa: E402
-from scripts.demo_stack import REVERSE_SPEC_PATH, SPEC_PATH, Stack, sample_stack  # noqa: E402
-from scripts.demo_writes import Switch, SwitchFailed, SwitchTiming, gated, naive, run_switches, switches_table  # noqa: E402
-from scripts.write_load import LoadSettings  # noqa: E402
+from cutover.sample_stack import REVERSE_SPEC_PATH, SPEC_PATH, Stack, sample_stack, write_plan  # noqa: E402
+from cutover.switches import Switch, SwitchFailed, SwitchTiming, gated, naive, run_switches, switches_table  # noqa: E402
+from cutover.writeload import LoadSettings  # noqa: E402
 
 
 @dataclass(frozen=True, kw_only=True)

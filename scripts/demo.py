@@ -11,11 +11,11 @@ a first run in which a faulty catalog build (`serve --demo-errors`) is deployed 
 error-rate gate fails and the runner rolls back to 10 % by itself, then, the fault fixed, a clean
 run to 100 %; prints requests per upstream and the gate verdicts at each step and the journal's
 summary; then, when this build has `cutover.writes`, moves catalog writes with `strangler cutover
-writes` under live product writes (scripts/demo_writes.py) and prints what the switch lost,
+writes` under live product writes (cutover/switches.py) and prints what the switch lost,
 doubled, failed, paused and added in latency; ends with `strangler verify`, the row-by-row diff of
 the two stores. Everything it started is stopped on exit or Ctrl-C.
 
-`--stay-up` only starts the sample stack (scripts/demo_stack.py), prints where everything is (one
+`--stay-up` only starts the sample stack (cutover/sample_stack.py), prints where everything is (one
 JSON line with `--json`) and keeps it up until Ctrl-C or SIGTERM, for `strangler cutover ...` by hand.
 """
 
@@ -40,12 +40,12 @@ from rich.table import Table
 
 from common.processes import ProcessError
 from common.waiting import TimedOut, wait_until
+from cutover.sample_stack import STEPS, SPEC_PATH, Stack, cutover_env, restart_catalog, sample_stack, spec_env, write_plan
 from scripts.demo_cutover import (
-    STEPS, RunOutcome, StepRecorder, StepResult, Traffic, journal_summary, print_journal, print_step, run_cutover, write_plan,
+    RunOutcome, StepRecorder, StepResult, Traffic, journal_summary, print_journal, print_step, run_cutover,
 )
-from scripts.demo_stack import SPEC_PATH, Stack, cutover_env, restart_catalog, sample_stack, spec_env
-from scripts.demo_writes import SwitchFailed, SwitchTiming, gated, print_switch, run_switches
-from scripts.write_load import LoadSettings
+from cutover.switches import SwitchFailed, SwitchTiming, gated, print_switch, run_switches
+from cutover.writeload import LoadSettings
 
 FAULT_PERCENT = 30  # share of product reads the faulty catalog build answers with 500
 WRITE_RATE = 200.0  # product writes per second during the write cutover (DESIGN.md's target load)

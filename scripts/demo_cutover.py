@@ -1,7 +1,7 @@
 """The demo's read cutover: `strangler cutover run` on a plan for the demo's own stack.
 
-`write_plan` writes the plan (steps 10 → 50 → 100, short soaks, the error-rate, latency, CDC and
-verify gates, the journal in the catalog database, events in the work dir); `run_cutover` runs
+`cutover.sample_stack.write_plan` writes the plan (steps 10 → 50 → 100, short soaks, the error-rate,
+latency, CDC and verify gates, the journal in the catalog database, events in the work dir); `run_cutover` runs
 it with `cutover.run`, the function behind `strangler cutover run`, while a `Traffic` thread
 reads products through the façade, and records each step (requests per upstream, errors, the
 gate verdicts and the decision) from the runner's events; `print_step` and `print_journal`
@@ -18,8 +18,6 @@ from typing import Any
 
 import httpx
 from rich.console import Console
-
-STEPS = (10, 50, 100)
 
 
 @dataclass
@@ -100,48 +98,6 @@ class Traffic:
         self._stop.set()
         self._sending.set()
         self._thread.join(timeout=15)
-
-
-def write_plan(
-    path: Path, *, routing: Path, spec: Path, facade_url: str, journal_url: str, events: Path, min_requests: int,
-    reverse_spec: Path | None = None,
-) -> Path:
-    """The demo's cutover plan: the catalog plan's shape with soaks sized for a demo, and the
-    write switch of extracted/catalog/cutover.yaml (with the reverse stream's spec when given)."""
-    target = max(5, min_requests // 20)  # the 10% step sees about a tenth of the step's requests
-    steps = ", ".join(str(weight) for weight in STEPS)
-    path.write_text(
-        "# Written by `strangler demo`: the read cutover of its own stack (see extracted/catalog/cutover.yaml).\n"
-        "version: 1\n"
-        "name: demo-catalog-reads\n"
-        f"routing: {routing}\n"
-        "routes: [catalog-read]\n"
-        "target: catalog\n"
-        f"sync: {spec}\n"
-        f'facade: {{replicas: ["{facade_url}"], reload: watch, reload_timeout: 20s}}\n'
-        f"steps: [{steps}]\n"
-        f"soak: {{min_time: 2s, min_requests: {min_requests}}}   # a few seconds and the demo's requests per step\n"
-        "interval: 0.5s\n"
-        "gates:\n"
-        f"  error_rate: {{max_increase: 1, min_requests: {target}}}\n"
-        f"  latency: {{max_p99_ratio: 10, min_requests: {target}}}   # lenient: a shared laptop is noisy\n"
-        "  cdc: {max_lag: 10s, max_dead_letters: 0}\n"
-        "  verify: {max_age: 10m, wait: 30s}\n"
-        "on_fail: last_passed\n"
-        "on_inconclusive: {max_soak: 60s, then: fail}\n"
-        f'journal: {{database_url: "{journal_url}", lease: 30s}}\n'
-        f"events: {{file: {events}}}\n"
-        "writes:\n"
-        "  routes: [catalog-write]\n"
-        "  budget: 1s\n"
-        + (f"  reverse_sync: {reverse_spec}\n" if reverse_spec is not None else "")
-        + "  ownership:\n"
-        "    catalog.products:\n"
-        "      service: [sku, title, slug, description, price_cents, active, category_id, attributes, created_at, updated_at]\n"
-        "      legacy: [stock]\n",
-        encoding="utf-8",
-    )
-    return path
 
 
 class StepRecorder:

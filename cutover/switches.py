@@ -1,9 +1,9 @@
 """Write switches under live write load, measured: what `make demo` and bench/cutover.py show.
 
-`run_switches` puts the load of `scripts.write_load` on a running sample stack (the façade's
+`run_switches` puts the load of `cutover.writeload` on a running sample stack (the façade's
 product writes, reads, monolith orders), lets it run steady, performs each switch with a soak
 after it, stops the load, waits until both streams have applied everything and judges both
-stores with `scripts.write_check`. Per switch (writes sent from 1 s before it began to 1 s before
+stores with `cutover.writecheck`. Per switch (writes sent from 1 s before it began to 1 s before
 the next one: those in flight when it began are its): acknowledged writes lost and creates
 doubled (the worse of the two stores), client errors, write latency p50/p99/max in the switch
 window (its start to 1 s after its end) against the steady load before it, the pause the
@@ -28,9 +28,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
-from scripts.demo_stack import SPEC_PATH, Stack, cutover_env, spec_env
-from scripts.write_check import figures, judge, read_stores, wait_caught_up
-from scripts.write_load import WRITE_KINDS, LoadSettings, WriteLoad, run_in_background
+from cutover.sample_stack import SPEC_PATH, Stack, cutover_env, spec_env
+from cutover.writecheck import figures, judge, read_stores, wait_caught_up
+from cutover.writeload import WRITE_KINDS, LoadSettings, WriteLoad, run_in_background
 
 __all__ = ["Switch", "SwitchFailed", "SwitchTiming", "gated", "hold_metrics", "naive", "print_switch", "run_switches", "switches_table"]
 

@@ -7,7 +7,7 @@ per store, acknowledged writes that are lost and creates that are doubled:
 - a create (`201`) is lost when no row has its `sku` under the id it was answered with;
 - an update (`200`) is lost when the product's final marker and price are those of an earlier
   acknowledged update (or of none of the run's writes): every acknowledged update after the one
-  found is lost. Updates of a product are sent one at a time (`scripts.write_load`), so the
+  found is lost. Updates of a product are sent one at a time (`cutover.writeload`), so the
   last acknowledged is the one that must show, or a later one whose answer never came;
 - an order (`201`) is lost when the product's stock is above its start minus every acknowledged
   order's quantity (orders without an answer may or may not have taken stock);
@@ -33,7 +33,7 @@ import psycopg2
 from cdc.apply import load_checkpoint
 from cdc.spec import SyncSpec
 from common.waiting import TimedOut, wait_until
-from scripts.write_load import POOL_STOCK, WRITE_KINDS, Sample
+from cutover.writeload import POOL_STOCK, WRITE_KINDS, Sample
 
 __all__ = ["Figures", "Row", "StoreVerdict", "figures", "judge", "read_stores", "wait_caught_up"]
 

@@ -7,7 +7,7 @@ a price derived from it), plus product reads and orders of a customer (`POST /ap
 the monolith answers and which take `stock` in the same transaction). Updates and orders go to a
 pool of products the load creates first (with a large stock, so orders never run out); updates of
 one product are sent one at a time, so the order they were acknowledged in is the order they
-were applied in, which is what lets `scripts.write_check` tell the last acknowledged value.
+were applied in, which is what lets `cutover.writecheck` tell the last acknowledged value.
 
 Every request is recorded (`Sample`): kind, marker, product, when it was due and sent, its
 latency from when it was due (a client that falls behind its rate sees that as latency, not as

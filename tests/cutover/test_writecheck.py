@@ -3,8 +3,8 @@ clients' view of a switch window."""
 
 from __future__ import annotations
 
-from scripts.write_check import Row, figures, judge
-from scripts.write_load import POOL_STOCK, Sample
+from cutover.writecheck import Row, figures, judge
+from cutover.writeload import POOL_STOCK, Sample
 
 RUN = "Lt"
 
