@@ -179,7 +179,7 @@ def switches_table(switches: list[dict[str, Any]]) -> Table:
     """One row per switch: lost, doubled, errors, the pauses, the estimate, the added latency."""
     table = Table(title="Write switches under load", title_justify="left")
     for column in ("phase", "switch", "outcome", "lost", "doubled", "client errors", "client pause", "façade hold",
-                   "switch pause", "estimate", "added p50/p99/max"):
+                   "switch pause", "estimate", "added p50/p99/max (window − before, each)"):
         table.add_column(column, justify="left" if column in ("phase", "switch", "outcome") else "right")
     for s in switches:
         added = s["added_ms"]

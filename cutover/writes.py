@@ -290,12 +290,13 @@ class WriteSwitch:
         if not self.dry_run:
             self.journal.write("writes.start", detail={"direction": self.direction, "old": old, "new": new,
                                                       "routes": list(self.writes.routes)})
+        window_start = self._write_traffic()
         checks = self._preflight(old, new, weights)
         self.result.checks = checks
         failed = [check for check in checks if check["status"] == "failed"]
         if failed:
             return self._end("refused", "preflight: " + "; ".join(f"{c['name']}: {c['detail']}" for c in failed))
-        estimate = self._estimate(old)
+        estimate = self._estimate(old, window_start)
         self.result.estimate = estimate
         self._step("estimate", "done", **estimate)
         budget = self.writes.budget
@@ -444,18 +445,33 @@ class WriteSwitch:
                  for t in result.tables]
         return result.identical, "; ".join(parts)
 
-    def _estimate(self, old: str) -> dict[str, Any]:
-        """The pause: drain (in-flight p99 on the write routes) + fence (a probe now) + reload + journal."""
-        drain = 0.0
+    def _write_traffic(self) -> Any:
+        """The write routes' traffic summed over the replicas now (None where one is unreadable)."""
+        from cutover.gates import RouteTraffic
+
+        total = RouteTraffic()
         for replica in self.plan.facade.replicas:
             try:
                 response = self.sources.admin.get(replica, "metrics")
             except CutoverError:
-                continue
-            traffic = parse_traffic(response.text, tuple(self.writes.routes))
-            p99 = quantile(0.99, traffic.of(old).buckets)
-            if p99 is not None:
-                drain = max(drain, p99)
+                return None
+            total = total.plus(parse_traffic(response.text, tuple(self.writes.routes)))
+        return total
+
+    def _estimate(self, old: str, window_start: Any) -> dict[str, Any]:
+        """The pause: drain + fence (a probe now) + reload (of every replica, now) + journal.
+
+        The drain is how long the writes in flight when the hold lands take to finish: the p90 of
+        the write routes' latency over the preflight's window (the slowest of a few requests in
+        flight, not the tail of all of them; the window leaves out earlier switches' held waits),
+        or over the façade's whole life when the window saw fewer than 20 writes."""
+        drain = 0.0
+        now = self._write_traffic()
+        if now is not None:
+            recent = now.minus(window_start).of(old) if window_start is not None else now.of(old)
+            traffic = recent if recent.requests >= 20 else now.of(old)
+            p90 = quantile(0.9, traffic.buckets)
+            drain = p90 or 0.0
         into, _ = self._catching_up()
         from cdc.exceptions import CDCError
         from cdc.fence import emit_fence, wait_applied
