@@ -325,7 +325,8 @@ class WriteSwitch:
             self._reload_all()
             held_at = self.clock()
             self._step("hold", "done", hold_id=hold_id, until=placed.until)
-            ack_deadline = held_at + max(0.25 * budget, budget - estimate["parts"]["fence"] - estimate["parts"]["reload"])
+            switching = estimate["parts"]["edit"] + estimate["parts"]["reload"]
+            ack_deadline = held_at + max(0.25 * budget, budget - estimate["parts"]["fence"] - switching)
             acks = self._wait_acks(hold_id, ack_deadline)
             self._step("acks", "done", **acks)
 
@@ -335,7 +336,7 @@ class WriteSwitch:
 
             try:
                 lsn = emit_fence(into.source_url, hold_id)
-                remaining = held_at + budget - estimate["parts"]["reload"] - self.clock()
+                remaining = held_at + budget - switching - self.clock()
                 waited = wait_applied(into.target_url, into.name, lsn, max(0.05, remaining))
             except CDCError as exc:
                 raise _Abort(f"fence: {exc}") from exc
@@ -461,37 +462,54 @@ class WriteSwitch:
     def _estimate(self, old: str, window_start: Any) -> dict[str, Any]:
         """The pause: drain + fence (a probe now) + reload (of every replica, now) + journal.
 
-        The drain is how long the writes in flight when the hold lands take to finish: the p90 of
-        the write routes' latency over the preflight's window (the slowest of a few requests in
-        flight, not the tail of all of them; the window leaves out earlier switches' held waits),
-        or over the façade's whole life when the window saw fewer than 20 writes."""
+        The drain is how long the writes in flight when the hold lands take to finish: the median of
+        the write routes' latency over the preflight's window (what is left of the few requests in
+        flight is about that, not the tail of all of them; the window leaves out earlier switches'
+        held waits), or over the façade's whole life when the window saw fewer than 20 writes. The
+        probes are each the median of three timings."""
         drain = 0.0
         now = self._write_traffic()
         if now is not None:
             recent = now.minus(window_start).of(old) if window_start is not None else now.of(old)
             traffic = recent if recent.requests >= 20 else now.of(old)
-            p90 = quantile(0.9, traffic.buckets)
-            drain = p90 or 0.0
+            drain = quantile(0.5, traffic.buckets) or 0.0
         into, _ = self._catching_up()
         from cdc.exceptions import CDCError
         from cdc.fence import emit_fence, wait_applied
 
         gate = self.plan.gates.cdc
-        try:
-            started = self.clock()
+
+        def fence_once() -> None:
             lsn = emit_fence(into.source_url, f"{self.plan.name}-probe")
             wait_applied(into.target_url, into.name, lsn, gate.max_lag if gate is not None else 5.0)
-            fence = self.clock() - started
+
+        def edit_once() -> None:
+            # The switch rewrites the file inside the pause (parse, edit, validate): time one such edit.
+            set_hold(self.plan.routing, self.writes.routes, f"{self.plan.name}-estimate", lease=1.0,
+                     budget=self.writes.budget, dry_run=True, env=self.env)
+
+        try:
+            fence = self._median_time(fence_once)
         except CDCError as exc:
             raise CutoverError(f"the probe fence did not get through the stream into the new writer: {exc}") from exc
-        started = self.clock()
-        self._reload_all(force=True)
-        reload = self.clock() - started
-        started = self.clock()
-        self._probe_journal()
-        journal = (self.clock() - started) * 5  # the writes journaled inside the pause
-        parts = {"drain": round(drain, 4), "fence": round(fence, 4), "reload": round(reload, 4), "journal": round(journal, 4)}
+        try:
+            edit = self._median_time(edit_once)
+        except (ConfigError, FacadeError) as exc:
+            raise CutoverError(f"the routing file cannot take the hold: {exc}") from exc
+        reload = self._median_time(lambda: self._reload_all(force=True))
+        journal = self._median_time(self._probe_journal) * 5  # the writes journaled inside the pause
+        parts = {"drain": round(drain, 4), "fence": round(fence, 4), "edit": round(edit, 4), "reload": round(reload, 4),
+                 "journal": round(journal, 4)}
         return {"pause_s": round(sum(parts.values()), 4), "budget_s": self.writes.budget, "parts": parts}
+
+    def _median_time(self, probe: Callable[[], None], times: int = 3) -> float:
+        """The median of `times` timings of `probe`: one sample on a busy machine is mostly noise."""
+        taken = []
+        for _ in range(times):
+            started = self.clock()
+            probe()
+            taken.append(self.clock() - started)
+        return sorted(taken)[len(taken) // 2]
 
     def _probe_journal(self) -> None:
         if not self.dry_run:
