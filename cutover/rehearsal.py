@@ -472,7 +472,13 @@ def _run_plan(plan: Plan, progress: _Progress, state: dict[str, Any], env: Mappi
         result = control.run(rehearsed, env=env, exit_when_paused=True, on_event=on_event)
     state["run"] = result.as_dict()
     with progress.phase("writes", "the write switch"):
-        state["writes"] = _rehearse_writes(plan, rehearsed, result.status, env)
+        state["writes"] = writes = _rehearse_writes(plan, rehearsed, result.status, env)
+        if writes.get("rehearsed"):
+            pause, estimate = writes.get("pause_s"), (writes.get("estimate") or {}).get("pause_s")
+            progress.say(f"  writes {writes['outcome']}: {writes['reason']}"
+                         + (f"; pause {pause * 1000:.0f} ms, estimated {estimate * 1000:.0f} ms" if pause and estimate else ""))
+        else:
+            progress.say(f"  writes: not rehearsed ({writes['reason']})")
     with progress.phase("data", "verify, dead letters and conflicts of the scratch sync"):
         state["data"] = _data_state(state.get("synced", {}))
 

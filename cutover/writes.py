@@ -460,7 +460,7 @@ class WriteSwitch:
         return total
 
     def _estimate(self, old: str, window_start: Any) -> dict[str, Any]:
-        """The pause: drain + fence (a probe now) + reload (of every replica, now) + journal.
+        """The pause: drain + fence (a probe now) + steps + edit + reload (of every replica) + journal.
 
         The drain is how long the writes in flight when the hold lands take to finish: the median of
         the write routes' latency over the preflight's window (what is left of the few requests in
@@ -498,8 +498,10 @@ class WriteSwitch:
             raise CutoverError(f"the routing file cannot take the hold: {exc}") from exc
         reload = self._median_time(lambda: self._reload_all(force=True))
         journal = self._median_time(self._probe_journal) * 5  # the writes journaled inside the pause
-        parts = {"drain": round(drain, 4), "fence": round(fence, 4), "edit": round(edit, 4), "reload": round(reload, 4),
-                 "journal": round(journal, 4)}
+        # Ownership and the reverse position: a connection and a statement each on the service store.
+        steps = self._median_time(lambda: _round_trip(self._streams_now().service_url)) * 2
+        parts = {"drain": round(drain, 4), "fence": round(fence, 4), "steps": round(steps, 4), "edit": round(edit, 4),
+                 "reload": round(reload, 4), "journal": round(journal, 4)}
         return {"pause_s": round(sum(parts.values()), 4), "budget_s": self.writes.budget, "parts": parts}
 
     def _median_time(self, probe: Callable[[], None], times: int = 3) -> float:
@@ -719,6 +721,15 @@ class WriteSwitch:
             and (routes[name].hold is None or routes[name].hold.id != hold_id)
             for name in self.writes.routes
         )
+
+
+def _round_trip(url: str) -> None:
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+    finally:
+        conn.close()
 
 
 class _Abort(Exception):
