@@ -88,32 +88,43 @@ def test_write_cutover_and_rollback_under_load_lose_and_double_nothing(stack: Wr
     assert result_json(stack.run("status", str(stack.plan), "--json"))["writes"]["last"]["outcome"] == "finished"
 
 
-@pytest.mark.parametrize("crash_at", ["hold:done", "ownership:done", "switch:intent", "switch:done"])
-def test_a_runner_killed_at_a_step_is_finished_or_undone_by_the_next_run(stack: WriteStack, crash_at: str) -> None:
+# One kill in each stretch that recovery tells apart: nothing held yet, hold placed (before and after
+# the acks and the fence), ownership switched, the switch journaled but not written, written, done.
+# The directions alternate (a killed forward switch run again ends switched, so the next kill is of
+# a switch back), so one stack takes them all and both directions are covered.
+CRASH_POINTS = [
+    ("forward", "hold:done"), ("back", "fence:intent"), ("forward", "ownership:done"), ("back", "switch:intent"),
+    ("forward", "switch:intent"), ("back", "estimate:done"), ("forward", "switch:done"),
+]
+
+
+def test_a_runner_killed_at_any_journaled_step_is_finished_or_undone_by_the_next_run(stack: WriteStack) -> None:
     load = WriteLoad(stack, threads=2).start()
     try:
         time.sleep(0.5)
-        stack.env[CRASH_ENV] = crash_at
-        crashed = stack.start_runner("writes", str(stack.plan), "--json")
-        _, stderr = crashed.communicate(timeout=60)  # SIGKILLed by itself right after journaling `crash_at`
-        assert crashed.returncode == -signal.SIGKILL, stderr
-        kinds = [(e["kind"], e.get("step"), e.get("phase")) for e in journal(stack)]
-        step, phase = crash_at.split(":")
-        assert kinds[-1] == ("writes.step", step, phase), kinds[-5:]
-        stack.env.pop(CRASH_ENV, None)
-        again = stack.run("writes", str(stack.plan), "--json")
-        result = result_json(again)
-        assert again.returncode == 0 and result["outcome"] == "switched", result
-        assert result["recovered"], result
-        assert stack.write_weights() == {"monolith": 0, "catalog": 100} and not _hold_in_file(stack)
-        time.sleep(0.5)
+        for direction, crash_at in CRASH_POINTS:
+            command = ("writes",) if direction == "forward" else ("rollback", "--writes")
+            args = (command[0], str(stack.plan), *command[1:], "--json")
+            stack.env[CRASH_ENV] = crash_at
+            crashed = stack.start_runner(*args)
+            _, stderr = crashed.communicate(timeout=60)  # SIGKILLed by itself right after journaling `crash_at`
+            assert crashed.returncode == -signal.SIGKILL, (direction, crash_at, stderr)
+            kinds = [(e["kind"], e.get("step"), e.get("phase")) for e in journal(stack)]
+            step, phase = crash_at.split(":")
+            assert kinds[-1] == ("writes.step", step, phase), (direction, crash_at, kinds[-5:])
+            stack.env.pop(CRASH_ENV, None)
+            again = stack.run(*args)
+            result = result_json(again)
+            assert again.returncode == 0 and result["outcome"] == "switched" and result["recovered"], (crash_at, result)
+            expected = {"monolith": 0, "catalog": 100} if direction == "forward" else {"monolith": 100, "catalog": 0}
+            assert stack.write_weights() == expected and not _hold_in_file(stack), crash_at
     finally:
         load.stop()
     stack.converge()
     counts = load.check()
     for side in ("legacy", "service"):
         assert counts[side]["lost"] == 0 and counts[side]["doubled"] == 0, counts
-    # Writes held by the killed runner waited out the lease or the budget at worst: 503 with Retry-After.
+    # Writes held by a killed runner waited out the lease or the budget at worst: 503 with Retry-After.
     assert all(w.status in (200, 201, 503) for w in load.writes), {w.status for w in load.writes}
 
 
