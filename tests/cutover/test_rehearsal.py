@@ -117,6 +117,10 @@ def _sample_plan_copy(tmp_path: Path) -> Path:
     for key, value in (("routing", "../../routing.yaml"), ("sync", "sync.yaml"), ("reverse_sync", "reverse.yaml")):
         text = text.replace(f"{key}: {value}", f"{key}: {(base / value).resolve()}")
     text = text.replace("latency: {max_p99_ratio: 1.5,", "latency: {max_p99_ratio: 50,")
+    # The 1% and 5% steps see no catalog request at all in a few hundred recorded reads, some runs
+    # (inconclusive: the rehearsal pauses there, rightly); this test is about the rest of the run.
+    text = text.replace("steps: [shadow, 1, 5, 25, 50, approve, 100]", "steps: [shadow, 25, 50, approve, 100]")
+    assert "steps: [shadow, 25, 50, approve, 100]" in text
     text = text.replace("file: ../../.strangler/cutover-events.jsonl", f"file: {tmp_path / 'events.jsonl'}")
     assert "max_p99_ratio: 50" in text and str(base / "sync.yaml") in text
     copy = tmp_path / "cutover.yaml"
@@ -131,7 +135,7 @@ def _rehearse(tmp_path: Path, legacy_db: str, traffic: Path) -> None:
     report_html, report_json = tmp_path / "report.html", tmp_path / "report.json"
     env = {**os.environ, "COLUMNS": "200", "STRANGLER_MONOLITH_DATABASE_URL": legacy_db}
     process = subprocess.Popen(
-        [sys.executable, "-m", "scripts", "rehearse", str(plan_file), "--traffic", str(traffic), "--speed", "300",
+        [sys.executable, "-m", "scripts", "rehearse", str(plan_file), "--traffic", str(traffic), "--speed", "150",
          "--sample", "150", "--work-dir", str(work), "--out", str(report_html), "--out", str(report_json)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -147,13 +151,13 @@ def _rehearse(tmp_path: Path, legacy_db: str, traffic: Path) -> None:
     copied = {t["table"]: t["rows"] for t in doc["setup"]["copy"]["tables"]}
     assert copied["public.catalog_product"] == 150 and copied["public.catalog_category"] == 8
     assert {"cluster", "copy", "applications", "snapshot", "facade", "run", "cleanup"} <= set(doc["setup"]["timings"])
-    # Scaling: computed from the file as the module computes it; the soak 5m / 300.
+    # Scaling: computed from the file as the module computes it; the soak 5m / 150.
     found = survey(traffic, plan.routes)
     assert found.replayable == READS and dict(found.not_replayed) == {"PATCH catalog-write": WRITES}
-    expected = scaling_for(found, speed=300, max_rate=200)
+    expected = scaling_for(found, speed=150, max_rate=200)
     assert doc["scaling"]["factor"] == round(expected.factor, 6)
     changes = {c["key"]: c["rehearsal"] for c in doc["scaling"]["changes"]}
-    assert changes["soak.min_time"] == 1.0 and changes["interval"] == 0.25
+    assert changes["soak.min_time"] == 2.0 and changes["interval"] == 0.25
     assert changes["soak.min_requests"] == expected.requests(200)
     # Steps: the shadow step was reached and judged on every gate; each step's outcome is the journal's.
     steps = {s["label"]: s for s in doc["steps"]}
