@@ -24,7 +24,7 @@ soak: {min_time: 0.3s, min_requests: 30}
 interval: 0.1s
 gates:
   error_rate: {max_increase: 1, min_requests: 5}
-  latency: {max_p99_ratio: 20, min_requests: 5}
+  latency: {max_p99_ratio: 100, min_requests: 5}   # one cold request on a loaded machine is 50x; gating on latency has tests of its own
 on_inconclusive: {max_soak: 20s, then: pause}
 """
 
