@@ -415,8 +415,10 @@ class WriteSwitch:
                 lag = state.lag_seconds
                 if lag is None:  # nothing streamed since the snapshot: the estimate's probe fence tells
                     check(f"{what} lag", True, f"idle since its snapshot ({state.lag_bytes or 0} bytes behind)")
-                else:
+                elif lag <= max_lag or not running:
                     check(f"{what} lag", lag <= max_lag, f"{lag:.3f}s (limit {max_lag:g}s)")
+                else:
+                    check(f"{what} lag", *self._probe_lag(spec, lag, max_lag))
             check(f"{what} dead letters", state.dead_letters <= max_dead,
                   f"{state.dead_letters} (limit {max_dead}); look at them with strangler cdc status --spec {spec.path}")
         for item in _replica_identity(streams, list(self.writes.ownership)):
@@ -430,6 +432,23 @@ class WriteSwitch:
             self._step("preflight", "check", **item)
         self._step("preflight", "done", failed=sum(1 for c in checks if c["status"] == "failed"))
         return checks
+
+    def _probe_lag(self, spec: Any, lag: float, max_lag: float) -> tuple[bool, str]:
+        """Whether a stream whose last applied change is `lag` seconds old is really that far behind.
+
+        The age of the last applied change overstates the lag of a stream whose source writes are
+        all the other direction's (after a switch, every catalog write reaches legacy by the reverse
+        stream and the forward stream, filtering them by origin, applies nothing between two
+        heartbeats). A fence written now and applied within the limit shows the stream current."""
+        from cdc.exceptions import CDCError
+        from cdc.fence import emit_fence, wait_applied
+
+        try:
+            taken = wait_applied(spec.target_url, spec.name, emit_fence(spec.source_url, f"{self.plan.name}-preflight"), max_lag)
+        except CDCError as exc:
+            return False, f"{lag:.3f}s (limit {max_lag:g}s), and a probe fence did not get through: {exc}"
+        return True, (f"{taken:.3f}s by a probe fence (limit {max_lag:g}s; its last applied change is {lag:.1f}s old: "
+                      "the source's writes since are the other direction's)")
 
     def _verify(self, spec: Any) -> tuple[bool, str]:
         from cdc.exceptions import CDCError

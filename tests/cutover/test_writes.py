@@ -14,6 +14,7 @@ import psycopg2
 import pytest
 
 from common.postgres import EmbeddedPostgres
+from common.waiting import wait_until
 from cutover.writes import CRASH_ENV
 from tests.cutover.write_support import WriteLoad, WriteStack, journal, result_json, write_stack
 
@@ -50,9 +51,18 @@ def test_write_cutover_and_rollback_under_load_lose_and_double_nothing(stack: Wr
 
         status = result_json(stack.run("status", str(stack.plan), "--json"))
         assert status["writes"]["writer"] == "catalog" and status["writes"]["conflicts"]["forward"]["count"] == 0
+        # Every legacy write now is the reverse stream's: the forward stream applies none of them,
+        # and the age of its last applied change passes the plan's 2 s limit.
+        from cdc.spec import load_spec
+        from cdc.status import status as sync_status
+
+        forward_spec = load_spec(stack.forward_spec, env=stack.env)
+        wait_until(lambda: (sync_status(forward_spec).lag_seconds or 0) > 2.0, 10, 0.2, what="the forward reading to age")
 
         back = result_json(stack.run("rollback", str(stack.plan), "--writes", "--json"))
         assert back["outcome"] == "switched" and back["direction"] == "back", back
+        lag_check = next(c for c in back["checks"] if c["name"] == "forward lag")
+        assert lag_check["status"] == "ok" and "probe fence" in lag_check["detail"], lag_check
         assert stack.write_weights() == {"monolith": 100, "catalog": 0} and not _hold_in_file(stack)
         time.sleep(1.0)
         # The monolith creates again after the rollback (its sequence is past the ids the service

@@ -59,10 +59,13 @@ class WriteStack:
     streams: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start_stream(self, which: str) -> None:
+        """Run one stream. Heartbeats every 30 s: between two, a forward stream that only sees the
+        reverse stream's writes (filtered by origin) applies nothing, so the age of its last applied
+        change grows past the plan's lag limit, and a rollback's preflight must tell it current."""
         spec = self.forward_spec if which == "forward" else self.reverse_spec
         with (self.directory / f"cdc-{which}.log").open("ab") as log:
-            self.streams[which] = subprocess.Popen(cli("cdc", "run", "--spec", str(spec)), cwd=ROOT, env=self.env,
-                                                   stdout=log, stderr=subprocess.STDOUT)
+            self.streams[which] = subprocess.Popen(cli("cdc", "run", "--spec", str(spec), "--heartbeat-interval", "30"),
+                                                   cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
     def stop_stream(self, which: str) -> None:
         process = self.streams.pop(which, None)
@@ -190,7 +193,7 @@ def write_stack(pg: EmbeddedPostgres, directory: Path, *, budget: str = "1s", sl
                 soak: {{min_time: 3s, min_requests: 0}}
                 interval: 1s
                 gates:
-                  cdc: {{max_lag: 5s, max_dead_letters: 0}}
+                  cdc: {{max_lag: 2s, max_dead_letters: 0}}
                   verify: {{max_age: 1m, wait: 20s}}
                 journal: {{database_url: "{store}", lease: 10s}}
                 events: {{file: {directory / 'events.jsonl'}}}
