@@ -72,9 +72,18 @@ class MonolithSessions:
 
     async def _ask(self, session_key: str) -> Identity | None:
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self._timeout)
+            # Idle connections are dropped before the monolith's keep-alive timeout (uvicorn's is 5 s):
+            # the session cache's TTL is 5 s too, so a check would often go out on a connection the
+            # monolith is closing at that moment.
+            self._client = httpx.AsyncClient(timeout=self._timeout, limits=httpx.Limits(keepalive_expiry=2.0))
+        headers = {"Cookie": f"{SESSION_COOKIE}={session_key}"}
         try:
-            response = await self._client.get(self.whoami_url, headers={"Cookie": f"{SESSION_COOKIE}={session_key}"})
+            try:
+                response = await self._client.get(self.whoami_url, headers=headers)
+            except (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError):
+                # A pooled connection closed by the monolith as the request went out: the GET is
+                # idempotent, ask once more on a fresh connection.
+                response = await self._client.get(self.whoami_url, headers=headers)
         except httpx.HTTPError as exc:
             raise SessionCheckUnavailable(
                 f"cannot validate the session: the monolith at {self.whoami_url} did not answer ({exc!r})"

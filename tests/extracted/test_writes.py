@@ -136,3 +136,47 @@ def test_a_product_whose_category_has_not_arrived_yet_still_lists(pair: Pair) ->
     assert listed["count"] == scalar(pair.catalog_db, "SELECT count(*) FROM catalog.products WHERE active")
     assert next(p for p in listed["results"] if p["id"] == 7)["category"] is None
     assert detail["category"] is None
+
+
+def test_a_session_check_on_a_connection_the_monolith_just_closed_is_asked_again() -> None:
+    """The monolith closes an idle keep-alive connection as the next check goes out on it (its
+    timeout and the cache's TTL are both 5 s): the check is retried on a fresh connection, not
+    reported to the client as a 503."""
+    body = b'{"id": 1, "username": "admin", "is_staff": true}'
+    answered: list[int] = []
+    handlers: list[asyncio.Task[None]] = []
+
+    async def check() -> tuple[Identity | None, Identity | None]:
+        async def one_answer_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            # Answers the first request of each connection, keeping it open; the second request on
+            # it is read and the connection dropped without an answer.
+            handlers.append(asyncio.current_task())  # type: ignore[arg-type]
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+                answered.append(1)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                             + str(len(body)).encode() + b"\r\n\r\n" + body)
+                await writer.drain()
+                await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass  # the client closed it first
+            writer.close()
+            await writer.wait_closed()
+
+        server = await asyncio.start_server(one_answer_per_connection, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        now = [0.0]
+        sessions = MonolithSessions(f"http://127.0.0.1:{port}", ttl=5.0, clock=lambda: now[0])
+        try:
+            first = await sessions.identity("s1")
+            now[0] += 6.0
+            return first, await sessions.identity("s1")
+        finally:
+            await sessions.aclose()
+            await asyncio.wait_for(asyncio.gather(*handlers), 5)
+            server.close()
+            await server.wait_closed()
+
+    first, second = asyncio.run(check())
+    assert first is not None and second is not None and second.username == "admin"
+    assert len(answered) == 2  # two connections, each answered once
