@@ -36,9 +36,11 @@ test-tools:
 	echo "installing$$missing (Debian packages) for the tests"; \
 	apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install --reinstall -y -qq$$missing >/dev/null
 
-# `make test PYTEST_ARGS='-x tests/bench'` runs a part of the suite the same way.
+# `make test PYTEST_ARGS='-x tests/bench'` runs a part of the suite the same way; TEST_WORKERS=0
+# runs it in one process.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed-test test-tools
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 	@test ! -f test-artifacts/shadow_report.png || echo "screenshot of the rendered shadow report: test-artifacts/shadow_report.png"
 
 bench: $(VENV)/.installed-test

@@ -9,7 +9,7 @@ catalog-write, reads, monolith orders that take stock), then switches:
 
 1. **naive** (the baseline): `catalog-write` flipped to the catalog service by editing the
    routing file (`facade.edit.shift_weights`) and reloading, no hold, no fence; then back;
-2. **gated** (once `cutover.writes` exists): `switch_writes` forward (hold at the façade, fence,
+2. **gated**: `switch_writes` forward (hold at the façade, fence,
    reverse stream), back (rollback), forward again.
 
 Each phase gets its own databases, so the naive flip's damage does not leak into the gated one.
@@ -22,7 +22,6 @@ everything, the tables go to stderr.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import platform
@@ -132,9 +131,7 @@ def main(
         plan: list[tuple[str, Callable[[Stack], list[tuple[str, Switch]]]]] = []
         if naive_baseline:
             plan.append(("naive", naive_switches))
-        if importlib.util.find_spec("cutover.writes") is None:
-            notes.append("cutover.writes is not available in this tree: only the naive baseline was measured")
-        elif not REVERSE_SPEC_PATH.exists():
+        if not REVERSE_SPEC_PATH.exists():
             notes.append(f"{REVERSE_SPEC_PATH} is missing: the gated write cutover needs the reverse stream")
         else:
             plan.append(("gated", gated_switches))

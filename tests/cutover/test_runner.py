@@ -334,11 +334,11 @@ def test_the_shadow_step_mirrors_every_read_and_judges_only_its_own_window(pair:
 
 def test_pause_holds_the_step_without_rolling_back_and_resume_carries_on(stack: Stack) -> None:
     plan = write_plan(stack.directory / "plan.yaml", stack.routing, [stack.facade_url], stack.journal_url, """\
-        steps: [10, 50]
-        soak: {min_time: 10s, min_requests: 0}
+        steps: [{weight: 10, soak: {min_time: 10s, min_requests: 0}}, 50]
+        soak: {min_time: 0.5s, min_requests: 0}
         interval: 0.05s
         """)
-    # The soak outlasts starting the `pause` command (a new Python process) on a busy machine.
+    # The 10% soak outlasts starting the `pause` command (a new Python process) on a busy machine.
     runner = start_cli("cutover", "run", str(plan), "--exit-when-paused", "--json")
     try:
         wait_for(lambda: journal_has(stack.journal_url, lambda e: e["kind"] == "soak"), timeout=60, what="the 10% step to soak")
