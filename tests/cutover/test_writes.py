@@ -98,14 +98,15 @@ def test_write_cutover_and_rollback_under_load_lose_and_double_nothing(stack: Wr
     assert result_json(stack.run("status", str(stack.plan), "--json"))["writes"]["last"]["outcome"] == "finished"
 
 
-# One kill in each stretch that recovery tells apart: nothing held yet, hold placed, ownership
-# switched, the switch journaled but not written, written.
-# The directions alternate (a killed forward switch run again ends switched, so the next kill is of
-# a switch back), so one stack takes them all and both directions are covered.
-CRASH_POINTS = [
-    ("forward", "hold:done"), ("back", "ownership:done"), ("forward", "switch:intent"), ("back", "switch:done"),
-    ("forward", "estimate:done"),
+# Every point a switch journals, in order: the runner is killed right after each. The directions
+# alternate (a killed forward switch run again ends switched, so the next kill is of a switch
+# back), so one stack takes them all and each stretch recovery tells apart (nothing held, hold
+# placed, ownership switched, the switch journaled but not written, written) is hit both ways.
+JOURNALED = [
+    "preflight:check", "preflight:done", "estimate:done", "hold:intent", "hold:done", "acks:done", "fence:intent",
+    "fence:done", "ownership:intent", "ownership:done", "reverse:done", "switch:intent", "switch:done", "verify:done",
 ]
+CRASH_POINTS = [("forward" if i % 2 == 0 else "back", point) for i, point in enumerate(JOURNALED)]
 
 
 def test_a_runner_killed_at_any_journaled_step_is_finished_or_undone_by_the_next_run(stack: WriteStack) -> None:
@@ -128,6 +129,14 @@ def test_a_runner_killed_at_any_journaled_step_is_finished_or_undone_by_the_next
             assert again.returncode == 0 and result["outcome"] == "switched" and result["recovered"], (crash_at, result)
             expected = {"monolith": 0, "catalog": 100} if direction == "forward" else {"monolith": 100, "catalog": 0}
             assert stack.write_weights() == expected and not _hold_in_file(stack), crash_at
+        # A switch run to its end journals exactly the points killed at above.
+        before = len(journal(stack))
+        clean = result_json(stack.run("writes", str(stack.plan), "--json"))
+        assert clean["outcome"] == "switched" and not clean["recovered"], clean
+        # (The estimate's journal probes, timings of a journal write, are not steps.)
+        points = [f"{e['step']}:{e['phase']}" for e in journal(stack)[before:]
+                  if e["kind"] == "writes.step" and e.get("phase") != "probe"]
+        assert list(dict.fromkeys(points)) == JOURNALED, points
     finally:
         load.stop()
     stack.converge()
