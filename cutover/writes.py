@@ -49,6 +49,7 @@ itself, and nothing switched.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -290,7 +291,7 @@ class WriteSwitch:
         if not self.dry_run:
             self.journal.write("writes.start", detail={"direction": self.direction, "old": old, "new": new,
                                                       "routes": list(self.writes.routes)})
-        window_start = self._write_traffic()
+        window_start = (self._write_traffic(), self.clock())
         checks = self._preflight(old, new, weights)
         self.result.checks = checks
         failed = [check for check in checks if check["status"] == "failed"]
@@ -481,17 +482,25 @@ class WriteSwitch:
     def _estimate(self, old: str, window_start: Any) -> dict[str, Any]:
         """The pause: drain + fence (a probe now) + steps + edit + reload (of every replica) + journal.
 
-        The drain is how long the writes in flight when the hold lands take to finish: the median of
-        the write routes' latency over the preflight's window (what is left of the few requests in
-        flight is about that, not the tail of all of them; the window leaves out earlier switches'
-        held waits), or over the façade's whole life when the window saw fewer than 20 writes. The
-        probes are each the median of three timings."""
+        The drain is how long the writes in flight when the hold lands take to finish: the last of
+        them to. With k writes in flight (Little's law: the write rate times their mean latency,
+        both over the preflight's window, which leaves out earlier switches' held waits), that is
+        about the k/(k+1) quantile of their latency, the expected longest of k; the median when
+        the window saw fewer than 20 writes (then over the façade's whole life). The probes are
+        each the median of five timings. The pause holds one whole reload (the switch's) and the
+        tail of the hold's own (from the first worker that holds to the last; counted as half a
+        reload), so the reload part is one and a half reloads."""
         drain = 0.0
+        start, started_at = window_start
         now = self._write_traffic()
         if now is not None:
-            recent = now.minus(window_start).of(old) if window_start is not None else now.of(old)
-            traffic = recent if recent.requests >= 20 else now.of(old)
-            drain = quantile(0.5, traffic.buckets) or 0.0
+            recent = now.minus(start).of(old) if start is not None else now.of(old)
+            seconds = self.clock() - started_at
+            if recent.requests >= 20 and seconds > 0:
+                in_flight = recent.requests / seconds * _mean(recent.buckets)
+                drain = quantile(min(0.99, max(0.5, in_flight / (in_flight + 1))), recent.buckets) or 0.0
+            else:
+                drain = quantile(0.5, now.of(old).buckets) or 0.0
         into, _ = self._catching_up()
         from cdc.exceptions import CDCError
         from cdc.fence import emit_fence, wait_applied
@@ -515,7 +524,7 @@ class WriteSwitch:
             edit = self._median_time(edit_once)
         except (ConfigError, FacadeError) as exc:
             raise CutoverError(f"the routing file cannot take the hold: {exc}") from exc
-        reload = self._median_time(lambda: self._reload_all(force=True))
+        reload = self._median_time(lambda: self._reload_all(force=True)) * 1.5
         journal = self._median_time(self._probe_journal) * 5  # the writes journaled inside the pause
         # Ownership and the reverse position: a connection and a statement each on the service store.
         steps = self._median_time(lambda: _round_trip(self._streams_now().service_url)) * 2
@@ -523,7 +532,7 @@ class WriteSwitch:
                  "reload": round(reload, 4), "journal": round(journal, 4)}
         return {"pause_s": round(sum(parts.values()), 4), "budget_s": self.writes.budget, "parts": parts}
 
-    def _median_time(self, probe: Callable[[], None], times: int = 3) -> float:
+    def _median_time(self, probe: Callable[[], None], times: int = 5) -> float:
         """The median of `times` timings of `probe`: one sample on a busy machine is mostly noise."""
         taken = []
         for _ in range(times):
@@ -740,6 +749,20 @@ class WriteSwitch:
             and (routes[name].hold is None or routes[name].hold.id != hold_id)
             for name in self.writes.routes
         )
+
+
+def _mean(buckets: Sequence[tuple[float, int]]) -> float:
+    """The mean of a cumulative histogram, each bucket's count at its midpoint (the last finite
+    bound for the overflow bucket)."""
+    total, weighted, lower, below = 0, 0.0, 0.0, 0
+    for bound, count in sorted(buckets):
+        n = count - below
+        weighted += n * (lower if math.isinf(bound) else (lower + bound) / 2)
+        total += n
+        if not math.isinf(bound):
+            lower = bound
+        below = count
+    return weighted / total if total else 0.0
 
 
 def _round_trip(url: str) -> None:
