@@ -21,6 +21,7 @@ INDIRECT = {
     "pgserver": "located with importlib.util.find_spec, never imported (common/postgres.py)",
     "python-multipart": "Starlette's form parser imports it (the monolith's HTML forms)",
     "pytest-timeout": "a pytest plugin ([tool.pytest.ini_options] timeout)",
+    "pytest-xdist": "a pytest plugin (`make test` runs pytest -n 2)",
     "strangler": "the extras' own references to other extras",
 }
 # The modules that need an extra, the package each imports from it, and that extra.
