@@ -36,6 +36,7 @@ __all__ = [
     "FenceTimeout",
     "applied_lsn",
     "emit_fence",
+    "fence_through",
     "ownership_state",
     "set_ownership",
     "wait_applied",
@@ -134,6 +135,12 @@ def wait_applied(target_url: str, name: str, lsn: int, timeout: float) -> float:
     except psycopg2.Error as exc:
         raise CDCError(f"cannot read the applier's position from the target: {one_line(exc)}") from exc
     return time.monotonic() - start
+
+
+def fence_through(spec: Any, label: str, timeout: float) -> float:
+    """Write a fence on `spec`'s source and wait until its applier has applied it; returns the
+    seconds waited: how far behind the stream is now, measured rather than read off its last change."""
+    return wait_applied(spec.target_url, spec.name, emit_fence(spec.source_url, label), timeout)
 
 
 def _behind(name: str, lsn: int, timeout: float, applied: int, done: bool, idle: float | None) -> str:

@@ -41,6 +41,7 @@ __all__ = [
     "error_rate_verdict",
     "evaluate",
     "latency_verdict",
+    "mean",
     "overall",
     "quantile",
     "shadow_verdict",
@@ -189,6 +190,20 @@ def quantile(q: float, buckets: Sequence[tuple[float, int]]) -> float | None:
             return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)
         lower_bound, lower_count = bound, count
     return ordered[-1][0]
+
+
+def mean(buckets: Sequence[tuple[float, int]]) -> float:
+    """The mean of a cumulative histogram, each bucket's count at its midpoint (the last finite
+    bound for the overflow bucket); 0 when it counted nothing."""
+    total, weighted, lower, below = 0, 0.0, 0.0, 0
+    for bound, count in sorted(buckets):
+        n = count - below
+        weighted += n * (lower if math.isinf(bound) else (lower + bound) / 2)
+        total += n
+        if not math.isinf(bound):
+            lower = bound
+        below = count
+    return weighted / total if total else 0.0
 
 
 def _pct(value: float) -> str:

@@ -49,7 +49,6 @@ itself, and nothing switched.
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import time
@@ -60,7 +59,7 @@ from typing import Any, Literal
 import psycopg2
 
 from cutover.exceptions import CutoverError
-from cutover.gates import quantile
+from cutover.gates import mean, quantile
 from cutover.journal import Entry, JournalStore, MemoryJournal, new_holder, open_journal
 from cutover.plan import Plan
 from cutover.readings import Sources, parse_traffic
@@ -442,10 +441,10 @@ class WriteSwitch:
         stream and the forward stream, filtering them by origin, applies nothing between two
         heartbeats). A fence written now and applied within the limit shows the stream current."""
         from cdc.exceptions import CDCError
-        from cdc.fence import emit_fence, wait_applied
+        from cdc.fence import fence_through
 
         try:
-            taken = wait_applied(spec.target_url, spec.name, emit_fence(spec.source_url, f"{self.plan.name}-preflight"), max_lag)
+            taken = fence_through(spec, f"{self.plan.name}-preflight", max_lag)
         except CDCError as exc:
             return False, f"{lag:.3f}s (limit {max_lag:g}s), and a probe fence did not get through: {exc}"
         return True, (f"{taken:.3f}s by a probe fence (limit {max_lag:g}s; its last applied change is {lag:.1f}s old: "
@@ -497,19 +496,18 @@ class WriteSwitch:
             recent = now.minus(start).of(old) if start is not None else now.of(old)
             seconds = self.clock() - started_at
             if recent.requests >= 20 and seconds > 0:
-                in_flight = recent.requests / seconds * _mean(recent.buckets)
+                in_flight = recent.requests / seconds * mean(recent.buckets)
                 drain = quantile(min(0.99, max(0.5, in_flight / (in_flight + 1))), recent.buckets) or 0.0
             else:
                 drain = quantile(0.5, now.of(old).buckets) or 0.0
         into, _ = self._catching_up()
         from cdc.exceptions import CDCError
-        from cdc.fence import emit_fence, wait_applied
+        from cdc.fence import fence_through
 
         gate = self.plan.gates.cdc
 
         def fence_once() -> None:
-            lsn = emit_fence(into.source_url, f"{self.plan.name}-probe")
-            wait_applied(into.target_url, into.name, lsn, gate.max_lag if gate is not None else 5.0)
+            fence_through(into, f"{self.plan.name}-probe", gate.max_lag if gate is not None else 5.0)
 
         def edit_once() -> None:
             # The switch rewrites the file inside the pause (parse, edit, validate): time one such edit.
@@ -686,14 +684,14 @@ class WriteSwitch:
     def _verify_both(self) -> None:
         """Once both streams have caught up (a fence through each), verify each direction."""
         from cdc.exceptions import CDCError
-        from cdc.fence import emit_fence, wait_applied
+        from cdc.fence import fence_through
 
         streams = self._streams_now()
         wait = self.plan.gates.verify.wait if self.plan.gates.verify is not None else 30.0
         out: dict[str, Any] = {}
         for spec, what in ((streams.forward, "forward"), (streams.reverse, "reverse")):
             try:
-                wait_applied(spec.target_url, spec.name, emit_fence(spec.source_url, f"{self.plan.name}-verify"), wait)
+                fence_through(spec, f"{self.plan.name}-verify", wait)
             except CDCError as exc:
                 out[what] = {"identical": False, "summary": f"not caught up: {exc}"}
                 continue
@@ -749,20 +747,6 @@ class WriteSwitch:
             and (routes[name].hold is None or routes[name].hold.id != hold_id)
             for name in self.writes.routes
         )
-
-
-def _mean(buckets: Sequence[tuple[float, int]]) -> float:
-    """The mean of a cumulative histogram, each bucket's count at its midpoint (the last finite
-    bound for the overflow bucket)."""
-    total, weighted, lower, below = 0, 0.0, 0.0, 0
-    for bound, count in sorted(buckets):
-        n = count - below
-        weighted += n * (lower if math.isinf(bound) else (lower + bound) / 2)
-        total += n
-        if not math.isinf(bound):
-            lower = bound
-        below = count
-    return weighted / total if total else 0.0
 
 
 def _round_trip(url: str) -> None:

@@ -21,6 +21,7 @@ from cutover.gates import (
     error_rate_verdict,
     evaluate,
     latency_verdict,
+    mean,
     overall,
     quantile,
     shadow_verdict,
@@ -235,3 +236,10 @@ def test_traffic_since_a_baseline() -> None:
     # A replica restarted (its counters went backwards): everything it has counted is new.
     assert before.minus(after) == before
     assert RouteTraffic({"a": after}).plus(RouteTraffic({"a": before, "b": before})).of("a").requests == 40
+
+
+def test_the_mean_of_a_latency_histogram_counts_each_bucket_at_its_midpoint() -> None:
+    # 10 requests ≤ 10 ms, 30 in (10, 50] ms, 0 in (50, 100], 2 beyond 100 ms (counted at 100 ms).
+    buckets = [(0.01, 10), (0.05, 40), (0.1, 40), (float("inf"), 42)]
+    assert abs(mean(buckets) - (10 * 0.005 + 30 * 0.03 + 2 * 0.1) / 42) < 1e-12
+    assert mean([]) == 0.0 and mean([(0.01, 0), (float("inf"), 0)]) == 0.0

@@ -85,11 +85,3 @@ def test_figures_count_errors_and_the_latency_a_held_window_adds() -> None:
     assert round(result.window_ms["max"], 3) == 400.0 and round(result.added_ms["max"], 3) == 390.0
     assert round(result.pause_s, 3) == 0.39
 
-
-def test_the_mean_of_a_latency_histogram_counts_each_bucket_at_its_midpoint() -> None:
-    from cutover.writes import _mean
-
-    # 10 requests ≤ 10 ms, 30 in (10, 50] ms, 0 in (50, 100], 2 beyond 100 ms (counted at 100 ms).
-    buckets = [(0.01, 10), (0.05, 40), (0.1, 40), (float("inf"), 42)]
-    assert abs(_mean(buckets) - (10 * 0.005 + 30 * 0.03 + 2 * 0.1) / 42) < 1e-12
-    assert _mean([]) == 0.0 and _mean([(0.01, 0), (float("inf"), 0)]) == 0.0

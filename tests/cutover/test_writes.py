@@ -13,6 +13,8 @@ import httpx
 import psycopg2
 import pytest
 
+from cdc.spec import load_spec
+from cdc.status import status as sync_status
 from common.postgres import EmbeddedPostgres
 from common.waiting import wait_until
 from cutover.writes import CRASH_ENV
@@ -53,9 +55,6 @@ def test_write_cutover_and_rollback_under_load_lose_and_double_nothing(stack: Wr
         assert status["writes"]["writer"] == "catalog" and status["writes"]["conflicts"]["forward"]["count"] == 0
         # Every legacy write now is the reverse stream's: the forward stream applies none of them,
         # and the age of its last applied change passes the plan's 2 s limit.
-        from cdc.spec import load_spec
-        from cdc.status import status as sync_status
-
         forward_spec = load_spec(stack.forward_spec, env=stack.env)
         wait_until(lambda: (sync_status(forward_spec).lag_seconds or 0) > 2.0, 10, 0.2, what="the forward reading to age")
 
