@@ -12,6 +12,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.templating import Jinja2Templates
 
+from monolith.accounts.sessions import IdentityCache
 from monolith.accounts.urls import urlpatterns as accounts_urls
 from monolith.catalog.urls import urlpatterns as catalog_urls
 from monolith.core.middleware import SecurityHeadersMiddleware
@@ -25,7 +26,7 @@ ENV_DATABASE_URL = "STRANGLER_MONOLITH_DATABASE_URL"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
-def create_app(database_url: str, *, pool_size: int = 10) -> Starlette:
+def create_app(database_url: str, *, pool_size: int = 40) -> Starlette:
     """The monolith for the database at `database_url` (connections are opened lazily)."""
     engine = make_engine(database_url, pool_size=pool_size)
 
@@ -44,6 +45,7 @@ def create_app(database_url: str, *, pool_size: int = 10) -> Starlette:
     )
     app.state.engine = engine
     app.state.sessions = sessionmaker(engine, expire_on_commit=False)
+    app.state.identities = IdentityCache()
     app.state.templates = Jinja2Templates(directory=str(TEMPLATES))
     return app
 

@@ -21,7 +21,7 @@ class Base(DeclarativeBase):
     """Declarative base shared by the apps' models (one metadata, like Django's app registry)."""
 
 
-def make_engine(database_url: str, *, pool_size: int = 10) -> Engine:
+def make_engine(database_url: str, *, pool_size: int = 40) -> Engine:
     """An engine for `database_url` (PostgreSQL through psycopg2); refuses a malformed URL."""
     try:
         url = make_url(database_url)
@@ -33,7 +33,9 @@ def make_engine(database_url: str, *, pool_size: int = 10) -> Engine:
         raise MonolithError(f"{database_url!r} is not a PostgreSQL URL; the monolith needs postgresql://...")
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg2")
-    return create_engine(url, pool_size=pool_size, max_overflow=20, pool_recycle=3600)
+    # As many connections as requests can run database work at once (anyio's 40 worker threads),
+    # kept open: overflow connections would be opened and closed under a steady load.
+    return create_engine(url, pool_size=pool_size, max_overflow=0, pool_recycle=3600)
 
 
 def in_transaction(factory: sessionmaker[Session], fn: Callable[..., T], *args: Any) -> T:

@@ -27,7 +27,7 @@ def create_app(
     *,
     monolith_url: str = DEFAULT_MONOLITH_URL,
     sessions: SessionValidator | None = None,
-    pool_size: int = 10,
+    pool_size: int = 40,
     demo_discrepancy: bool = False,
     demo_errors: int = 0,
 ) -> Starlette:

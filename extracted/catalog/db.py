@@ -36,8 +36,10 @@ def engine_url(database_url: str) -> URL:
     return url.set(drivername="postgresql+psycopg2") if url.drivername == "postgresql" else url
 
 
-def make_engine(database_url: str, *, pool_size: int = 10) -> Engine:
-    return create_engine(engine_url(database_url), pool_size=pool_size, max_overflow=20, pool_recycle=3600)
+def make_engine(database_url: str, *, pool_size: int = 40) -> Engine:
+    # As many connections as requests can run database work at once (anyio's 40 worker threads),
+    # kept open: overflow connections would be opened and closed under a steady load.
+    return create_engine(engine_url(database_url), pool_size=pool_size, max_overflow=0, pool_recycle=3600)
 
 
 def in_transaction(factory: sessionmaker[Session], fn: Callable[..., T], *args: Any) -> T:

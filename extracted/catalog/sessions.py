@@ -3,6 +3,7 @@ its `/accounts/api/whoami`, with a short cache so a burst of writes costs one ca
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -57,18 +58,31 @@ class MonolithSessions:
         self._client = client
         self._clock = clock
         self._cache: OrderedDict[str, tuple[float, Identity | None]] = OrderedDict()
+        self._asking: dict[str, asyncio.Future[Identity | None]] = {}
 
     async def identity(self, session_key: str) -> Identity | None:
+        """The cached answer, else the monolith's: concurrent misses of one key share one call (a
+        burst of writes released at once, or arriving as the entry expires, asks once)."""
         now = self._clock()
         cached = self._cache.get(session_key)
         if cached is not None and cached[0] > now:
             return cached[1]
-        identity = await self._ask(session_key)
-        self._cache[session_key] = (now + self._ttl, identity)
+        asking = self._asking.get(session_key)
+        if asking is None:
+            asking = self._asking[session_key] = asyncio.ensure_future(self._ask(session_key))
+            asking.add_done_callback(lambda done: self._answered(session_key, done, now))
+        # shield: one caller cancelled (its client went away) does not cancel the others' call.
+        return await asyncio.shield(asking)
+
+    def _answered(self, session_key: str, done: asyncio.Future[Identity | None], asked_at: float) -> None:
+        if self._asking.get(session_key) is done:
+            del self._asking[session_key]
+        if done.cancelled() or done.exception() is not None:
+            return
+        self._cache[session_key] = (asked_at + self._ttl, done.result())
         self._cache.move_to_end(session_key)
         while len(self._cache) > self._max_entries:
             self._cache.popitem(last=False)
-        return identity
 
     async def _ask(self, session_key: str) -> Identity | None:
         if self._client is None:

@@ -101,6 +101,7 @@ async def logout(request: Request) -> Response:
     key = request.cookies.get(SESSION_COOKIE)
     if key:
         await run_db(request, delete_session, key)
+        request.app.state.identities.forget(key)
     response: Response = (
         RedirectResponse("/", status_code=303) if "text/html" in request.headers.get("accept", "") else Response(status_code=204)
     )

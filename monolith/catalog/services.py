@@ -92,11 +92,14 @@ def list_products(db: DbSession, query: ProductQuery) -> tuple[int, list[dict[st
 def _active_product(db: DbSession, product_id: int, *, lock: bool = False) -> tuple[Product, Category | None]:
     if product_id > MAX_ID:
         raise NotFound()
-    stmt = select(Product).where(Product.id == product_id, Product.is_active.is_(True))
-    product = db.execute(stmt.with_for_update() if lock else stmt).scalar_one_or_none()
-    if product is None:
+    # One statement for the product and its category (a write locks the product's row only).
+    stmt = select(Product, Category).join(Category, Category.id == Product.category_id).where(
+        Product.id == product_id, Product.is_active.is_(True)
+    )
+    row = db.execute(stmt.with_for_update(of=Product) if lock else stmt).one_or_none()
+    if row is None:
         raise NotFound()
-    return product, db.get(Category, product.category_id)
+    return row[0], row[1]
 
 
 def get_product(db: DbSession, product_id: int) -> dict[str, Any]:

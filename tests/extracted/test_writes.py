@@ -180,3 +180,43 @@ def test_a_session_check_on_a_connection_the_monolith_just_closed_is_asked_again
     first, second = asyncio.run(check())
     assert first is not None and second is not None and second.username == "admin"
     assert len(answered) == 2  # two connections, each answered once
+
+
+def test_a_burst_of_checks_of_one_session_asks_the_monolith_once() -> None:
+    """Writes held by a cutover are released together: their session checks share one call."""
+    body = b'{"id": 1, "username": "admin", "is_staff": true}'
+    asked: list[bytes] = []
+    handlers: list[asyncio.Task[None]] = []
+
+    async def check() -> list[Identity | None]:
+        async def slow_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            handlers.append(asyncio.current_task())  # type: ignore[arg-type]
+            try:
+                while True:
+                    asked.append(await reader.readuntil(b"\r\n\r\n"))
+                    await asyncio.sleep(0.2)  # every other check arrives while this one is out
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                                 + str(len(body)).encode() + b"\r\n\r\n" + body)
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass  # the client closed it
+            writer.close()
+            await writer.wait_closed()
+
+        server = await asyncio.start_server(slow_answer, "127.0.0.1", 0)
+        sessions = MonolithSessions(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", ttl=5.0)
+        try:
+            burst = [asyncio.create_task(sessions.identity("s1")) for _ in range(20)]
+            await asyncio.sleep(0.05)
+            burst[0].cancel()  # one client gone: the others still get the answer
+            results = await asyncio.gather(*burst[1:])
+            return [*results, await sessions.identity("s2")]
+        finally:
+            await sessions.aclose()
+            await asyncio.wait_for(asyncio.gather(*handlers), 5)
+            server.close()
+            await server.wait_closed()
+
+    results = asyncio.run(check())
+    assert all(r is not None and r.username == "admin" for r in results)
+    assert [b"s1" in a for a in asked] == [True, False] and b"s2" in asked[1]  # one call per session key

@@ -57,3 +57,31 @@ def test_form_login_redirects_to_next_and_logout_ends_the_session(shop: Shop) ->
         logout = client.post("/accounts/logout")
         assert logout.status_code == 204
         assert client.get("/accounts/api/whoami").status_code == 401
+
+
+def test_logout_ends_the_session_at_once_though_its_user_was_just_looked_up(shop: Shop) -> None:
+    with shop.login("user1", "password") as client:
+        key = client.cookies["sessionid"]
+        assert client.get("/accounts/api/whoami").status_code == 200  # looked up, now reused for a while
+        assert client.post("/accounts/logout").status_code == 204
+    with shop.client(cookies={"sessionid": key}) as replay:
+        assert replay.get("/accounts/api/whoami").status_code == 401
+
+
+def test_a_worker_reuses_a_sessions_user_for_its_ttl_only() -> None:
+    from monolith.accounts.sessions import Identity, IdentityCache
+
+    now = [100.0]
+    cache = IdentityCache(ttl=2.0, size=2, clock=lambda: now[0])
+    admin = Identity(id=1, username="admin", is_staff=True)
+    assert cache.get("k1") == (False, None)
+    cache.put("k1", admin)
+    cache.put("k2", None)  # an unknown key is remembered too: no transaction per request for it
+    assert cache.get("k1") == (True, admin) and cache.get("k2") == (True, None)
+    now[0] = 102.0
+    assert cache.get("k1") == (False, None)  # looked up again once its ttl is over
+    cache.put("k1", admin)
+    cache.put("k3", admin)
+    assert cache.get("k2") == (False, None)  # the oldest key went to keep the size
+    cache.forget("k1")
+    assert cache.get("k1") == (False, None)
