@@ -60,7 +60,7 @@ class Sizes:
     load: LoadSettings
 
 
-FULL = Sizes(products=5000, steady=8.0, soak=6.0, load=LoadSettings(rate=250, read_rate=50, order_rate=10, pool=200))
+FULL = Sizes(products=5000, steady=8.0, soak=6.0, load=LoadSettings(rate=200, read_rate=50, order_rate=10, pool=200))
 QUICK = Sizes(products=400, steady=3.0, soak=2.5, load=LoadSettings(rate=60, read_rate=10, order_rate=5, pool=40))
 
 def run_phase(
@@ -105,7 +105,7 @@ def targets(switches: list[dict[str, Any]]) -> list[Ratio]:
 
 def main(
     quick: bool = typer.Option(False, "--quick", help="A small run (lower rate, short soaks): a smoke check, not the targets' sizes."),
-    rate: float = typer.Option(None, help="Product writes per second (default 250; 60 with --quick)."),
+    rate: float = typer.Option(None, help="Product writes per second (default 200; 60 with --quick)."),
     naive_baseline: bool = typer.Option(True, "--naive/--no-naive", help="Run the naive flip as the baseline first."),
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout (tables go to stderr)."),
     keep: bool = typer.Option(False, "--keep", help="Keep the temp directory (logs of every process) and print its path."),

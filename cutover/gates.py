@@ -192,18 +192,46 @@ def quantile(q: float, buckets: Sequence[tuple[float, int]]) -> float | None:
     return ordered[-1][0]
 
 
-def mean(buckets: Sequence[tuple[float, int]]) -> float:
-    """The mean of a cumulative histogram, each bucket's count at its midpoint (the last finite
-    bound for the overflow bucket); 0 when it counted nothing."""
-    total, weighted, lower, below = 0, 0.0, 0.0, 0
-    for bound, count in sorted(buckets):
-        n = count - below
-        weighted += n * (lower if math.isinf(bound) else (lower + bound) / 2)
-        total += n
-        if not math.isinf(bound):
-            lower = bound
-        below = count
-    return weighted / total if total else 0.0
+def expected_drain(rate: float, buckets: Sequence[tuple[float, int]], *, steps: int = 64) -> float:
+    """How long, expected, until every request in flight at a random moment has finished, for
+    requests arriving at `rate` per second whose latencies follow the cumulative histogram
+    `buckets` (each bucket's count spread evenly over it; the overflow at the last finite bound).
+
+    With Poisson arrivals and independent latencies (M/G/∞), the requests still in flight `r`
+    seconds after that moment are Poisson with mean `rate · T(r)`, `T(r) = ∫_r^∞ S(x) dx`, `S` the
+    latency's survival function; so the wait is `∫_0^∞ (1 − e^(−rate · T(r))) dr`. A rare slow
+    request counts as rarely as it occurs, where the top quantile of the latencies would take it
+    for every drain; 0 when nothing arrives or nothing was counted."""
+    ordered = sorted(buckets)
+    if rate <= 0 or not ordered or ordered[-1][1] <= 0:
+        return 0.0
+    total = ordered[-1][1]
+    # Survival at each bucket's bounds: piecewise linear between them.
+    edges, survival = [0.0], [1.0]
+    for bound, count in ordered:
+        if math.isinf(bound):
+            break
+        edges.append(bound)
+        survival.append(1.0 - count / total)
+        if count >= total:
+            break
+    if survival[-1] > 0:  # the overflow, at the last finite bound: survival drops to 0 there
+        edges.append(edges[-1])
+        survival.append(0.0)
+    points, values = [], []
+    for (a, sa), (b, sb) in zip(zip(edges, survival), zip(edges[1:], survival[1:])):
+        for i in range(steps):
+            t = i / steps
+            points.append(a + (b - a) * t)
+            values.append(sa + (sb - sa) * t)
+    points.append(edges[-1])
+    values.append(0.0)
+    # T at every point (from the top), then the wait, both by the trapezoid rule.
+    tail = [0.0] * len(points)
+    for i in range(len(points) - 2, -1, -1):
+        tail[i] = tail[i + 1] + (points[i + 1] - points[i]) * (values[i] + values[i + 1]) / 2
+    waiting = [1.0 - math.exp(-rate * t) for t in tail]
+    return sum((points[i + 1] - points[i]) * (waiting[i] + waiting[i + 1]) / 2 for i in range(len(points) - 1))
 
 
 def _pct(value: float) -> str:

@@ -160,7 +160,8 @@ def run_switches(
             "per_store": per_store, "client_errors": errors.errors, "errors_by_status": errors.errors_by_status,
             "error_samples": errors.error_samples, "client_pause_s": seen.pause_s, "facade_hold_s": record["facade"]["hold_s"],
             "facade_held": record["facade"]["held"], "pause_s": measured, "estimate_s": estimate,
-            "estimate_error": (measured / estimate - 1) if estimate and measured is not None else None,
+            # How far the estimate was from the pause measured, relative to it (target: within ±50%).
+            "estimate_error": (estimate / measured - 1) if estimate and measured else None,
             "latency_before_ms": seen.before_ms, "latency_window_ms": seen.window_ms, "added_ms": seen.added_ms,
             "hold_id": result.get("hold_id"), "fence": result.get("fence"), "timeline": result.get("timeline", []),
         })
@@ -179,14 +180,15 @@ def switches_table(switches: list[dict[str, Any]]) -> Table:
     """One row per switch: lost, doubled, errors, the pauses, the estimate, the added latency."""
     table = Table(title="Write switches under load", title_justify="left")
     for column in ("phase", "switch", "outcome", "lost", "doubled", "client errors", "client pause", "façade hold",
-                   "switch pause", "estimate", "added p50/p99/max (window − before, each)"):
+                   "switch pause", "estimate", "estimate error", "added p50/p99/max (window − before, each)"):
         table.add_column(column, justify="left" if column in ("phase", "switch", "outcome") else "right")
     for s in switches:
         added = s["added_ms"]
         table.add_row(
             s["phase"], s["label"], s["outcome"] or "", str(s["lost"]), str(s["doubled"]), str(s["client_errors"]),
             _seconds(s["client_pause_s"]), _seconds(s["facade_hold_s"] or None), _seconds(s["pause_s"] if s["estimate_s"] else None),
-            _seconds(s["estimate_s"]), f"{added['p50']:.0f} / {added['p99']:.0f} / {added['max']:.0f} ms",
+            _seconds(s["estimate_s"]), "-" if s["estimate_error"] is None else f"{s['estimate_error']:+.0%}",
+            f"{added['p50']:.0f} / {added['p99']:.0f} / {added['max']:.0f} ms",
         )
     return table
 

@@ -1,6 +1,6 @@
 """Write load through the façade: product creates and updates, reads, and monolith orders.
 
-`WriteLoad` sends, at a target rate (250 writes/s by default), creates (`POST /api/products`)
+`WriteLoad` sends, at a target rate (200 writes/s by default), creates (`POST /api/products`)
 and updates (`PATCH /api/products/{id}`) of products as the monolith's staff user, each carrying
 a unique marker (the create's `sku` and `attributes.marker`; an update's `attributes.marker` and
 a price derived from it), plus product reads and orders of a customer (`POST /api/orders`, which
@@ -45,7 +45,7 @@ WRITE_KINDS = ("create", "update")
 class LoadSettings:
     """What the load sends, and as whom."""
 
-    rate: float = 250.0
+    rate: float = 200.0
     """Product writes (creates + updates) per second."""
     create_share: float = 0.3
     """Share of the writes that are creates; the rest are updates of pool products."""

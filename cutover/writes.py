@@ -59,14 +59,14 @@ from typing import Any, Literal
 import psycopg2
 
 from cutover.exceptions import CutoverError
-from cutover.gates import mean, quantile
+from cutover.gates import expected_drain
 from cutover.journal import Entry, JournalStore, MemoryJournal, new_holder, open_journal
 from cutover.plan import Plan
 from cutover.readings import Sources, parse_traffic
 from cutover.runner import _emit, file_hash
 from facade.config import ConfigError, load_config
 from facade.exceptions import FacadeError
-from facade.hold_edit import clear_hold, set_hold
+from facade.hold_edit import clear_hold, prepare_switch
 
 __all__ = ["CRASH_ENV", "STEPS", "WriteSwitch", "WriteSwitchResult", "switch_writes", "writes_state"]
 
@@ -290,13 +290,12 @@ class WriteSwitch:
         if not self.dry_run:
             self.journal.write("writes.start", detail={"direction": self.direction, "old": old, "new": new,
                                                       "routes": list(self.writes.routes)})
-        window_start = (self._write_traffic(), self.clock())
         checks = self._preflight(old, new, weights)
         self.result.checks = checks
         failed = [check for check in checks if check["status"] == "failed"]
         if failed:
             return self._end("refused", "preflight: " + "; ".join(f"{c['name']}: {c['detail']}" for c in failed))
-        estimate = self._estimate(old, window_start)
+        estimate = self._estimate(old, new)
         self.result.estimate = estimate
         self._step("estimate", "done", **estimate)
         budget = self.writes.budget
@@ -316,11 +315,18 @@ class WriteSwitch:
         lease = max(2 * budget, budget + 3.0)
         into, _other = self._catching_up()
         ownership_set: dict[str, Any] | None = None
+        target_weights = {route: {new: 100.0} for route in self.writes.routes}
         try:
+            # Both edits of the file, computed and validated now: inside the pause each is a compare and a write.
+            try:
+                prepared = prepare_switch(self.plan.routing, self.writes.routes, hold_id, lease=lease, budget=budget,
+                                          weights=target_weights, env=self.env)
+            except (ConfigError, FacadeError) as exc:
+                raise _Abort(f"cannot place the hold: {exc}") from exc
             self._step("hold", "intent", hold_id=hold_id, lease_s=lease, budget_s=budget)
             try:
-                placed = set_hold(self.plan.routing, self.writes.routes, hold_id, lease=lease, budget=budget, env=self.env)
-            except (ConfigError, FacadeError) as exc:
+                placed = prepared.place()
+            except FacadeError as exc:
                 raise _Abort(f"cannot place the hold: {exc}") from exc
             self._reload_all()
             held_at = self.clock()
@@ -349,13 +355,16 @@ class WriteSwitch:
 
             if self.clock() > placed.until - max(0.2, 0.25 * budget):
                 raise _Abort("the hold's lease is about to end before the switch; nothing was switched")
-            target_weights = {route: {new: 100.0} for route in self.writes.routes}
             self._step("switch", "intent", weights=target_weights)
         except _Abort as exc:
             self._release_to_old(hold_id, ownership_set)
             return self._end("aborted", f"{exc}; the holds were released to {old} and nothing was switched")
         try:
-            clear_hold(self.plan.routing, hold_id, weights=target_weights, env=self.env)
+            try:
+                prepared.switch()
+            except FacadeError:
+                # The file is not the one with our hold any more (someone edited it meanwhile): edit what is there.
+                clear_hold(self.plan.routing, hold_id, weights=target_weights, env=self.env)
         except (ConfigError, FacadeError) as exc:
             self._release_to_old(hold_id, ownership_set)
             return self._end("aborted", f"cannot write the switch: {exc}; the holds were released to {old}")
@@ -478,28 +487,18 @@ class WriteSwitch:
             total = total.plus(parse_traffic(response.text, tuple(self.writes.routes)))
         return total
 
-    def _estimate(self, old: str, window_start: Any) -> dict[str, Any]:
-        """The pause: drain + fence (a probe now) + steps + edit + reload (of every replica) + journal.
+    def _estimate(self, old: str, new: str) -> dict[str, Any]:
+        """The pause: drain + acks + fence (a probe now) + steps + edit + reload (of every replica) + journal.
 
-        The drain is how long the writes in flight when the hold lands take to finish: the last of
-        them to. With k writes in flight (Little's law: the write rate times their mean latency,
-        both over the preflight's window, which leaves out earlier switches' held waits), that is
-        about the k/(k+1) quantile of their latency, the expected longest of k; the median when
-        the window saw fewer than 20 writes (then over the façade's whole life). The probes are
-        each the median of five timings. The pause holds one whole reload (the switch's) and the
-        tail of the hold's own (from the first worker that holds to the last; counted as half a
-        reload), so the reload part is one and a half reloads."""
-        drain = 0.0
-        start, started_at = window_start
-        now = self._write_traffic()
-        if now is not None:
-            recent = now.minus(start).of(old) if start is not None else now.of(old)
-            seconds = self.clock() - started_at
-            if recent.requests >= 20 and seconds > 0:
-                in_flight = recent.requests / seconds * mean(recent.buckets)
-                drain = quantile(min(0.99, max(0.5, in_flight / (in_flight + 1))), recent.buckets) or 0.0
-            else:
-                drain = quantile(0.5, now.of(old).buckets) or 0.0
+        The drain is how long the writes in flight when the hold lands take to finish, the last of
+        them: `expected_drain` of the write rate and latencies the façade counted while the probes
+        ran (not during the preflight, whose verify loads both databases, nor an earlier switch's
+        held waits), or over the façade's whole life when that saw fewer than 20 writes. The acks
+        are one round of hold reports (the wait notices the drain at its next round). The probes
+        are each the median of five timings. The pause holds one whole reload (the switch's) and
+        the tail of the hold's own (from the first worker that holds to the last; counted as half
+        a reload), so the reload part is one and a half reloads."""
+        start, started_at = self._write_traffic(), self.clock()
         into, _ = self._catching_up()
         from cdc.exceptions import CDCError
         from cdc.fence import fence_through
@@ -509,25 +508,31 @@ class WriteSwitch:
         def fence_once() -> None:
             fence_through(into, f"{self.plan.name}-probe", gate.max_lag if gate is not None else 5.0)
 
-        def edit_once() -> None:
-            # The switch rewrites the file inside the pause (parse, edit, validate): time one such edit.
-            set_hold(self.plan.routing, self.writes.routes, f"{self.plan.name}-estimate", lease=1.0,
-                     budget=self.writes.budget, dry_run=True, env=self.env)
-
         try:
             fence = self._median_time(fence_once)
         except CDCError as exc:
             raise CutoverError(f"the probe fence did not get through the stream into the new writer: {exc}") from exc
         try:
-            edit = self._median_time(edit_once)
+            # The switch writes the file inside the pause (prepared ahead: a compare and a write): time one such write.
+            prepared = prepare_switch(self.plan.routing, self.writes.routes, f"{self.plan.name}-estimate", lease=1.0,
+                                      budget=self.writes.budget, weights={route: {new: 100.0} for route in self.writes.routes},
+                                      env=self.env)
+            edit = self._median_time(prepared.rehearse)
         except (ConfigError, FacadeError) as exc:
             raise CutoverError(f"the routing file cannot take the hold: {exc}") from exc
         reload = self._median_time(lambda: self._reload_all(force=True)) * 1.5
+        acks = self._median_time(lambda: self._hold_reports(f"{self.plan.name}-probe"))
         journal = self._median_time(self._probe_journal) * 5  # the writes journaled inside the pause
         # Ownership and the reverse position: a connection and a statement each on the service store.
         steps = self._median_time(lambda: _round_trip(self._streams_now().service_url)) * 2
-        parts = {"drain": round(drain, 4), "fence": round(fence, 4), "steps": round(steps, 4), "edit": round(edit, 4),
-                 "reload": round(reload, 4), "journal": round(journal, 4)}
+        drain = 0.0
+        now, seconds = self._write_traffic(), self.clock() - started_at
+        if now is not None and seconds > 0:
+            recent = now.minus(start).of(old) if start is not None else now.of(old)
+            latencies = recent.buckets if recent.requests >= 20 else now.of(old).buckets
+            drain = expected_drain(recent.requests / seconds, latencies)
+        parts = {"drain": round(drain, 4), "acks": round(acks, 4), "fence": round(fence, 4), "steps": round(steps, 4),
+                 "edit": round(edit, 4), "reload": round(reload, 4), "journal": round(journal, 4)}
         return {"pause_s": round(sum(parts.values()), 4), "budget_s": self.writes.budget, "parts": parts}
 
     def _median_time(self, probe: Callable[[], None], times: int = 5) -> float:

@@ -7,6 +7,12 @@ route carrying the hold's id. Like `facade.edit.shift_weights` (and with its hel
 is validated whole before it atomically replaces the old one, so each worker's reload picks the
 hold up, or drops it, in one step. A weight shift and a `clear_hold` after it release the held
 requests to the new upstream.
+
+`prepare_switch` does the work of both edits before anything is held: it computes and validates
+the file with the hold and the file that clears it and shifts the weights; `place()` and
+`switch()` then only check that the file is still the one each was computed from and replace it,
+so what the write switch does inside its pause is a compare and a write, not parsing and
+validating the file twice.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from facade.edit import _find_route, _offsets, shift_text, write_atomically
 from facade.exceptions import FacadeError
 from facade.units import format_duration
 
-__all__ = ["HoldEdit", "clear_hold", "set_hold"]
+__all__ = ["HoldEdit", "PreparedSwitch", "clear_hold", "prepare_switch", "set_hold"]
 
 _TOKEN = re.compile(r"""'[^']*'|"[^"]*"|[^\s#,}\]]+""")
 
@@ -74,12 +80,22 @@ def set_hold(
     route, a route held by another hold or a lease or budget that is not positive, `ConfigError`
     if the file (before or after) is invalid.
     """
+    _check_hold(routes, lease, budget)
+    target, text, root = _load(path, env)
+    until = round(clock() + lease, 3)
+    new_text = _hold_text(target, text, root, routes, hold_id, until, budget)
+    diff, written = _finish(target, text, new_text, _placed(routes, hold_id, until), dry_run, env, f"place hold {hold_id!r}")
+    return HoldEdit(target, hold_id, tuple(dict.fromkeys(routes)), until, budget, diff, written)
+
+
+def _check_hold(routes: Sequence[str], lease: float, budget: float) -> None:
     if not routes:
         raise FacadeError("a hold needs at least one route; name the write routes, e.g. catalog-write")
     if lease <= 0 or budget <= 0:
         raise FacadeError(f"a hold needs a positive lease and budget (got lease {lease:g}s, budget {budget:g}s); e.g. lease 30s, budget 2s")
-    target, text, root = _load(path, env)
-    until = round(clock() + lease, 3)
+
+
+def _hold_text(target: Path, text: str, root: Any, routes: Sequence[str], hold_id: str, until: float, budget: float) -> str:
     value = "{" + f"id: {json.dumps(hold_id)}, until: {until!r}, budget: {format_duration(budget)}" + "}"
     edits: list[tuple[int, int, str]] = []
     starts = _offsets(text)
@@ -108,14 +124,15 @@ def set_hold(
             at = starts[line + 1] if line + 1 < len(starts) else len(text)
             prefix = "" if text[at - 1 : at] == "\n" else "\n"
             edits.append((at, at, f"{prefix}{' ' * column}hold: {value}\n"))
-    new_text = _splice(text, edits)
+    return _splice(text, edits)
 
+
+def _placed(routes: Sequence[str], hold_id: str, until: float) -> Callable[[FacadeConfig], bool]:
     def placed(config: FacadeConfig) -> bool:
         held = {route.id for route in config.routes if route.hold is not None and route.hold.id == hold_id and route.hold.until == until}
         return held == set(routes)
 
-    diff, written = _finish(target, text, new_text, placed, dry_run, env, f"place hold {hold_id!r}")
-    return HoldEdit(target, hold_id, tuple(dict.fromkeys(routes)), until, budget, diff, written)
+    return placed
 
 
 def clear_hold(
@@ -132,7 +149,15 @@ def clear_hold(
     write: every worker then goes from held to released-on-the-new-weights in one reload, so no
     replica sends a held request to the old upstream, whatever order the replicas reload in."""
     target, text, root = _load(path, env)
-    original = text
+    new_text, cleared = _clear_text(target, text, root, hold_id, weights, env)
+    diff, written = _finish(target, text, new_text, _gone(hold_id), dry_run, env, f"clear hold {hold_id!r}")
+    return HoldEdit(target, hold_id, tuple(cleared), None, None, diff, written)
+
+
+def _clear_text(
+    target: Path, text: str, root: Any, hold_id: str, weights: Mapping[str, Mapping[str, float]] | None,
+    env: Mapping[str, str] | None,
+) -> tuple[str, list[str]]:
     for route_id, new in (weights or {}).items():
         _, _, text = shift_text(text, target, route_id, new, env=env)
     if weights:
@@ -160,13 +185,85 @@ def clear_hold(
         if text[starts[key_line] : key_start].strip() or (rest and not rest.startswith("#")):
             raise FacadeError(f"route {route_id!r} in {target}: `hold:` does not stand on a line of its own; remove it by hand")
         edits.append((starts[key_line], line_end, ""))
-    new_text = _splice(text, edits)
+    return _splice(text, edits), cleared
 
+
+def _gone(hold_id: str) -> Callable[[FacadeConfig], bool]:
     def gone(config: FacadeConfig) -> bool:
         return not any(route.hold is not None and route.hold.id == hold_id for route in config.routes)
 
-    diff, written = _finish(target, original, new_text, gone, dry_run, env, f"clear hold {hold_id!r}")
-    return HoldEdit(target, hold_id, tuple(cleared), None, None, diff, written)
+    return gone
+
+
+@dataclass(frozen=True)
+class PreparedSwitch:
+    """A hold and the switch that releases it, both computed and validated ahead (`prepare_switch`)."""
+
+    path: Path
+    before: str
+    """The file both were computed from."""
+    held: str
+    """`before` with the hold on the routes."""
+    switched: str
+    """`held` with the hold cleared and the weights shifted."""
+    placing: HoldEdit
+    """What `place()` writes (its diff; `written` is False until then)."""
+
+    def place(self) -> HoldEdit:
+        """Write the file with the hold, if the file is still `before`."""
+        self._replace(self.before, self.held, "place the hold")
+        return HoldEdit(self.path, self.placing.hold_id, self.placing.routes, self.placing.until, self.placing.budget,
+                        self.placing.diff, True)
+
+    def switch(self) -> None:
+        """Write the file without the hold and with the new weights, if the file is still `held`."""
+        self._replace(self.held, self.switched, "switch")
+
+    def rehearse(self) -> None:
+        """What `switch()` costs, without touching the file: read and compare it, and write the
+        switched text to a temporary file beside it (then removed)."""
+        current = self.path.read_text(encoding="utf-8")
+        if current != self.before:
+            raise FacadeError(f"{self.path} changed while the switch was prepared; prepare it again")
+        probe = self.path.with_name(f".{self.path.name}.probe")
+        try:
+            write_atomically(probe, self.switched)
+        finally:
+            probe.unlink(missing_ok=True)
+
+    def _replace(self, expected: str, new_text: str, what: str) -> None:
+        try:
+            current = self.path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise FacadeError(f"cannot read {self.path} to {what}: {exc}") from exc
+        if current != expected:
+            raise FacadeError(f"{self.path} was changed by someone else since the switch was prepared; not writing it to {what}")
+        write_atomically(self.path, new_text)
+
+
+def prepare_switch(
+    path: str | os.PathLike[str],
+    routes: Sequence[str],
+    hold_id: str,
+    *,
+    lease: float,
+    budget: float,
+    weights: Mapping[str, Mapping[str, float]],
+    env: Mapping[str, str] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> PreparedSwitch:
+    """The file holding `routes` under `hold_id` (lease from now) and the file that then clears
+    the hold and sets `weights`, each validated as `set_hold` and `clear_hold` validate theirs;
+    nothing is written. Raises as those do."""
+    _check_hold(routes, lease, budget)
+    target, text, root = _load(path, env)
+    until = round(clock() + lease, 3)
+    held = _hold_text(target, text, root, routes, hold_id, until, budget)
+    placing_diff, _ = _finish(target, text, held, _placed(routes, hold_id, until), True, env, f"place hold {hold_id!r}")
+    switched, _ = _clear_text(target, held, YAML(typ="rt").load(held), hold_id, weights, env)
+    _finish(target, held, switched, _gone(hold_id), True, env, f"clear hold {hold_id!r}")
+    placing = HoldEdit(target, hold_id, tuple(dict.fromkeys(routes)), until, budget, placing_diff, False)
+    return PreparedSwitch(target, text, held, switched, placing)
 
 
 def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None) -> tuple[Path, str, Any]:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
+import math
+import random
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -20,8 +24,8 @@ from cutover.gates import (
     decide,
     error_rate_verdict,
     evaluate,
+    expected_drain,
     latency_verdict,
-    mean,
     overall,
     quantile,
     shadow_verdict,
@@ -238,8 +242,24 @@ def test_traffic_since_a_baseline() -> None:
     assert RouteTraffic({"a": after}).plus(RouteTraffic({"a": before, "b": before})).of("a").requests == 40
 
 
-def test_the_mean_of_a_latency_histogram_counts_each_bucket_at_its_midpoint() -> None:
-    # 10 requests ≤ 10 ms, 30 in (10, 50] ms, 0 in (50, 100], 2 beyond 100 ms (counted at 100 ms).
-    buckets = [(0.01, 10), (0.05, 40), (0.1, 40), (float("inf"), 42)]
-    assert abs(mean(buckets) - (10 * 0.005 + 30 * 0.03 + 2 * 0.1) / 42) < 1e-12
-    assert mean([]) == 0.0 and mean([(0.01, 0), (float("inf"), 0)]) == 0.0
+def test_the_expected_drain_follows_from_the_rate_and_the_latencies() -> None:
+    # Every request takes 12 ms (one narrow bucket), 200/s: the wait is L − (1 − e^(−λL))/λ.
+    narrow = [(0.0119, 0), (0.0121, 1000), (float("inf"), 1000)]
+    assert expected_drain(200, narrow) == pytest.approx(0.012 - (1 - math.exp(-2.4)) / 200, rel=1e-3)
+    # Exponential latencies (mean 10 ms) in 1 ms buckets: residuals are exponential too, so the
+    # wait is ∫ (1 − exp(−λμ e^(−r/μ))) dr.
+    rng = random.Random(1)
+    values = sorted(rng.expovariate(100) for _ in range(100_000))
+    fine = [(ms / 1000, bisect.bisect_right(values, ms / 1000)) for ms in range(1, 200)] + [(float("inf"), len(values))]
+    exact = sum((1 - math.exp(-2.0 * math.exp(-(i * 1e-5) / 0.01))) * 1e-5 for i in range(20_000))
+    assert expected_drain(200, fine) == pytest.approx(exact, rel=0.02)
+    # A rare slow write counts as rarely as it comes: 1 in 100 at 200 ms moves the wait by
+    # milliseconds, where the top quantiles would say 200 ms.
+    rare = [(0.0119, 0), (0.0121, 990), (0.199, 990), (0.201, 1000), (float("inf"), 1000)]
+    assert expected_drain(200, narrow) < expected_drain(200, rare) < 0.05
+    assert expected_drain(100, rare) < expected_drain(200, rare)  # more in flight, a longer wait
+    # Beyond the last finite bound counts at that bound; nothing in flight, nothing to wait for.
+    assert expected_drain(200, [(0.0119, 0), (0.0121, 0), (float("inf"), 1000)]) == pytest.approx(
+        expected_drain(200, narrow), rel=0.05)
+    assert expected_drain(0, narrow) == 0.0 and expected_drain(200, []) == 0.0
+    assert expected_drain(200, [(0.01, 0), (float("inf"), 0)]) == 0.0

@@ -149,7 +149,7 @@ def _spec_copy(source: Path, target: Path, name: str) -> Path:
 @contextlib.contextmanager
 def write_stack(pg: EmbeddedPostgres, directory: Path, *, budget: str = "1s", slow_header: str | None = None) -> Iterator[WriteStack]:
     """The whole stack, streams running and caught up. `slow_header`: monolith writes carrying it
-    take 4 s (an in-flight write that keeps a replica from acking)."""
+    take 8 s (an in-flight write that keeps a replica from acking)."""
     tag = uuid.uuid4().hex[:8]
     legacy = seeded_database(pg.create_database(f"legacy_w_{tag}"), SIZES)
     store = pg.create_database(f"catalog_w_{tag}")
@@ -190,7 +190,7 @@ def write_stack(pg: EmbeddedPostgres, directory: Path, *, budget: str = "1s", sl
                 sync: {forward_spec}
                 facade: {{replicas: ["{facade_url}"], reload_timeout: 10s}}
                 steps: [100]
-                soak: {{min_time: 3s, min_requests: 0}}
+                soak: {{min_time: 6s, min_requests: 0}}
                 interval: 1s
                 gates:
                   cdc: {{max_lag: 2s, max_dead_letters: 0}}
@@ -226,7 +226,7 @@ def _slowed(app: Any, header: bytes) -> Any:
 
     async def slowed(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and any(key == header for key, _ in scope["headers"]):
-            await asyncio.sleep(4)
+            await asyncio.sleep(8)
         await app(scope, receive, send)
 
     return slowed

@@ -21,7 +21,7 @@ from facade.config import check_text
 from facade.edit import collapse_route, shift_weights
 from facade.exceptions import FacadeError
 from facade.hold import aggregate
-from facade.hold_edit import clear_hold, set_hold
+from facade.hold_edit import clear_hold, prepare_switch, set_hold
 from tests.facade.proxy_support import facade, get, post, read_body, serve, wait_for, write_config
 
 ROUTES = """
@@ -320,6 +320,42 @@ def test_clear_hold_with_weights_switches_and_releases_in_one_write(tmp_path: Pa
     with pytest.raises(FacadeError, match="nowhere"):
         clear_hold(path, "w-2", weights={"writes": {"nowhere": 100}})
     assert "hold:" in path.read_text()  # a switch that cannot be written leaves the hold as it was
+
+
+def test_a_prepared_switch_writes_the_same_files_as_set_and_clear_hold(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "routing.yaml", {"monolith": "http://127.0.0.1:1", "catalog": "http://127.0.0.1:2"}, routes=ROUTES)
+    original = path.read_text()
+    prepared = prepare_switch(path, ["writes"], "w-1", lease=30, budget=1.0, weights={"writes": {"catalog": 100}},
+                              clock=lambda: 1000.0)
+    assert path.read_text() == original and not prepared.placing.written  # nothing written yet
+    prepared.rehearse()
+    assert path.read_text() == original and sorted(p.name for p in tmp_path.iterdir()) == ["routing.yaml"]
+    placed = prepared.place()
+    assert placed.written and placed.until == 1030.0
+    held = path.read_text()
+    assert held == set_hold_text(tmp_path, original)
+    prepared.switch()
+    assert path.read_text() == original.replace("to: {monolith: 100, catalog: 0}", "to: {monolith: 0, catalog: 100}")
+    # The file changed since it was prepared (someone else's edit): neither write happens.
+    again = prepare_switch(path, ["writes"], "w-2", lease=30, budget=1.0, weights={"writes": {"monolith": 100}})
+    path.write_text(path.read_text() + "# edited by hand\n")
+    with pytest.raises(FacadeError, match="changed by someone else"):
+        again.place()
+    assert "hold:" not in path.read_text()
+    with pytest.raises(FacadeError, match="nowhere"):  # validated when prepared, not inside the pause
+        prepare_switch(path, ["writes"], "w-3", lease=30, budget=1.0, weights={"writes": {"nowhere": 100}})
+
+
+def set_hold_text(tmp_path: Path, original: str) -> str:
+    """The file `set_hold` writes for the same hold, on a copy."""
+    copy = tmp_path / "copy" / "routing.yaml"
+    copy.parent.mkdir()
+    copy.write_text(original)
+    set_hold(copy, ["writes"], "w-1", lease=30, budget=1.0, clock=lambda: 1000.0)
+    text = copy.read_text()
+    copy.unlink()
+    copy.parent.rmdir()
+    return text
 
 
 def test_collapse_route_writes_the_upstream_alone_once_it_has_everything(tmp_path: Path) -> None:
