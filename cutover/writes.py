@@ -492,12 +492,12 @@ class WriteSwitch:
 
         The drain is how long the writes in flight when the hold lands take to finish, the last of
         them: `expected_drain` of the write rate and latencies the façade counted while the probes
-        ran (not during the preflight, whose verify loads both databases, nor an earlier switch's
-        held waits), or over the façade's whole life when that saw fewer than 20 writes. The acks
-        are one round of hold reports (the wait notices the drain at its next round). The probes
-        are each the median of five timings. The pause holds one whole reload (the switch's) and
-        the tail of the hold's own (from the first worker that holds to the last; counted as half
-        a reload), so the reload part is one and a half reloads."""
+        other than the reloads ran (not during the preflight, whose verify loads both databases,
+        nor an earlier switch's held waits), or over the façade's whole life when that saw fewer
+        than 20 writes. The acks are one round of hold reports (the wait notices the drain at its
+        next round). The probes are each the median of five timings. The pause holds one whole
+        reload (the switch's) and the tail of the hold's own (from the first worker that holds to
+        the last; counted as half a reload), so the reload part is one and a half reloads."""
         start, started_at = self._write_traffic(), self.clock()
         into, _ = self._catching_up()
         from cdc.exceptions import CDCError
@@ -520,7 +520,6 @@ class WriteSwitch:
             edit = self._median_time(prepared.rehearse)
         except (ConfigError, FacadeError) as exc:
             raise CutoverError(f"the routing file cannot take the hold: {exc}") from exc
-        reload = self._median_time(lambda: self._reload_all(force=True)) * 1.5
         acks = self._median_time(lambda: self._hold_reports(f"{self.plan.name}-probe"))
         journal = self._median_time(self._probe_journal) * 5  # the writes journaled inside the pause
         # Ownership and the reverse position: a connection and a statement each on the service store.
@@ -531,6 +530,9 @@ class WriteSwitch:
             recent = now.minus(start).of(old) if start is not None else now.of(old)
             latencies = recent.buckets if recent.requests >= 20 else now.of(old).buckets
             drain = expected_drain(recent.requests / seconds, latencies)
+        # Last, out of the drain's window: a reload stalls the writes in flight while it runs, and
+        # the hold's writes drain after the hold's reload has been served.
+        reload = self._median_time(lambda: self._reload_all(force=True)) * 1.5
         parts = {"drain": round(drain, 4), "acks": round(acks, 4), "fence": round(fence, 4), "steps": round(steps, 4),
                  "edit": round(edit, 4), "reload": round(reload, 4), "journal": round(journal, 4)}
         return {"pause_s": round(sum(parts.values()), 4), "budget_s": self.writes.budget, "parts": parts}
