@@ -122,6 +122,20 @@ def load_average() -> tuple[float, float, float]:
     return os.getloadavg()
 
 
+def cpu_speed(rounds: int = 3) -> float:
+    """Seconds one core takes for a fixed pure-Python loop (the best of `rounds`): on a shared
+    host the same machine is slower at some hours than at others, which the load average of
+    this machine does not show; figures of runs minutes apart compare only beside this."""
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        total = 0
+        for i in range(2_000_000):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return round(best, 3)
+
+
 def signals_as_interrupt() -> None:
     """Turn SIGTERM and SIGINT into KeyboardInterrupt so `finally` blocks stop every child on
     `kill` and on Ctrl-C (SIGINT too: a shell starting us in the background may ignore it)."""

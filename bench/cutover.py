@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from bench._harness import BenchError, Ratio, load_average, ratios_table, signals_as_interrupt  # noqa: E402
+from bench._harness import BenchError, Ratio, cpu_speed, load_average, ratios_table, signals_as_interrupt  # noqa: E402
 from common.postgres import EmbeddedPostgres  # noqa: E402
 from common.processes import ProcessError  # noqa: E402
 from cutover.sample_stack import REVERSE_SPEC_PATH, SPEC_PATH, Stack, sample_stack, write_plan  # noqa: E402
@@ -121,7 +121,7 @@ def main(
         sizes = Sizes(products=sizes.products, steady=sizes.steady, soak=sizes.soak,
                       load=LoadSettings(**{**sizes.load.__dict__, "rate": rate, "run_id": sizes.load.run_id}))
     tmp = Path(tempfile.mkdtemp(prefix="strangler-bench-cutover-"))
-    load_before = load_average()
+    load_before, speed_before = load_average(), cpu_speed()
     phases: list[dict[str, Any]] = []
     notes: list[str] = []
     pg = EmbeddedPostgres(tmp / "pg", ephemeral=True)
@@ -157,6 +157,7 @@ def main(
     ratios = targets(switches)
     results = {
         "machine": {"cpus": os.cpu_count(), "load_average": load_before, "load_average_after": load_average(),
+                    "cpu_loop_s": speed_before, "cpu_loop_s_after": cpu_speed(),
                     "python": platform.python_version(), "platform": platform.platform()},
         "settings": {"quick": quick, "products": sizes.products, "steady_s": sizes.steady, "soak_s": sizes.soak,
                      "rate": sizes.load.rate, "read_rate": sizes.load.read_rate, "order_rate": sizes.load.order_rate,
@@ -164,6 +165,9 @@ def main(
         "phases": phases, "switches": switches, "ratios": [r.as_dict() for r in ratios], "notes": notes,
     }
     console.print(switches_table(switches))
+    machine = results["machine"]
+    console.print(f"machine: {machine['cpus']} cores; a fixed Python loop took {machine['cpu_loop_s']:.3f} s before the run and "
+                  f"{machine['cpu_loop_s_after']:.3f} s after it (a slower host shows here); load average {load_before[0]:.2f} before")
     for phase in phases:
         stores = ", ".join(f"{store} {v['rows']} rows, {v['lost']} lost, {v['doubled']} doubled" for store, v in phase["stores"].items())
         console.print(f"{phase['phase']}: {phase['requests']} requests, {phase['writes_per_s']:.0f} writes/s; {stores}")
