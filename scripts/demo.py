@@ -48,7 +48,7 @@ from cutover.switches import SwitchFailed, SwitchTiming, gated, print_switch, ru
 from cutover.writeload import LoadSettings
 
 FAULT_PERCENT = 30  # share of product reads the faulty catalog build answers with 500
-WRITE_RATE = 200.0  # product writes per second during the write cutover (DESIGN.md's target load)
+WRITE_RATE = 100.0  # product writes per second during the write cutover: half the bench's 200, so the demo switches on a busy two-core machine too
 ROUTE_ID = "catalog-read"
 
 
