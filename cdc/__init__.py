@@ -13,27 +13,72 @@ cutover; a `direction: reverse` spec streams the service's store back into the l
 start, `pipeline` runs the whole of it (`cdc run`), `status`, `verify` and `teardown` serve the
 other commands, `eventfile` applies a file of events, `database` opens the two connections.
 
-The names below are the package's API; `cdc.kafka` is imported on its own (confluent-kafka is
-needed only by the distributed mode).
+The names below are the package's API, each imported on first use (`common.lazy`), so `import
+cdc.exceptions` stays light; `cdc.kafka` is imported on its own (confluent-kafka is needed only
+by the distributed mode).
 """
 
 from __future__ import annotations
 
-from cdc.apply import Applier, ApplyError, ApplyResult, Checkpoint
-from cdc.dryrun import DryRunResult, dry_run
-from cdc.eventfile import apply_file, read_events
-from cdc.events import ChangeEvent, Column, Source
-from cdc.exceptions import CDCError, MappingError, SchemaChangedError
-from cdc.fence import FenceTimeout, applied_lsn, emit_fence, wait_applied
-from cdc.ownership import ownership_state, set_ownership
-from cdc.pipeline import RunStats, prepare, run
-from cdc.preflight import PreflightError, PreflightResult, preflight
-from cdc.relations import check_relations
-from cdc.snapshot import copy_pipe, snapshot_tables
-from cdc.spec import SyncSpec, load_spec
-from cdc.status import SyncStatus, status
-from cdc.teardown import drop
-from cdc.verify import VerifyResult, verify
+from typing import TYPE_CHECKING
+
+from common.lazy import exports
+
+if TYPE_CHECKING:
+    from cdc.apply import Applier, ApplyError, ApplyResult, Checkpoint
+    from cdc.dryrun import DryRunResult, dry_run
+    from cdc.eventfile import apply_file, read_events
+    from cdc.events import ChangeEvent, Column, Source
+    from cdc.exceptions import CDCError, MappingError, SchemaChangedError
+    from cdc.fence import FenceTimeout, applied_lsn, emit_fence, wait_applied
+    from cdc.ownership import ownership_state, set_ownership
+    from cdc.pipeline import RunStats, prepare, run
+    from cdc.preflight import PreflightError, PreflightResult, preflight
+    from cdc.relations import check_relations
+    from cdc.snapshot import copy_pipe, snapshot_tables
+    from cdc.spec import SyncSpec, load_spec
+    from cdc.status import SyncStatus, status
+    from cdc.teardown import drop
+    from cdc.verify import VerifyResult, verify
+
+__getattr__, __dir__ = exports(__name__, {
+    "Applier": "cdc.apply",
+    "ApplyError": "cdc.apply",
+    "ApplyResult": "cdc.apply",
+    "Checkpoint": "cdc.apply",
+    "DryRunResult": "cdc.dryrun",
+    "dry_run": "cdc.dryrun",
+    "apply_file": "cdc.eventfile",
+    "read_events": "cdc.eventfile",
+    "ChangeEvent": "cdc.events",
+    "Column": "cdc.events",
+    "Source": "cdc.events",
+    "CDCError": "cdc.exceptions",
+    "MappingError": "cdc.exceptions",
+    "SchemaChangedError": "cdc.exceptions",
+    "FenceTimeout": "cdc.fence",
+    "applied_lsn": "cdc.fence",
+    "emit_fence": "cdc.fence",
+    "wait_applied": "cdc.fence",
+    "ownership_state": "cdc.ownership",
+    "set_ownership": "cdc.ownership",
+    "RunStats": "cdc.pipeline",
+    "prepare": "cdc.pipeline",
+    "run": "cdc.pipeline",
+    "PreflightError": "cdc.preflight",
+    "PreflightResult": "cdc.preflight",
+    "preflight": "cdc.preflight",
+    "check_relations": "cdc.relations",
+    "copy_pipe": "cdc.snapshot",
+    "snapshot_tables": "cdc.snapshot",
+    "SyncSpec": "cdc.spec",
+    "load_spec": "cdc.spec",
+    "SyncStatus": "cdc.status",
+    "status": "cdc.status",
+    "drop": "cdc.teardown",
+    "VerifyResult": "cdc.verify",
+    "verify": "cdc.verify",
+})
 
 __all__ = [
     "Applier",

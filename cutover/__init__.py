@@ -10,17 +10,47 @@ traffic to the new service step by step, reversibly (`strangler cutover`).
   its database copy, replay and report (`rehearsal_copy`, `rehearsal_replay`, `rehearsal_report`).
 
 It talks to the façade only through its admin API and the routing file; it imports `common`,
-`facade` and `cdc`, never `scripts`.
+`facade` and `cdc`, never `scripts`. The names below load on first use (`common.lazy`), so
+`import cutover.exceptions` stays light.
 """
 
 from __future__ import annotations
 
-from cutover.control import overview, request, run, status
-from cutover.exceptions import CutoverError, LeaseHeld, PlanError, SourceUnreachable
-from cutover.gates import Decision, Readings, Verdict, decide, evaluate
-from cutover.plan import Plan, json_schema, load_plan
-from cutover.rehearsal import RehearsalOptions, rehearse
-from cutover.runner import Action, RunResult, Runner
+from typing import TYPE_CHECKING
+
+from common.lazy import exports
+
+if TYPE_CHECKING:
+    from cutover.control import overview, request, run, status
+    from cutover.exceptions import CutoverError, LeaseHeld, PlanError, SourceUnreachable
+    from cutover.gates import Decision, Readings, Verdict, decide, evaluate
+    from cutover.plan import Plan, json_schema, load_plan
+    from cutover.rehearsal import RehearsalOptions, rehearse
+    from cutover.runner import Action, RunResult, Runner
+
+__getattr__, __dir__ = exports(__name__, {
+    "overview": "cutover.control",
+    "request": "cutover.control",
+    "run": "cutover.control",
+    "status": "cutover.control",
+    "CutoverError": "cutover.exceptions",
+    "LeaseHeld": "cutover.exceptions",
+    "PlanError": "cutover.exceptions",
+    "SourceUnreachable": "cutover.exceptions",
+    "Decision": "cutover.gates",
+    "Readings": "cutover.gates",
+    "Verdict": "cutover.gates",
+    "decide": "cutover.gates",
+    "evaluate": "cutover.gates",
+    "Plan": "cutover.plan",
+    "json_schema": "cutover.plan",
+    "load_plan": "cutover.plan",
+    "RehearsalOptions": "cutover.rehearsal",
+    "rehearse": "cutover.rehearsal",
+    "Action": "cutover.runner",
+    "RunResult": "cutover.runner",
+    "Runner": "cutover.runner",
+})
 
 __all__ = [
     "Action",
