@@ -15,8 +15,10 @@ from typing import Any
 __all__ = ["exports"]
 
 
-def exports(package: str, names: Mapping[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """`__getattr__` and `__dir__` for `package`, whose `names` (name → module) load on first use."""
+def exports(package: str, modules: Mapping[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """`__getattr__` and `__dir__` for `package`: `modules` maps each module to the names (space
+    separated) it gives the package, each loaded on first use."""
+    names = {name: module for module, listed in modules.items() for name in listed.split()}
 
     def __getattr__(name: str) -> Any:
         module = names.get(name)

@@ -29,27 +29,12 @@ if TYPE_CHECKING:
     from cutover.runner import Action, RunResult, Runner
 
 __getattr__, __dir__ = exports(__name__, {
-    "overview": "cutover.control",
-    "request": "cutover.control",
-    "run": "cutover.control",
-    "status": "cutover.control",
-    "CutoverError": "cutover.exceptions",
-    "LeaseHeld": "cutover.exceptions",
-    "PlanError": "cutover.exceptions",
-    "SourceUnreachable": "cutover.exceptions",
-    "Decision": "cutover.gates",
-    "Readings": "cutover.gates",
-    "Verdict": "cutover.gates",
-    "decide": "cutover.gates",
-    "evaluate": "cutover.gates",
-    "Plan": "cutover.plan",
-    "json_schema": "cutover.plan",
-    "load_plan": "cutover.plan",
-    "RehearsalOptions": "cutover.rehearsal",
-    "rehearse": "cutover.rehearsal",
-    "Action": "cutover.runner",
-    "RunResult": "cutover.runner",
-    "Runner": "cutover.runner",
+    "cutover.control": "overview request run status",
+    "cutover.exceptions": "CutoverError LeaseHeld PlanError SourceUnreachable",
+    "cutover.gates": "Decision Readings Verdict decide evaluate",
+    "cutover.plan": "Plan json_schema load_plan",
+    "cutover.rehearsal": "RehearsalOptions rehearse",
+    "cutover.runner": "Action RunResult Runner",
 })
 
 __all__ = [
