@@ -315,7 +315,7 @@ class WriteSwitch:
         lease = max(2 * budget, budget + 3.0)
         into, _other = self._catching_up()
         ownership_set: dict[str, Any] | None = None
-        target_weights = {route: {new: 100.0} for route in self.writes.routes}
+        target_weights = self._all_to(new)
         try:
             # Both edits of the file, computed and validated now: inside the pause each is a compare and a write.
             try:
@@ -515,7 +515,7 @@ class WriteSwitch:
         try:
             # The switch writes the file inside the pause (prepared ahead: a compare and a write): time one such write.
             prepared = prepare_switch(self.plan.routing, self.writes.routes, f"{self.plan.name}-estimate", lease=1.0,
-                                      budget=self.writes.budget, weights={route: {new: 100.0} for route in self.writes.routes},
+                                      budget=self.writes.budget, weights=self._all_to(new),
                                       env=self.env)
             edit = self._median_time(prepared.rehearse)
         except (ConfigError, FacadeError) as exc:
@@ -536,6 +536,10 @@ class WriteSwitch:
         parts = {"drain": round(drain, 4), "acks": round(acks, 4), "fence": round(fence, 4), "steps": round(steps, 4),
                  "edit": round(edit, 4), "reload": round(reload, 4), "journal": round(journal, 4)}
         return {"pause_s": round(sum(parts.values()), 4), "budget_s": self.writes.budget, "parts": parts}
+
+    def _all_to(self, new: str) -> dict[str, dict[str, float]]:
+        """The write routes' weights after the switch: everything to `new`."""
+        return {route: {new: 100.0} for route in self.writes.routes}
 
     def _median_time(self, probe: Callable[[], None], times: int = 5) -> float:
         """The median of `times` timings of `probe`: one sample on a busy machine is mostly noise."""
