@@ -77,15 +77,16 @@ def naive_switches(env: Stack) -> list[tuple[str, Switch]]:
     return [("naive flip to catalog", naive("catalog")), ("naive flip back", naive("monolith"))]
 
 
-def gated_switches(env: Stack) -> list[tuple[str, Switch]]:
-    """`strangler cutover writes`, its rollback, and the switch again, on a plan of the stack."""
+def gated_switches(env: Stack, count: int = 3) -> list[tuple[str, Switch]]:
+    """`strangler cutover writes`, its rollback, and the switch again (`count` switches in all,
+    alternating), on a plan of the stack."""
     plan = write_plan(
         env.work_dir / "cutover.yaml", routing=env.routing_path, spec=SPEC_PATH, facade_url=env.facade_url,
         journal_url=env.catalog_db, events=env.work_dir / "cutover-events.jsonl", min_requests=100,
         reverse_spec=env.reverse_spec,
     )
-    return [("write cutover", gated("forward", plan)), ("write rollback", gated("back", plan)),
-            ("write cutover again", gated("forward", plan))]
+    labels = ["write cutover", "write rollback", *(("write cutover again", "write rollback again")[i % 2] for i in range(count - 2))]
+    return [(label, gated("back" if "rollback" in label else "forward", plan)) for label in labels[:count]]
 
 
 def targets(switches: list[dict[str, Any]]) -> list[Ratio]:
@@ -100,6 +101,8 @@ def targets(switches: list[dict[str, Any]]) -> list[Ratio]:
         Ratio("client errors, gated switches", sum(s["client_errors"] for s in gated), "", 0, "at_most"),
         Ratio("max added write latency, worst switch", max(s["added_ms"]["max"] for s in gated), "ms", 1000, "at_most"),
         Ratio("pause estimate error, worst switch", max(estimates) if estimates else None, "%", 0.5, "at_most"),
+        Ratio("switches with the estimate within ±50%", sum(e <= 0.5 for e in estimates) / len(estimates) if estimates else None,
+              "%", 1.0, "at_least"),
     ]
 
 
@@ -109,6 +112,8 @@ def main(
     naive_baseline: bool = typer.Option(True, "--naive/--no-naive", help="Run the naive flip as the baseline first."),
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout (tables go to stderr)."),
     keep: bool = typer.Option(False, "--keep", help="Keep the temp directory (logs of every process) and print its path."),
+    count: int = typer.Option(3, "--switches", min=1, max=40,
+                              help="Gated switches, alternating cutover and rollback (more give the estimate's spread)."),
 ) -> None:
     """Switch catalog writes under live write traffic, naively and with the gated write cutover,
     and print what each switch lost, doubled, failed and paused."""
@@ -134,7 +139,7 @@ def main(
         if not REVERSE_SPEC_PATH.exists():
             notes.append(f"{REVERSE_SPEC_PATH} is missing: the gated write cutover needs the reverse stream")
         else:
-            plan.append(("gated", gated_switches))
+            plan.append(("gated", lambda env: gated_switches(env, count)))
         for name, switches in plan:
             phase = run_phase(name, switches, server_url=pg.url(), sizes=sizes, work_dir=tmp, console=console)
             # Every run loads with markers of its own.

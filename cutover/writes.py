@@ -55,6 +55,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 import psycopg2
 
@@ -75,6 +76,10 @@ STEPS = ("preflight", "estimate", "hold", "acks", "fence", "ownership", "reverse
 CRASH_ENV = "STRANGLER_CUTOVER_CRASH_AT"
 """Crash testing: `step:phase` (e.g. `fence:intent`) makes the runner SIGKILL itself right after
 journaling it, so a test can resume from exactly that point."""
+PROBES = 5
+"""Timings of each part of the pause estimate."""
+DRAIN_WINDOW = 1.0
+"""Seconds of write traffic, at least, the estimate measures the drain on."""
 _POLL = 0.005
 """Seconds between polls inside the pause (acks, fence, replicas serving the switch)."""
 
@@ -491,13 +496,23 @@ class WriteSwitch:
         """The pause: drain + acks + fence (a probe now) + steps + edit + reload (of every replica) + journal.
 
         The drain is how long the writes in flight when the hold lands take to finish, the last of
-        them: `expected_drain` of the write rate and latencies the façade counted while the probes
-        other than the reloads ran (not during the preflight, whose verify loads both databases,
-        nor an earlier switch's held waits), or over the façade's whole life when that saw fewer
-        than 20 writes. The acks are one round of hold reports (the wait notices the drain at its
-        next round). The probes are each the median of five timings. The pause holds one whole
-        reload (the switch's) and the tail of the hold's own (from the first worker that holds to
-        the last; counted as half a reload), so the reload part is one and a half reloads."""
+        them. Each replica measures it on its own write requests while the probes other than the
+        reloads run (at least `DRAIN_WINDOW` seconds; not during the preflight, whose verify loads
+        both databases, nor an earlier switch's held waits), `GET /_strangler/drain`, and the
+        slowest replica's counts. Each replica's is the lesser of two measured bounds: the mean
+        drain with new writes arriving all along (the hold stops them, so the writes in flight
+        finish no later), and the mean number in flight times the time the fastest tenth of the
+        writes take (the writes in flight done one after another, as by one busy monolith: on a
+        saturated host the first bound counts the queue that the hold removes). Where a replica
+        cannot tell (fewer than 20 writes in the window, or a façade without that endpoint),
+        `expected_drain` of the write rate and latencies its metrics counted stands in; that model
+        takes every write for independent of the others, which on a busy host, where latencies are
+        mostly queueing, overstates the drain by up to the harmonic number of the writes in flight.
+
+        The acks are one round of hold reports (the wait notices the drain at its next round). The
+        probes are each the median of `PROBES` timings. The pause holds one whole reload (the
+        switch's) and the tail of the hold's own (from the first worker that holds to the last;
+        counted as half a reload), so the reload part is one and a half reloads."""
         start, started_at = self._write_traffic(), self.clock()
         into, _ = self._catching_up()
         from cdc.exceptions import CDCError
@@ -524,24 +539,53 @@ class WriteSwitch:
         journal = self._median_time(self._probe_journal) * 5  # the writes journaled inside the pause
         # Ownership and the reverse position: a connection and a statement each on the service store.
         steps = self._median_time(lambda: _round_trip(self._streams_now().service_url)) * 2
-        drain = 0.0
-        now, seconds = self._write_traffic(), self.clock() - started_at
-        if now is not None and seconds > 0:
-            recent = now.minus(start).of(old) if start is not None else now.of(old)
-            latencies = recent.buckets if recent.requests >= 20 else now.of(old).buckets
-            drain = expected_drain(recent.requests / seconds, latencies)
+        left = DRAIN_WINDOW - (self.clock() - started_at)
+        if left > 0:
+            time.sleep(left)
+        drain, readings = self._measured_drain(self.clock() - started_at)
+        drain_from = "measured at the façade"
+        if drain is None:
+            drain, drain_from = 0.0, "modelled from the latency histogram"
+            now, seconds = self._write_traffic(), self.clock() - started_at
+            if now is not None and seconds > 0:
+                recent = now.minus(start).of(old) if start is not None else now.of(old)
+                latencies = recent.buckets if recent.requests >= 20 else now.of(old).buckets
+                drain = expected_drain(recent.requests / seconds, latencies)
         # Last, out of the drain's window: a reload stalls the writes in flight while it runs, and
         # the hold's writes drain after the hold's reload has been served.
         reload = self._median_time(lambda: self._reload_all(force=True)) * 1.5
         parts = {"drain": round(drain, 4), "acks": round(acks, 4), "fence": round(fence, 4), "steps": round(steps, 4),
                  "edit": round(edit, 4), "reload": round(reload, 4), "journal": round(journal, 4)}
-        return {"pause_s": round(sum(parts.values()), 4), "budget_s": self.writes.budget, "parts": parts}
+        return {"pause_s": round(sum(parts.values()), 4), "budget_s": self.writes.budget, "parts": parts,
+                "drain_from": drain_from, "drain_readings": readings}
+
+    def _measured_drain(self, seconds: float) -> tuple[float | None, list[dict[str, Any]]]:
+        """The slowest replica's drain of the write routes over the last `seconds` (`GET
+        /_strangler/drain`; see `_estimate`), None when a replica does not measure it or saw too
+        few writes; with what each replica answered."""
+        query = urlencode([*(("route", route) for route in self.writes.routes), ("seconds", f"{min(seconds, 60.0):.3f}")])
+        drains: list[float] = []
+        readings: list[dict[str, Any]] = []
+        for replica in self.plan.facade.replicas:
+            try:
+                response = self.sources.admin.get(replica, f"drain?{query}")
+            except CutoverError:
+                return None, readings
+            body = response.json() if response.status_code == 200 else {}
+            readings.append({key: body.get(key) for key in ("drain_s", "inflight", "fastest_s", "requests", "seconds")})
+            if body.get("drain_s") is None or int(body.get("requests") or 0) < 20:
+                return None, readings
+            drain = float(body["drain_s"])
+            if body.get("inflight") is not None and body.get("fastest_s") is not None:
+                drain = min(drain, float(body["inflight"]) * float(body["fastest_s"]))
+            drains.append(drain)
+        return max(drains, default=None), readings
 
     def _all_to(self, new: str) -> dict[str, dict[str, float]]:
         """The write routes' weights after the switch: everything to `new`."""
         return {route: {new: 100.0} for route in self.writes.routes}
 
-    def _median_time(self, probe: Callable[[], None], times: int = 5) -> float:
+    def _median_time(self, probe: Callable[[], None], times: int = PROBES) -> float:
         """The median of `times` timings of `probe`: one sample on a busy machine is mostly noise."""
         taken = []
         for _ in range(times):

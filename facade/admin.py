@@ -8,6 +8,9 @@
 - `GET hold`: the write holds across every worker of this replica (`facade.hold`): per hold id
   whether it is acked (installed and drained in all workers), workers seen / expected, held
   requests, oldest wait, in-flight requests on its routes; `?id=` narrows it to one hold.
+- `GET drain?route=R&route=S&seconds=N`: how long a hold on those routes would wait, expected,
+  for the requests in flight when it lands, how many are in flight and how long the fastest take
+  (`facade.drain`), measured on this worker's requests of the last N seconds (default 2, at most 60).
 - `GET <name>` for addons that expose a `snapshot()` (e.g. `shadow`).
 
 A bearer token is required on every endpoint unless the façade listens only on loopback. Every
@@ -136,6 +139,23 @@ def build_admin(
                 return _error_response(request.state.request_id, 404, "unknown_hold", detail)
         return JSONResponse(report)
 
+    async def drain(request: Request) -> Response:
+        routes = request.query_params.getlist("route")
+        raw = request.query_params.get("seconds", "2")
+        try:
+            seconds = float(raw)
+        except ValueError:
+            seconds = -1.0
+        if not routes or not 0 < seconds <= 60:
+            detail = f"give one or more ?route= and ?seconds= in (0, 60]; got routes {routes}, seconds {raw!r}"
+            return _error_response(request.state.request_id, 400, "bad_request", detail)
+        known = {route.id for route in proxy.generation.table.all_routes}
+        unknown = [route for route in routes if route not in known]
+        if unknown:
+            detail = f"no route {', '.join(map(repr, unknown))} in the table; routes: {', '.join(sorted(known))}"
+            return _error_response(request.state.request_id, 404, "unknown_route", detail)
+        return JSONResponse({"routes": routes, **proxy.holds.recent.drain(routes, seconds)})
+
     def snapshot_endpoint(name: str, snapshot: Callable[[], Any]) -> Route:
         async def endpoint(request: Request) -> Response:
             return JSONResponse(snapshot())
@@ -145,7 +165,7 @@ def build_admin(
     async def not_found(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 404
         reason = "method_not_allowed" if status == 405 else "not_found"
-        known = ", ".join(sorted({"health", "routes", "metrics", "reload", "hold", *snapshots}))
+        known = ", ".join(sorted({"health", "routes", "metrics", "reload", "hold", "drain", *snapshots}))
         detail = f"{request.method} {request.url.path} is not part of the admin API; endpoints: {known}"
         headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else None  # 405's Allow
         return _error_response(request.state.request_id, status, reason, detail, headers)
@@ -161,6 +181,7 @@ def build_admin(
             Route(f"{PREFIX}/metrics", metrics_endpoint, methods=["GET"]),
             Route(f"{PREFIX}/reload", reload, methods=["POST"]),
             Route(f"{PREFIX}/hold", hold, methods=["GET"]),
+            Route(f"{PREFIX}/drain", drain, methods=["GET"]),
             *(snapshot_endpoint(name, snapshot) for name, snapshot in snapshots.items()),
         ],
         exception_handlers={404: not_found, 405: not_found, Exception: server_error},

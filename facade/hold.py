@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from facade.drain import RecentRequests
 from facade.exceptions import FacadeError
 
 if TYPE_CHECKING:
@@ -128,6 +129,8 @@ class Holds:
         """Route id → its hold in force. Empty almost always: the proxy tests it first."""
         self.released: list[_RouteHold] = []
         self.inflight: dict[str, int] = {}
+        self.recent = RecentRequests()
+        """Each route's last finished requests: what `GET /_strangler/drain` measures the drain on."""
         self.version = ""
         self._tokens = itertools.count()
         self._started = False
@@ -221,13 +224,16 @@ class Holds:
 
     # -- the request path -----------------------------------------------------------------------
 
-    def enter(self, route_id: str) -> None:
-        """A request on `route_id` passed the hold and is on its way to an upstream."""
+    def enter(self, route_id: str) -> int:
+        """A request on `route_id` passed the hold and is on its way to an upstream; the token
+        to `leave` with."""
         counts = self.inflight
         counts[route_id] = counts.get(route_id, 0) + 1
+        return self.recent.started(route_id)
 
-    def leave(self, route_id: str) -> None:
+    def leave(self, route_id: str, token: int) -> None:
         """That request finished; the last one on a held route drains the hold."""
+        self.recent.ended(token)
         counts = self.inflight
         left = counts[route_id] - 1
         counts[route_id] = left

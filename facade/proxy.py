@@ -441,7 +441,7 @@ class Proxy:
         if addons.request_started:
             addons.flow_event(addons.request_started, flow, "request_started")
         self.inflight += 1
-        holds.enter(route.id)
+        token = holds.enter(route.id)
         try:
             await self._forward(
                 flow, generation, route, name, forced is not None, scope, receive, send,
@@ -449,7 +449,7 @@ class Proxy:
             )
         finally:
             self.inflight -= 1
-            holds.leave(route.id)
+            holds.leave(route.id, token)
             self._finished(flow)
 
     def _finished(self, flow: Flow) -> None:

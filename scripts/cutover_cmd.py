@@ -296,7 +296,8 @@ def _writes(plan_file: Path, direction: str, dry_run: bool, as_json: bool) -> No
     if result.estimate:
         parts = ", ".join(f"{name} {value * 1000:.1f} ms" for name, value in result.estimate["parts"].items())
         out.print(f"pause estimate: [bold]{result.estimate['pause_s'] * 1000:.1f} ms[/] of a "
-                  f"{result.estimate['budget_s'] * 1000:.0f} ms budget ({parts})")
+                  f"{result.estimate['budget_s'] * 1000:.0f} ms budget ({parts}; the drain "
+                  f"{result.estimate.get('drain_from', 'modelled')})")
     if result.timeline:
         table = Table(title="timeline", title_justify="left")
         for column in ("step", "at ms", "detail"):

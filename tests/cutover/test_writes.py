@@ -39,6 +39,7 @@ def test_write_cutover_and_rollback_under_load_lose_and_double_nothing(stack: Wr
         estimate = result_json(dry)
         assert dry.returncode == 0 and estimate["outcome"] == "estimated", estimate
         assert 0 < estimate["estimate"]["pause_s"] < 1.0 and set(estimate["estimate"]["parts"]) == {"drain", "acks", "fence", "steps", "edit", "reload", "journal"}
+        assert estimate["estimate"]["drain_from"] == "measured at the façade"  # the load's writes, timed by the façade
         assert stack.write_weights() == {"monolith": 100, "catalog": 0} and not _hold_in_file(stack)
 
         done = stack.run("writes", str(stack.plan), "--json")
