@@ -162,7 +162,7 @@ def run_switches(
             "facade_held": record["facade"]["held"], "pause_s": measured, "estimate_s": estimate,
             # How far the estimate was from the pause measured, relative to it (target: within ±50%).
             "estimate_error": (estimate / measured - 1) if estimate and measured else None,
-            "latency_before_ms": seen.before_ms, "latency_window_ms": seen.window_ms, "added_ms": seen.added_ms,
+            "latency_before_ms": seen.before_ms, "latency_window_ms": seen.window_ms, "added_ms": seen.added_ms, "slowest": seen.slowest,
             "hold_id": result.get("hold_id"), "fence": result.get("fence"), "timeline": result.get("timeline", []),
         })
     return {

@@ -158,6 +158,8 @@ class Figures:
     window_ms: dict[str, float] = field(default_factory=dict)
     added_ms: dict[str, float] = field(default_factory=dict)
     pause_s: float = 0.0
+    slowest: list[dict[str, Any]] = field(default_factory=list)
+    """The slowest writes of the window: when each was due (ms after the window's start), its latency."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -194,6 +196,8 @@ def figures(samples: Sequence[Sample], window: tuple[float, float], *, before: t
     result.window_ms = _quantiles([s.latency for s in writes])
     result.added_ms = {k: max(0.0, result.window_ms[k] - result.before_ms[k]) for k in ("p50", "p99", "max")}
     result.pause_s = max(0.0, (result.window_ms["max"] - result.before_ms["p50"]) / 1000) if writes else 0.0
+    result.slowest = [{"due_ms": round((s.due - start) * 1000, 1), "latency_ms": round(s.latency * 1000, 1), "kind": s.kind}
+                      for s in sorted(writes, key=lambda s: s.latency, reverse=True)[:3]]
     return result
 
 
