@@ -122,7 +122,7 @@ def test_a_plain_install_imports_every_module_but_the_optional_ones() -> None:
     modules = [m for m in packaged_modules() if m not in optional]
     # What only the extras bring: the plain install has none of it.
     blocked = ["confluent_kafka", "alembic", "pgserver", "multipart", "python_multipart", "pytest", "hypothesis",
-               "jsonschema", "yaml"]
+               "jsonschema"]
 
     result = run_blocked(blocked, f"import importlib\nfor m in {modules!r}:\n    importlib.import_module(m)\n"
                                   "from scripts.cli import COMMANDS, load_command\n"

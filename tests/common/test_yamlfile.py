@@ -80,3 +80,55 @@ def test_load_model_raises_one_error_with_the_problem(tmp_path: Path, content: b
 def test_a_missing_file_is_named() -> None:
     with pytest.raises(FileError, match=r"^no/such/plan.yaml:1:1: cannot read the file: No such file or directory.$"):
         load_model("no/such/plan.yaml", Plan)
+
+
+# -- the fast path: libyaml's plain data must be ruamel's, or it must step aside -------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from ruamel.yaml import YAML  # noqa: E402
+
+from common import yamlfile  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _ruamel(text: str) -> Any:
+    return yamlfile.plain(YAML(typ="rt").load(text))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="0123456789.-+eE_:xobXOBinfaINFyesYESnoNOtrueTRUElsLS~=< ", max_size=12))
+def test_a_plain_scalar_reads_as_ruamel_reads_it_or_the_fast_path_steps_aside(scalar: str) -> None:
+    text = f"key: {scalar}\n"
+    try:
+        expected = _ruamel(text)
+    except Exception:  # not YAML for ruamel: the fast path must not say otherwise by succeeding differently
+        expected = None
+    fast = yamlfile._fast_data(text)
+    if fast is not None and expected is not None:
+        assert fast == expected and type(fast["key"]) is type(expected["key"]), (scalar, fast, expected)
+
+
+def test_every_yaml_file_of_the_project_reads_the_same_both_ways() -> None:
+    files = [path for top in ("routing.yaml", "extracted", "cdc", "cutover", "facade", "tests", "docker-compose.yml")
+             for path in ([ROOT / top] if (ROOT / top).is_file() else sorted((ROOT / top).rglob("*.y*ml")))]
+    fast_ones = []
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        fast = yamlfile._fast_data(text)
+        if fast is not None:
+            assert fast == _ruamel(text), path
+            fast_ones.append(path.relative_to(ROOT).as_posix())
+    # The sample routing file, sync specs and plan take the fast path; docker-compose.yml's merge keys do not.
+    assert {"routing.yaml", "extracted/catalog/sync.yaml", "extracted/catalog/cutover.yaml"} <= set(fast_ones), fast_ones
+
+
+def test_the_fast_path_gives_the_same_model_and_a_problem_still_gets_its_place() -> None:
+    text = "name: p\nsteps:\n  - {weight: 10, soak: 1.5}\n  - weight: 100\n"
+    assert yamlfile._fast_data(text) is not None
+    config, problems = check_text(text, "plan.yaml", Plan)
+    assert problems == [] and config == Plan(name="p", steps=(Step(weight=10, soak=1.5), Step(weight=100)))
+    for bad, where in (("name: p\nsteps:\n  - weight: 101\n", (3, 13)), ("name: p\nname: q\nsteps: []\n", (2, 1))):
+        config, problems = check_text(bad, "plan.yaml", Plan)
+        assert config is None and (problems[0].line, problems[0].column) == where, problems
