@@ -60,9 +60,10 @@ class RecentRequests:
         self.running: dict[int, tuple[str, float]] = {}
         self._next = 0
 
-    def started(self, route: str) -> int:
+    def started(self, route: str, began: float) -> int:
+        """A request on `route` began at `began` (the clock's time, taken by the caller); its token."""
         token = self._next = self._next + 1
-        self.running[token] = (route, self.clock())
+        self.running[token] = (route, began)
         return token
 
     def ended(self, token: int) -> None:

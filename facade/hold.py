@@ -224,12 +224,12 @@ class Holds:
 
     # -- the request path -----------------------------------------------------------------------
 
-    def enter(self, route_id: str) -> int:
-        """A request on `route_id` passed the hold and is on its way to an upstream; the token
-        to `leave` with."""
+    def enter(self, route_id: str, started: float) -> int:
+        """A request on `route_id` passed the hold and is on its way to an upstream since
+        `started` (monotonic, the request's own start); the token to `leave` with."""
         counts = self.inflight
         counts[route_id] = counts.get(route_id, 0) + 1
-        return self.recent.started(route_id)
+        return self.recent.started(route_id, started)
 
     def leave(self, route_id: str, token: int) -> None:
         """That request finished; the last one on a held route drains the hold."""

@@ -441,7 +441,7 @@ class Proxy:
         if addons.request_started:
             addons.flow_event(addons.request_started, flow, "request_started")
         self.inflight += 1
-        token = holds.enter(route.id)
+        token = holds.enter(route.id, started)
         try:
             await self._forward(
                 flow, generation, route, name, forced is not None, scope, receive, send,

@@ -50,11 +50,11 @@ def test_mean_drain_matches_the_definition(raw: list[tuple[float, float]], start
 def test_the_window_ends_where_a_request_still_in_flight_began() -> None:
     now = [10.0]
     recent = RecentRequests(clock=lambda: now[0])
-    first = recent.started("writes")
+    first = recent.started("writes", now[0])
     now[0] = 10.5
     recent.ended(first)
     now[0] = 11.0
-    recent.started("writes")  # still in flight: its end is not known
+    recent.started("writes", now[0])  # still in flight: its end is not known
     now[0] = 12.0
     answer = recent.drain(["writes"], 2.0)
     assert answer == {"drain_s": pytest.approx(0.5 * 0.5 / 2 / 1.0), "inflight": 0.5, "fastest_s": 0.5, "requests": 1, "seconds": 1.0}
