@@ -1,7 +1,10 @@
-"""Thin shell over psycopg2's logical replication connection.
+"""The logical replication connection the capture reads through.
 
 `ReplicationStream` is the seam the capture reads through (one small interface, injectable);
-`PsycopgReplicationStream` is the real one. LSNs travel as ints everywhere in the package;
+`PsycopgReplicationStream` is the real one: the streaming protocol over libpq (psycopg 3's
+`pq`), so that what the server is told was flushed is only ever what the capture confirmed.
+`open_replication_connection` (psycopg2) serves the replication commands that are plain
+queries, such as creating a slot. LSNs travel as ints everywhere in the package;
 `parse_lsn` / `format_lsn` convert the `X/Y` text form PostgreSQL prints.
 """
 
@@ -9,12 +12,16 @@ from __future__ import annotations
 
 import os
 import select
+import struct
+import time
 from collections.abc import Mapping
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
+import psycopg
 import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
+from psycopg import conninfo, pq
 
 from cdc.database import check_url, safe_dsn
 from cdc.exceptions import CDCError
@@ -64,7 +71,7 @@ class RawMessage(NamedTuple):
     payload: bytes
     data_start: int
     wal_end: int
-    send_time: Any = None
+    send_time: int = 0  # microseconds since 2000-01-01 UTC, the server clock when sent
 
 
 class ReplicationStream(Protocol):
@@ -99,66 +106,149 @@ def open_replication_connection(dsn: str) -> psycopg2.extras.LogicalReplicationC
 
 
 class PsycopgReplicationStream:
-    """A replication stream over psycopg2's LogicalReplicationConnection.
+    """The replication stream over libpq (psycopg 3's `pq`), with its feedback owned here.
 
-    `wakeup_fd`, when given, is a pipe's read end: writing a byte to it makes a waiting `read`
-    return early (so acknowledgements from another thread are sent promptly).
+    The server is only ever told the position the reader confirmed through `send_feedback`: a
+    keepalive's WAL end is never taken as flushed. Transactions arrive in commit order, so one
+    that began before a confirmed transaction starts with changes below the confirmed position;
+    a driver that moves its flush position to the keepalive's WAL end whenever "the last message
+    read is at or below what was flushed" (psycopg2 does) confirms, inside such a transaction,
+    every transaction read since and not yet durable downstream, and a restart loses them.
+
+    Standby status updates go out when the reader confirms, when a keepalive asks for a reply,
+    and every `status_interval` seconds while reading. `wakeup_fd`, when given, is a pipe's read
+    end: writing a byte to it makes a waiting `read` return early (so acknowledgements from
+    another thread are sent promptly). `keepalives` counts the keepalives the server sent.
     """
 
     def __init__(self, dsn: str, *, status_interval: float = 10.0, wakeup_fd: int | None = None) -> None:
         self._dsn = dsn
         self._status_interval = status_interval
         self._wakeup_fd = wakeup_fd
-        self._conn: psycopg2.extras.LogicalReplicationConnection | None = None
-        self._cursor: psycopg2.extras.ReplicationCursor | None = None
+        self._pgconn: pq.PGconn | None = None
+        self._socket = -1
+        self._flushed = 0
+        self._status_at = 0.0
+        self.keepalives = 0
 
     def start(self, slot: str, options: Mapping[str, str], start_lsn: int = 0) -> None:
-        self._conn = open_replication_connection(self._dsn)
-        self._cursor = self._conn.cursor()
+        self.close()
+        self._pgconn = pgconn = _connect_replication(self._dsn)
+        escaping = pq.Escaping(pgconn)
+        listed = ", ".join(
+            f"{escaping.escape_identifier(name.encode()).decode()} {escaping.escape_literal(value.encode()).decode()}"
+            for name, value in options.items()
+        )
+        command = f"START_REPLICATION SLOT {escaping.escape_identifier(slot.encode()).decode()} LOGICAL {format_lsn(start_lsn)}"
+        if listed:
+            command += f" ({listed})"
         try:
-            self._cursor.start_replication(
-                slot_name=slot,
-                decode=False,
-                start_lsn=start_lsn,
-                options=dict(options),
-                status_interval=self._status_interval,
-            )
-        except psycopg2.Error as exc:
+            result = pgconn.exec_(command.encode())
+        except psycopg.Error as exc:
             self.close()
-            raise ReplicationError(f"cannot start replication from slot {slot!r}: {str(exc).strip()}") from exc
+            raise ReplicationError(f"cannot start replication from slot {slot!r}: {_message(exc)}") from exc
+        if result.status != pq.ExecStatus.COPY_BOTH:
+            reason = (result.error_message or pgconn.error_message).decode(errors="replace").strip()
+            self.close()
+            raise ReplicationError(f"cannot start replication from slot {slot!r}: {reason}")
+        self._socket = pgconn.socket
+        self._flushed = max(self._flushed, start_lsn)
+        self._status_at = time.monotonic()
 
     def read(self, timeout: float) -> XLogData | None:
-        cursor = self._cursor
-        if cursor is None:
+        pgconn = self._pgconn
+        if pgconn is None:
             raise ReplicationError("the replication stream is not started; call start() first")
+        waited = False
         try:
-            message = cursor.read_message()
-            if message is None:
-                readers: list[Any] = [cursor]
-                if self._wakeup_fd is not None:
-                    readers.append(self._wakeup_fd)
+            while True:
+                nbytes, data = pgconn.get_copy_data(1)
+                if nbytes > 0:
+                    kind = data[0]
+                    if kind == _XLOG_DATA:
+                        data_start, wal_end, send_time = _XLOG_HEADER.unpack_from(data, 1)
+                        return RawMessage(bytes(data[_XLOG_HEADER_END:]), data_start, wal_end, send_time)
+                    if kind == _KEEPALIVE:
+                        self.keepalives += 1
+                        if data[_KEEPALIVE_REPLY]:
+                            self._send_status()
+                        continue
+                    raise ReplicationError(f"the server sent an unknown replication message {chr(kind)!r}")
+                if nbytes == -1:
+                    result = pgconn.get_result()
+                    reason = (result.error_message if result is not None else b"") or pgconn.error_message
+                    raise ReplicationError(
+                        "the server ended the replication stream: "
+                        f"{reason.decode(errors='replace').strip() or 'no reason given'}"
+                    )
+                if time.monotonic() - self._status_at >= self._status_interval:
+                    self._send_status()
+                if waited:
+                    return None
+                readers = [self._socket] if self._wakeup_fd is None else [self._socket, self._wakeup_fd]
                 ready, _, _ = select.select(readers, [], [], max(0.0, timeout))
                 if self._wakeup_fd is not None and self._wakeup_fd in ready:
                     os.read(self._wakeup_fd, 4096)
-                message = cursor.read_message()
-        except psycopg2.Error as exc:
-            raise ReplicationError(f"replication stream failed: {str(exc).strip()}") from exc
-        # psycopg2's ReplicationMessage as it is: copying it (and building its send_time
-        # datetime) cost ~2% of the capture's time per message.
-        return message  # type: ignore[no-any-return]
+                pgconn.consume_input()
+                waited = True
+        except psycopg.Error as exc:
+            raise ReplicationError(f"replication stream failed: {_message(exc)}") from exc
 
     def send_feedback(self, flush_lsn: int) -> None:
-        if self._cursor is None:
+        if self._pgconn is None:
             return
+        self._flushed = max(self._flushed, flush_lsn)
         try:
-            self._cursor.send_feedback(write_lsn=flush_lsn, flush_lsn=flush_lsn, apply_lsn=flush_lsn, force=True)
-        except psycopg2.Error as exc:
-            raise ReplicationError(f"cannot send feedback to the server: {str(exc).strip()}") from exc
+            self._send_status()
+        except psycopg.Error as exc:
+            raise ReplicationError(f"cannot send feedback to the server: {_message(exc)}") from exc
+
+    def _send_status(self) -> None:
+        """A standby status update: written, flushed and applied are all what the reader confirmed."""
+        pgconn = self._pgconn
+        assert pgconn is not None
+        flushed = self._flushed
+        clock = int((time.time() - _PG_EPOCH) * 1_000_000)
+        pgconn.put_copy_data(_STATUS.pack(b"r", flushed, flushed, flushed, clock, 0))
+        pgconn.flush()
+        self._status_at = time.monotonic()
 
     def close(self) -> None:
-        if self._conn is not None:
+        if self._pgconn is not None:
             try:
-                self._conn.close()
+                self._pgconn.finish()
             finally:
-                self._conn = None
-                self._cursor = None
+                self._pgconn = None
+                self._socket = -1
+
+
+_XLOG_DATA = ord("w")
+_KEEPALIVE = ord("k")
+_XLOG_HEADER = struct.Struct(">QQq")  # after the kind byte: data start, WAL end, send time
+_XLOG_HEADER_END = 1 + _XLOG_HEADER.size
+_KEEPALIVE_REPLY = 1 + 8 + 8  # kind, WAL end, send time, then "reply requested"
+_STATUS = struct.Struct(">cQQQqB")  # 'r', written, flushed, applied, client clock, reply requested
+_PG_EPOCH = 946_684_800.0  # 2000-01-01 UTC, PostgreSQL's epoch for protocol times
+
+
+def _message(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _connect_replication(dsn: str) -> pq.PGconn:
+    """A libpq connection in logical replication mode, its session in UTC (see `open_replication_connection`)."""
+    check_url(dsn, "source")
+    try:
+        options = conninfo.conninfo_to_dict(dsn).get("options") or ""
+        info = conninfo.make_conninfo(dsn, replication="database", options=f"{options} -c TimeZone=UTC".strip())
+    except psycopg.Error as exc:
+        raise ReplicationError(f"{safe_dsn(dsn)} is not a valid database URL: {_message(exc)}") from exc
+    pgconn = pq.PGconn.connect(info.encode())
+    if pgconn.status != pq.ConnStatus.OK:
+        reason = pgconn.error_message.decode(errors="replace")
+        pgconn.finish()
+        raise ReplicationError(
+            f"cannot open a replication connection to {safe_dsn(dsn)}: {' '.join(reason.split())}; the role needs "
+            "the REPLICATION attribute and pg_hba.conf must allow replication connections"
+        )
+    return pgconn
