@@ -8,13 +8,14 @@ failed connection is a `CDCError` that names the database (password masked) and 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions
 
 from cdc.exceptions import CDCError
 
-__all__ = ["check_url", "connect", "one_line", "safe_dsn"]
+__all__ = ["Connections", "check_url", "connect", "one_line", "safe_dsn"]
 
 _SCHEMES = ("postgresql", "postgres")
 
@@ -47,3 +48,39 @@ def connect(dsn: str, role: str = "source") -> psycopg2.extensions.connection:
         return psycopg2.connect(dsn)
     except psycopg2.Error as exc:
         raise CDCError(f"cannot connect to the {role} database {safe_dsn(dsn)}: {one_line(exc)}") from exc
+
+
+class Connections:
+    """Connections opened once and reused, by URL and mode: a caller that must not wait for a new
+    server process inside a time-critical stretch (the write switch's pause) opens them before it.
+
+    `get(url, autocommit=...)` opens on first use; an autocommit connection serves polls and
+    single statements, a transactional one `with conn:` blocks. `close()` closes all of them.
+    """
+
+    def __init__(self, role: str = "source") -> None:
+        self.role = role
+        self._open: dict[tuple[str, bool], psycopg2.extensions.connection] = {}
+
+    def get(self, url: str, *, autocommit: bool = False) -> psycopg2.extensions.connection:
+        key = (url, autocommit)
+        conn = self._open.get(key)
+        if conn is None or conn.closed:
+            conn = connect(url, self.role)
+            conn.autocommit = autocommit
+            self._open[key] = conn
+        return conn
+
+    def close(self) -> None:
+        for conn in self._open.values():
+            try:
+                conn.close()
+            except psycopg2.Error:
+                pass
+        self._open.clear()
+
+    def __enter__(self) -> Connections:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

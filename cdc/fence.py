@@ -26,9 +26,9 @@ import psycopg2.errors
 
 from cdc.apply import format_lsn, parse_lsn
 from cdc.capture import FENCE_PREFIX
-from cdc.database import connect, one_line
+from cdc.database import Connections, connect, one_line
 from cdc.exceptions import CDCError
-from cdc.ownership import ownership_state, set_ownership
+from cdc.ownership import ownership_state, probe_ownership, set_ownership
 from common.waiting import TimedOut, wait_until
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "emit_fence",
     "fence_through",
     "ownership_state",
+    "probe_ownership",
     "set_ownership",
     "wait_applied",
 ]
@@ -49,14 +50,18 @@ class FenceTimeout(CDCError):
     """The applier did not apply past a fence in time; the message says where it is and what to do."""
 
 
-def emit_fence(source_url: str, label: str) -> int:
+def emit_fence(source_url: str, label: str, *, conn: Any = None) -> int:
     """Write a fence into the source's WAL and return its position.
 
     Every transaction committed on the source before this call commits before the returned
     position; the applier's `applied_lsn` reaches it once the fence's transaction is applied.
     `label` travels in the message (e.g. the cutover journal's step), for whoever reads the WAL.
+    `conn`: an open transactional connection to the source to use (and leave open), e.g. from
+    `cdc.database.Connections`.
     """
-    conn = connect(source_url, "source")
+    own = conn is None
+    if own:
+        conn = connect(source_url, "source")
     try:
         with conn, conn.cursor() as cur:
             # Flushed at commit whatever the server's setting: a walsender sends only flushed WAL,
@@ -69,7 +74,8 @@ def emit_fence(source_url: str, label: str) -> int:
         raise CDCError(f"cannot write a fence on the source database: {one_line(exc)} (the source needs "
                        "wal_level = logical; `strangler cdc check` says what else is missing)") from exc
     finally:
-        conn.close()
+        if own:
+            conn.close()
     return lsn
 
 
@@ -112,14 +118,17 @@ def applied_lsn(target_url: str, name: str) -> int:
     return lsn if done else 0
 
 
-def wait_applied(target_url: str, name: str, lsn: int, timeout: float) -> float:
+def wait_applied(target_url: str, name: str, lsn: int, timeout: float, *, conn: Any = None) -> float:
     """Wait until the applier of spec `name` has applied past `lsn`; returns the seconds waited.
 
-    Raises `FenceTimeout` after `timeout` seconds, naming where the applier is and how far behind."""
+    Raises `FenceTimeout` after `timeout` seconds, naming where the applier is and how far behind.
+    `conn`: an open autocommit connection to the target to poll on (and leave open)."""
     start = time.monotonic()
     last: list[tuple[int, bool, float | None]] = []
+    own = conn is None
     try:
-        conn = _open(target_url)
+        if own:
+            conn = _open(target_url)
         try:
             with conn.cursor() as cur:
                 def past() -> bool:
@@ -129,7 +138,8 @@ def wait_applied(target_url: str, name: str, lsn: int, timeout: float) -> float:
 
                 wait_until(past, timeout, POLL_INTERVAL, what=f"the applier of {name!r} to pass {format_lsn(lsn)}")
         finally:
-            conn.close()
+            if own:
+                conn.close()
     except TimedOut:
         raise FenceTimeout(_behind(name, lsn, timeout, *last[-1])) from None
     except psycopg2.Error as exc:
@@ -137,10 +147,14 @@ def wait_applied(target_url: str, name: str, lsn: int, timeout: float) -> float:
     return time.monotonic() - start
 
 
-def fence_through(spec: Any, label: str, timeout: float) -> float:
+def fence_through(spec: Any, label: str, timeout: float, *, connections: Connections | None = None) -> float:
     """Write a fence on `spec`'s source and wait until its applier has applied it; returns the
-    seconds waited: how far behind the stream is now, measured rather than read off its last change."""
-    return wait_applied(spec.target_url, spec.name, emit_fence(spec.source_url, label), timeout)
+    seconds waited: how far behind the stream is now, measured rather than read off its last change.
+    `connections`: where to take (and leave) the two connections, already open or not."""
+    if connections is None:
+        return wait_applied(spec.target_url, spec.name, emit_fence(spec.source_url, label), timeout)
+    lsn = emit_fence(spec.source_url, label, conn=connections.get(spec.source_url))
+    return wait_applied(spec.target_url, spec.name, lsn, timeout, conn=connections.get(spec.target_url, autocommit=True))
 
 
 def _behind(name: str, lsn: int, timeout: float, applied: int, done: bool, idle: float | None) -> str:

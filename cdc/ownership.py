@@ -29,7 +29,7 @@ from cdc.database import connect, one_line
 from cdc.exceptions import CDCError
 from cdc.spec import SyncSpec, TableSpec
 
-__all__ = ["DDL", "OwnershipPolicy", "load_policy", "ownership_state", "set_ownership"]
+__all__ = ["DDL", "OwnershipPolicy", "load_policy", "ownership_state", "probe_ownership", "set_ownership"]
 
 DDL = """
 CREATE SCHEMA IF NOT EXISTS strangler;
@@ -141,17 +141,46 @@ def set_ownership(
     owned: Mapping[str, Sequence[str]] | None = None,
     note: str = "",
     spec: SyncSpec | None = None,
+    conn: Any = None,
 ) -> None:
     """Record that from source position `from_lsn` on the applier of spec `name` enforces ownership or not.
 
     `owned` maps a service table (or its legacy name) to its service-owned service columns, as the
     cutover plan names them; None: the spec's `owned_by_service`. Given `spec`, the names are
-    checked now (`SpecError`) instead of stopping the applier when it reads the row.
+    checked now (`SpecError`) instead of stopping the applier when it reads the row. `conn`: an
+    open transactional connection to the target to use (and leave open).
     """
     if from_lsn < 0:
         raise CDCError(f"from_lsn must be a source WAL position (cdc.fence.emit_fence), got {from_lsn}")
     owned_text = _owned_json(owned, spec)
-    conn = connect(target_url, "target")
+
+    def record(cur: Any, applied: int) -> None:
+        cur.execute(
+            "INSERT INTO strangler.ownership (name, from_lsn, enforced, owned, note, applied_lsn) "
+            "VALUES (%s, %s, %s, %s::jsonb, %s, %s)",
+            (name, from_lsn, enforced, owned_text, note, applied),
+        )
+
+    _with_checkpoint_locked(target_url, name, record, conn, "record ownership for")
+
+
+def probe_ownership(target_url: str, name: str, *, conn: Any = None) -> None:
+    """What `set_ownership` does, recording nothing: the same connection, locks (the applier's
+    checkpoint row included: it waits for a batch being applied) and a commit that is flushed.
+    The write switch times it to estimate its pause."""
+
+    def record(cur: Any, applied: int) -> None:
+        cur.execute("SELECT txid_current()")  # a transaction id: its commit is flushed, as the row's would be
+
+    _with_checkpoint_locked(target_url, name, record, conn, "probe ownership for")
+
+
+def _with_checkpoint_locked(target_url: str, name: str, record: Any, conn: Any, what: str) -> None:
+    """The ownership table made sure of, then `record(cur, applied position)` in a transaction that
+    holds the spec's checkpoint row (see the module)."""
+    own = conn is None
+    if own:
+        conn = connect(target_url, "target")
     try:
         with conn, conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(hashtext('strangler.ddl'))")
@@ -164,15 +193,12 @@ def set_ownership(
                 # after this returns sees the new row.
                 cur.execute("SELECT commit_lsn FROM strangler.checkpoint WHERE name = %s FOR UPDATE", (name,))
                 row = cur.fetchone()
-            cur.execute(
-                "INSERT INTO strangler.ownership (name, from_lsn, enforced, owned, note, applied_lsn) "
-                "VALUES (%s, %s, %s, %s::jsonb, %s, %s)",
-                (name, from_lsn, enforced, owned_text, note, int(row[0]) if row else 0),
-            )
+            record(cur, int(row[0]) if row else 0)
     except psycopg2.Error as exc:
-        raise CDCError(f"cannot record ownership for {name!r} in the target: {one_line(exc)}") from exc
+        raise CDCError(f"cannot {what} {name!r} in the target: {one_line(exc)}") from exc
     finally:
-        conn.close()
+        if own:
+            conn.close()
 
 
 def ownership_state(target_url: str, name: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg2
 import psycopg2.errors
@@ -240,8 +241,11 @@ class SlotState:
         return self.current_lsn - self.confirmed_flush_lsn if self.confirmed_flush_lsn is not None else 0
 
 
-def slot_state(dsn: str, name: str) -> SlotState | None:
-    conn = connect(dsn)
+def slot_state(dsn: str, name: str, *, conn: Any = None) -> SlotState | None:
+    """The slot's state (None when it does not exist); `conn`: an open autocommit connection to use."""
+    own = conn is None
+    if own:
+        conn = connect(dsn)
     try:
         with conn.cursor() as cur:
             cur.execute(
@@ -251,7 +255,8 @@ def slot_state(dsn: str, name: str) -> SlotState | None:
             )
             row = cur.fetchone()
     finally:
-        conn.close()
+        if own:
+            conn.close()
     if row is None:
         return None
     return SlotState(

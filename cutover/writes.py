@@ -59,6 +59,7 @@ from urllib.parse import urlencode
 
 import psycopg2
 
+from cdc.database import Connections
 from cutover.exceptions import CutoverError
 from cutover.gates import expected_drain
 from cutover.journal import Entry, JournalStore, MemoryJournal, new_holder, open_journal
@@ -191,6 +192,9 @@ class WriteSwitch:
         self.result = WriteSwitchResult(direction)
         self._t0 = clock()
         self._streams: _Streams | None = None
+        self._conns = Connections()
+        """The switch's database connections, opened by the estimate's probes and reused inside
+        the pause: a new connection is a new server process, which a busy host starts slowly."""
 
     # -- sides ----------------------------------------------------------------------------------
 
@@ -280,6 +284,12 @@ class WriteSwitch:
     # -- the procedure --------------------------------------------------------------------------
 
     def run(self) -> WriteSwitchResult:
+        try:
+            return self._run()
+        finally:
+            self._conns.close()
+
+    def _run(self) -> WriteSwitchResult:
         if not self.dry_run:
             recovered = self._recover()
             if recovered is not None:
@@ -346,9 +356,10 @@ class WriteSwitch:
             from cdc.fence import emit_fence, wait_applied
 
             try:
-                lsn = emit_fence(into.source_url, hold_id)
+                lsn = emit_fence(into.source_url, hold_id, conn=self._conns.get(into.source_url))
                 remaining = held_at + budget - switching - self.clock()
-                waited = wait_applied(into.target_url, into.name, lsn, max(0.05, remaining))
+                waited = wait_applied(into.target_url, into.name, lsn, max(0.05, remaining),
+                                      conn=self._conns.get(into.target_url, autocommit=True))
             except CDCError as exc:
                 raise _Abort(f"fence: {exc}") from exc
             self.result.fence = {"lsn": lsn, "waited_s": round(waited, 4), "database": "legacy" if self.direction == "forward" else "service"}
@@ -521,7 +532,7 @@ class WriteSwitch:
         gate = self.plan.gates.cdc
 
         def fence_once() -> None:
-            fence_through(into, f"{self.plan.name}-probe", gate.max_lag if gate is not None else 5.0)
+            fence_through(into, f"{self.plan.name}-probe", gate.max_lag if gate is not None else 5.0, connections=self._conns)
 
         try:
             fence = self._median_time(fence_once)
@@ -536,9 +547,12 @@ class WriteSwitch:
         except (ConfigError, FacadeError) as exc:
             raise CutoverError(f"the routing file cannot take the hold: {exc}") from exc
         acks = self._median_time(lambda: self._hold_reports(f"{self.plan.name}-probe"))
-        journal = self._median_time(self._probe_journal) * 5  # the writes journaled inside the pause
-        # Ownership and the reverse position: a connection and a statement each on the service store.
-        steps = self._median_time(lambda: _round_trip(self._streams_now().service_url)) * 2
+        # The steps journaled inside the pause: hold, acks, fence (2), ownership (2), reverse (forward), switch.
+        journal = self._median_time(self._probe_journal) * (8 if self.direction == "forward" else 7)
+        try:
+            steps = self._median_time(self._probe_steps)
+        except CDCError as exc:
+            raise CutoverError(f"the ownership probe failed on the service store: {exc}") from exc
         left = DRAIN_WINDOW - (self.clock() - started_at)
         if left > 0:
             time.sleep(left)
@@ -595,8 +609,22 @@ class WriteSwitch:
         return sorted(taken)[len(taken) // 2]
 
     def _probe_journal(self) -> None:
-        if not self.dry_run:
-            self.journal.write("writes.step", detail={"direction": self.direction, "step": "estimate", "phase": "probe"})
+        """One step as the pause journals it (the journal's entry and the event)."""
+        self._step("estimate", "probe")
+
+    def _probe_steps(self) -> None:
+        """The pause's ownership and reverse steps, writing nothing: the ownership row's locks and
+        flushed commit, then (forward) the reverse slot's position or (back) the ownership fence."""
+        from cdc.fence import emit_fence, probe_ownership
+        from cdc.slot import slot_name, slot_state
+
+        streams = self._streams_now()
+        probe_ownership(streams.service_url, streams.forward.name, conn=self._conns.get(streams.service_url))
+        if self.direction == "forward":
+            slot_state(streams.service_url, slot_name(streams.reverse.name),
+                       conn=self._conns.get(streams.service_url, autocommit=True))
+        else:
+            emit_fence(streams.legacy_url, f"{self.plan.name}-probe", conn=self._conns.get(streams.legacy_url))
 
     # -- façade ---------------------------------------------------------------------------------
 
@@ -702,10 +730,12 @@ class WriteSwitch:
         if self.direction == "forward":
             change = {"enforced": True, "from_lsn": fence}
         else:
-            change = {"enforced": False, "from_lsn": emit_fence(streams.legacy_url, f"{self.plan.name}-ownership")}
+            change = {"enforced": False, "from_lsn": emit_fence(streams.legacy_url, f"{self.plan.name}-ownership",
+                                                                conn=self._conns.get(streams.legacy_url))}
         self._step("ownership", "intent", **change)
         set_ownership(streams.service_url, streams.forward.name, owned=self._owned() or None,
-                      note=f"write switch {self.direction} ({self.result.hold_id})", **change)
+                      note=f"write switch {self.direction} ({self.result.hold_id})", conn=self._conns.get(streams.service_url),
+                      **change)
         self._step("ownership", "done", **change)
         return change
 
@@ -729,7 +759,7 @@ class WriteSwitch:
 
         streams = self._streams_now()
         slot = slot_name(streams.reverse.name)
-        state = slot_state(streams.service_url, slot)
+        state = slot_state(streams.service_url, slot, conn=self._conns.get(streams.service_url, autocommit=True))
         if state is None:
             raise _Abort(f"the reverse stream's slot {slot} is gone; start strangler cdc run --spec {streams.reverse.path}")
         position = state.confirmed_flush_lsn or state.restart_lsn or 0
@@ -802,15 +832,6 @@ class WriteSwitch:
             and (routes[name].hold is None or routes[name].hold.id != hold_id)
             for name in self.writes.routes
         )
-
-
-def _round_trip(url: str) -> None:
-    conn = psycopg2.connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1")
-    finally:
-        conn.close()
 
 
 class _Abort(Exception):

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from cdc.apply import Applier
 from cdc.exceptions import CDCError, MappingError
-from cdc.fence import FenceTimeout, applied_lsn, emit_fence, ownership_state, set_ownership, wait_applied
+from cdc.database import Connections
+from cdc.fence import FenceTimeout, applied_lsn, emit_fence, ownership_state, probe_ownership, set_ownership, wait_applied
 from cdc.mapping import RowMapper
 from cdc.preflight import preflight
 from cdc.spec import SpecError, SyncSpec, load_spec, parse_spec
@@ -118,6 +119,43 @@ def test_neither_stream_captures_what_the_other_applied(legacy_and_target: tuple
     assert query(legacy, "SELECT pk FROM strangler.row_position") == [("[2]",)]
     assert one(service, "SELECT title FROM catalog.products WHERE id = 2") == "Renamed"
     assert conflicts(service, forward.name) == [] and conflicts(legacy, reverse.name) == []
+
+
+def test_fence_and_ownership_probe_on_connections_opened_before(legacy_and_target: tuple[str, str]) -> None:
+    """The write switch's pause reuses connections it opened before; the ownership probe it times
+    waits on the same checkpoint lock as `set_ownership` and records nothing."""
+    import threading
+
+    import psycopg2
+
+    legacy, service = legacy_and_target
+    seed(legacy, 2)
+    forward = spec_for(legacy, service)
+    with running(forward), Connections() as conns:
+        wait_for(lambda: one(service, "SELECT count(*) FROM catalog.products") == 2, timeout=30, what="the snapshot")
+        source, poll = conns.get(legacy), conns.get(service, autocommit=True)
+        for _ in range(2):
+            fence = emit_fence(legacy, "probe", conn=source)
+            assert wait_applied(service, forward.name, fence, 10, conn=poll) >= 0
+        assert conns.get(legacy) is source and not source.closed and not poll.closed
+        assert conns.get(service) is not poll  # a transactional one beside the autocommit one
+
+        blocker = psycopg2.connect(service)
+        try:
+            with blocker.cursor() as cur:
+                cur.execute("SELECT 1 FROM strangler.checkpoint WHERE name = %s FOR UPDATE", (forward.name,))
+            probed = threading.Event()
+            thread = threading.Thread(target=lambda: (probe_ownership(service, forward.name, conn=conns.get(service)),
+                                                      probed.set()))
+            thread.start()
+            assert not probed.wait(0.5), "the probe did not wait for the applier's checkpoint lock"
+            blocker.rollback()
+            thread.join(10)
+            assert probed.is_set()
+        finally:
+            blocker.close()
+        assert one(service, "SELECT count(*) FROM strangler.ownership") == 0
+    assert source.closed and poll.closed
 
 
 def test_ownership_switches_at_the_fence_in_a_running_forward_applier(legacy_and_target: tuple[str, str]) -> None:
