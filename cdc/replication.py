@@ -118,7 +118,8 @@ class PsycopgReplicationStream:
     Standby status updates go out when the reader confirms, when a keepalive asks for a reply,
     and every `status_interval` seconds while reading. `wakeup_fd`, when given, is a pipe's read
     end: writing a byte to it makes a waiting `read` return early (so acknowledgements from
-    another thread are sent promptly). `keepalives` counts the keepalives the server sent.
+    another thread are sent promptly). `keepalives` counts the keepalives the server sent,
+    `reply_requests` those of them that asked for a reply.
     """
 
     def __init__(self, dsn: str, *, status_interval: float = 10.0, wakeup_fd: int | None = None) -> None:
@@ -130,6 +131,7 @@ class PsycopgReplicationStream:
         self._flushed = 0
         self._status_at = 0.0
         self.keepalives = 0
+        self.reply_requests = 0
 
     def start(self, slot: str, options: Mapping[str, str], start_lsn: int = 0) -> None:
         self.close()
@@ -171,6 +173,7 @@ class PsycopgReplicationStream:
                     if kind == _KEEPALIVE:
                         self.keepalives += 1
                         if data[_KEEPALIVE_REPLY]:
+                            self.reply_requests += 1
                             self._send_status()
                         continue
                     raise ReplicationError(f"the server sent an unknown replication message {chr(kind)!r}")
@@ -181,6 +184,8 @@ class PsycopgReplicationStream:
                         "the server ended the replication stream: "
                         f"{reason.decode(errors='replace').strip() or 'no reason given'}"
                     )
+                # libpq's buffer is empty (it reads the socket only in consume_input, below), which
+                # comes every few hundred messages even while the data never pauses.
                 if time.monotonic() - self._status_at >= self._status_interval:
                     self._send_status()
                 if waited:

@@ -73,6 +73,38 @@ def test_a_keepalive_inside_an_earlier_begun_transaction_confirms_nothing_unconf
         assert t1_rows == 40000
         time.sleep(0.5)  # let the walsender read the replies sent while T1 streamed
         assert _confirmed(source, slot) <= t2_end < t4_end
-        assert stream.keepalives > 0, "the server never asked for a reply: the test did not set up its case"
+        assert stream.reply_requests > 0, "the server never asked for a reply: the test did not set up its case"
+    finally:
+        stream.close()
+
+
+def test_status_updates_go_out_every_interval_while_data_streams(source: SourceDB) -> None:
+    """A long transaction moves no confirmed position for a while; the server still hears from the reader."""
+    source.execute("CREATE TABLE bulk (id int PRIMARY KEY, pad text)")
+    slot = source.slot_name()
+    ensure_publication(source.url, slot, ["public.bulk"])
+    with create_slot(source.url, slot):
+        pass
+    source.execute("INSERT INTO bulk SELECT g, repeat('x', 100) FROM generate_series(1, 10000) AS g")
+    stream = PsycopgReplicationStream(source.url, status_interval=0.05)
+    stream.start(slot, pgoutput_options(slot, server_version=source.conn.server_version))
+    decoder = Decoder()
+    replies: set[object] = set()
+    rows = 0
+    try:
+        deadline = time.monotonic() + 30.0
+        while rows < 10000:
+            assert time.monotonic() < deadline, f"30 s and only {rows} rows came"
+            raw = stream.read(1.0)
+            if raw is None:
+                continue
+            if isinstance(decoder.feed(raw.payload), Insert):
+                rows += 1
+                time.sleep(0.0003)  # slower than the server: its messages are always waiting, the reader never idles
+                if rows % 500 == 0:
+                    replies.add(source.scalar("SELECT reply_time FROM pg_stat_replication WHERE pid = "
+                                              "(SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s)", (slot,)))
+        # Replies the server asked for do not count: the reader sent the others of its own accord.
+        assert len(replies - {None}) >= 5 + stream.reply_requests, (replies, stream.reply_requests)
     finally:
         stream.close()
