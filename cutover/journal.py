@@ -103,6 +103,9 @@ class JournalStore(Protocol):
 
     def write(self, kind: str, **fields: Any) -> Entry: ...
 
+    def write_many(self, entries: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Entry]:
+        """Append (kind, fields) entries in one transaction: all or none."""
+
 
 class PostgresJournal:
     """The journal and the lease in PostgreSQL (psycopg2)."""
@@ -222,26 +225,33 @@ class PostgresJournal:
 
     def write(self, kind: str, **fields: Any) -> Entry:
         """Append an entry; a runner's entry (it holds the lease) renews the lease in the same transaction."""
-        detail = fields.pop("detail", {}) or {}
+        return self.write_many([(kind, fields)])[0]
+
+    def write_many(self, entries: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Entry]:
+        """Append entries in one transaction (one commit to wait for), renewing the lease with them."""
         at = self.clock()
+        rows = []
+        for kind, given in entries:
+            fields = dict(given)
+            detail = fields.pop("detail", {}) or {}
+            rows.append((kind, fields, detail))
         try:
             with self.conn, self.conn.cursor() as cur:
                 if self.holder is not None:
                     self._renew(cur)
-                cur.execute(
+                ids = psycopg2.extras.execute_values(
+                    cur,
                     "INSERT INTO strangler.cutover_journal (plan, at, kind, step, weight, config_version, file_hash, holder, detail) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                    (
-                        self.plan, at, kind, fields.get("step"), fields.get("weight"), fields.get("config_version"),
-                        fields.get("file_hash"), self.holder, psycopg2.extras.Json(detail, dumps=_dumps),
-                    ),
+                    "VALUES %s RETURNING id",
+                    [(self.plan, at, kind, fields.get("step"), fields.get("weight"), fields.get("config_version"),
+                      fields.get("file_hash"), self.holder, psycopg2.extras.Json(detail, dumps=_dumps))
+                     for kind, fields, detail in rows],
+                    fetch=True,
                 )
-                entry_id = cur.fetchone()[0]
         except psycopg2.Error as exc:
             raise CutoverError(f"cannot write to the journal: {str(exc).strip()}") from exc
-        return Entry(entry_id, at, kind, fields.get("step"), fields.get("weight"), fields.get("config_version"),
-                     fields.get("file_hash"), self.holder, detail)
-
+        return [Entry(row[0], at, kind, fields.get("step"), fields.get("weight"), fields.get("config_version"),
+                      fields.get("file_hash"), self.holder, detail) for row, (kind, fields, detail) in zip(ids, rows)]
 
 def _finite(value: Any) -> Any:
     """JSON as PostgreSQL takes it: infinities (a histogram's +Inf bound) become strings."""
@@ -277,6 +287,9 @@ class MemoryJournal:
         self._entries.append(entry)
         self.written.append(entry)
         return entry
+
+    def write_many(self, entries: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Entry]:
+        return [self.write(kind, **dict(fields)) for kind, fields in entries]
 
     def renew(self) -> None:
         return None

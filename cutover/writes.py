@@ -2,7 +2,9 @@
 
 One switch moves the plan's write routes (`writes.routes`) from the side that writes now to the
 other, with a pause bounded by `writes.budget` at the façade and no write lost. Every step is
-journaled (`writes.start`, `writes.step` with `phase` intent/done, `writes.end`) before it acts:
+journaled (`writes.start`, `writes.step` with `phase` intent/done, `writes.end`) before it acts;
+inside the pause a step's `done` is written in the transaction of the next step's `intent` (three
+commits in all), and the events (the plan's events file and notify hook) wait until it ends:
 
 1. **preflight**: the routes go all to the old writer and carry no hold; every replica serves the
    file; the forward stream (`sync:`) and the reverse stream (`writes.reverse_sync`) run, within
@@ -192,6 +194,9 @@ class WriteSwitch:
         self.result = WriteSwitchResult(direction)
         self._t0 = clock()
         self._streams: _Streams | None = None
+        self._unwritten: list[tuple[str, dict[str, Any]]] = []
+        """Journal entries of steps done, to be written with the next step's entry (`_step(later=True)`)."""
+        self._held_events: list[dict[str, Any]] | None = None
         self._conns = Connections()
         """The switch's database connections, opened by the estimate's probes and reused inside
         the pause: a new connection is a new server process, which a busy host starts slowly."""
@@ -255,25 +260,53 @@ class WriteSwitch:
 
     def _event(self, kind: str, **detail: Any) -> None:
         event = {"event": kind, "plan": self.plan.name, "direction": self.direction, "at": self.clock(), **detail}
+        if self._held_events is not None:
+            self._held_events.append(event)  # inside the pause: sent once it ends (a notify hook is a process)
+            return
+        self._send_event(event)
+
+    def _send_event(self, event: dict[str, Any]) -> None:
         if not self.dry_run:
             _emit(self.plan, event)
         if self.on_event is not None:
             self.on_event(event)
 
-    def _step(self, step: str, phase: str, **detail: Any) -> None:
+    def _step(self, step: str, phase: str, *, later: bool = False, **detail: Any) -> None:
+        """Journal a step (with `later`, in the same transaction as the next step's entry: a record
+        of something done, not the intent of something about to be done) and send its event."""
         now = self.clock()
         record = {"step": step, "phase": phase, "at": now, "elapsed_ms": round((now - self._t0) * 1000, 1), **detail}
         if phase == "done":
             self.result.timeline.append(record)
         if not self.dry_run:
-            self.journal.write("writes.step", detail={"direction": self.direction, **record})
-            if os.environ.get(CRASH_ENV) == f"{step}:{phase}":
+            self._unwritten.append(("writes.step", {"detail": {"direction": self.direction, **record}}))
+            crash = os.environ.get(CRASH_ENV) == f"{step}:{phase}"
+            if not later or crash:
+                self._write_unwritten()
+            if crash:
                 os.kill(os.getpid(), signal.SIGKILL)  # crash testing: die right after journaling this step
         self._event(f"writes.{step}.{phase}", **detail)
 
+    def _write_unwritten(self) -> None:
+        if self._unwritten:
+            entries, self._unwritten = self._unwritten, []
+            self.journal.write_many(entries)
+
+    def _hold_events(self) -> None:
+        """From now until `_send_held_events`, events wait: the pause is on."""
+        if self._held_events is None:
+            self._held_events = []
+
+    def _send_held_events(self) -> None:
+        events, self._held_events = self._held_events or [], None
+        for event in events:
+            self._send_event(event)
+
     def _end(self, outcome: str, reason: str) -> WriteSwitchResult:
         self.result.outcome, self.result.reason = outcome, reason
+        self._send_held_events()
         if not self.dry_run:
+            self._write_unwritten()
             self.journal.write("writes.end", detail={
                 "direction": self.direction, "outcome": outcome, "reason": reason, "hold_id": self.result.hold_id,
                 "pause_s": self.result.pause_s, "estimate_s": self.result.estimate.get("pause_s"),
@@ -287,6 +320,7 @@ class WriteSwitch:
         try:
             return self._run()
         finally:
+            self._send_held_events()
             self._conns.close()
 
     def _run(self) -> WriteSwitchResult:
@@ -339,17 +373,20 @@ class WriteSwitch:
             except (ConfigError, FacadeError) as exc:
                 raise _Abort(f"cannot place the hold: {exc}") from exc
             self._step("hold", "intent", hold_id=hold_id, lease_s=lease, budget_s=budget)
+            # Inside the pause three journal transactions: [hold, acks done, fence intent], [fence
+            # done, ownership intent], [ownership done, reverse done, switch intent]. Events wait.
+            self._hold_events()
             try:
                 placed = prepared.place()
             except FacadeError as exc:
                 raise _Abort(f"cannot place the hold: {exc}") from exc
             self._reload_all()
             held_at = self.clock()
-            self._step("hold", "done", hold_id=hold_id, until=placed.until)
+            self._step("hold", "done", later=True, hold_id=hold_id, until=placed.until)
             switching = estimate["parts"]["edit"] + estimate["parts"]["reload"]
             ack_deadline = held_at + max(0.25 * budget, budget - estimate["parts"]["fence"] - switching)
             acks = self._wait_acks(hold_id, ack_deadline)
-            self._step("acks", "done", **acks)
+            self._step("acks", "done", later=True, **acks)
 
             self._step("fence", "intent")
             from cdc.exceptions import CDCError
@@ -363,7 +400,7 @@ class WriteSwitch:
             except CDCError as exc:
                 raise _Abort(f"fence: {exc}") from exc
             self.result.fence = {"lsn": lsn, "waited_s": round(waited, 4), "database": "legacy" if self.direction == "forward" else "service"}
-            self._step("fence", "done", lsn=lsn, waited_s=round(waited, 4))
+            self._step("fence", "done", later=True, lsn=lsn, waited_s=round(waited, 4))
 
             ownership_set = self._ownership(lsn)
             if self.direction == "forward":
@@ -387,6 +424,7 @@ class WriteSwitch:
         self._reload_all()
         served = self._wait_served()
         self._step("switch", "done", served=served)
+        self._send_held_events()
         self.result.pause_s = self._measured_pause(hold_id)
         self._verify_both()
         return self._end("switched", f"{', '.join(self.writes.routes)} now go to {new}")
@@ -547,8 +585,7 @@ class WriteSwitch:
         except (ConfigError, FacadeError) as exc:
             raise CutoverError(f"the routing file cannot take the hold: {exc}") from exc
         acks = self._median_time(lambda: self._hold_reports(f"{self.plan.name}-probe"))
-        # The steps journaled inside the pause: hold, acks, fence (2), ownership (2), reverse (forward), switch.
-        journal = self._median_time(self._probe_journal) * (8 if self.direction == "forward" else 7)
+        journal = self._median_time(self._probe_journal) * 3  # the journal's transactions inside the pause (see _switch)
         try:
             steps = self._median_time(self._probe_steps)
         except CDCError as exc:
@@ -609,8 +646,9 @@ class WriteSwitch:
         return sorted(taken)[len(taken) // 2]
 
     def _probe_journal(self) -> None:
-        """One step as the pause journals it (the journal's entry and the event)."""
-        self._step("estimate", "probe")
+        """One journal transaction (its events are sent after the pause)."""
+        if not self.dry_run:
+            self.journal.write("writes.step", detail={"direction": self.direction, "step": "estimate", "phase": "probe"})
 
     def _probe_steps(self) -> None:
         """The pause's ownership and reverse steps, writing nothing: the ownership row's locks and
@@ -736,7 +774,7 @@ class WriteSwitch:
         set_ownership(streams.service_url, streams.forward.name, owned=self._owned() or None,
                       note=f"write switch {self.direction} ({self.result.hold_id})", conn=self._conns.get(streams.service_url),
                       **change)
-        self._step("ownership", "done", **change)
+        self._step("ownership", "done", later=True, **change)
         return change
 
     def _undo_ownership(self, change: Mapping[str, Any]) -> None:
@@ -764,7 +802,7 @@ class WriteSwitch:
             raise _Abort(f"the reverse stream's slot {slot} is gone; start strangler cdc run --spec {streams.reverse.path}")
         position = state.confirmed_flush_lsn or state.restart_lsn or 0
         detail = {"slot": slot, "slot_position": position, "service_lsn": state.current_lsn, "active": state.active}
-        self._step("reverse", "done", **detail)
+        self._step("reverse", "done", later=True, **detail)
 
     def _verify_both(self) -> None:
         """Once both streams have caught up (a fence through each), verify each direction."""

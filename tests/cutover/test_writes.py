@@ -31,6 +31,28 @@ def _hold_in_file(stack: WriteStack) -> bool:
     return "hold:" in stack.routing.read_text()
 
 
+def _pause_transactions(stack: WriteStack) -> list[list[str]]:
+    """The last switch's journal entries from its hold to its switch intent, grouped by the transaction that wrote them."""
+    conn = psycopg2.connect(stack.store_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT xmin::text, detail->>'step', detail->>'phase' FROM strangler.cutover_journal "
+                        "WHERE kind = 'writes.step' ORDER BY id")
+            rows = cur.fetchall()
+    finally:
+        conn.close()
+    start = max(i for i, row in enumerate(rows) if row[1:] == ("hold", "intent"))
+    end = max(i for i, row in enumerate(rows) if row[1:] == ("switch", "intent"))
+    groups: list[list[str]] = []
+    last = None
+    for xmin, step, phase in rows[start + 1:end + 1]:
+        if xmin != last:
+            groups.append([])
+            last = xmin
+        groups[-1].append(f"{step}:{phase}")
+    return groups
+
+
 def test_write_cutover_and_rollback_under_load_lose_and_double_nothing(stack: WriteStack) -> None:
     load = WriteLoad(stack).start()
     try:
@@ -50,6 +72,9 @@ def test_write_cutover_and_rollback_under_load_lose_and_double_nothing(stack: Wr
         assert steps == ["preflight", "estimate", "hold", "acks", "fence", "ownership", "reverse", "switch", "verify"], steps
         assert forward["pause_s"] is not None and forward["pause_s"] < 1.0
         assert forward["verify"]["forward"]["identical"] and forward["verify"]["reverse"]["identical"], forward["verify"]
+        # Inside the pause the journal commits three times: each step's entry rides with the next intent.
+        assert _pause_transactions(stack) == [["hold:done", "acks:done", "fence:intent"], ["fence:done", "ownership:intent"],
+                                             ["ownership:done", "reverse:done", "switch:intent"]]
         time.sleep(1.5)  # writes go to the catalog service now, and reach legacy by the reverse stream
 
         status = result_json(stack.run("status", str(stack.plan), "--json"))
