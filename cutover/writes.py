@@ -51,6 +51,7 @@ itself, and nothing switched.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -558,7 +559,8 @@ class WriteSwitch:
         takes every write for independent of the others, which on a busy host, where latencies are
         mostly queueing, overstates the drain by up to the harmonic number of the writes in flight.
 
-        The acks are one round of hold reports (the wait notices the drain at its next round). The
+        The acks are one round of hold reports, and the polling's half-interval when a write is in
+        flight as the hold lands (`_ack_wait`: the wait notices the drain at a later round). The
         probes are each the median of `PROBES` timings. The pause holds one whole reload (the
         switch's) and the tail of the hold's own (from the first worker that holds to the last;
         counted as half a reload), so the reload part is one and a half reloads."""
@@ -584,7 +586,7 @@ class WriteSwitch:
             edit = self._median_time(prepared.rehearse)
         except (ConfigError, FacadeError) as exc:
             raise CutoverError(f"the routing file cannot take the hold: {exc}") from exc
-        acks = self._median_time(lambda: self._hold_reports(f"{self.plan.name}-probe"))
+        report = self._median_time(lambda: self._hold_reports(f"{self.plan.name}-probe"))
         journal = self._median_time(self._probe_journal) * 3  # the journal's transactions inside the pause (see _switch)
         try:
             steps = self._median_time(self._probe_steps)
@@ -602,6 +604,7 @@ class WriteSwitch:
                 recent = now.minus(start).of(old) if start is not None else now.of(old)
                 latencies = recent.buckets if recent.requests >= 20 else now.of(old).buckets
                 drain = expected_drain(recent.requests / seconds, latencies)
+        acks = _ack_wait(report, readings)
         # Last, out of the drain's window: a reload stalls the writes in flight while it runs, and
         # the hold's writes drain after the hold's reload has been served.
         reload = self._median_time(lambda: self._reload_all(force=True)) * 1.5
@@ -870,6 +873,15 @@ class WriteSwitch:
             and (routes[name].hold is None or routes[name].hold.id != hold_id)
             for name in self.writes.routes
         )
+
+
+def _ack_wait(report: float, readings: Sequence[Mapping[str, Any]]) -> float:
+    """The acks' wait beyond the drain: the first round of hold reports (`report` seconds), and,
+    when a write is in flight as the hold lands, the half-interval of polling on average before
+    the round that sees the ack. The chance of a write in flight is Poisson's for the mean number
+    in flight the busiest replica measured (one, for a façade that did not measure it)."""
+    inflight = max((float(r["inflight"]) for r in readings if r.get("inflight") is not None), default=1.0)
+    return report + (1.0 - math.exp(-inflight)) * (report + _POLL) / 2
 
 
 class _Abort(Exception):

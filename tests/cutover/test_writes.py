@@ -236,3 +236,15 @@ def test_a_legacy_write_to_a_service_owned_column_after_the_switch_is_a_conflict
     assert conflicts["count"] == 1 and "Bypassed" in conflicts["recent"][0], conflicts
     text = stack.run("status", str(stack.plan)).stdout
     assert "writes: on catalog" in text and "1 conflict(s) in the forward stream" in text, text
+
+
+def test_the_ack_wait_adds_half_a_polling_interval_by_the_chance_a_write_is_in_flight() -> None:
+    import math
+
+    from cutover.writes import _POLL, _ack_wait
+
+    assert _ack_wait(0.002, [{"inflight": 0.0}]) == pytest.approx(0.002)  # nothing in flight: the first round acks
+    busy = _ack_wait(0.002, [{"inflight": 0.5}, {"inflight": 40.0}])  # the busiest replica counts
+    assert busy == pytest.approx(0.002 + (0.002 + _POLL) / 2)
+    unknown = _ack_wait(0.002, [{"inflight": None}])
+    assert unknown == pytest.approx(0.002 + (1 - math.exp(-1)) * (0.002 + _POLL) / 2)
