@@ -62,14 +62,32 @@ class Connections:
         self.role = role
         self._open: dict[tuple[str, bool], psycopg2.extensions.connection] = {}
 
-    def get(self, url: str, *, autocommit: bool = False) -> psycopg2.extensions.connection:
+    def get(self, url: str, *, autocommit: bool = False, role: str | None = None) -> psycopg2.extensions.connection:
         key = (url, autocommit)
         conn = self._open.get(key)
         if conn is None or conn.closed:
-            conn = connect(url, self.role)
+            conn = connect(url, role or self.role)
             conn.autocommit = autocommit
             self._open[key] = conn
         return conn
+
+    def check(self) -> None:
+        """Reopen any connection that no longer answers (`SELECT 1`), so its next use does not fail."""
+        for key, conn in list(self._open.items()):
+            try:
+                if conn.closed:
+                    raise psycopg2.InterfaceError("closed")
+                with conn.cursor() as cur:
+                    cur.execute("SELECT 1")
+                if not conn.autocommit:
+                    conn.rollback()
+            except psycopg2.Error:
+                try:
+                    conn.close()
+                except psycopg2.Error:
+                    pass
+                del self._open[key]
+                self.get(key[0], autocommit=key[1])
 
     def close(self) -> None:
         for conn in self._open.values():

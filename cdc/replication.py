@@ -108,12 +108,13 @@ def open_replication_connection(dsn: str) -> psycopg2.extras.LogicalReplicationC
 class PsycopgReplicationStream:
     """The replication stream over libpq (psycopg 3's `pq`), with its feedback owned here.
 
-    The server is only ever told the position the reader confirmed through `send_feedback`: a
-    keepalive's WAL end is never taken as flushed. Transactions arrive in commit order, so one
-    that began before a confirmed transaction starts with changes below the confirmed position;
-    a driver that moves its flush position to the keepalive's WAL end whenever "the last message
-    read is at or below what was flushed" (psycopg2 does) confirms, inside such a transaction,
-    every transaction read since and not yet durable downstream, and a restart loses them.
+    The server is told only the position the reader confirmed through `send_feedback`, or a
+    keepalive's WAL end when no transaction is open in the stream and everything read has been
+    confirmed (an idle slot moves on). Transactions arrive in commit order, so one that began
+    before a confirmed transaction starts with changes below the confirmed position; a driver
+    that moves its flush position to the keepalive's WAL end whenever "the last message read is
+    at or below what was flushed" (psycopg2 does) confirms, inside such a transaction, every
+    transaction read since and not yet durable downstream, and a restart loses them.
 
     Standby status updates go out when the reader confirms, when a keepalive asks for a reply,
     and every `status_interval` seconds while reading. `wakeup_fd`, when given, is a pipe's read
@@ -128,7 +129,10 @@ class PsycopgReplicationStream:
         self._wakeup_fd = wakeup_fd
         self._pgconn: pq.PGconn | None = None
         self._socket = -1
+        self._slot: str | None = None
         self._flushed = 0
+        self._read_to = 0
+        self._in_transaction = False
         self._status_at = 0.0
         self.keepalives = 0
         self.reply_requests = 0
@@ -137,8 +141,9 @@ class PsycopgReplicationStream:
         self.close()
         self._pgconn = pgconn = _connect_replication(self._dsn)
         escaping = pq.Escaping(pgconn)
+        # The replication grammar takes '...' literals with doubled quotes (not libpq's E'...').
         listed = ", ".join(
-            f"{escaping.escape_identifier(name.encode()).decode()} {escaping.escape_literal(value.encode()).decode()}"
+            f"{escaping.escape_identifier(name.encode()).decode()} '{value.replace(chr(39), chr(39) * 2)}'"
             for name, value in options.items()
         )
         command = f"START_REPLICATION SLOT {escaping.escape_identifier(slot.encode()).decode()} LOGICAL {format_lsn(start_lsn)}"
@@ -154,7 +159,9 @@ class PsycopgReplicationStream:
             self.close()
             raise ReplicationError(f"cannot start replication from slot {slot!r}: {reason}")
         self._socket = pgconn.socket
-        self._flushed = max(self._flushed, start_lsn)
+        if slot != self._slot:
+            self._slot, self._flushed = slot, 0
+        self._read_to, self._in_transaction = 0, False
         self._status_at = time.monotonic()
 
     def read(self, timeout: float) -> XLogData | None:
@@ -169,9 +176,23 @@ class PsycopgReplicationStream:
                     kind = data[0]
                     if kind == _XLOG_DATA:
                         data_start, wal_end, send_time = _XLOG_HEADER.unpack_from(data, 1)
+                        head = data[_XLOG_HEADER_END]
+                        if head == _COMMIT:
+                            self._in_transaction = False
+                            (self._read_to,) = _LSN.unpack_from(data, _COMMIT_END_AT)
+                        elif head == _BEGIN:
+                            self._in_transaction = True
+                        elif head == _MESSAGE and not self._in_transaction:
+                            self._read_to = _LSN.unpack_from(data, _MESSAGE_LSN_AT)[0] + 1
                         return RawMessage(bytes(data[_XLOG_HEADER_END:]), data_start, wal_end, send_time)
                     if kind == _KEEPALIVE:
                         self.keepalives += 1
+                        (wal_end,) = _LSN.unpack_from(data, 1)
+                        if not self._in_transaction and self._flushed >= self._read_to and wal_end > self._flushed:
+                            # Everything sent so far was read and confirmed, and no transaction is
+                            # open: every one committing below `wal_end` has been sent (in commit
+                            # order), so an idle slot can move to it.
+                            self._flushed = wal_end
                         if data[_KEEPALIVE_REPLY]:
                             self.reply_requests += 1
                             self._send_status()
@@ -188,6 +209,7 @@ class PsycopgReplicationStream:
                 # comes every few hundred messages even while the data never pauses.
                 if time.monotonic() - self._status_at >= self._status_interval:
                     self._send_status()
+                    continue  # flushing may have read input into libpq's buffer
                 if waited:
                     return None
                 readers = [self._socket] if self._wakeup_fd is None else [self._socket, self._wakeup_fd]
@@ -198,6 +220,8 @@ class PsycopgReplicationStream:
                 waited = True
         except psycopg.Error as exc:
             raise ReplicationError(f"replication stream failed: {_message(exc)}") from exc
+        except (struct.error, IndexError) as exc:
+            raise ReplicationError(f"the server sent a truncated replication message: {exc}") from exc
 
     def send_feedback(self, flush_lsn: int) -> None:
         if self._pgconn is None:
@@ -232,6 +256,10 @@ _KEEPALIVE = ord("k")
 _XLOG_HEADER = struct.Struct(">QQq")  # after the kind byte: data start, WAL end, send time
 _XLOG_HEADER_END = 1 + _XLOG_HEADER.size
 _KEEPALIVE_REPLY = 1 + 8 + 8  # kind, WAL end, send time, then "reply requested"
+_LSN = struct.Struct(">Q")
+_BEGIN, _COMMIT, _MESSAGE = ord("B"), ord("C"), ord("M")  # pgoutput's first byte
+_COMMIT_END_AT = _XLOG_HEADER_END + 1 + 1 + 8  # 'C', flags, commit LSN, then the end LSN
+_MESSAGE_LSN_AT = _XLOG_HEADER_END + 1 + 1  # 'M', flags, then the message's LSN (outside a streamed transaction)
 _STATUS = struct.Struct(">cQQQqB")  # 'r', written, flushed, applied, client clock, reply requested
 _PG_EPOCH = 946_684_800.0  # 2000-01-01 UTC, PostgreSQL's epoch for protocol times
 

@@ -63,6 +63,7 @@ from urllib.parse import urlencode
 import psycopg2
 
 from cdc.database import Connections
+from cdc.exceptions import CDCError
 from cutover.exceptions import CutoverError
 from cutover.gates import expected_drain
 from cutover.journal import Entry, JournalStore, MemoryJournal, new_holder, open_journal
@@ -198,6 +199,7 @@ class WriteSwitch:
         self._unwritten: list[tuple[str, dict[str, Any]]] = []
         """Journal entries of steps done, to be written with the next step's entry (`_step(later=True)`)."""
         self._held_events: list[dict[str, Any]] | None = None
+        self._ownership_intent: dict[str, Any] | None = None
         self._conns = Connections()
         """The switch's database connections, opened by the estimate's probes and reused inside
         the pause: a new connection is a new server process, which a busy host starts slowly."""
@@ -280,9 +282,11 @@ class WriteSwitch:
         if phase == "done":
             self.result.timeline.append(record)
         if not self.dry_run:
-            self._unwritten.append(("writes.step", {"detail": {"direction": self.direction, **record}}))
             crash = os.environ.get(CRASH_ENV) == f"{step}:{phase}"
-            if not later or crash:
+            if later and crash:
+                os.kill(os.getpid(), signal.SIGKILL)  # crash testing: die where this entry waits for the next
+            self._unwritten.append(("writes.step", {"detail": {"direction": self.direction, **record}}))
+            if not later:
                 self._write_unwritten()
             if crash:
                 os.kill(os.getpid(), signal.SIGKILL)  # crash testing: die right after journaling this step
@@ -305,13 +309,13 @@ class WriteSwitch:
 
     def _end(self, outcome: str, reason: str) -> WriteSwitchResult:
         self.result.outcome, self.result.reason = outcome, reason
-        self._send_held_events()
         if not self.dry_run:
             self._write_unwritten()
             self.journal.write("writes.end", detail={
                 "direction": self.direction, "outcome": outcome, "reason": reason, "hold_id": self.result.hold_id,
                 "pause_s": self.result.pause_s, "estimate_s": self.result.estimate.get("pause_s"),
             })
+        self._send_held_events()
         self._event("writes.end", outcome=outcome, reason=reason, pause_s=self.result.pause_s)
         return self.result
 
@@ -321,8 +325,15 @@ class WriteSwitch:
         try:
             return self._run()
         finally:
-            self._send_held_events()
-            self._conns.close()
+            try:
+                if not self.dry_run and self._unwritten:
+                    try:
+                        self._write_unwritten()
+                    except CutoverError:
+                        pass  # the journal is what failed; its intents are what recovery reads
+                self._send_held_events()
+            finally:
+                self._conns.close()
 
     def _run(self) -> WriteSwitchResult:
         if not self.dry_run:
@@ -373,6 +384,10 @@ class WriteSwitch:
                                           weights=target_weights, env=self.env)
             except (ConfigError, FacadeError) as exc:
                 raise _Abort(f"cannot place the hold: {exc}") from exc
+            try:
+                self._conns.check()  # one the server dropped since the estimate is reopened now, not in the pause
+            except CDCError as exc:
+                raise _Abort(f"cannot reach a database before the hold: {exc}") from exc
             self._step("hold", "intent", hold_id=hold_id, lease_s=lease, budget_s=budget)
             # Inside the pause three journal transactions: [hold, acks done, fence intent], [fence
             # done, ownership intent], [ownership done, reverse done, switch intent]. Events wait.
@@ -403,15 +418,19 @@ class WriteSwitch:
             self.result.fence = {"lsn": lsn, "waited_s": round(waited, 4), "database": "legacy" if self.direction == "forward" else "service"}
             self._step("fence", "done", later=True, lsn=lsn, waited_s=round(waited, 4))
 
-            ownership_set = self._ownership(lsn)
-            if self.direction == "forward":
-                self._reverse_position()
+            try:
+                ownership_set = self._ownership(lsn)
+                if self.direction == "forward":
+                    self._reverse_position()
+            except (CDCError, psycopg2.Error) as exc:
+                raise _Abort(f"{'ownership' if ownership_set is None else 'reverse position'}: {exc}") from exc
 
             if self.clock() > placed.until - max(0.2, 0.25 * budget):
                 raise _Abort("the hold's lease is about to end before the switch; nothing was switched")
             self._step("switch", "intent", weights=target_weights)
         except _Abort as exc:
-            self._release_to_old(hold_id, ownership_set)
+            # An ownership row journaled but not known to be written is undone too (undoing one never written changes nothing).
+            self._release_to_old(hold_id, ownership_set or self._ownership_intent)
             return self._end("aborted", f"{exc}; the holds were released to {old} and nothing was switched")
         try:
             try:
@@ -774,6 +793,7 @@ class WriteSwitch:
             change = {"enforced": False, "from_lsn": emit_fence(streams.legacy_url, f"{self.plan.name}-ownership",
                                                                 conn=self._conns.get(streams.legacy_url))}
         self._step("ownership", "intent", **change)
+        self._ownership_intent = change
         set_ownership(streams.service_url, streams.forward.name, owned=self._owned() or None,
                       note=f"write switch {self.direction} ({self.result.hold_id})", conn=self._conns.get(streams.service_url),
                       **change)
@@ -877,10 +897,10 @@ class WriteSwitch:
 
 def _ack_wait(report: float, readings: Sequence[Mapping[str, Any]]) -> float:
     """The acks' wait beyond the drain: the first round of hold reports (`report` seconds), and,
-    when a write is in flight as the hold lands, the half-interval of polling on average before
-    the round that sees the ack. The chance of a write in flight is Poisson's for the mean number
-    in flight the busiest replica measured (one, for a façade that did not measure it)."""
-    inflight = max((float(r["inflight"]) for r in readings if r.get("inflight") is not None), default=1.0)
+    when a write is in flight at any replica as the hold lands, the half-interval of polling on
+    average before the round that sees the ack. The chance is Poisson's for the mean number in
+    flight summed over the replicas (one for a replica that did not measure it)."""
+    inflight = sum(float(r["inflight"]) if r.get("inflight") is not None else 1.0 for r in readings) if readings else 1.0
     return report + (1.0 - math.exp(-inflight)) * (report + _POLL) / 2
 
 

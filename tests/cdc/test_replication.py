@@ -108,3 +108,36 @@ def test_status_updates_go_out_every_interval_while_data_streams(source: SourceD
         assert len(replies - {None}) >= 5 + stream.reply_requests, (replies, stream.reply_requests)
     finally:
         stream.close()
+
+
+def test_an_idle_slot_moves_on_with_the_keepalives_once_everything_read_is_confirmed(source: SourceDB) -> None:
+    source.execute("CREATE TABLE bulk (id int PRIMARY KEY, pad text)")
+    source.execute("CREATE TABLE other (id int PRIMARY KEY)")
+    slot = source.slot_name()
+    ensure_publication(source.url, slot, ["public.bulk"])
+    with create_slot(source.url, slot):
+        pass
+    source.execute("INSERT INTO bulk VALUES (1, 'ours')")
+    stream = PsycopgReplicationStream(source.url, status_interval=0.2)
+    stream.start(slot, pgoutput_options(slot, server_version=source.conn.server_version))
+    decoder = Decoder()
+    try:
+        ours = None
+        deadline = time.monotonic() + 30.0
+        while ours is None:
+            assert time.monotonic() < deadline, "our transaction did not come"
+            raw = stream.read(1.0)
+            if raw is not None and isinstance(message := decoder.feed(raw.payload), Commit):
+                ours = message.end_lsn
+        stream.send_feedback(ours)
+        for i in range(20):  # WAL of a table the slot does not publish: nothing of it is sent
+            source.execute("INSERT INTO other VALUES (%s)", (i,))
+        past = parse_lsn(source.scalar("SELECT pg_current_wal_insert_lsn()::text"))
+        assert past > ours
+        deadline = time.monotonic() + 20.0
+        while _confirmed(source, slot) < past:
+            assert time.monotonic() < deadline, f"the slot stayed at {_confirmed(source, slot)}, below {past}"
+            stream.read(0.2)  # keepalives, nothing for this slot
+        assert stream.keepalives > 0
+    finally:
+        stream.close()
