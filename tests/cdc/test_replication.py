@@ -16,6 +16,21 @@ from tests.cdc.conftest import SourceDB
 SENDER_TIMEOUT_MS = 4000
 
 
+def _bulk_slot(source: SourceDB) -> str:
+    """A table `bulk` (id, pad), published, and a slot on it; returns the slot's (and publication's) name."""
+    source.execute("CREATE TABLE bulk (id int PRIMARY KEY, pad text)")
+    slot = source.slot_name()
+    ensure_publication(source.url, slot, ["public.bulk"])
+    with create_slot(source.url, slot):
+        pass
+    return slot
+
+
+def _started(source: SourceDB, slot: str, stream: PsycopgReplicationStream) -> PsycopgReplicationStream:
+    stream.start(slot, pgoutput_options(slot, server_version=source.conn.server_version))
+    return stream
+
+
 def _confirmed(source: SourceDB, slot: str) -> int:
     return parse_lsn(source.scalar("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
                                    (slot,)))
@@ -30,11 +45,7 @@ def test_a_keepalive_inside_an_earlier_begun_transaction_confirms_nothing_unconf
     downstream), then T1, slowly: the walsender, blocked on a full socket, asks for a reply with
     a keepalive whose WAL end is past T4. Confirming that end would drop T4 on a restart.
     """
-    source.execute("CREATE TABLE bulk (id int PRIMARY KEY, pad text)")
-    slot = source.slot_name()
-    ensure_publication(source.url, slot, ["public.bulk"])
-    with create_slot(source.url, slot):
-        pass
+    slot = _bulk_slot(source)
     long = psycopg2.connect(source.url)
     try:
         with long.cursor() as cur:  # T1: begun first, ~20 MB of changes, committed last
@@ -46,8 +57,7 @@ def test_a_keepalive_inside_an_earlier_begun_transaction_confirms_nothing_unconf
         long.close()
 
     dsn = psycopg2.extensions.make_dsn(source.url, options=f"-c wal_sender_timeout={SENDER_TIMEOUT_MS}")
-    stream = PsycopgReplicationStream(dsn, status_interval=60.0)
-    stream.start(slot, pgoutput_options(slot, server_version=source.conn.server_version))
+    stream = _started(source, slot, PsycopgReplicationStream(dsn, status_interval=60.0))
     decoder = Decoder()
     commits: list[int] = []
     t1_rows = 0
@@ -80,14 +90,9 @@ def test_a_keepalive_inside_an_earlier_begun_transaction_confirms_nothing_unconf
 
 def test_status_updates_go_out_every_interval_while_data_streams(source: SourceDB) -> None:
     """A long transaction moves no confirmed position for a while; the server still hears from the reader."""
-    source.execute("CREATE TABLE bulk (id int PRIMARY KEY, pad text)")
-    slot = source.slot_name()
-    ensure_publication(source.url, slot, ["public.bulk"])
-    with create_slot(source.url, slot):
-        pass
+    slot = _bulk_slot(source)
     source.execute("INSERT INTO bulk SELECT g, repeat('x', 100) FROM generate_series(1, 10000) AS g")
-    stream = PsycopgReplicationStream(source.url, status_interval=0.05)
-    stream.start(slot, pgoutput_options(slot, server_version=source.conn.server_version))
+    stream = _started(source, slot, PsycopgReplicationStream(source.url, status_interval=0.05))
     decoder = Decoder()
     replies: set[object] = set()
     rows = 0
@@ -111,15 +116,10 @@ def test_status_updates_go_out_every_interval_while_data_streams(source: SourceD
 
 
 def test_an_idle_slot_moves_on_with_the_keepalives_once_everything_read_is_confirmed(source: SourceDB) -> None:
-    source.execute("CREATE TABLE bulk (id int PRIMARY KEY, pad text)")
+    slot = _bulk_slot(source)
     source.execute("CREATE TABLE other (id int PRIMARY KEY)")
-    slot = source.slot_name()
-    ensure_publication(source.url, slot, ["public.bulk"])
-    with create_slot(source.url, slot):
-        pass
     source.execute("INSERT INTO bulk VALUES (1, 'ours')")
-    stream = PsycopgReplicationStream(source.url, status_interval=0.2)
-    stream.start(slot, pgoutput_options(slot, server_version=source.conn.server_version))
+    stream = _started(source, slot, PsycopgReplicationStream(source.url, status_interval=0.2))
     decoder = Decoder()
     try:
         ours = None
